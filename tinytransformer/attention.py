@@ -1,0 +1,267 @@
+"""Scaled dot-product attention, its masks, multi-head attention, and GQA/MQA.
+
+Attention (Vaswani et al., 2017, "Attention Is All You Need") lets every query
+position read a weighted average of the value vectors, weighted by how well its
+query matches each key:
+
+    Attention(Q, K, V) = softmax(Q K^T / sqrt(D) + bias, masked) V
+
+Shapes, here and in every module: q is [B, Hq, T, D] (batch, query heads,
+query positions, head dim), k and v are [B, Hkv, S, D] (S key positions).
+
+Grouped-query attention (GQA, Ainslie et al., 2023) lets groups of
+G = Hq / Hkv query heads share one key/value head: query head h reads KV head
+h // G. Multi-query attention (MQA, Shazeer, 2019) is the case Hkv = 1, and
+ordinary multi-head attention (MHA) the case Hkv = Hq. We never copy K/V G
+times: q is viewed as [B, Hkv, G, T, D] and broadcast against k [B, Hkv, 1, S, D].
+
+Masks are boolean, True meaning "may attend". The causal mask is aligned to the
+end: with T queries and S keys, query i sits at key position S - T + i, which
+is exactly the situation of cached decoding (S - T positions already cached).
+A query whose every key is masked gets an output of zeros, never NaN.
+
+    >>> import numpy as np
+    >>> q = k = v = np.eye(2).reshape(1, 1, 2, 2)
+    >>> out = scaled_dot_product_attention(q, k, v, causal=True)
+    >>> out[0, 0, 0].tolist()   # the first query can only see the first key
+    [1.0, 0.0]
+
+Does not handle: dropout, attention over packed variable-length batches (use a
+key-padding mask), or memory efficiency (see `flash` for the tiled version).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from tinytransformer._validate import float_array
+from tinytransformer._validate import positive_int as _positive_int
+
+__all__ = [
+    "softmax",
+    "causal_mask",
+    "sliding_window_mask",
+    "padding_mask",
+    "attention_weights",
+    "scaled_dot_product_attention",
+    "repeat_kv",
+    "split_heads",
+    "merge_heads",
+    "multi_head_attention",
+]
+
+
+def softmax(x, axis: int = -1, mask=None):
+    """softmax(x)_i = exp(x_i - max x) / sum_j exp(x_j - max x), over allowed entries.
+
+    Entries equal to -inf, or where `mask` is False, get probability 0. A row
+    with nothing allowed is all zeros (not NaN). Subtracting the row maximum
+    keeps exp() from overflowing for large logits.
+    """
+    x = np.asarray(x)
+    if x.dtype.kind != "f":
+        x = x.astype(np.float64)
+    allowed = x != -np.inf  # NaN stays allowed, so it propagates rather than hides
+    if mask is not None:
+        allowed = allowed & np.asarray(mask, dtype=bool)
+    x = np.where(allowed, x, -np.inf)
+    m = np.max(x, axis=axis, keepdims=True)  # row max, -inf for empty rows
+    m = np.where(m == -np.inf, 0.0, m).astype(x.dtype)
+    e = np.exp(x - m)  # masked entries: exp(-inf) = 0
+    total = np.sum(e, axis=axis, keepdims=True)
+    return e / np.where(total == 0, 1, total).astype(x.dtype)
+
+
+def causal_mask(T: int, S: int) -> np.ndarray:
+    """[T, S] bool: query i (at key position S - T + i) may see keys j <= S - T + i."""
+    T, S = _positive_int(T, "T"), _positive_int(S, "S")
+    query_pos = np.arange(S - T, S)[:, None]  # [T, 1]
+    return np.arange(S)[None, :] <= query_pos  # [T, S]
+
+
+def sliding_window_mask(T: int, S: int, window: int) -> np.ndarray:
+    """[T, S] bool: query i sees the `window` most recent keys up to and including its own.
+
+    A sliding window is causal too: key j is visible iff pos - window < j <= pos,
+    with pos = S - T + i (Mistral's local attention; Beltagy et al., 2020).
+    """
+    T, S = _positive_int(T, "T"), _positive_int(S, "S")
+    window = _positive_int(window, "window")
+    query_pos = np.arange(S - T, S)[:, None]  # [T, 1]
+    key_pos = np.arange(S)[None, :]  # [1, S]
+    return (key_pos <= query_pos) & (key_pos > query_pos - window)  # [T, S]
+
+
+def padding_mask(lengths, S: int) -> np.ndarray:
+    """[B, 1, 1, S] bool: sequence b has `lengths[b]` real keys, then padding."""
+    lengths = np.asarray(lengths)
+    S = _positive_int(S, "S")
+    if lengths.ndim != 1 or lengths.dtype.kind not in "iu":
+        raise ValueError(f"lengths: expected a 1-D integer array [B], got dtype {lengths.dtype} shape {lengths.shape}")
+    if np.any(lengths < 0) or np.any(lengths > S):
+        raise ValueError(f"lengths: expected values in [0, S={S}], got {lengths.tolist()}")
+    return (np.arange(S)[None, :] < lengths[:, None])[:, None, None, :]  # [B, 1, 1, S]
+
+
+def attention_weights(q, k, *, mask=None, bias=None, causal=False, window=None, scale=None):
+    """The attention matrix P = softmax(q k^T * scale + bias), masked: [B, Hq, T, S].
+
+    Each row of P is a probability distribution over the S keys (or all zeros
+    if every key is masked for that query).
+    """
+    q, k = _as_float(q, "q"), _as_float(k, "k")
+    B, Hq, T, D = _check_rank4(q, "q")
+    _, Hkv, S, _ = _check_kv(q, k, "k")
+    G = Hq // Hkv
+    if scale is None:
+        scale = 1.0 / np.sqrt(D)
+    dtype = np.result_type(q, k)
+
+    qg = q.reshape(B, Hkv, G, T, D)  # [B, Hq, T, D] -> [B, Hkv, G, T, D], a view
+    scores = qg @ k[:, :, None].swapaxes(-1, -2)  # [B, Hkv, G, T, D] @ [B, Hkv, 1, D, S] -> [B, Hkv, G, T, S]
+    scores = scores.reshape(B, Hq, T, S) * dtype.type(scale)  # head h = kv head h // G, member h % G
+
+    if bias is not None:
+        bias = np.asarray(bias)
+        _check_broadcast(bias, (B, Hq, T, S), "bias")
+        scores = scores + bias.astype(dtype, copy=False)
+    allowed = _combined_mask(mask, causal, window, (B, Hq, T, S))
+    return softmax(scores, axis=-1, mask=allowed)  # [B, Hq, T, S]
+
+
+def scaled_dot_product_attention(q, k, v, *, mask=None, bias=None, causal=False, window=None, scale=None):
+    """softmax(q k^T / sqrt(D) + bias, masked) v, with GQA by sharing.
+
+    q [B, Hq, T, D]; k [B, Hkv, S, D]; v [B, Hkv, S, Dv] with Hq % Hkv == 0.
+    mask: bool, broadcastable to [B, Hq, T, S], True = may attend.
+    bias: additive, broadcastable to [B, Hq, T, S] (ALiBi, relative positions).
+    causal: end-aligned (query i at key position S - T + i).
+    window: each query sees only its `window` most recent keys (implies causal).
+    scale: defaults to 1 / sqrt(D).
+    Returns [B, Hq, T, Dv] in the common dtype of q, k, v.
+    """
+    v = _as_float(v, "v")
+    p = attention_weights(q, k, mask=mask, bias=bias, causal=causal, window=window, scale=scale)
+    B, Hq, T, S = p.shape
+    if v.ndim != 4 or v.shape[0] != B or v.shape[2] != S or v.shape[1] != np.shape(k)[1]:
+        raise ValueError(
+            f"v: expected [B={B}, Hkv={np.shape(k)[1]}, S={S}, Dv] to match k, got shape {v.shape}"
+        )
+    Hkv, Dv = v.shape[1], v.shape[3]
+    pg = p.reshape(B, Hkv, Hq // Hkv, T, S)  # [B, Hq, T, S] -> [B, Hkv, G, T, S]
+    out = pg @ v[:, :, None].astype(p.dtype, copy=False)  # [B, Hkv, G, T, S] @ [B, Hkv, 1, S, Dv] -> [B, Hkv, G, T, Dv]
+    return out.reshape(B, Hq, T, Dv)  # [B, Hq, T, Dv]
+
+
+def repeat_kv(x, n_rep: int) -> np.ndarray:
+    """[B, Hkv, S, D] -> [B, Hkv * n_rep, S, D], each KV head repeated for its group.
+
+    This is the copy that GQA avoids; it exists to show GQA equals MHA on
+    repeated heads (and for libraries that need it).
+    """
+    x = np.asarray(x)
+    n_rep = _positive_int(n_rep, "n_rep")
+    if x.ndim != 4:
+        raise ValueError(f"x: expected rank 4 [B, Hkv, S, D], got shape {x.shape}")
+    return np.repeat(x, n_rep, axis=1)  # head h of the result is head h // n_rep of x
+
+
+def split_heads(x, n_heads: int) -> np.ndarray:
+    """[B, T, H * D] -> [B, H, T, D]."""
+    x = np.asarray(x)
+    n_heads = _positive_int(n_heads, "n_heads")
+    if x.ndim != 3:
+        raise ValueError(f"x: expected rank 3 [B, T, H*D], got shape {x.shape}")
+    B, T, C = x.shape
+    if C % n_heads:
+        raise ValueError(f"x: last dimension {C} is not divisible by n_heads={n_heads}")
+    return x.reshape(B, T, n_heads, C // n_heads).transpose(0, 2, 1, 3)  # [B, T, H, D] -> [B, H, T, D]
+
+
+def merge_heads(x) -> np.ndarray:
+    """[B, H, T, D] -> [B, T, H * D] (the inverse of split_heads)."""
+    x = np.asarray(x)
+    if x.ndim != 4:
+        raise ValueError(f"x: expected rank 4 [B, H, T, D], got shape {x.shape}")
+    B, H, T, D = x.shape
+    return x.transpose(0, 2, 1, 3).reshape(B, T, H * D)  # [B, H, T, D] -> [B, T, H, D] -> [B, T, H*D]
+
+
+def multi_head_attention(x, params, n_heads: int, n_kv_heads: int | None = None, *,
+                         mask=None, causal=False, window=None):
+    """Multi-head (or grouped-query) self-attention with projections.
+
+    x [B, T, C]; params: "wq" [C, Hq*D], "wk" and "wv" [C, Hkv*D], "wo" [Hq*D, C],
+    and optional biases "bq", "bk", "bv", "bo". Returns [B, T, C].
+
+        Q = x Wq, K = x Wk, V = x Wv;  out = concat_h(attention(Q_h, K_h, V_h)) Wo
+    """
+    n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
+    q = split_heads(_project(x, params, "q"), n_heads)  # [B, T, Hq*D] -> [B, Hq, T, D]
+    k = split_heads(_project(x, params, "k"), n_kv_heads)  # [B, T, Hkv*D] -> [B, Hkv, S=T, D]
+    v = split_heads(_project(x, params, "v"), n_kv_heads)  # [B, Hkv, S, D]
+    out = scaled_dot_product_attention(q, k, v, mask=mask, causal=causal, window=window)
+    return _project(merge_heads(out), params, "o")  # [B, T, Hq*D] @ [Hq*D, C] -> [B, T, C]
+
+
+# --- validation helpers (the public boundary) ---------------------------------------
+
+
+def _project(x, params, name):
+    y = x @ params[f"w{name}"]
+    bias = params.get(f"b{name}")
+    return y if bias is None else y + bias
+
+
+def _as_float(x, name):
+    x = float_array(x, name)
+    if x.dtype == np.float16:  # compute half precision in float32, as the GPU kernels accumulate
+        x = x.astype(np.float32)
+    return x
+
+
+def _check_rank4(x, name):
+    if x.ndim != 4:
+        raise ValueError(f"{name}: expected rank 4 [B, H, T, D], got shape {x.shape}")
+    return x.shape
+
+
+def _check_kv(q, k, name):
+    B, Hq, T, D = q.shape
+    if k.ndim != 4:
+        raise ValueError(f"{name}: expected rank 4 [B, Hkv, S, D], got shape {k.shape}")
+    if k.shape[0] != B:
+        raise ValueError(f"{name}: batch size {k.shape[0]} does not match q's batch size {B}")
+    if k.shape[3] != D:
+        raise ValueError(f"{name}: head dim {k.shape[3]} does not match q's head dim {D}")
+    if Hq % k.shape[1]:
+        raise ValueError(
+            f"q has {Hq} heads but {name} has {k.shape[1]}; n_heads must be a multiple of n_kv_heads"
+        )
+    return k.shape
+
+
+def _check_broadcast(x, target, name):
+    try:
+        shape = np.broadcast_shapes(x.shape, target)
+    except ValueError:
+        shape = None
+    if shape != tuple(target):
+        raise ValueError(f"{name}: expected a shape broadcastable to [B, Hq, T, S] = {list(target)}, got {x.shape}")
+
+
+def _combined_mask(mask, causal, window, target):
+    B, Hq, T, S = target
+    allowed = None
+    if mask is not None:
+        mask = np.asarray(mask)
+        if mask.dtype != np.bool_:
+            raise ValueError(f"mask: expected a boolean array (True = may attend), got dtype {mask.dtype}")
+        _check_broadcast(mask, target, "mask")
+        allowed = mask
+    if window is not None:
+        structural = sliding_window_mask(T, S, window)
+    elif causal:
+        structural = causal_mask(T, S)
+    else:
+        return allowed
+    return structural if allowed is None else allowed & structural

@@ -1,0 +1,126 @@
+"""Flash attention: exact attention computed tile by tile with the online softmax.
+
+Plain attention builds the whole [T, S] score matrix. FlashAttention (Dao et
+al., 2022; FlashAttention-2, Dao 2023) never does: it walks over key tiles and
+keeps, for each query row, three running quantities,
+
+    m  the largest score seen so far,
+    l  the sum of exp(score - m) seen so far,
+    O  the sum of exp(score - m) * v seen so far (unnormalised output).
+
+When a new tile of scores S_ij = Q_i K_j^T * scale arrives (Br queries x Bc keys):
+
+    m_new = max(m, rowmax(S_ij))
+    P     = exp(S_ij - m_new)
+    l     = exp(m - m_new) * l + rowsum(P)
+    O     = exp(m - m_new) * O + P V_j
+
+and at the end O / l is the exact softmax(Q K^T * scale) V, while
+lse = m + log(l) is the row's log-sum-exp (what the backward pass needs).
+The factor exp(m - m_new) rescales everything accumulated under the old
+maximum; dropping it is the classic bug. The loop order is FlashAttention-2's:
+outer loop over query tiles, inner loop over key tiles. With `causal`, key tiles
+entirely in the future of a query tile are skipped, halving the work.
+
+Shapes: q [B, Hq, T, D], k and v [B, Hkv, S, D], GQA by sharing as in
+`attention`; causal is end-aligned (query i at key position S - T + i).
+
+Here NumPy does the arithmetic, so this is not faster than `attention`: it
+shows the algorithm that the CUDA kernels run, and `return_state=True`
+returns the (m, l, O) after every tile for teaching.
+
+Does not handle: boolean masks other than causal, dropout, the backward pass.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from tinytransformer._validate import positive_int
+from tinytransformer.attention import _as_float, _check_kv, _check_rank4
+
+__all__ = ["flash_attention", "TileState"]
+
+
+@dataclass
+class TileState:
+    """The running statistics of query tile `i` after processing key tile `j`."""
+
+    i: int  # query tile index
+    j: int  # key tile index
+    rows: tuple  # (first, last + 1) query rows of the tile
+    cols: tuple  # (first, last + 1) key columns of the tile
+    m: np.ndarray  # running max            [B, Hq, Br]
+    l: np.ndarray  # running sum of exp     [B, Hq, Br]
+    o: np.ndarray  # unnormalised output    [B, Hq, Br, D]
+
+
+def flash_attention(q, k, v, *, causal=False, block_q: int = 16, block_k: int = 16, scale=None,
+                    alibi_slopes=None, return_lse=False, return_state=False):
+    """Tiled exact attention with the online softmax; equals scaled_dot_product_attention.
+
+    block_q (Br) and block_k (Bc) are the tile sizes; T and S need not be multiples.
+    alibi_slopes: optional [Hq] slopes; adds slope_h * (j - (S - T + i)) to the scores.
+    Returns out [B, Hq, T, D]; with return_lse also lse [B, Hq, T] (-inf for rows that
+    see no key); with return_state also the list of TileState, in the order computed.
+    """
+    q, k, v = _as_float(q, "q"), _as_float(k, "k"), _as_float(v, "v")
+    B, Hq, T, D = _check_rank4(q, "q")
+    _, Hkv, S, _ = _check_kv(q, k, "k")
+    if v.shape[:3] != k.shape[:3]:
+        raise ValueError(f"v: expected [B, Hkv, S] = {list(k.shape[:3])} like k, got shape {v.shape}")
+    Br, Bc = positive_int(block_q, "block_q"), positive_int(block_k, "block_k")
+    dtype = np.result_type(q, k, v)
+    scale = dtype.type(1.0 / np.sqrt(D) if scale is None else scale)
+    if alibi_slopes is not None:
+        alibi_slopes = np.asarray(alibi_slopes, dtype=dtype)
+        if alibi_slopes.shape != (Hq,):
+            raise ValueError(f"alibi_slopes: expected shape [Hq] = [{Hq}], got {alibi_slopes.shape}")
+    G = Hq // Hkv
+    Dv = v.shape[3]
+    out = np.zeros((B, Hq, T, Dv), dtype=dtype)
+    lse = np.full((B, Hq, T), -np.inf, dtype=dtype)
+    states = []
+    offset = S - T  # query row r sits at key position offset + r
+
+    for i, r0 in enumerate(range(0, T, Br)):  # outer loop: query tiles
+        r1 = min(r0 + Br, T)
+        Qi = q[:, :, r0:r1].reshape(B, Hkv, G, r1 - r0, D)  # [B, Hkv, G, Br, D]
+        m = np.full((B, Hkv, G, r1 - r0), -np.inf, dtype=dtype)  # running max
+        l = np.zeros((B, Hkv, G, r1 - r0), dtype=dtype)  # running sum
+        o = np.zeros((B, Hkv, G, r1 - r0, Dv), dtype=dtype)  # running unnormalised output
+        for j, c0 in enumerate(range(0, S, Bc)):  # inner loop: key tiles
+            if causal and c0 > offset + r1 - 1:
+                break  # this tile and all later ones are in the future of every row here
+            c1 = min(c0 + Bc, S)
+            Kj = k[:, :, None, c0:c1]  # [B, Hkv, 1, Bc, D]
+            Vj = v[:, :, None, c0:c1]  # [B, Hkv, 1, Bc, Dv]
+            Sij = (Qi @ Kj.swapaxes(-1, -2)) * scale  # [B, Hkv, G, Br, D] @ [B, Hkv, 1, D, Bc] -> [.., Br, Bc]
+            rows = offset + np.arange(r0, r1)[:, None]  # key position of each query row, [Br, 1]
+            cols = np.arange(c0, c1)[None, :]  # [1, Bc]
+            if alibi_slopes is not None:
+                slopes = alibi_slopes.reshape(1, Hkv, G, 1, 1)
+                Sij = Sij + slopes * (cols - rows).astype(dtype)  # + slope_h * (j - p_i)
+            if causal:
+                Sij = np.where(cols <= rows, Sij, -np.inf)  # key j visible iff j <= p_i
+            m_new = np.maximum(m, Sij.max(axis=-1))  # m_new = max(m, rowmax(S_ij))
+            m_safe = np.where(m_new == -np.inf, 0, m_new)  # rows with nothing seen yet: avoid inf - inf
+            P = np.exp(Sij - m_safe[..., None])  # P = exp(S_ij - m_new); masked -> 0
+            alpha = np.exp(m - m_safe)  # exp(m - m_new): rescales what was accumulated
+            l = alpha * l + P.sum(axis=-1)  # l = exp(m - m_new) l + rowsum(P)
+            o = alpha[..., None] * o + P @ Vj  # O = exp(m - m_new) O + P V_j
+            m = m_new
+            if return_state:
+                states.append(TileState(i, j, (r0, r1), (c0, c1), m.reshape(B, Hq, -1).copy(),
+                                        l.reshape(B, Hq, -1).copy(), o.reshape(B, Hq, r1 - r0, Dv).copy()))
+        seen = l > 0
+        out[:, :, r0:r1] = (o / np.where(seen, l, 1)[..., None]).reshape(B, Hq, r1 - r0, Dv)  # O / l
+        lse[:, :, r0:r1] = np.where(seen, m + np.log(np.where(seen, l, 1)), -np.inf).reshape(B, Hq, -1)
+
+    result = (out,)
+    if return_lse:
+        result += (lse,)
+    if return_state:
+        result += (states,)
+    return result[0] if len(result) == 1 else result

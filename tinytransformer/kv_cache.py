@@ -1,0 +1,124 @@
+"""The KV cache: keep every layer's keys and values so decoding reads, not recomputes.
+
+A decoder generates one token at a time. Without a cache, step t recomputes the
+keys and values of all t previous tokens in every layer: O(t) work per layer per
+step, O(n^2) for n tokens. Keys and values of past tokens never change (the
+model is causal), so we compute each once, store it, and at each step only
+project the new token and attend over the stored ones.
+
+The price is memory, and it is what limits batch size and context in serving:
+
+    bytes = 2 (K and V) * n_layers * n_kv_heads * head_dim * seq_len * batch * bytes_per_elem
+
+GQA/MQA shrink it by n_heads / n_kv_heads: SmolLM2-135M (30 layers, 3 KV heads
+of dim 64) needs 2*30*3*64*2 = 23,040 bytes per token in fp16, against 69,120
+with 9 full heads.
+
+Layout: one preallocated array per tensor, [n_layers, B, Hkv, max_seq_len, D];
+`append` writes the new positions of one layer in place and returns views
+[B, Hkv, length, D] (no copy). Positions are absolute: the new tokens of a step
+sit at cache.length, cache.length + 1, ...
+
+    >>> import numpy as np
+    >>> cache = KVCache(n_layers=1, batch=1, n_kv_heads=1, head_dim=2, max_seq_len=4)
+    >>> k, v = cache.append(0, np.ones((1, 1, 3, 2)), np.ones((1, 1, 3, 2)))
+    >>> k.shape, cache.length
+    ((1, 1, 3, 2), 3)
+
+Does not handle: sequences of different lengths in one batch (all rows share
+one length; see `paged_cache` for ragged batches and block allocation),
+eviction or sliding-window truncation, quantised caches.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from tinytransformer._validate import positive_int
+
+__all__ = ["KVCache", "kv_cache_bytes"]
+
+
+def kv_cache_bytes(n_layers: int, n_kv_heads: int, head_dim: int, seq_len: int, batch: int = 1,
+                   bytes_per_elem: int = 2) -> int:
+    """2 (K and V) * n_layers * n_kv_heads * head_dim * seq_len * batch * bytes_per_elem."""
+    args = dict(n_layers=n_layers, n_kv_heads=n_kv_heads, head_dim=head_dim, seq_len=seq_len,
+                batch=batch, bytes_per_elem=bytes_per_elem)
+    n = 2
+    for name, value in args.items():
+        n *= positive_int(value, name)
+    return n
+
+
+class KVCache:
+    """Preallocated keys and values for every layer: k, v [n_layers, B, Hkv, max_seq_len, D]."""
+
+    def __init__(self, n_layers: int, batch: int, n_kv_heads: int, head_dim: int, max_seq_len: int,
+                 dtype=np.float32):
+        self.n_layers = positive_int(n_layers, "n_layers")
+        self.batch = positive_int(batch, "batch")
+        self.n_kv_heads = positive_int(n_kv_heads, "n_kv_heads")
+        self.head_dim = positive_int(head_dim, "head_dim")
+        self.max_seq_len = positive_int(max_seq_len, "max_seq_len")
+        self.dtype = np.dtype(dtype)
+        shape = (self.n_layers, self.batch, self.n_kv_heads, self.max_seq_len, self.head_dim)
+        self.k = np.zeros(shape, dtype=self.dtype)
+        self.v = np.zeros(shape, dtype=self.dtype)
+        self._lengths = np.zeros(self.n_layers, dtype=np.int64)  # positions stored per layer
+
+    @property
+    def length(self) -> int:
+        """Positions stored in every layer: the absolute position of the next token."""
+        return int(self._lengths.min())
+
+    @property
+    def nbytes(self) -> int:
+        return self.k.nbytes + self.v.nbytes
+
+    def append(self, layer: int, k_new, v_new):
+        """Store k_new, v_new [B, Hkv, T, D] after layer `layer`'s cached positions.
+
+        Returns views (k, v) [B, Hkv, length + T, D] of everything that layer holds.
+        """
+        if not isinstance(layer, (int, np.integer)) or not 0 <= layer < self.n_layers:
+            raise ValueError(f"layer: expected an integer in [0, {self.n_layers}), got {layer!r}")
+        k_new, v_new = np.asarray(k_new), np.asarray(v_new)
+        expected = (self.batch, self.n_kv_heads, self.head_dim)
+        for name, x in (("k_new", k_new), ("v_new", v_new)):
+            if x.ndim != 4 or (x.shape[0], x.shape[1], x.shape[3]) != expected:
+                raise ValueError(
+                    f"{name}: expected shape [B={self.batch}, Hkv={self.n_kv_heads}, T, D={self.head_dim}], "
+                    f"got {x.shape}"
+                )
+        if k_new.shape != v_new.shape:
+            raise ValueError(f"k_new and v_new must have the same shape, got {k_new.shape} and {v_new.shape}")
+        start = int(self._lengths[layer])
+        end = start + k_new.shape[2]
+        if end > self.max_seq_len:
+            raise ValueError(
+                f"KV cache overflow: layer {layer} holds {start} of max_seq_len={self.max_seq_len} "
+                f"positions and cannot take {k_new.shape[2]} more"
+            )
+        self.k[layer, :, :, start:end] = k_new  # write in place: [B, Hkv, T, D]
+        self.v[layer, :, :, start:end] = v_new
+        self._lengths[layer] = end
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]  # views [B, Hkv, end, D]
+
+    def keys(self, layer: int) -> np.ndarray:
+        return self.k[layer, :, :, : self._lengths[layer]]  # [B, Hkv, length, D]
+
+    def values(self, layer: int) -> np.ndarray:
+        return self.v[layer, :, :, : self._lengths[layer]]  # [B, Hkv, length, D]
+
+    def truncate(self, length: int) -> None:
+        """Forget positions >= length in every layer (to rewind, e.g. after rejected draft tokens)."""
+        if not isinstance(length, (int, np.integer)) or not 0 <= length <= self.length:
+            raise ValueError(f"length: expected an integer in [0, {self.length}], got {length!r}")
+        self._lengths[:] = length
+
+    def reset(self) -> None:
+        self._lengths[:] = 0
+
+    def __repr__(self) -> str:
+        return (f"KVCache(n_layers={self.n_layers}, batch={self.batch}, n_kv_heads={self.n_kv_heads}, "
+                f"head_dim={self.head_dim}, length={self.length}/{self.max_seq_len}, dtype={self.dtype}, "
+                f"nbytes={self.nbytes:,})")
