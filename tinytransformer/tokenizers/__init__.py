@@ -1,0 +1,1 @@
+"""Tokenizers, one idea per module: see tinytransformer.tokenizer for the overview."""

@@ -1,0 +1,370 @@
+"""Byte-pair encoding (BPE), trained from scratch on bytes.
+
+Concept: start from the 256 byte values, so that any UTF-8 text is
+representable and there is never an unknown token. Repeatedly find the most
+frequent adjacent pair of tokens in the training text and give it a new id;
+the ordered list of merges *is* the tokenizer. Encoding replays the merges:
+among the adjacent pairs of a sequence, merge the one that was learned first
+(lowest rank), until no learned pair is left.
+
+Paper: Sennrich, Haddow & Birch (2016), "Neural Machine Translation of Rare
+Words with Subword Units"; byte-level BPE with a regex pre-tokenizer is GPT-2
+(Radford et al. 2019).
+
+    merge t:  (a, b) = argmax_{(x, y)} count(x, y),   new id 256 + t
+
+Training keeps, for every pair, its count and the positions where it occurs,
+and after each merge updates only the neighbours of the merged positions
+(-1 for (prev, a), (a, b), (b, next); +1 for (prev, ab), (ab, next)), so a merge
+costs time proportional to how often its pair occurs, not to the corpus size.
+Ties between equally frequent pairs go to the smallest (a, b).
+
+    >>> tok = BPETokenizer.train("aaabdaaabac", 259)
+    >>> tok.merges
+    [(97, 97), (97, 98), (256, 257)]
+    >>> tok.encode("aaabdaaabac")
+    [258, 100, 258, 97, 99]
+    >>> tok.decode([258, 100])
+    'aaabd'
+
+Pre-tokenization: with a `pattern` (e.g. GPT2_PATTERN) the text is first cut
+into pieces by the regex and merges never cross a piece boundary; without one
+the text is a single sequence. Special tokens are cut out of the text before
+training and before encoding, and get the last ids.
+
+Decoding joins the bytes of the tokens and decodes them as UTF-8 with
+`errors="replace"`: a token sequence that ends inside a multi-byte character
+decodes to U+FFFD (one per maximal invalid subsequence), as the Hugging Face
+byte-level decoder does.
+
+File format (`save`/`load`), JSON, no pickle:
+    {"format": "tinytransformer-bpe", "version": 1, "pattern": str or null,
+     "merges": [[a, b], ...],            # merge t creates id 256 + t
+     "special_tokens": {"<|endoftext|>": id, ...}}
+
+Does not handle: training on more text than fits in memory, frequency
+thresholds, dropout, or vocabularies over a few hundred thousand tokens.
+"""
+from __future__ import annotations
+
+import heapq
+import json
+import os
+import re
+from collections import Counter
+from pathlib import Path
+
+from tinytransformer.tokenizers.unicode_regex import compile_pattern
+
+__all__ = ["BPETokenizer", "apply_merges"]
+
+FORMAT_NAME = "tinytransformer-bpe"
+MAX_FILE_BYTES = 64 * 1024 * 1024
+MAX_VOCAB_SIZE = 1 << 20
+
+
+def apply_merges(ids: list[int], ranks: dict[tuple[int, int], tuple[int, int]]) -> list[int]:
+    """Replay merges on one sequence: repeatedly merge the adjacent pair of lowest rank.
+
+    ranks maps a pair (a, b) to (rank, new_id). Equal ranks merge left to right.
+    A heap of (rank, position) with lazy invalidation makes this O(n log n).
+    """
+    n = len(ids)
+    if n < 2:
+        return list(ids)
+    token = list(ids)
+    nxt = list(range(1, n + 1))
+    nxt[-1] = -1
+    prv = list(range(-1, n - 1))
+    heap = []
+    for i in range(n - 1):
+        rank = ranks.get((token[i], token[i + 1]))
+        if rank is not None:
+            heap.append((rank[0], i, token[i], token[i + 1]))
+    heapq.heapify(heap)
+    while heap:
+        rank, i, a, b = heapq.heappop(heap)
+        j = nxt[i]
+        if token[i] != a or j == -1 or token[j] != b:
+            continue  # stale: i was merged away or its neighbour changed since the push
+        token[i] = ranks[(a, b)][1]
+        token[j] = -1
+        k = nxt[j]
+        nxt[i] = k
+        if k != -1:
+            prv[k] = i
+            right = ranks.get((token[i], token[k]))
+            if right is not None:
+                heapq.heappush(heap, (right[0], i, token[i], token[k]))
+        p = prv[i]
+        if p != -1:
+            left = ranks.get((token[p], token[i]))
+            if left is not None:
+                heapq.heappush(heap, (left[0], p, token[p], token[i]))
+    out, i = [], 0
+    while i != -1:
+        out.append(token[i])
+        i = nxt[i]
+    return out
+
+
+class _PairIndex:
+    """All sequences laid end to end as a linked list, with per-pair counts and positions."""
+
+    def __init__(self, words: list[bytes], weights: list[int]):
+        token, weight, nxt, prv = [], [], [], []
+        for word, count in zip(words, weights):
+            start = len(token)
+            token.extend(word)
+            weight.extend([count] * len(word))
+            nxt.extend(range(start + 1, start + len(word) + 1))
+            prv.extend(range(start - 1, start + len(word) - 1))
+            nxt[-1] = -1
+            prv[start] = -1
+        self.token, self.weight, self.nxt, self.prv = token, weight, nxt, prv
+        self.count: Counter = Counter()
+        self.where: dict[tuple[int, int], set[int]] = {}
+        for i, j in enumerate(nxt):
+            if j != -1:
+                pair = (token[i], token[j])
+                self.count[pair] += weight[i]
+                self.where.setdefault(pair, set()).add(i)
+        self.heap = [(-c, pair) for pair, c in self.count.items()]
+        heapq.heapify(self.heap)
+
+    def _remove(self, pair, i, changed):
+        self.count[pair] -= self.weight[i]
+        self.where[pair].discard(i)
+        changed.add(pair)
+
+    def _add(self, pair, i, changed):
+        self.count[pair] += self.weight[i]
+        self.where.setdefault(pair, set()).add(i)
+        changed.add(pair)
+
+    def best_pair(self):
+        """The most frequent pair (ties: smallest pair), or None when no pair is left."""
+        while self.heap:
+            negative_count, pair = self.heap[0]
+            if self.count.get(pair, 0) == -negative_count and negative_count < 0:
+                return pair
+            heapq.heappop(self.heap)  # stale entry: the count changed after it was pushed
+        return None
+
+    def merge(self, pair: tuple[int, int], new_id: int) -> None:
+        a, b = pair
+        token, nxt, prv = self.token, self.nxt, self.prv
+        changed: set = set()
+        for i in sorted(self.where.get(pair, ())):  # left to right, so "aaa" -> "(aa) a"
+            j = nxt[i]
+            if token[i] != a or j == -1 or token[j] != b:
+                continue  # consumed by the previous merge of an overlapping run
+            p, k = prv[i], nxt[j]
+            if p != -1:
+                self._remove((token[p], a), p, changed)
+            if k != -1:
+                self._remove((b, token[k]), j, changed)
+            self._remove(pair, i, changed)
+            token[i], token[j] = new_id, -1
+            nxt[i] = k
+            if k != -1:
+                prv[k] = i
+                self._add((new_id, token[k]), i, changed)
+            if p != -1:
+                self._add((token[p], new_id), p, changed)
+        for changed_pair in changed:
+            c = self.count[changed_pair]
+            if c > 0:
+                heapq.heappush(self.heap, (-c, changed_pair))
+            else:
+                del self.count[changed_pair]
+                self.where.pop(changed_pair, None)
+
+
+def _check_special_tokens(special_tokens) -> list[str]:
+    if special_tokens is None:
+        return []
+    if isinstance(special_tokens, str) or not all(isinstance(s, str) and s for s in special_tokens):
+        raise TypeError(f"special_tokens must be a list of non-empty str, got {special_tokens!r}")
+    special = list(special_tokens)
+    if len(set(special)) != len(special):
+        raise ValueError(f"special_tokens has duplicates: {special!r}")
+    return special
+
+
+class BPETokenizer:
+    """A byte-level BPE tokenizer: 256 byte tokens, then merges, then special tokens."""
+
+    def __init__(self, merges, *, pattern: str | None = None, special_tokens: dict[str, int] | None = None):
+        merges = [tuple(m) for m in merges]
+        for t, (a, b) in enumerate(merges):
+            new_id = 256 + t
+            if not (isinstance(a, int) and isinstance(b, int) and 0 <= a < new_id and 0 <= b < new_id):
+                raise ValueError(f"merge {t} is ({a!r}, {b!r}) but its parts must be ids below {new_id}")
+        self.merges: list[tuple[int, int]] = merges
+        self.ranks = {pair: (t, 256 + t) for t, pair in enumerate(merges)}
+        if len(self.ranks) != len(merges):
+            raise ValueError("merges contain the same pair twice")
+        self.pattern = pattern
+        self._regex = compile_pattern(pattern) if pattern is not None else None
+        self.special_tokens = dict(special_tokens or {})
+        n_base = 256 + len(merges)
+        if sorted(self.special_tokens.values()) != list(range(n_base, n_base + len(self.special_tokens))):
+            raise ValueError(f"special token ids must be {n_base}..{n_base + len(self.special_tokens) - 1}, "
+                             f"got {sorted(self.special_tokens.values())}")
+        self._special_regex = (
+            re.compile("|".join(re.escape(s) for s in sorted(self.special_tokens, key=len, reverse=True)))
+            if self.special_tokens else None
+        )
+        self._special_by_id = {i: s for s, i in self.special_tokens.items()}
+        # The bytes each id stands for: bytes for 0..255, then concatenations.
+        self.vocab: list[bytes] = [bytes([i]) for i in range(256)]
+        for a, b in merges:
+            self.vocab.append(self.vocab[a] + self.vocab[b])
+        self._cache: dict[str, list[int]] = {}
+
+    @property
+    def vocab_size(self) -> int:
+        return 256 + len(self.merges) + len(self.special_tokens)
+
+    # ---- training ----------------------------------------------------------------
+    @classmethod
+    def train(cls, text: str, vocab_size: int, *, pattern: str | None = None,
+              special_tokens: list[str] | None = None) -> "BPETokenizer":
+        """Learn vocab_size - 256 - len(special_tokens) merges from text.
+
+        Raises ValueError when the text runs out of pairs before that many merges.
+        """
+        if not isinstance(text, str):
+            raise TypeError(f"text must be a str, got {type(text).__name__}")
+        special = _check_special_tokens(special_tokens)
+        if isinstance(vocab_size, bool) or not isinstance(vocab_size, int):
+            raise TypeError(f"vocab_size must be an int, got {type(vocab_size).__name__}")
+        n_merges = vocab_size - 256 - len(special)
+        if n_merges < 0 or vocab_size > MAX_VOCAB_SIZE:
+            raise ValueError(f"vocab_size must be between {256 + len(special)} (256 bytes + "
+                             f"{len(special)} special tokens) and {MAX_VOCAB_SIZE}, got {vocab_size}")
+        regex = compile_pattern(pattern) if pattern is not None else None
+        chunks = Counter()
+        for segment in _split_special(text, special):
+            for piece in (regex.findall(segment) if regex is not None else [segment]):
+                if piece:
+                    chunks[piece.encode("utf-8")] += 1
+        index = _PairIndex(list(chunks), list(chunks.values()))
+        merges = []
+        for t in range(n_merges):
+            pair = index.best_pair()
+            if pair is None:
+                raise ValueError(f"the text supports only {t} merges (vocab_size {256 + t + len(special)}), "
+                                 f"not the {n_merges} that vocab_size={vocab_size} needs; "
+                                 "give more text or a smaller vocab_size")
+            index.merge(pair, 256 + t)
+            merges.append(pair)
+        n_base = 256 + len(merges)
+        return cls(merges, pattern=pattern, special_tokens={s: n_base + i for i, s in enumerate(special)})
+
+    # ---- encoding and decoding ---------------------------------------------------------
+    def _encode_chunk(self, chunk: str) -> list[int]:
+        ids = self._cache.get(chunk)
+        if ids is None:
+            ids = apply_merges(list(chunk.encode("utf-8")), self.ranks)
+            if len(chunk) <= 64:  # cache short, repeated pre-tokens only
+                self._cache[chunk] = ids
+        return ids
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of text: special tokens by exact match, the rest by replaying merges."""
+        if not isinstance(text, str):
+            raise TypeError(f"text must be a str, got {type(text).__name__}")
+        ids: list[int] = []
+        for segment, special in _split_special_keep(text, self._special_regex):
+            if special:
+                ids.append(self.special_tokens[segment])
+            elif self._regex is None:
+                ids.extend(apply_merges(list(segment.encode("utf-8")), self.ranks))
+            else:
+                for piece in self._regex.findall(segment):
+                    ids.extend(self._encode_chunk(piece))
+        return ids
+
+    def decode_bytes(self, ids) -> bytes:
+        """The bytes that ids stand for (special tokens as their UTF-8 text)."""
+        out = []
+        n_base = 256 + len(self.merges)
+        for position, i in enumerate(ids):
+            if isinstance(i, bool) or not isinstance(i, int) and not hasattr(i, "__index__"):
+                raise TypeError(f"ids[{position}] must be an int, got {type(i).__name__}")
+            i = int(i)
+            if 0 <= i < n_base:
+                out.append(self.vocab[i])
+            elif i in self._special_by_id:
+                out.append(self._special_by_id[i].encode("utf-8"))
+            else:
+                raise ValueError(f"ids[{position}] = {i} is out of range; vocab_size is {self.vocab_size}")
+        return b"".join(out)
+
+    def decode(self, ids) -> str:
+        """Text of ids; bytes that are not valid UTF-8 become U+FFFD."""
+        return self.decode_bytes(ids).decode("utf-8", errors="replace")
+
+    # ---- files ---------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike) -> None:
+        data = {"format": FORMAT_NAME, "version": 1, "pattern": self.pattern,
+                "merges": [list(m) for m in self.merges], "special_tokens": self.special_tokens}
+        Path(path).write_text(json.dumps(data, ensure_ascii=False) + "\n", encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "BPETokenizer":
+        file = Path(path)
+        if not file.is_file():
+            raise FileNotFoundError(f"tokenizer file {str(file)!r} does not exist")
+        if file.stat().st_size > MAX_FILE_BYTES:
+            raise ValueError(f"tokenizer file {str(file)!r} is larger than {MAX_FILE_BYTES} bytes")
+        try:
+            data = json.loads(file.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise ValueError(f"tokenizer file {str(file)!r} is not valid UTF-8 JSON: {error}") from None
+        if not isinstance(data, dict) or data.get("format") != FORMAT_NAME or data.get("version") != 1:
+            raise ValueError(f"tokenizer file {str(file)!r} is not a {FORMAT_NAME} version 1 file")
+        merges, pattern, special = data.get("merges"), data.get("pattern"), data.get("special_tokens", {})
+        if not isinstance(merges, list) or not all(isinstance(m, list) and len(m) == 2 for m in merges):
+            raise ValueError(f"tokenizer file {str(file)!r}: 'merges' must be a list of [a, b] pairs")
+        if len(merges) > MAX_VOCAB_SIZE:
+            raise ValueError(f"tokenizer file {str(file)!r}: {len(merges)} merges is more than {MAX_VOCAB_SIZE}")
+        if pattern is not None and not isinstance(pattern, str):
+            raise ValueError(f"tokenizer file {str(file)!r}: 'pattern' must be a string or null")
+        if not isinstance(special, dict) or not all(isinstance(k, str) and k and isinstance(v, int)
+                                                    for k, v in special.items()):
+            raise ValueError(f"tokenizer file {str(file)!r}: 'special_tokens' must map strings to ids")
+        try:
+            return cls(merges, pattern=pattern, special_tokens=special)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"tokenizer file {str(file)!r}: {error}") from None
+
+    def __repr__(self) -> str:
+        return (f"BPETokenizer(vocab_size={self.vocab_size}, pattern={'None' if self.pattern is None else 'set'}, "
+                f"special_tokens={list(self.special_tokens)})")
+
+
+def _split_special(text: str, special: list[str]) -> list[str]:
+    """text with the special tokens cut out, as the list of segments between them."""
+    if not special:
+        return [text]
+    regex = re.compile("|".join(re.escape(s) for s in sorted(special, key=len, reverse=True)))
+    return regex.split(text)
+
+
+def _split_special_keep(text: str, regex):
+    """Yield (segment, is_special) in order; the longest special token wins at a position."""
+    if regex is None:
+        if text:
+            yield text, False
+        return
+    last = 0
+    for match in regex.finditer(text):
+        if match.start() > last:
+            yield text[last:match.start()], False
+        yield match.group(), True
+        last = match.end()
+    if last < len(text):
+        yield text[last:], False
