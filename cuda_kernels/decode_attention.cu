@@ -1,0 +1,288 @@
+// Cached decode attention over a paged KV cache.
+//
+// The NumPy reference is tinytransformer.paged_cache.paged_decode_attention;
+// tinytransformer/cuda.py loads this file with cupy.RawModule and checks each
+// version against it before anything is timed.
+//
+// Decoding reads the whole cache to produce one token per sequence: the work is
+// tiny (2 * Hq * T * L * D multiply-adds) and the bytes are many (2 * Hkv * L * D
+// elements), so the kernel is bound by memory bandwidth and the only goals are
+// to read each K/V element once and to keep every SM reading.
+//
+// Versions:
+//   v1  one block per (sequence, KV head): the G = Hq / Hkv query heads of the
+//       group (times T query tokens) share every K/V tile the block loads; the
+//       tile loop follows the block table page by page; online softmax as in
+//       flash_attention.cu v2. Groups with more than DEC_ROWS query rows take
+//       several blocks (grid.y).
+//   v2  split-K (the FlashDecoding idea): the context is cut into splits of
+//       split_len keys, one block per (sequence, KV head, split), so a long
+//       context with a small batch still fills the GPU; each block writes its
+//       partial output and log-sum-exp, and a second kernel merges them:
+//           lse = log sum_s exp(lse_s),  o = sum_s exp(lse_s - lse) o_s.
+//
+// Contract: q [B, Hq, T, D] (T new tokens per sequence, 1 in plain decoding, a
+// few when verifying a speculative draft); k_pool, v_pool [n_blocks, Hkv,
+// block_size, D]; block_tables [B, max_blocks] int32; context_lens [B] int32,
+// counting the new tokens. Query t of sequence b sits at p = L_b - T + t; with
+// causal it sees keys j <= p; alibi_slopes (nullable, [Hq]) adds
+// slope_h * (j - p). Element types fp32, fp16, bf16 (q, pools and output alike),
+// arithmetic in fp32; head dims padded to 32, 64 or 128.
+//
+// Planted bugs (compile-time defines; the property tests must catch each):
+//   PLANTED_BUG_NO_RESCALE          the running output is not rescaled by
+//                                   exp(m_old - m_new) when the max grows
+//   PLANTED_BUG_CAUSAL_OFF_BY_ONE   each query sees one future key (T >= 2)
+
+#include <cuda_fp16.h>
+#include <cuda_bf16.h>
+
+#define NEG_INF (__int_as_float(0xff800000))
+
+#define DEC_THREADS 128
+#define DEC_ROWS 16  // query rows (group heads x new tokens) per block
+#define DEC_BC 32    // keys per tile
+
+__device__ __forceinline__ float to_float(float x) { return x; }
+__device__ __forceinline__ float to_float(__half x) { return __half2float(x); }
+__device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
+__device__ __forceinline__ void from_float(float x, float* dst) { *dst = x; }
+__device__ __forceinline__ void from_float(float x, __half* dst) { *dst = __float2half_rn(x); }
+__device__ __forceinline__ void from_float(float x, __nv_bfloat16* dst) { *dst = __float2bfloat16_rn(x); }
+
+// Query t of a sequence of length L with T new tokens sits at p = L - T + t.
+__device__ __forceinline__ int last_visible_key(int t, int T, int L) {
+#ifdef PLANTED_BUG_CAUSAL_OFF_BY_ONE
+    return L - T + t + 1;  // planted bug: one future key leaks in
+#else
+    return L - T + t;
+#endif
+}
+
+// One K or V tile [DEC_BC keys][D_PAD] of (sequence, KV head) into shared memory as fp32,
+// following the block table; zero past key_end and D. 16-byte loads when D fills D_PAD
+// and the pool is 16-byte aligned (each row is then D elements = a multiple of 16 bytes).
+template <typename scalar_t, int D_PAD, int LD>
+__device__ __forceinline__ void load_paged_tile(float* dst, const scalar_t* __restrict__ pool,
+                                                const int* __restrict__ table, int j0, int key_end,
+                                                int hk, int Hkv, int block_size, int D) {
+    constexpr int VEC = 16 / sizeof(scalar_t);
+    if (D == D_PAD && (reinterpret_cast<unsigned long long>(pool) & 15) == 0) {
+        constexpr int PER_ROW = D_PAD / VEC;
+#pragma unroll
+        for (int it = 0; it < (DEC_BC * PER_ROW + DEC_THREADS - 1) / DEC_THREADS; ++it) {
+            const int idx = threadIdx.x + it * DEC_THREADS;
+            if (idx >= DEC_BC * PER_ROW) break;
+            const int jl = idx / PER_ROW, d = (idx % PER_ROW) * VEC, j = j0 + jl;
+            union { uint4 raw; scalar_t x[VEC]; } u;
+            u.raw = make_uint4(0u, 0u, 0u, 0u);
+            if (j < key_end) {
+                const int page = table[j / block_size], slot = j % block_size;  // the paging lookup
+                u.raw = *reinterpret_cast<const uint4*>(
+                    pool + (((long long)page * Hkv + hk) * block_size + slot) * D + d);
+            }
+#pragma unroll
+            for (int e = 0; e < VEC; ++e) dst[jl * LD + d + e] = to_float(u.x[e]);
+        }
+    } else {
+        for (int idx = threadIdx.x; idx < DEC_BC * D_PAD; idx += DEC_THREADS) {
+            const int jl = idx / D_PAD, d = idx % D_PAD, j = j0 + jl;
+            float x = 0.0f;
+            if (j < key_end && d < D) {
+                const int page = table[j / block_size], slot = j % block_size;
+                x = to_float(pool[(((long long)page * Hkv + hk) * block_size + slot) * D + d]);
+            }
+            dst[jl * LD + d] = x;
+        }
+    }
+}
+
+// The work of one block: query rows [DEC_ROWS * blockIdx.y, +DEC_ROWS) of the group of KV
+// head hk of sequence b, against keys [split_begin, split_end). Row r of the block is
+// (group member g, token t) = divmod(DEC_ROWS * blockIdx.y + r, T).
+// Thread mapping: for scores, thread = (row r = tid / 8, keys tid % 8 + 8 jj);
+// for the output, thread = (column d = tid % D_PAD, rows tid / D_PAD + ROW_STEP rr).
+// With part_o == nullptr the normalised output is written to out (v1); otherwise the
+// split's normalised output and log-sum-exp go to part_o / part_lse (v2).
+template <typename scalar_t, int D_PAD>
+__device__ __forceinline__ void decode_body(
+    const scalar_t* __restrict__ q, const scalar_t* __restrict__ k_pool, const scalar_t* __restrict__ v_pool,
+    const int* __restrict__ block_tables, const int* __restrict__ context_lens,
+    const float* __restrict__ alibi_slopes, scalar_t* __restrict__ out, float* __restrict__ part_o,
+    float* __restrict__ part_lse, int Hq, int Hkv, int T, int D, int block_size, int max_blocks, float scale,
+    int causal, int split_len, int n_splits) {
+    constexpr int NJ = DEC_BC / 8;                 // scores per thread per tile
+    constexpr int ROW_STEP = DEC_THREADS / D_PAD;  // rows sharing one output column
+    constexpr int RPT = DEC_ROWS / ROW_STEP;       // output rows per thread
+    __shared__ float Qs[DEC_ROWS][D_PAD + 1];  // +1: the rows a warp reads sit in different banks
+    __shared__ float Ks[DEC_BC][D_PAD + 1];
+    __shared__ float Vs[DEC_BC][D_PAD];
+    __shared__ float Ps[DEC_ROWS][DEC_BC + 1];
+    __shared__ float alpha_s[DEC_ROWS], l_s[DEC_ROWS], m_s[DEC_ROWS];
+
+    const int tid = threadIdx.x;
+    const int b = blockIdx.x / Hkv, hk = blockIdx.x % Hkv;
+    const int G = Hq / Hkv;
+    const int n_rows = G * T;  // query rows of this group
+    const int row0 = blockIdx.y * DEC_ROWS;
+    const int L = context_lens[b];
+    const int* table = block_tables + (long long)b * max_blocks;
+    const int split_begin = blockIdx.z * split_len;
+    const int split_end = min(L, split_begin + split_len);
+
+    for (int idx = tid; idx < DEC_ROWS * D_PAD; idx += DEC_THREADS) {  // Q rows of the group, fp32
+        const int r = idx / D_PAD, d = idx % D_PAD, gr = row0 + r;
+        float x = 0.0f;
+        if (gr < n_rows && d < D) {
+            const int h = hk * G + gr / T, t = gr % T;
+            x = to_float(q[(((long long)b * Hq + h) * T + t) * D + d]);
+        }
+        Qs[r][d] = x;
+    }
+
+    // this thread's score row and its (head, token, position)
+    const int r = tid >> 3, c = tid & 7;
+    const int gr = row0 + r;
+    const bool row_ok = gr < n_rows;
+    const int h = hk * G + (row_ok ? gr / T : 0), t = row_ok ? gr % T : 0;
+    const int last = causal ? last_visible_key(t, T, L) : L - 1;  // last visible key of the row
+    const float slope = alibi_slopes ? alibi_slopes[h] : 0.0f;
+    float m = NEG_INF, l = 0.0f;  // uniform over the 8 lanes of the row
+
+    // this thread's output column and rows
+    const int od = tid % D_PAD, orow0 = tid / D_PAD;
+    float acc[RPT];
+#pragma unroll
+    for (int rr = 0; rr < RPT; ++rr) acc[rr] = 0.0f;
+
+    for (int j0 = split_begin; j0 < split_end; j0 += DEC_BC) {
+        __syncthreads();  // the previous K, V, P tiles are consumed (and Qs is written)
+        load_paged_tile<scalar_t, D_PAD, D_PAD + 1>(&Ks[0][0], k_pool, table, j0, split_end, hk, Hkv,
+                                                    block_size, D);
+        load_paged_tile<scalar_t, D_PAD, D_PAD>(&Vs[0][0], v_pool, table, j0, split_end, hk, Hkv,
+                                                block_size, D);
+        __syncthreads();  // the tiles are complete before anyone reads them
+
+        float s[NJ];
+        float tile_max = NEG_INF;
+#pragma unroll
+        for (int jj = 0; jj < NJ; ++jj) {
+            const int jl = c + 8 * jj, j = j0 + jl;
+            float dot = 0.0f;
+#pragma unroll 16
+            for (int d = 0; d < D_PAD; ++d) dot += Qs[r][d] * Ks[jl][d];
+            const bool ok = row_ok && j < split_end && j <= last;
+            s[jj] = ok ? dot * scale + slope * (float)(j - (L - T + t)) : NEG_INF;  // s = q.k scale + alibi
+            tile_max = fmaxf(tile_max, s[jj]);
+        }
+#pragma unroll
+        for (int off = 1; off < 8; off <<= 1)  // max over the 8 lanes of the row
+            tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, off));
+        const float m_new = fmaxf(m, tile_max);               // m_new = max(m, rowmax(s))
+        const float m_safe = m_new == NEG_INF ? 0.0f : m_new;  // nothing seen yet: avoid inf - inf
+        const float alpha = expf(m - m_safe);                 // exp(m - m_new)
+        float row_sum = 0.0f;
+#pragma unroll
+        for (int jj = 0; jj < NJ; ++jj) {
+            const float p = expf(s[jj] - m_safe);  // p = exp(s - m_new); masked -> 0
+            Ps[r][c + 8 * jj] = p;
+            row_sum += p;
+        }
+#pragma unroll
+        for (int off = 1; off < 8; off <<= 1) row_sum += __shfl_xor_sync(0xffffffffu, row_sum, off);
+        l = alpha * l + row_sum;  // l = exp(m - m_new) l + rowsum(p)
+        m = m_new;
+        if (c == 0) alpha_s[r] = alpha;
+        __syncthreads();  // P and alpha of every row are visible to the output threads
+
+#pragma unroll
+        for (int rr = 0; rr < RPT; ++rr) {
+            const int orow = orow0 + ROW_STEP * rr;
+#ifndef PLANTED_BUG_NO_RESCALE
+            acc[rr] *= alpha_s[orow];  // O = exp(m - m_new) O ...
+#endif
+            float pv = 0.0f;
+#pragma unroll 8
+            for (int jl = 0; jl < DEC_BC; ++jl) pv += Ps[orow][jl] * Vs[jl][od];
+            acc[rr] += pv;  // ... + P V
+        }
+    }
+
+    if (c == 0) {
+        l_s[r] = l;
+        m_s[r] = m;
+    }
+    __syncthreads();  // the row statistics are visible to the output threads
+
+#pragma unroll
+    for (int rr = 0; rr < RPT; ++rr) {
+        const int orow = orow0 + ROW_STEP * rr, ogr = row0 + orow;
+        if (ogr >= n_rows || od >= D) continue;
+        const int oh = hk * G + ogr / T, ot = ogr % T;
+        const long long row = ((long long)b * Hq + oh) * T + ot;  // (b, h, t) flattened
+        const float lr = l_s[orow];
+        const float value = lr > 0.0f ? acc[rr] / lr : 0.0f;  // O / l; a row that saw nothing gets 0
+        if (part_o == nullptr) {
+            from_float(value, out + row * D + od);
+        } else {
+            part_o[(row * n_splits + blockIdx.z) * D + od] = value;
+            if (od == 0) part_lse[row * n_splits + blockIdx.z] = lr > 0.0f ? m_s[orow] + logf(lr) : NEG_INF;
+        }
+    }
+}
+
+// v2's second pass: one block per (b, h, t) row merges the n_splits partial results.
+// lse = M + log sum_s exp(lse_s - M) with M = max_s lse_s; o = sum_s exp(lse_s - lse) o_s.
+template <typename scalar_t>
+__device__ __forceinline__ void decode_combine_body(const float* __restrict__ part_o,
+                                                    const float* __restrict__ part_lse,
+                                                    scalar_t* __restrict__ out, int D, int n_splits) {
+    const long long row = blockIdx.x;
+    const float* lse_row = part_lse + row * n_splits;
+    float M = NEG_INF;
+    for (int s = 0; s < n_splits; ++s) M = fmaxf(M, lse_row[s]);
+    float total = 0.0f;
+    for (int s = 0; s < n_splits; ++s) total += lse_row[s] == NEG_INF ? 0.0f : expf(lse_row[s] - M);
+    for (int d = threadIdx.x; d < D; d += blockDim.x) {
+        float value = 0.0f;
+        if (M != NEG_INF) {
+            for (int s = 0; s < n_splits; ++s) {
+                if (lse_row[s] == NEG_INF) continue;  // an empty split (past the end of a short sequence)
+                value += expf(lse_row[s] - M) * part_o[(row * n_splits + s) * D + d];
+            }
+            value /= total;
+        }
+        from_float(value, out + row * D + d);
+    }
+}
+
+// One kernel serves both versions; they differ in the launch (tinytransformer/cuda.py):
+//   v1: grid (B * Hkv, ceil(G * T / DEC_ROWS), 1), split_len >= max context, part_o = nullptr:
+//       the block writes the normalised output to out.
+//   v2: grid (B * Hkv, ceil(G * T / DEC_ROWS), n_splits), then decode_combine_* over B * Hq * T rows.
+#define DECODE_ENTRY(NAME, SCALAR, D_PAD)                                                                \
+    extern "C" __global__ void __launch_bounds__(DEC_THREADS) decode_##NAME##_d##D_PAD(                    \
+        const SCALAR* q, const SCALAR* k_pool, const SCALAR* v_pool, const int* block_tables,            \
+        const int* context_lens, const float* alibi_slopes, SCALAR* out, float* part_o, float* part_lse, \
+        int Hq, int Hkv, int T, int D, int block_size, int max_blocks, float scale, int causal,          \
+        int split_len, int n_splits) {                                                                   \
+        decode_body<SCALAR, D_PAD>(q, k_pool, v_pool, block_tables, context_lens, alibi_slopes, out,     \
+                                   part_o, part_lse, Hq, Hkv, T, D, block_size, max_blocks, scale,       \
+                                   causal, split_len, n_splits);                                         \
+    }
+
+#define DECODE_COMBINE_ENTRY(NAME, SCALAR)                                                               \
+    extern "C" __global__ void decode_combine_##NAME(const float* part_o, const float* part_lse,        \
+                                                     SCALAR* out, int D, int n_splits) {                \
+        decode_combine_body<SCALAR>(part_o, part_lse, out, D, n_splits);                                 \
+    }
+
+#define DECODE_ALL_DIMS(NAME, SCALAR) \
+    DECODE_ENTRY(NAME, SCALAR, 32)    \
+    DECODE_ENTRY(NAME, SCALAR, 64)    \
+    DECODE_ENTRY(NAME, SCALAR, 128)   \
+    DECODE_COMBINE_ENTRY(NAME, SCALAR)
+
+DECODE_ALL_DIMS(fp32, float)
+DECODE_ALL_DIMS(fp16, __half)
+DECODE_ALL_DIMS(bf16, __nv_bfloat16)
