@@ -20,7 +20,8 @@ Does not handle: WordPiece, tiktoken files, truncation/padding/batching, offsets
 from __future__ import annotations
 
 from tinytransformer.tokenizers.bpe import BPETokenizer
+from tinytransformer.tokenizers.byte_level import ByteLevelBPETokenizer, TokenizerFileError
 from tinytransformer.tokenizers.spm import SentencePieceError, SentencePieceTokenizer
 from tinytransformer.tokenizers.unicode_regex import GPT2_PATTERN, GPT4_PATTERN, LLAMA3_PATTERN
 
-__all__ = ["BPETokenizer", "SentencePieceTokenizer", "SentencePieceError", "GPT2_PATTERN", "GPT4_PATTERN", "LLAMA3_PATTERN"]
+__all__ = ["BPETokenizer", "ByteLevelBPETokenizer", "TokenizerFileError", "SentencePieceTokenizer", "SentencePieceError", "GPT2_PATTERN", "GPT4_PATTERN", "LLAMA3_PATTERN"]

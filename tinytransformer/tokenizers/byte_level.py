@@ -1,0 +1,413 @@
+"""Byte-level BPE of a real model (GPT-2 style), loaded from GGUF or tokenizer.json.
+
+A pretrained model's tokenizer is the BPE of tinytransformer.tokenizers.bpe
+plus the conventions its authors chose, and each must be matched exactly:
+
+1. Added tokens. Special tokens such as "<|im_start|>" are cut out of the
+   text first (leftmost, longest match) and map straight to their ids.
+2. Pre-tokenization. A sequence of regex splits cuts the rest into pieces;
+   merges never cross a piece boundary. SmolLM2 first isolates every number
+   character (\\p{N}, so "2024" is four pieces), then applies the GPT-2 regex.
+3. Byte-to-unicode. Each piece's UTF-8 bytes are written as printable
+   characters (GPT-2's table: printable Latin-1 bytes map to themselves, the
+   other 68 bytes to U+0100.. in order; a space becomes "Ġ", a newline "Ċ"),
+   because the vocabulary and merges are stored as such strings.
+4. Merges by rank: repeatedly join the adjacent pair that appears earliest in
+   the merges list (ties: leftmost), exactly as bpe.apply_merges does.
+
+Decoding maps each token back to bytes and decodes UTF-8 with replacement
+characters (U+FFFD per maximal invalid subsequence), as the Hugging Face
+ByteLevel decoder does; added tokens decode to their text.
+
+Encoding caches the ids of each distinct piece: natural text repeats the same
+few thousand words, so most pieces are a dictionary lookup.
+
+    tok = ByteLevelBPETokenizer.from_gguf(smollm2_path)
+    tok.encode("Hello world")      # [19556, 905], as the model's own tokenizer
+
+Two sources, one tokenizer:
+- GGUF (`tokenizer.ggml.*` metadata): tokens, merges ("a b" strings), token
+  types (CONTROL and USER_DEFINED tokens are added tokens) and `pre`, the name
+  of llama.cpp's pre-tokenizer, looked up in PRE_TOKENIZERS below.
+- tokenizer.json (Hugging Face `tokenizers`): model.vocab, model.merges,
+  added_tokens and the pre_tokenizer (ByteLevel, Digits, Split, Sequence).
+
+Does not handle: normalizers (tokenizer.json must have "normalizer": null),
+added tokens with lstrip/rstrip/single_word, BPE dropout, byte_fallback,
+subword prefixes/suffixes, post-processors (no BOS/EOS is ever added), offsets.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from tinytransformer.tokenizers.bpe import apply_merges
+from tinytransformer.tokenizers.unicode_regex import GPT2_PATTERN, compile_pattern
+
+__all__ = ["ByteLevelBPETokenizer", "bytes_to_unicode", "PRE_TOKENIZERS", "TokenizerFileError"]
+
+MAX_FILE_BYTES = 512 * 1024 * 1024
+MAX_CACHE_ENTRIES = 200_000
+
+# llama.cpp's regexes (src/llama-vocab.cpp) per `tokenizer.ggml.pre` value; each is applied in turn.
+_GPT2_LLAMA_CPP = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"
+_LLAMA3_LLAMA_CPP = (r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+"
+                     r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+PRE_TOKENIZERS: dict[str, list[str]] = {
+    "gpt2": [_GPT2_LLAMA_CPP],
+    "gpt-2": [_GPT2_LLAMA_CPP],
+    "smollm": [r"\p{N}", _GPT2_LLAMA_CPP],
+    "starcoder": [r"\p{N}", _GPT2_LLAMA_CPP],
+    "llama3": [_LLAMA3_LLAMA_CPP],
+    "llama-bpe": [_LLAMA3_LLAMA_CPP],
+}
+
+
+class TokenizerFileError(ValueError):
+    """A tokenizer.json or GGUF tokenizer that is corrupt or uses something we do not support."""
+
+
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible byte -> printable character table.
+
+    >>> table = bytes_to_unicode()
+    >>> table[ord("A")], table[ord(" ")], table[ord("\\n")]
+    ('A', 'Ġ', 'Ċ')
+    """
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    table, extra = {}, 0
+    for b in range(256):
+        if b in printable:
+            table[b] = chr(b)
+        else:
+            table[b] = chr(256 + extra)
+            extra += 1
+    return table
+
+
+_BYTE_TO_CHAR = bytes_to_unicode()
+_CHAR_TO_BYTE = {c: b for b, c in _BYTE_TO_CHAR.items()}
+_LATIN1_TO_CHAR = str.maketrans({chr(b): c for b, c in _BYTE_TO_CHAR.items()})
+
+# A pre-tokenizer step is (compiled regex, behaviour, invert); behaviours as in HF `tokenizers`.
+_BEHAVIOURS = ("isolated", "removed", "merged_with_previous", "merged_with_next", "contiguous")
+
+
+def _split_step(pieces: list[str], regex, behaviour: str, invert: bool) -> list[str]:
+    """Split each piece by regex; `behaviour` says what happens to the matched parts."""
+    out = []
+    for piece in pieces:
+        spans, last = [], 0  # (text, is_match)
+        for match in regex.finditer(piece):
+            if match.end() == match.start():
+                continue
+            if match.start() > last:
+                spans.append((piece[last:match.start()], invert))
+            spans.append((match.group(), not invert))
+            last = match.end()
+        if last < len(piece):
+            spans.append((piece[last:], invert))
+        if behaviour == "isolated":
+            out.extend(text for text, _ in spans)
+        elif behaviour == "removed":
+            out.extend(text for text, is_match in spans if not is_match)
+        elif behaviour == "contiguous":
+            merged: list[list] = []
+            for text, is_match in spans:
+                if merged and is_match and merged[-1][1]:
+                    merged[-1][0] += text
+                else:
+                    merged.append([text, is_match])
+            out.extend(text for text, _ in merged)
+        elif behaviour == "merged_with_previous":
+            merged_text: list[str] = []
+            for text, is_match in spans:
+                if is_match and merged_text:
+                    merged_text[-1] += text
+                else:
+                    merged_text.append(text)
+            out.extend(merged_text)
+        else:  # merged_with_next
+            merged_text, carry = [], ""
+            for text, is_match in spans:
+                if is_match:
+                    carry += text
+                else:
+                    merged_text.append(carry + text)
+                    carry = ""
+            if carry:
+                merged_text.append(carry)
+            out.extend(merged_text)
+    return out
+
+
+class ByteLevelBPETokenizer:
+    """A GPT-2-style byte-level BPE tokenizer with a pretrained vocabulary and merges."""
+
+    def __init__(self, vocab: dict[str, int], merges: list[tuple[str, str]], *,
+                 pre_tokenizer: list[tuple[str, str, bool]] | None = None,
+                 added_tokens: dict[str, int] | None = None, add_prefix_space: bool = False,
+                 ignore_merges: bool = False, unk_id: int | None = None, source: str = "tokenizer"):
+        """vocab: token string -> id; merges: pairs of token strings, in priority order;
+        pre_tokenizer: steps (pattern, behaviour, invert) applied in order (default GPT-2 regex)."""
+        self.source = source
+        self.vocab = dict(vocab)
+        self.added_tokens = dict(added_tokens or {})
+        size = max([*self.vocab.values(), *self.added_tokens.values()], default=-1) + 1
+        self.id_to_token: list[str | None] = [None] * size
+        for table in (self.vocab, self.added_tokens):
+            for token, i in table.items():
+                if not isinstance(i, int) or i < 0:
+                    raise TokenizerFileError(f"{source}: token {token!r} has id {i!r}; ids must be ints >= 0")
+                self.id_to_token[i] = token
+        # A byte without a token becomes unk_id, or is dropped when there is none (as HF does).
+        # SmolLM2 lacks 21: six ASCII controls (0x04 0x06 0x13 0x14 0x16 0x1d) and bytes rare in UTF-8.
+        self.unk_id = unk_id
+        self.missing_bytes = bytes(b for b, c in _BYTE_TO_CHAR.items() if c not in self.vocab)
+        self._char_ids = {c: self.vocab.get(c, unk_id) for c in _CHAR_TO_BYTE}
+        self.ranks: dict[tuple[int, int], tuple[int, int]] = {}
+        for rank, (left, right) in enumerate(merges):
+            ids = self.vocab.get(left), self.vocab.get(right), self.vocab.get(left + right)
+            if None in ids:
+                raise TokenizerFileError(f"{source}: merge {rank} ({left!r} {right!r}) uses a token "
+                                         "that is not in the vocabulary")
+            self.ranks.setdefault((ids[0], ids[1]), (rank, ids[2]))
+        steps = pre_tokenizer if pre_tokenizer is not None else [(GPT2_PATTERN, "isolated", False)]
+        self.pre_tokenizer = [(compile_pattern(p), b, inv) for p, b, inv in steps]
+        self.pre_tokenizer_patterns = [p for p, _, _ in steps]
+        self.add_prefix_space = add_prefix_space
+        self.ignore_merges = ignore_merges
+        self._added_regex = None
+        if self.added_tokens:
+            import re
+
+            ordered = sorted(self.added_tokens, key=len, reverse=True)  # longest first = leftmost-longest
+            self._added_regex = re.compile("|".join(re.escape(t) for t in ordered))
+        self._cache: dict[str, list[int]] = {}
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.id_to_token)
+
+    # ---- loading -------------------------------------------------------------------------
+    @classmethod
+    def from_gguf(cls, path: str | os.PathLike) -> "ByteLevelBPETokenizer":
+        """Read `tokenizer.ggml.*` from a GGUF file (tokenizer.ggml.model must be "gpt2")."""
+        from tinytransformer.gguf import GGUFFile
+
+        source = f"GGUF file {os.fspath(path)!r}"
+        with GGUFFile(path) as gguf:
+            meta = gguf.metadata
+        model = meta.get("tokenizer.ggml.model")
+        if model != "gpt2":
+            raise TokenizerFileError(f"{source}: tokenizer.ggml.model is {model!r}; only 'gpt2' "
+                                     "(byte-level BPE) is supported here")
+        tokens, merges = meta.get("tokenizer.ggml.tokens"), meta.get("tokenizer.ggml.merges")
+        if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
+            raise TokenizerFileError(f"{source}: tokenizer.ggml.tokens is missing or not a list of strings")
+        if not isinstance(merges, list) or not all(isinstance(m, str) and m.count(" ") == 1 for m in merges):
+            raise TokenizerFileError(f"{source}: tokenizer.ggml.merges is missing or not a list of 'a b' strings")
+        types = meta.get("tokenizer.ggml.token_type", [1] * len(tokens))
+        if not isinstance(types, list) or len(types) != len(tokens):
+            raise TokenizerFileError(f"{source}: tokenizer.ggml.token_type has {len(types)} entries "
+                                     f"but there are {len(tokens)} tokens")
+        pre = meta.get("tokenizer.ggml.pre", "gpt2")
+        if pre not in PRE_TOKENIZERS:
+            raise TokenizerFileError(f"{source}: unsupported pre-tokenizer tokenizer.ggml.pre = {pre!r}; "
+                                     f"supported: {', '.join(sorted(PRE_TOKENIZERS))}")
+        vocab, added = {}, {}
+        for i, (token, kind) in enumerate(zip(tokens, types)):
+            table = added if kind in (3, 4) else vocab  # 3 CONTROL, 4 USER_DEFINED: matched in the text
+            if token in vocab or token in added:
+                raise TokenizerFileError(f"{source}: token {token!r} appears twice")
+            table[token] = i
+        pairs = [tuple(m.split(" ")) for m in merges]
+        steps = [(pattern, "isolated", False) for pattern in PRE_TOKENIZERS[pre]]
+        return cls({**vocab, **added}, pairs, pre_tokenizer=steps, added_tokens=added, source=source)
+
+    @classmethod
+    def from_tokenizer_json(cls, path: str | os.PathLike) -> "ByteLevelBPETokenizer":
+        """Read a Hugging Face tokenizer.json whose model is byte-level BPE."""
+        file = Path(path)
+        source = f"tokenizer.json {str(file)!r}"
+        if not file.is_file():
+            raise FileNotFoundError(f"{source} does not exist")
+        if file.stat().st_size > MAX_FILE_BYTES:
+            raise TokenizerFileError(f"{source} is larger than {MAX_FILE_BYTES} bytes")
+        try:
+            data = json.loads(file.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise TokenizerFileError(f"{source} is not valid UTF-8 JSON: {error}") from None
+        if not isinstance(data, dict) or not isinstance(data.get("model"), dict):
+            raise TokenizerFileError(f"{source} has no 'model' object; not a tokenizer.json file")
+        model = data["model"]
+        if model.get("type", "BPE") != "BPE":
+            raise TokenizerFileError(f"{source}: model type is {model.get('type')!r}; only BPE is supported")
+        for key, default in (("dropout", None), ("byte_fallback", False),
+                             ("continuing_subword_prefix", ""), ("end_of_word_suffix", "")):
+            if model.get(key) not in (default, None):
+                raise TokenizerFileError(f"{source}: model.{key} = {model.get(key)!r} is not supported")
+        if data.get("normalizer") is not None:
+            raise TokenizerFileError(f"{source}: a normalizer ({data['normalizer'].get('type')!r}) is not supported")
+        vocab, merges = model.get("vocab"), model.get("merges")
+        if not isinstance(vocab, dict) or not isinstance(merges, list):
+            raise TokenizerFileError(f"{source}: model.vocab must be an object and model.merges a list")
+        pairs = []
+        for k, merge in enumerate(merges):
+            if isinstance(merge, str) and merge.count(" ") == 1:
+                pairs.append(tuple(merge.split(" ")))
+            elif isinstance(merge, list) and len(merge) == 2 and all(isinstance(m, str) for m in merge):
+                pairs.append((merge[0], merge[1]))
+            else:
+                raise TokenizerFileError(f"{source}: model.merges[{k}] = {merge!r} is not 'a b' or [a, b]")
+        added = {}
+        for k, entry in enumerate(data.get("added_tokens") or []):
+            if not isinstance(entry, dict) or not isinstance(entry.get("content"), str) \
+                    or not isinstance(entry.get("id"), int):
+                raise TokenizerFileError(f"{source}: added_tokens[{k}] needs a string 'content' and an int 'id'")
+            for flag in ("lstrip", "rstrip", "single_word"):
+                if entry.get(flag):
+                    raise TokenizerFileError(f"{source}: added token {entry['content']!r} has {flag}=true, "
+                                             "which is not supported")
+            added[entry["content"]] = entry["id"]
+        steps, add_prefix_space = _pre_tokenizer_steps(data.get("pre_tokenizer"), source)
+        decoder = data.get("decoder") or {}
+        if decoder.get("type") != "ByteLevel":
+            raise TokenizerFileError(f"{source}: decoder is {decoder.get('type')!r}; expected ByteLevel")
+        unk = model.get("unk_token")
+        if unk is not None and unk not in vocab:
+            raise TokenizerFileError(f"{source}: model.unk_token {unk!r} is not in the vocabulary")
+        return cls({**vocab}, pairs, pre_tokenizer=steps, added_tokens=added, add_prefix_space=add_prefix_space,
+                   ignore_merges=bool(model.get("ignore_merges", False)),
+                   unk_id=None if unk is None else vocab[unk], source=source)
+
+    # ---- encoding ------------------------------------------------------------------------
+    def pre_tokenize(self, text: str) -> list[str]:
+        """The pieces that merges work within (before the byte-to-unicode mapping)."""
+        pieces = [text]
+        if self.add_prefix_space and not text.startswith(" "):
+            pieces = [" " + text]
+        for regex, behaviour, invert in self.pre_tokenizer:
+            pieces = _split_step(pieces, regex, behaviour, invert)
+        return pieces
+
+    def _encode_piece(self, piece: str) -> list[int]:
+        ids = self._cache.get(piece)
+        if ids is None:
+            chars = piece.encode("utf-8").decode("latin-1").translate(_LATIN1_TO_CHAR)
+            whole = self.vocab.get(chars) if self.ignore_merges else None
+            if whole is not None:
+                ids = [whole]
+            else:
+                symbols = [self._char_ids[c] for c in chars]
+                ids = apply_merges([i for i in symbols if i is not None], self.ranks)
+            if len(self._cache) >= MAX_CACHE_ENTRIES:
+                self._cache.clear()
+            self._cache[piece] = ids
+        return ids
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of text, added tokens matched, no BOS/EOS added."""
+        if not isinstance(text, str):
+            raise TypeError(f"text must be a str, got {type(text).__name__}")
+        ids: list[int] = []
+        for segment, is_added in self._split_added(text):
+            if is_added:
+                ids.append(self.added_tokens[segment])
+                continue
+            for piece in self.pre_tokenize(segment):
+                ids.extend(self._encode_piece(piece))
+        return ids
+
+    def encode_as_tokens(self, text: str) -> list[str]:
+        return [self.id_to_token[i] for i in self.encode(text)]
+
+    def _split_added(self, text: str):
+        if self._added_regex is None:
+            if text:
+                yield text, False
+            return
+        last = 0
+        for match in self._added_regex.finditer(text):
+            if match.start() > last:
+                yield text[last:match.start()], False
+            yield match.group(), True
+            last = match.end()
+        if last < len(text):
+            yield text[last:], False
+
+    # ---- decoding ------------------------------------------------------------------------
+    def token_bytes(self, i: int) -> bytes:
+        """The bytes one token stands for (an added token: its UTF-8 text)."""
+        token = self.id_to_token[i]
+        if any(c not in _CHAR_TO_BYTE for c in token):  # the HF decoder's rule, added tokens included
+            return token.encode("utf-8")
+        return bytes(_CHAR_TO_BYTE[c] for c in token)
+
+    def decode(self, ids) -> str:
+        """Text of ids; bytes that are not valid UTF-8 become U+FFFD (as the HF ByteLevel decoder)."""
+        out = []
+        for position, i in enumerate(ids):
+            if isinstance(i, bool) or not isinstance(i, int) and not hasattr(i, "__index__"):
+                raise TypeError(f"ids[{position}] must be an int, got {type(i).__name__}")
+            i = int(i)
+            if not 0 <= i < len(self.id_to_token) or self.id_to_token[i] is None:
+                raise ValueError(f"ids[{position}] = {i} is out of range; vocab_size is {self.vocab_size}")
+            out.append(self.token_bytes(i))
+        return b"".join(out).decode("utf-8", errors="replace")
+
+    def __repr__(self) -> str:
+        return f"ByteLevelBPETokenizer(vocab_size={self.vocab_size}, source={self.source})"
+
+
+def _pre_tokenizer_steps(spec, source: str) -> tuple[list[tuple[str, str, bool]], bool]:
+    """Translate a tokenizer.json pre_tokenizer into (regex steps, add_prefix_space)."""
+    steps: list[tuple[str, str, bool]] = []
+    add_prefix_space = False
+    saw_byte_level = False
+
+    def visit(node):
+        nonlocal add_prefix_space, saw_byte_level
+        if not isinstance(node, dict):
+            raise TokenizerFileError(f"{source}: pre_tokenizer entry {node!r} is not an object")
+        kind = node.get("type")
+        if kind == "Sequence":
+            for child in node.get("pretokenizers", []):
+                visit(child)
+        elif kind == "ByteLevel":
+            saw_byte_level = True
+            if node.get("add_prefix_space"):
+                if steps:
+                    raise TokenizerFileError(f"{source}: ByteLevel add_prefix_space after another "
+                                             "pre-tokenizer is not supported")
+                add_prefix_space = True
+            if node.get("use_regex", True):
+                steps.append((GPT2_PATTERN, "isolated", False))
+        elif kind == "Digits":
+            steps.append((r"\p{N}" if node.get("individual_digits") else r"\p{N}+", "isolated", False))
+        elif kind == "Split":
+            pattern = node.get("pattern") or {}
+            if "Regex" in pattern:
+                regex = pattern["Regex"]
+            elif "String" in pattern:
+                import re
+
+                regex = re.escape(pattern["String"])
+            else:
+                raise TokenizerFileError(f"{source}: Split pre-tokenizer without a Regex or String pattern")
+            behaviour = str(node.get("behavior", "Isolated"))
+            snake = "".join("_" + c.lower() if c.isupper() else c for c in behaviour).lstrip("_")
+            if snake not in _BEHAVIOURS:
+                raise TokenizerFileError(f"{source}: Split behavior {behaviour!r} is not supported")
+            steps.append((regex, snake, bool(node.get("invert", False))))
+        else:
+            raise TokenizerFileError(f"{source}: pre_tokenizer type {kind!r} is not supported "
+                                     "(supported: Sequence, ByteLevel, Digits, Split)")
+
+    if spec is None:
+        raise TokenizerFileError(f"{source}: no pre_tokenizer; a byte-level BPE needs a ByteLevel pre-tokenizer")
+    visit(spec)
+    if not saw_byte_level:
+        raise TokenizerFileError(f"{source}: no ByteLevel pre-tokenizer; not a byte-level BPE tokenizer")
+    return steps, add_prefix_space
