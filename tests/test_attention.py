@@ -222,3 +222,12 @@ def test_attention_agrees_with_torch_sdpa(shape, seed, kind):
         tmask = torch.from_numpy(causal_mask(shape.q_len, shape.kv_len))
     theirs = torch.nn.functional.scaled_dot_product_attention(tq, tk, tv, attn_mask=tmask, enable_gqa=True)
     assert_close(ours, theirs.numpy(), dtype=np.float32)
+
+
+@given(attention_shapes(), seeds(), st.booleans())
+def test_half_precision_is_computed_in_float32_and_returned_in_float16(shape, seed, causal):
+    q, k, v = random_qkv(shape, seed, np.float16)
+    out = scaled_dot_product_attention(q, k, v, causal=causal)
+    assert out.dtype == np.float16
+    expected = scaled_dot_product_attention(*(a.astype(np.float32) for a in (q, k, v)), causal=causal)
+    assert_close(out, expected, dtype=np.float16)

@@ -137,8 +137,9 @@ def scaled_dot_product_attention(q, k, v, *, mask=None, bias=None, causal=False,
     causal: end-aligned (query i at key position S - T + i).
     window: each query sees only its `window` most recent keys (implies causal).
     scale: defaults to 1 / sqrt(D).
-    Returns [B, Hq, T, Dv] in the common dtype of q, k, v.
+    Returns [B, Hq, T, Dv] in the common dtype of q, k, v (float16 is computed in float32).
     """
+    out_dtype = np.result_type(*(np.asarray(a).dtype for a in (q, k, v)))  # float16 in -> float16 out
     v = _as_float(v, "v")
     p = attention_weights(q, k, mask=mask, bias=bias, causal=causal, window=window, scale=scale)
     B, Hq, T, S = p.shape
@@ -149,7 +150,7 @@ def scaled_dot_product_attention(q, k, v, *, mask=None, bias=None, causal=False,
     Hkv, Dv = v.shape[1], v.shape[3]
     pg = p.reshape(B, Hkv, Hq // Hkv, T, S)  # [B, Hq, T, S] -> [B, Hkv, G, T, S]
     out = pg @ v[:, :, None].astype(p.dtype, copy=False)  # [B, Hkv, G, T, S] @ [B, Hkv, 1, S, Dv] -> [B, Hkv, G, T, Dv]
-    return out.reshape(B, Hq, T, Dv)  # [B, Hq, T, Dv]
+    return out.reshape(B, Hq, T, Dv).astype(out_dtype, copy=False)  # [B, Hq, T, Dv]
 
 
 def repeat_kv(x, n_rep: int) -> np.ndarray:
