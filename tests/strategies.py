@@ -90,8 +90,239 @@ def model_configs(draw):
 
 # --- text (tokenizer chapter) -------------------------------------------------------
 
+# Fragments that tokenizers get wrong: combining marks, emoji sequences (skin tone, ZWJ,
+# flags), CJK, Hangul, control and separator characters, NFKC-sensitive forms, digits,
+# contractions, special-token text, the SentencePiece space marker itself.
+TOKENIZER_FRAGMENTS = (
+    "Hello", " world", "'s", " don't", "2024", " 3.14", "x²", "½", "①", "Ⅻ", "naïve", "e\u0301",
+    "a\u0308\u0301", "\u0301", "😀", "👍🏽", "👩\u200d💻", "🇰🇷", "漢字", "日本語のテキスト", "한국어",
+    " 안녕하세요", "\t", "\r\n", "\x00", "\x04", "\x1c", "\x7f", "\x85", "\u3000", "\u00a0", "\u200b",
+    "ﬁ", "ｆｕｌｌ", "<|im_start|>", "<|endoftext|>", "\u2581", "\ufeff", "\U000e0041", "\U0010fffd",
+)
+
+
+def tokenizer_text(max_fragments: int = 10):
+    """Arbitrary Unicode text (no surrogates, no unassigned code points) with the hard cases above
+    and long runs of spaces and newlines."""
+    fragment = st.one_of(
+        st.sampled_from(TOKENIZER_FRAGMENTS),
+        st.text(st.characters(exclude_categories=("Cs", "Cn")), max_size=6),
+        st.text(st.sampled_from("abcdefghij ABC.,;'\n0123"), max_size=10),
+        st.builds(lambda unit, n: unit * n, st.sampled_from([" ", "\n", "\t", " \n", "\n\n "]),
+                  st.integers(1, 12)),
+    )
+    return st.lists(fragment, max_size=max_fragments).map("".join)
+
+
+def bpe_vocab_sizes(max_merges: int = 60):
+    """A vocabulary size for BPETokenizer.train: the 256 byte tokens plus some merges."""
+    return st.integers(256, 256 + max_merges)
+
+
 # --- n-gram chapter -----------------------------------------------------------------
+
+NGRAM_WORDS = ("a", "b", "c", "d", "e", "f")  # few words, so n-grams repeat and counts of counts fill
+
+
+def ngram_sentences(*, max_sentences: int = 10, max_len: int = 8, words=NGRAM_WORDS, min_sentences: int = 1):
+    """A small corpus: a list of sentences, each a list of str tokens (possibly empty)."""
+    sentence = st.lists(st.sampled_from(words), min_size=0, max_size=max_len)
+    return st.lists(sentence, min_size=min_sentences, max_size=max_sentences)
+
+
+def ngram_orders(max_order: int = 4):
+    return st.integers(1, max_order)
+
+
+def ngram_smoothings():
+    return st.sampled_from(("mle", "laplace", "add-k", "kneser-ney", "modified-kneser-ney"))
+
 
 # --- pretrained model / GGUF --------------------------------------------------------
 
+_GGUF_SCALARS = {
+    np.uint8: st.integers(0, 2**8 - 1), np.int8: st.integers(-2**7, 2**7 - 1),
+    np.uint16: st.integers(0, 2**16 - 1), np.int16: st.integers(-2**15, 2**15 - 1),
+    np.uint32: st.integers(0, 2**32 - 1), np.int32: st.integers(-2**31, 2**31 - 1),
+    np.uint64: st.integers(0, 2**64 - 1), np.int64: st.integers(-2**63, 2**63 - 1),
+    np.float32: st.floats(width=32, allow_nan=False), np.float64: st.floats(allow_nan=False),
+}
+
+
+def gguf_scalars(dtype=None):
+    """One typed GGUF metadata value: a NumPy scalar of one of the 10 numeric types, a bool, or a str."""
+    numeric = [st.builds(t, strat) for t, strat in _GGUF_SCALARS.items()] if dtype is None \
+        else [st.builds(dtype, _GGUF_SCALARS[dtype])]
+    return st.one_of(*numeric, st.booleans(), st.text(max_size=20)) if dtype is None else numeric[0]
+
+
+@st.composite
+def gguf_arrays(draw, depth: int = 0):
+    """A GGUF array value: a list of one element type (numbers, bools, strings, or arrays)."""
+    kind = draw(st.sampled_from(["number", "bool", "str"] + (["array"] if depth < 2 else [])))
+    n = draw(st.integers(0, 6))
+    if kind == "number":
+        dtype = draw(st.sampled_from(list(_GGUF_SCALARS)))
+        return np.array(draw(st.lists(_GGUF_SCALARS[dtype], min_size=n, max_size=n)), dtype=dtype)
+    if kind == "bool":
+        return draw(st.lists(st.booleans(), min_size=n, max_size=n))
+    if kind == "str":
+        return draw(st.lists(st.text(max_size=10), min_size=n, max_size=n))
+    return [draw(gguf_arrays(depth=depth + 1)) for _ in range(n)]
+
+
+def gguf_values():
+    return st.one_of(gguf_scalars(), gguf_arrays())
+
+
+def gguf_metadata():
+    """Metadata dicts key -> typed value, as `write_gguf` takes them."""
+    return st.dictionaries(st.text(min_size=1, max_size=24), gguf_values(), max_size=6)
+
+
+def gguf_python_value(value):
+    """What the reader should return for a value given to the writer: plain Python values."""
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, list):
+        return [gguf_python_value(v) for v in value]
+    return value
+
+
+@st.composite
+def gguf_mutations(draw, size: int):
+    """Ways to corrupt a GGUF file of `size` bytes: flipped bytes, a truncation, a planted huge count."""
+    kind = draw(st.sampled_from(["flip", "truncate", "huge"]))
+    if kind == "truncate":
+        return ("truncate", draw(st.integers(0, size - 1)))
+    if kind == "flip":
+        flips = draw(st.lists(st.tuples(st.integers(0, size - 1), st.integers(1, 255)), min_size=1, max_size=8))
+        return ("flip", flips)
+    value = draw(st.sampled_from([2**63 - 1, 2**64 - 1, 2**40, 2**32 - 1, 10**12]))
+    return ("huge", (draw(st.integers(0, size - 8)), value))
+
+
+def apply_gguf_mutation(data: bytes, mutation) -> bytes:
+    kind, arg = mutation
+    if kind == "truncate":
+        return data[:arg]
+    out = bytearray(data)
+    if kind == "flip":
+        for position, xor in arg:
+            out[position] ^= xor
+    else:
+        position, value = arg
+        out[position:position + 8] = value.to_bytes(8, "little")
+    return bytes(out)
+
+
+@st.composite
+def tiny_llama_configs(draw):
+    """Keyword arguments for llama.write_random_llama: small, every GQA ratio, both head layouts."""
+    n_kv_heads = draw(st.sampled_from([1, 2]))
+    n_heads = n_kv_heads * draw(st.sampled_from([1, 2, 4]))
+    return dict(n_layers=draw(st.integers(1, 2)), dim=32 * draw(st.integers(1, 2)),
+                n_heads=n_heads, n_kv_heads=n_kv_heads, hidden_dim=32 * draw(st.integers(1, 3)),
+                seed=draw(st.integers(0, 1000)), tied_embeddings=draw(st.booleans()),
+                weight_type=draw(st.sampled_from([0, 1, 2, 3, 8, 30])))
+
+
+def token_ids(vocab_size: int, min_size: int = 1, max_size: int = 24):
+    return st.lists(st.integers(0, vocab_size - 1), min_size=min_size, max_size=max_size)
+
+
 # --- CUDA kernels / paged cache -----------------------------------------------------
+
+# Cases for the kernels: lengths past every tile size (v2 tiles 32 x 16/32, v3 64 x 32/64,
+# decode 32 keys), head dims that are and are not the padded widths (16/32/64/128).
+KERNEL_HEAD_DIMS = (1, 3, 8, 16, 24, 64, 100, 128)
+KERNEL_DTYPES = ("float32", "float16", "bfloat16")
+
+
+@st.composite
+def kernel_attention_cases(draw, *, max_len: int = 80, head_dims=KERNEL_HEAD_DIMS, dtypes=KERNEL_DTYPES):
+    """(AttentionShape, causal, alibi, dtype name, seed) for the flash kernels."""
+    shape = draw(attention_shapes(max_len=max_len, head_dims=head_dims))
+    return shape, draw(st.booleans()), draw(st.booleans()), draw(st.sampled_from(dtypes)), draw(seeds())
+
+
+def encode_dtype(x, dtype: str):
+    """(array to pass to a kernel, the float64 values it holds, dtype= argument) for a dtype name."""
+    from tinytransformer.cuda import from_bfloat16_bits, to_bfloat16_bits
+
+    if dtype == "bfloat16":
+        bits = to_bfloat16_bits(x)
+        return bits, from_bfloat16_bits(bits).astype(np.float64), "bfloat16"
+    stored = np.asarray(x).astype(dtype)
+    return stored, stored.astype(np.float64), None
+
+
+@dataclass(frozen=True)
+class PagedCase:
+    n_kv_heads: int
+    group: int  # G = Hq / Hkv
+    head_dim: int
+    block_size: int
+    lengths: tuple  # context length of each sequence (counting the q_len new tokens)
+    q_len: int  # T: new tokens per sequence (1 = plain decoding, more = speculative verification)
+    interleave: bool  # append the sequences' chunks in a shuffled order (scattered block tables)
+    decoy: bool  # a sequence that grows alongside and is freed, leaving holes in the free list
+    seed: int
+
+
+@st.composite
+def paged_cases(draw, *, max_len: int = 70, max_batch: int = 3, head_dims=(1, 4, 8, 32, 50, 64, 128)):
+    lengths = tuple(draw(st.lists(st.integers(1, max_len), min_size=1, max_size=max_batch)))
+    return PagedCase(
+        n_kv_heads=draw(st.integers(1, 2)),
+        group=draw(st.sampled_from((1, 2, 3, 4, 8))),
+        head_dim=draw(st.sampled_from(head_dims)),
+        block_size=draw(st.sampled_from((1, 3, 4, 16))),
+        lengths=lengths,
+        q_len=draw(st.integers(1, 3)),
+        interleave=draw(st.booleans()),
+        decoy=draw(st.booleans()),
+        seed=draw(seeds()),
+    )
+
+
+def build_paged_cache(case: PagedCase, dtype=np.float64):
+    """Fill a one-layer PagedKVCache as a server would, in chunks, interleaved or not.
+
+    Returns (cache, seq_ids, ks, vs): ks[b] and vs[b] are the contiguous [Hkv, L_b, D]
+    arrays that were appended, the independent oracle for what the cache must hold.
+    """
+    from tinytransformer.paged_cache import PagedKVCache
+
+    rng = np.random.default_rng(case.seed)
+    Hkv, D, bs = case.n_kv_heads, case.head_dim, case.block_size
+    ks = [rng.standard_normal((Hkv, L, D)).astype(dtype) for L in case.lengths]  # the data depends on
+    vs = [rng.standard_normal((Hkv, L, D)).astype(dtype) for L in case.lengths]  # the seed alone, not the layout
+    lengths = list(case.lengths)
+    if case.decoy:
+        lengths.append(int(rng.integers(1, 40)))
+        ks.append(np.zeros((Hkv, lengths[-1], D), dtype=dtype))
+        vs.append(np.zeros((Hkv, lengths[-1], D), dtype=dtype))
+    need = sum(-(-L // bs) for L in lengths)
+    cache = PagedKVCache(1, Hkv, D, n_blocks=need + 1, block_size=bs, dtype=dtype)
+    ids = [cache.add_sequence() for _ in lengths]
+    chunks = []  # (sequence index, start, stop), in order within each sequence
+    for s, L in enumerate(lengths):
+        start = 0
+        while start < L:
+            stop = min(L, start + int(rng.integers(1, 6)))
+            chunks.append((s, start, stop))
+            start = stop
+    if case.interleave:  # a random merge that keeps each sequence's chunks in order
+        keys = rng.random(len(chunks))
+        order = sorted(range(len(chunks)), key=lambda c: (keys[c], chunks[c][1]))
+        per_seq = {s: [c for c in chunks if c[0] == s] for s in range(len(lengths))}
+        chunks = [per_seq[chunks[c][0]].pop(0) for c in order]
+    for s, start, stop in chunks:
+        cache.append(ids[s], ks[s][:, start:stop], vs[s][:, start:stop])
+    if case.decoy:
+        cache.free(ids.pop())
+        ks.pop(), vs.pop()
+    return cache, ids, ks, vs

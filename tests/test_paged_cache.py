@@ -1,0 +1,166 @@
+"""The paged KV cache holds what was appended, allocates blocks as it claims, and decode over it is attention."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from strategies import PagedCase, build_paged_cache, paged_cases
+from tinytransformer.attention import scaled_dot_product_attention
+from tinytransformer.paged_cache import CacheFullError, PagedKVCache, paged_decode_attention
+from tinytransformer.positional import alibi_bias, alibi_slopes
+from tinytransformer.testing import assert_close
+
+
+@given(paged_cases())
+def test_gather_returns_exactly_what_was_appended(case):
+    cache, ids, ks, vs = build_paged_cache(case)
+    for s, k, v in zip(ids, ks, vs):
+        k_got, v_got = cache.gather(0, s)
+        np.testing.assert_array_equal(k_got, k)
+        np.testing.assert_array_equal(v_got, v)
+
+
+@given(paged_cases())
+def test_each_sequence_owns_ceil_length_over_block_size_blocks_and_no_block_twice(case):
+    cache, ids, _, _ = build_paged_cache(case)
+    owned = [b for s in ids for b in cache.block_table(s)]
+    assert len(owned) == len(set(owned)), "a block is owned by two sequences"
+    for s in ids:
+        assert len(cache.block_table(s)) == -(-cache.length(s) // case.block_size)
+    assert len(owned) + cache.n_free_blocks == cache.n_blocks
+    assert cache.wasted_slots() < len(ids) * case.block_size  # less than one block per sequence
+
+
+@given(paged_cases())
+def test_batch_pads_block_tables_with_minus_one_and_reports_lengths(case):
+    cache, ids, ks, _ = build_paged_cache(case)
+    tables, lengths = cache.batch(ids)
+    assert tables.dtype == np.int32 and lengths.dtype == np.int32
+    assert lengths.tolist() == [k.shape[1] for k in ks]
+    for row, s in zip(tables, ids):
+        n = len(cache.block_table(s))
+        assert row[:n].tolist() == cache.block_table(s)
+        assert (row[n:] == -1).all()
+
+
+def test_freed_blocks_return_to_the_free_list_and_are_reused():
+    cache = PagedKVCache(1, 1, 2, n_blocks=3, block_size=2)
+    a = cache.add_sequence()
+    cache.append(a, np.ones((1, 5, 2)), np.ones((1, 5, 2)))  # 3 blocks: the pool is full
+    assert cache.n_free_blocks == 0
+    used = set(cache.block_table(a))
+    cache.free(a)
+    assert cache.n_free_blocks == 3
+    b = cache.add_sequence()
+    cache.append(b, np.zeros((1, 4, 2)), np.zeros((1, 4, 2)))
+    assert set(cache.block_table(b)) <= used
+    with pytest.raises(KeyError, match="no live sequence"):
+        cache.length(a)
+
+
+def test_extend_is_all_or_nothing_when_the_pool_is_full():
+    cache = PagedKVCache(1, 1, 2, n_blocks=2, block_size=2)
+    s = cache.add_sequence()
+    cache.append(s, np.ones((1, 3, 2)), np.ones((1, 3, 2)))
+    with pytest.raises(CacheFullError, match="needs 1 more blocks .* only 0 of 2 are free"):
+        cache.extend(s, 2)
+    assert cache.length(s) == 3 and len(cache.block_table(s)) == 2
+    cache.extend(s, 1)  # the last slot of the second block still fits
+    assert cache.length(s) == 4
+
+
+def test_append_with_a_wrong_shape_changes_nothing():
+    cache = PagedKVCache(1, 2, 4, n_blocks=4, block_size=2)
+    s = cache.add_sequence()
+    with pytest.raises(ValueError, match=r"k: expected shape \[Hkv, n, D\] = \[2, 3, 4\], got \(2, 3, 5\)"):
+        cache.append(s, np.zeros((2, 3, 5)), np.zeros((2, 3, 4)))
+    assert cache.length(s) == 0 and cache.n_free_blocks == 4
+
+
+def test_multi_layer_cache_is_written_per_layer_after_one_extend():
+    cache = PagedKVCache(2, 1, 2, n_blocks=4, block_size=2)
+    s = cache.add_sequence()
+    with pytest.raises(ValueError, match="n_layers=2"):
+        cache.append(s, np.zeros((1, 1, 2)), np.zeros((1, 1, 2)))
+    positions = cache.extend(s, 3)
+    for layer in range(2):
+        cache.write(layer, s, positions, np.full((1, 3, 2), layer), np.full((1, 3, 2), -layer))
+    assert (cache.gather(1, s)[0] == 1).all() and (cache.gather(0, s)[0] == 0).all()
+
+
+def _decode_reference(case, ks, vs, q, causal, slopes):
+    """Attention over each sequence's contiguous K/V (the oracle), the last T queries end-aligned."""
+    outs = []
+    for b, (k, v) in enumerate(zip(ks, vs)):
+        L = k.shape[1]
+        bias = None
+        if slopes is not None:
+            bias = alibi_bias(len(slopes), case.q_len, L)
+        outs.append(scaled_dot_product_attention(q[b:b + 1], k[None], v[None], causal=causal, bias=bias)[0])
+    return np.stack(outs)
+
+
+@given(paged_cases(), st.booleans(), st.booleans())
+def test_paged_decode_equals_attention_over_the_contiguous_cache(case, causal, alibi):
+    cache, ids, ks, vs = build_paged_cache(case)
+    tables, lengths = cache.batch(ids)
+    Hq = case.n_kv_heads * case.group
+    q = np.random.default_rng(case.seed + 1).standard_normal((len(ids), Hq, case.q_len, case.head_dim))
+    slopes = alibi_slopes(Hq) if alibi else None
+    out = paged_decode_attention(q, cache.k_pool[0], cache.v_pool[0], tables, lengths, causal=causal,
+                                 alibi_slopes=slopes)
+    assert_close(out, _decode_reference(case, ks, vs, q, causal, slopes))
+
+
+@given(paged_cases(), st.tuples(st.integers(0, 2**31), st.integers(0, 2**31)))
+def test_block_table_layout_does_not_change_the_decode_result(case, seeds):
+    """The same tokens stored in two different physical layouts decode to the same output."""
+    layouts = [PagedCase(**{**case.__dict__, "interleave": i, "decoy": d}) for i, d in ((False, False), (True, True))]
+    q = np.random.default_rng(seeds[0]).standard_normal(
+        (len(case.lengths), case.n_kv_heads * case.group, case.q_len, case.head_dim))
+    outs = []
+    for layout in layouts:
+        cache, ids, _, _ = build_paged_cache(layout)
+        tables, lengths = cache.batch(ids)
+        outs.append(paged_decode_attention(q, cache.k_pool[0], cache.v_pool[0], tables, lengths))
+    np.testing.assert_array_equal(outs[0], outs[1])
+
+
+def test_decode_rejects_bad_arguments_with_the_argument_named():
+    cache = PagedKVCache(1, 2, 4, n_blocks=4, block_size=2)
+    s = cache.add_sequence()
+    cache.append(s, np.ones((2, 3, 4)), np.ones((2, 3, 4)))
+    tables, lengths = cache.batch([s])
+    kp, vp = cache.k_pool[0], cache.v_pool[0]
+    q = np.ones((1, 6, 1, 4))
+    with pytest.raises(ValueError, match="q has 5 heads but k_pool has 2"):
+        paged_decode_attention(np.ones((1, 5, 1, 4)), kp, vp, tables, lengths)
+    with pytest.raises(ValueError, match="k_pool: head dim 4 does not match q's head dim 3"):
+        paged_decode_attention(np.ones((1, 6, 1, 3)), kp, vp, tables, lengths)
+    with pytest.raises(ValueError, match=r"context_lens: expected values in \[1, max_blocks \* block_size = 4\]"):
+        paged_decode_attention(q, kp, vp, tables, np.array([5], np.int32))
+    with pytest.raises(ValueError, match=r"block_tables: row 0 uses blocks \[0, 7\]"):
+        paged_decode_attention(q, kp, vp, np.array([[0, 7]], np.int32), lengths)
+    with pytest.raises(ValueError, match="block_tables: expected an integer array"):
+        paged_decode_attention(q, kp, vp, tables.astype(np.float32), lengths)
+    with pytest.raises(ValueError, match=r"alibi_slopes: expected shape \[Hq\] = \[6\]"):
+        paged_decode_attention(q, kp, vp, tables, lengths, alibi_slopes=np.ones(2))
+
+
+def test_paging_fits_more_sequences_than_contiguous_reservation():
+    """The lecture's claim, measured: same pool, lengths far below max_seq_len."""
+    max_seq_len, block_size, pool_positions = 256, 16, 1024
+    cache = PagedKVCache(1, 1, 1, n_blocks=pool_positions // block_size, block_size=block_size)
+    rng = np.random.default_rng(0)
+    admitted = 0
+    try:
+        while True:
+            s = cache.add_sequence()
+            cache.extend(s, int(rng.integers(10, 60)))
+            admitted += 1
+    except CacheFullError:
+        pass
+    contiguous = pool_positions // max_seq_len
+    assert admitted > 3 * contiguous
