@@ -374,8 +374,12 @@ def flash_attention(q, k, v, *, causal=False, scale=None, alibi_slopes=None, ret
     if backend == "numpy":
         from tinytransformer.flash import flash_attention as reference
 
+        kind = _element_type((q, k, v), ("q", "k", "v"), dtype) if dtype else None
         q, k, v = (_host_float(x, dtype) for x in (q, k, v))
-        return reference(q, k, v, causal=causal, scale=scale, alibi_slopes=alibi_slopes, return_lse=return_lse)
+        result = reference(q, k, v, causal=causal, scale=scale, alibi_slopes=alibi_slopes, return_lse=return_lse)
+        if return_lse:
+            return _like_input(result[0], q, kind), result[1]
+        return _like_input(result, q, kind)
 
     version, kind, (B, Hq, Hkv, T, S, D) = check_flash_inputs(q, k, v, alibi_slopes=alibi_slopes,
                                                               version=version, dtype=dtype)
@@ -426,9 +430,11 @@ def paged_decode_attention(q, k_pool, v_pool, block_tables, context_lens, *, cau
     if backend == "numpy":
         from tinytransformer.paged_cache import paged_decode_attention as reference
 
+        kind = _element_type((q, k_pool, v_pool), ("q", "k_pool", "v_pool"), dtype) if dtype else None
         q, k_pool, v_pool = (_host_float(x, dtype) for x in (q, k_pool, v_pool))
-        return reference(q, k_pool, v_pool, _host(block_tables), _host(context_lens), causal=causal,
-                         scale=scale, alibi_slopes=alibi_slopes)
+        out = reference(q, k_pool, v_pool, _host(block_tables), _host(context_lens), causal=causal,
+                        scale=scale, alibi_slopes=alibi_slopes)
+        return _like_input(out, q, kind)
 
     version, kind, (B, Hq, Hkv, T, D, block_size, tables, lens) = check_decode_inputs(
         q, k_pool, v_pool, block_tables, context_lens, alibi_slopes=alibi_slopes, version=version, dtype=dtype)
@@ -467,6 +473,13 @@ def paged_decode_attention(q, k_pool, v_pool, block_tables, context_lens, *, cau
         combine = module.get_function(f"decode_combine_{_DTYPE_NAMES[kind]}")
         combine((B * Hq * T,), (THREADS,), _kernel_args(part_o, part_lse, out, D, n_splits))
     return out.get() if on_host else out
+
+
+def _like_input(out, q, kind):
+    """The NumPy backend's output in the input's storage: bf16 bits back to uint16, else q's dtype."""
+    if kind == "bfloat16":
+        return to_bfloat16_bits(out)
+    return np.asarray(out).astype(q.dtype, copy=False) if q.dtype.kind == "f" else out
 
 
 def _host_float(x, dtype):
