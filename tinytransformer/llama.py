@@ -404,7 +404,7 @@ def default_system_prompt(metadata: dict) -> str | None:
     branch for conversations without a system message; we take that text.
     """
     template = metadata.get("tokenizer.chat_template", "")
-    found = re.search(r"<\|im_start\|>system\\n(.*?)<\|im_end\|>", template if isinstance(template, str) else "")
+    found = re.search(r"<\|im_start\|>system(?:\\n|\n)(.*?)<\|im_end\|>", template if isinstance(template, str) else "")
     return found.group(1) if found else None
 
 

@@ -1,0 +1,190 @@
+"""Laws of the Llama model (tinytransformer.llama) on small random GGUF files the tests write."""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+from conftest import require
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from strategies import seeds, tiny_llama_configs, token_ids
+
+from tinytransformer.gguf import GGUFError, GGUFFile, write_gguf
+from tinytransformer.llama import LlamaModel, chat_prompt, default_system_prompt, load_model, write_random_llama
+from tinytransformer.positional import apply_rope, rope_half_permutation
+from tinytransformer.testing import assert_close
+
+# A chain of layers in float32: looser than one attention call (see testing.py).
+CHAIN = dict(rtol=1e-4, atol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def tiny_path(tmp_path_factory):
+    return write_random_llama(tmp_path_factory.mktemp("llama") / "tiny.gguf", seed=0)
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_path):
+    return load_model(tiny_path)
+
+
+def _random_model(tmp_path_factory, config) -> LlamaModel:
+    return load_model(write_random_llama(tmp_path_factory.mktemp("rand") / "m.gguf", **config))
+
+
+def test_config_comes_from_the_metadata(tiny):
+    c = tiny.config
+    assert (c.n_layers, c.dim, c.n_heads, c.n_kv_heads, c.hidden_dim, c.head_dim) == (2, 64, 4, 2, 96, 16)
+    assert c.vocab_size == 265 and c.eos_id == 2 and c.context_length == 128 and not c.tied_embeddings
+
+
+def test_forward_returns_float32_logits_per_position(tiny):
+    logits = tiny.forward([5, 6, 7])
+    assert logits.shape == (3, 265) and logits.dtype == np.float32 and np.isfinite(logits).all()
+
+
+@given(config=tiny_llama_configs(), data=st.data())
+@settings(max_examples=15)
+def test_forward_on_a_prefix_equals_the_first_rows_of_forward_on_the_whole(tmp_path_factory, config, data):
+    model = _random_model(tmp_path_factory, config)
+    ids = data.draw(token_ids(model.config.vocab_size, min_size=2, max_size=40))
+    cut = data.draw(st.integers(1, len(ids) - 1))
+    assert_close(model.forward(ids[:cut]), model.forward(ids)[:cut], **CHAIN)
+
+
+@given(config=tiny_llama_configs(), data=st.data())
+@settings(max_examples=15)
+def test_cached_decode_logits_equal_full_recompute(tmp_path_factory, config, data):
+    model = _random_model(tmp_path_factory, config)
+    ids = data.draw(token_ids(model.config.vocab_size, min_size=2, max_size=40))
+    split = data.draw(st.integers(1, len(ids) - 1))
+    cache = model.new_cache(len(ids))
+    rows = [model.logits(model.hidden_states(ids[:split], cache))]
+    for i in ids[split:]:  # then one token at a time
+        rows.append(model.logits(model.hidden_states([i], cache)))
+    assert cache.length == len(ids)
+    assert_close(np.concatenate(rows), model.forward(ids), **CHAIN)
+
+
+@given(seed=seeds(), prompt=token_ids(265, max_size=12), temperature=st.sampled_from([0.0, 0.7, 1.5]),
+       top_k=st.sampled_from([None, 5]), top_p=st.sampled_from([None, 0.9]))
+def test_cached_generation_equals_uncached_generation_token_for_token(tiny, seed, prompt, temperature, top_k, top_p):
+    kwargs = dict(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+    assert tiny.generate(prompt, 10, use_cache=True, **kwargs) == tiny.generate(prompt, 10, use_cache=False, **kwargs)
+
+
+def test_sampling_with_the_same_seed_repeats_and_other_seeds_differ(tiny):
+    runs = [tiny.generate([10, 20], 12, temperature=1.0, seed=s) for s in (1, 1, 2, 3)]
+    assert runs[0] == runs[1]
+    assert any(r != runs[0] for r in runs[2:])
+
+
+def test_greedy_generation_takes_the_argmax_each_step(tiny):
+    ids = [40, 41, 42]
+    new = tiny.generate(ids, 6, stop_at_eos=False)
+    for token in new:
+        assert token == int(np.argmax(tiny.forward(ids)[-1]))
+        ids = ids + [token]
+
+
+def test_generation_stops_at_the_end_of_sequence_token(tiny):
+    free = tiny.generate([7, 8, 9], 8, stop_at_eos=False)
+    stopper = LlamaModel(dataclasses.replace(tiny.config, eos_id=free[2]), tiny.params, path=tiny.path)
+    assert stopper.generate([7, 8, 9], 8) == free[:3]
+    assert stopper.generate([7, 8, 9], 8, stop_at_eos=False) == free
+
+
+def test_streaming_yields_the_same_tokens_as_generate(tiny):
+    seen = []
+    new = tiny.generate([1, 2, 3], 7, temperature=0.9, seed=4, on_token=seen.append)
+    assert seen == new == list(tiny.stream([1, 2, 3], 7, temperature=0.9, seed=4))
+
+
+def test_tied_output_head_uses_the_embedding_matrix(tmp_path):
+    model = load_model(write_random_llama(tmp_path / "tied.gguf", tied_embeddings=True, n_layers=1))
+    assert model.config.tied_embeddings and model.head is model.embedding
+    assert_close(model.forward([3])[0], model.hidden_states([3])[0] @ model.embedding.T)
+
+
+@given(seed=seeds(), positions=st.lists(st.integers(0, 500), min_size=1, max_size=6))
+def test_interleaved_rope_on_gguf_rows_equals_rotate_half_on_the_original_rows(seed, positions):
+    # The HF -> GGUF conversion permutes the rows of Wq and Wk inside each head so that
+    # rotate-half pairs (i, i + D/2) become adjacent pairs (2i, 2i+1). Attention scores agree.
+    rng = np.random.default_rng(seed)
+    D, T = 8, len(positions)
+    q_hf, k_hf = rng.standard_normal((2, 1, 1, T, D))
+    p = rope_half_permutation(D)  # x_half = x_interleaved[..., p]
+    to_gguf = np.argsort(p)  # x_interleaved = x_half[..., argsort(p)]
+    scores_hf = apply_rope(q_hf, positions) @ apply_rope(k_hf, positions).swapaxes(-1, -2)
+    q_gg, k_gg = q_hf[..., to_gguf], k_hf[..., to_gguf]
+    scores_gguf = apply_rope(q_gg, positions, interleaved=True) @ apply_rope(k_gg, positions, interleaved=True).swapaxes(-1, -2)
+    assert_close(scores_gguf, scores_hf)
+
+
+def test_tokenizer_round_trips_text(tiny):
+    text = "the cat in the hat, then <|im_end|>"
+    ids = tiny.tokenizer.encode(text)
+    assert tiny.tokenizer.decode(ids) == text and 2 in ids
+
+
+def test_print_shows_every_layer_and_its_shapes(tiny):
+    text = repr(tiny)
+    for i in range(tiny.config.n_layers):
+        assert f"({i}): LlamaBlock(" in text
+    assert "Linear(64 -> 32)  [Q4_1]" in text and "kv_heads 2" in text and "RMSNorm(64" in text
+
+
+@pytest.mark.parametrize("ids, problem", [([], "non-empty"), ([[1, 2]], "1-D"), ([1.5], "integer"),
+                                          ([265], r"\[0, 265\)"), ([-1], r"\[0, 265\)")])
+def test_bad_ids_raise_value_error_naming_ids(tiny, ids, problem):
+    with pytest.raises(ValueError, match=problem):
+        tiny.forward(ids)
+
+
+def test_too_many_new_tokens_for_the_context_raise(tiny):
+    with pytest.raises(ValueError, match="context length 128"):
+        tiny.generate([1] * 100, 29)
+
+
+def test_missing_tensor_or_wrong_architecture_raise_gguf_error(tmp_path, tiny_path):
+    with GGUFFile(tiny_path) as f:
+        metadata = dict(f.metadata)
+        tensors = {name: (f.raw_tensor(name).copy(), info.type, info.shape) for name, info in f.tensors.items()}
+    del tensors["blk.1.ffn_up.weight"]
+    write_gguf(tmp_path / "a.gguf", {**metadata, "tokenizer.ggml.token_type": metadata["tokenizer.ggml.token_type"]},
+               tensors)
+    with pytest.raises(GGUFError, match="blk.1.ffn_up.weight"):
+        load_model(tmp_path / "a.gguf")
+    write_gguf(tmp_path / "b.gguf", {**metadata, "general.architecture": "gpt2"}, {})
+    with pytest.raises(GGUFError, match="expected 'llama'"):
+        load_model(tmp_path / "b.gguf")
+
+
+def test_chat_prompt_is_chatml():
+    messages = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"},
+                {"role": "user", "content": "2+2?"}]
+    assert chat_prompt(messages, default_system="S") == (
+        "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello<|im_end|>\n"
+        "<|im_start|>user\n2+2?<|im_end|>\n<|im_start|>assistant\n")
+    with pytest.raises(ValueError, match=r"messages\[0\]"):
+        chat_prompt([{"role": "user"}])
+
+
+@pytest.mark.model
+@pytest.mark.parametrize("messages", [
+    [{"role": "user", "content": "What is the capital of France?"}],
+    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+     {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "Bye"}],
+    [],
+])
+@pytest.mark.parametrize("add_generation_prompt", [True, False])
+def test_chat_prompt_equals_the_files_jinja_template(smollm2_path, messages, add_generation_prompt):
+    jinja2 = require("jinja2", "renders the reference chat template")
+    with GGUFFile(smollm2_path) as f:
+        metadata = {"tokenizer.chat_template": f.metadata["tokenizer.chat_template"]}
+    template = jinja2.Environment().from_string(metadata["tokenizer.chat_template"])
+    expected = template.render(messages=messages, add_generation_prompt=add_generation_prompt)
+    ours = chat_prompt(messages, add_generation_prompt=add_generation_prompt,
+                       default_system=default_system_prompt(metadata))
+    assert ours == expected
