@@ -151,15 +151,15 @@ class NGramLM:
         n = self.order
 
         # Vocabulary: specials first, then words seen >= min_count times, sorted.
-        distinct, inverse, freq = np.unique(np.array(words, dtype=object), return_inverse=True,
-                                            return_counts=True) if words else (np.array([], object),
-                                                                               np.zeros(0, np.int64),
-                                                                               np.zeros(0, np.int64))
-        keep = (freq >= self.min_count) & (distinct != UNK)
-        self.vocab = [UNK, BOS, EOS] + [str(w) for w in distinct[keep]]
+        first_seen: dict[str, int] = {}
+        raw = np.fromiter((first_seen.setdefault(w, len(first_seen)) for w in words),
+                          dtype=np.int64, count=len(words))
+        freq = np.bincount(raw, minlength=len(first_seen))
+        kept = sorted(w for w, f in zip(first_seen, freq) if f >= self.min_count and w != UNK)
+        self.vocab = [UNK, BOS, EOS] + kept
         self._index = {w: i for i, w in enumerate(self.vocab)}
-        word_to_id = np.where(keep, np.cumsum(keep) - 1 + 3, _UNK_ID)  # rare words -> <unk>
-        word_ids = word_to_id[inverse].astype(np.int64) if words else np.zeros(0, np.int64)
+        to_id = np.array([self._index.get(w, _UNK_ID) for w in first_seen], dtype=np.int64)
+        word_ids = to_id[raw] if words else np.zeros(0, np.int64)  # rare words -> <unk>
         V = len(self.vocab)
 
         # Padded sequence: n-1 <s>, the words, max(n-1, 1) </s> per sentence.
@@ -495,11 +495,12 @@ def _flatten(sentences, name, reserved):
             raise TypeError(f"{name}[{i}]: expected a list of str tokens, got {type(sentence).__name__} "
                             f"{sentence!r:.60}")
         tokens = list(sentence)
-        for w in tokens:
-            if not isinstance(w, str):
-                raise TypeError(f"{name}[{i}]: expected str tokens, got {type(w).__name__} {w!r:.60}")
-            if reserved and w in (BOS, EOS):
-                raise ValueError(f"{name}[{i}] contains {w!r}, which is reserved for sentence padding")
+        if not all(isinstance(w, str) for w in tokens):
+            bad = next(w for w in tokens if not isinstance(w, str))
+            raise TypeError(f"{name}[{i}]: expected str tokens, got {type(bad).__name__} {bad!r:.60}")
+        if reserved and (BOS in tokens or EOS in tokens):
+            raise ValueError(f"{name}[{i}] contains {BOS if BOS in tokens else EOS!r}, "
+                             "which is reserved for sentence padding")
         words.extend(tokens)
         lengths.append(len(tokens))
     return words, lengths

@@ -1,0 +1,251 @@
+"""Benchmark: n-gram models on the built-in corpus, next to nltk and to the pretrained transformer.
+
+    python -m tinytransformer.bench ngram                 # everything (a few minutes on 2 cores)
+    python -m tinytransformer.bench ngram --quick         # small sizes, no transformer
+    python -m tinytransformer.bench ngram --json out.json
+
+Three measurements, each taken in this one run:
+1. speed: our trigram Kneser-Ney next to `nltk.lm.KneserNeyInterpolated`, both fitted on
+   the same training sentences; fit time, and time per scored held-out trigram (nltk
+   scores only the first `--nltk-trigrams`, it needs ~40 ms each), and both perplexities
+   on those trigrams.
+2. bits per byte of the held-out text for n = 1..5 under every estimator, word-level and
+   byte-level (`tinytransformer.ngram.bits_per_byte`).
+3. the pretrained transformer (SmolLM2 via `tinytransformer.load_model`) on the first
+   `--transformer-bytes` bytes of the held-out text, next to the n-gram models on the
+   same bytes; reported as not available, with the reason, when the model cannot load.
+
+Does not handle: timing on a GPU, corpora other than a UTF-8 text file (`--corpus`).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+
+import numpy as np
+
+from tinytransformer.ngram import NGramLM, SMOOTHINGS, bits_per_byte, text_to_sentences
+
+ORDERS = (1, 2, 3, 4, 5)
+LEVELS = ("word", "byte")
+ADD_K = 0.01  # the k of the "add-k" rows (Laplace is k = 1)
+
+
+def split_corpus(path=None, heldout_fraction=0.1, max_train_bytes=None):
+    """(train, heldout) text of the built-in corpus (or a file), from tinytransformer.corpus."""
+    from tinytransformer.corpus import load_corpus, train_heldout_split
+
+    train, heldout = train_heldout_split(load_corpus(path), heldout_fraction)
+    if max_train_bytes is not None:
+        train = train[-max_train_bytes:]
+        train = train[train.find("\n") + 1:] if "\n" in train else train
+    return train, heldout
+
+
+def make_model(order, smoothing, sentences, min_count=1):
+    k = ADD_K if smoothing == "add-k" else 1.0
+    return NGramLM(order, smoothing=smoothing, k=k, min_count=min_count).fit(sentences)
+
+
+def bits_per_byte_table(train, heldout, orders=ORDERS, smoothings=SMOOTHINGS, levels=LEVELS,
+                        extra_texts=None):
+    """Rows {level, order, smoothing, bpb, fit_s, score_s, [bpb_<name> for extra texts]}."""
+    rows = []
+    for level in levels:
+        sentences = text_to_sentences(train, level)
+        for order in orders:
+            for smoothing in smoothings:
+                start = time.perf_counter()
+                lm = make_model(order, smoothing, sentences)
+                fitted = time.perf_counter()
+                bpb = bits_per_byte(lm, heldout, level)
+                row = {"level": level, "order": order, "smoothing": smoothing, "bpb": bpb,
+                       "fit_s": fitted - start, "score_s": time.perf_counter() - fitted}
+                for name, text in (extra_texts or {}).items():
+                    row[f"bpb_{name}"] = bits_per_byte(lm, text, level)
+                rows.append(row)
+    return rows
+
+
+def nltk_speed(train, heldout, n_trigrams=1000):
+    """Trigram interpolated Kneser-Ney, ours vs nltk: fit and per-trigram scoring times."""
+    result = {"n_trigrams": 0}
+    sentences, held = text_to_sentences(train), text_to_sentences(heldout)
+    start = time.perf_counter()
+    ours = NGramLM(3, "kneser-ney").fit(sentences)
+    result["ours_fit_s"] = time.perf_counter() - start
+    start = time.perf_counter()
+    all_scores = ours.logscores(held)
+    result["ours_all_trigrams"] = int(all_scores.size)
+    result["ours_all_s"] = time.perf_counter() - start
+    result["ours_all_perplexity"] = float(np.exp2(-all_scores.mean()))
+
+    padded = [["<s>", "<s>"] + s + ["</s>"] for s in held]
+    trigrams = [tuple(t[i - 2:i + 1]) for t in padded for i in range(2, len(t))][:n_trigrams]
+    result["n_trigrams"] = len(trigrams)
+    # our scores of the same trigrams: one vectorized call over the sentences that hold them
+    covering = int(np.searchsorted(np.cumsum([len(s) + 1 for s in held]), len(trigrams))) + 1
+    start = time.perf_counter()
+    ours_first = ours.logscores(held[:covering])[:len(trigrams)]
+    result["ours_same_s"] = time.perf_counter() - start
+    result["ours_same_perplexity"] = float(np.exp2(-ours_first.mean()))
+    try:
+        from nltk.lm import KneserNeyInterpolated
+        from nltk.lm.preprocessing import padded_everygram_pipeline
+    except ImportError as error:
+        result["nltk"] = f"not available: {error}"
+        return result
+    start = time.perf_counter()
+    train_grams, vocab = padded_everygram_pipeline(3, sentences)
+    reference = KneserNeyInterpolated(3)
+    reference.fit(train_grams, vocab)
+    result["nltk_fit_s"] = time.perf_counter() - start
+    start = time.perf_counter()
+    scores, errors = [], 0
+    for gram in trigrams:
+        try:
+            scores.append(reference.logscore(gram[-1], gram[:-1]))
+        except ZeroDivisionError:
+            errors += 1
+            scores.append(-math.inf)
+    result["nltk_s"] = time.perf_counter() - start
+    scores = np.array(scores)
+    result["nltk_zero_probability"] = int(np.isneginf(scores).sum())
+    result["nltk_errors"] = errors
+    with np.errstate(over="ignore"):
+        result["nltk_perplexity"] = float(np.exp2(-scores.mean()))
+    finite = np.isfinite(scores)
+    result["nltk_perplexity_finite_only"] = float(np.exp2(-scores[finite].mean())) if finite.any() else math.nan
+    result["ours_perplexity_same_finite_only"] = float(np.exp2(-ours_first[finite].mean())) if finite.any() else math.nan
+    per_ours = result["ours_all_s"] / max(result["ours_all_trigrams"], 1)
+    per_nltk = result["nltk_s"] / max(len(trigrams), 1)
+    result["speedup_per_trigram"] = per_nltk / per_ours
+    result["speedup_same_trigrams"] = result["nltk_s"] / result["ours_same_s"]
+    result["speedup_fit"] = result["nltk_fit_s"] / result["ours_fit_s"]
+    return result
+
+
+def _document_start(model):
+    """The id that precedes a document: <|endoftext|> if the tokenizer has it, else BOS, else None."""
+    added = getattr(model.tokenizer, "added_tokens", None) or {}
+    if "<|endoftext|>" in added:
+        return int(added["<|endoftext|>"])
+    bos = getattr(getattr(model, "config", None), "bos_id", None)
+    return None if bos is None else int(bos)
+
+
+def transformer_bits_per_byte(text, model=None, chunk=256):
+    """Bits per UTF-8 byte of `text` under a pretrained model with `.tokenizer` and `.forward`.
+
+    The text is tokenized once; each token is scored given every token before it (a KV cache
+    carries the context across chunks of `chunk` tokens when the model has one, else each
+    window of `chunk` tokens restarts). The first token is conditioned on the document-start
+    token, or costs log2(vocab) bits when there is none.
+    Returns {"bpb", "tokens", "bytes", "seconds"}.
+    """
+    if model is None:
+        import tinytransformer
+
+        model = tinytransformer.load_model()
+    start = time.perf_counter()
+    ids = [int(i) for i in model.tokenizer.encode(text)]
+    first = _document_start(model)
+    sequence = ([first] if first is not None else []) + ids
+    bits = 0.0
+    use_cache = all(hasattr(model, name) for name in ("new_cache", "hidden_states", "logits"))
+    cache = model.new_cache(len(sequence)) if use_cache else None
+    for begin in range(0, len(sequence) - 1, chunk):
+        window = np.array(sequence[begin:begin + chunk + 1])  # predicts window[1:] from window[:-1]
+        inputs = window[:-1]
+        if use_cache:
+            logits = model.logits(model.hidden_states(inputs, cache))
+        else:
+            logits = model.forward(inputs)  # [T, vocab]
+        logits = np.asarray(logits, dtype=np.float64)
+        top = logits.max(axis=-1, keepdims=True)
+        log_z = (top + np.log(np.exp(logits - top).sum(axis=-1, keepdims=True)))[:, 0]  # [T]
+        target = window[1:]
+        bits += float((log_z - logits[np.arange(len(target)), target]).sum()) / math.log(2)
+    if first is None:
+        bits += math.log2(model.config.vocab_size)  # the first token, uniformly
+    n_bytes = len(text.encode("utf-8"))
+    return {"bpb": bits / n_bytes, "tokens": len(ids), "bytes": n_bytes,
+            "seconds": time.perf_counter() - start}
+
+
+def transformer_column(text, chunk=256):
+    """transformer_bits_per_byte, or {"error": reason} when the model is not available."""
+    try:
+        return transformer_bits_per_byte(text, chunk=chunk)
+    except Exception as error:  # the model is optional: say why it is missing, keep the table
+        return {"error": f"{type(error).__name__}: {error}"}
+
+
+def format_table(rows, column="bpb"):
+    """Markdown table: one row per (level, order), one column per estimator."""
+    smoothings = list(dict.fromkeys(r["smoothing"] for r in rows))
+    lines = ["| level | n | " + " | ".join(smoothings) + " |",
+             "|---|---|" + "---|" * len(smoothings)]
+    for level in dict.fromkeys(r["level"] for r in rows):
+        for order in dict.fromkeys(r["order"] for r in rows if r["level"] == level):
+            cells = {r["smoothing"]: r[column] for r in rows if r["level"] == level and r["order"] == order}
+            lines.append(f"| {level} | {order} | " + " | ".join(
+                "inf" if math.isinf(cells[s]) else f"{cells[s]:.3f}" for s in smoothings) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tinytransformer.bench ngram", description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes, no transformer")
+    parser.add_argument("--corpus", default=None, help="a UTF-8 text file instead of the built-in corpus")
+    parser.add_argument("--nltk-trigrams", type=int, default=1000, help="held-out trigrams nltk scores")
+    parser.add_argument("--transformer-bytes", type=int, default=3000,
+                        help="held-out bytes the transformer scores (0: skip it)")
+    parser.add_argument("--json", default=None, help="also write the measurements to this file")
+    args = parser.parse_args(argv)
+
+    train, heldout = split_corpus(args.corpus, max_train_bytes=60_000 if args.quick else None)
+    if args.quick:
+        heldout = heldout[:8000]
+        args.nltk_trigrams = min(args.nltk_trigrams, 100)
+        args.transformer_bytes = 0
+    print(f"corpus: {len(train.encode())} training bytes, {len(heldout.encode())} held-out bytes")
+    report = {"train_bytes": len(train.encode()), "heldout_bytes": len(heldout.encode())}
+
+    print("\n== speed: trigram interpolated Kneser-Ney, ours vs nltk.lm.KneserNeyInterpolated ==")
+    speed = nltk_speed(train, heldout, args.nltk_trigrams)
+    report["speed"] = speed
+    for key, value in speed.items():
+        print(f"  {key:34s} {value:.6g}" if isinstance(value, float) else f"  {key:34s} {value}")
+
+    slice_text = heldout[:args.transformer_bytes] if args.transformer_bytes else ""
+    if slice_text:  # end the slice at a line end so no word is cut
+        slice_text = slice_text[:slice_text.rfind("\n") + 1] or slice_text
+    print("\n== bits per byte of the held-out text ==")
+    rows = bits_per_byte_table(train, heldout, orders=(1, 2, 3) if args.quick else ORDERS,
+                               extra_texts={"slice": slice_text} if slice_text else None)
+    report["table"] = rows
+    print(format_table(rows))
+    if slice_text:
+        print(f"\n== the first {len(slice_text.encode())} held-out bytes: n-gram vs transformer ==")
+        best = {}
+        for r in rows:
+            key = r["level"]
+            if key not in best or r["bpb_slice"] < best[key]["bpb_slice"]:
+                best[key] = r
+        for level, r in best.items():
+            print(f"  best {level}-level n-gram ({r['order']}-gram {r['smoothing']}): {r['bpb_slice']:.3f} bits/byte")
+        column = transformer_column(slice_text)
+        report["transformer"] = {**column, "slice_bytes": len(slice_text.encode())}
+        if "error" in column:
+            print(f"  transformer: not available ({column['error']})")
+        else:
+            print(f"  transformer (SmolLM2-135M): {column['bpb']:.3f} bits/byte "
+                  f"({column['tokens']} tokens, {column['seconds']:.1f} s)")
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as handle:
+            json.dump(report, handle, indent=1, default=float)
+        print(f"\n[wrote {args.json}]")
+    return 0
