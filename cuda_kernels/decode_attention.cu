@@ -27,7 +27,7 @@
 // counting the new tokens. Query t of sequence b sits at p = L_b - T + t; with
 // causal it sees keys j <= p; alibi_slopes (nullable, [Hq]) adds
 // slope_h * (j - p). Element types fp32, fp16, bf16 (q, pools and output alike),
-// arithmetic in fp32; head dims padded to 32, 64 or 128.
+// arithmetic in fp32; head dims padded to 64 or 128.
 //
 // Planted bugs (compile-time defines; the property tests must catch each):
 //   PLANTED_BUG_NO_RESCALE          the running output is not rescaled by
@@ -278,7 +278,6 @@ __device__ __forceinline__ void decode_combine_body(const float* __restrict__ pa
     }
 
 #define DECODE_ALL_DIMS(NAME, SCALAR) \
-    DECODE_ENTRY(NAME, SCALAR, 32)    \
     DECODE_ENTRY(NAME, SCALAR, 64)    \
     DECODE_ENTRY(NAME, SCALAR, 128)   \
     DECODE_COMBINE_ENTRY(NAME, SCALAR)

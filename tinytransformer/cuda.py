@@ -73,8 +73,8 @@ V3_BR = 64
 V3_PAD = 8
 DEC_ROWS = 16
 DEC_BC = 32
-FLASH_HEAD_DIMS = {1: None, 2: (16, 32, 64, 128), 3: (64, 128)}  # padded head dims per version
-DECODE_HEAD_DIMS = (32, 64, 128)
+FLASH_HEAD_DIMS = {1: None, 2: (32, 64, 128), 3: (64, 128)}  # padded head dims per version
+DECODE_HEAD_DIMS = (64, 128)
 
 
 def v2_block_k(head_dim_pad: int) -> int:
