@@ -252,3 +252,28 @@ def test_every_kernel_fits_the_48_kilobyte_static_shared_memory_limit(kernel, he
     budget = cuda.kernel_budget(kernel, head_dim)
     assert 0 < budget["smem_bytes"] <= 48 * 1024
     assert budget["state_floats"] < 255  # the register file a thread can address
+
+
+# --- the benchmark's own arithmetic, and its behaviour without a GPU --------------------
+
+
+def test_benchmark_counts_flops_and_bytes_the_usual_way():
+    from tinytransformer.bench.attention import attention_flops, decode_bytes, decode_configs, prefill_configs
+
+    assert attention_flops(4, 16, 4096, 4096, 128, False) == 4 * 4 * 16 * 4096 * 4096 * 128
+    assert attention_flops(4, 16, 4096, 4096, 128, True) == 2 * 4 * 16 * 4096 * 4096 * 128
+    assert decode_bytes(8, 8, 16384, 128, 2) == 2 * 8 * 8 * 16384 * 128 * 2
+    configs = prefill_configs()
+    assert {c["T"] for c in configs} == {512, 1024, 2048, 4096, 8192, 16384}
+    assert {(c["Hq"], c["Hkv"]) for c in configs} == {(16, 16), (16, 4)}
+    assert all(4 <= c["B"] <= 16 for c in configs)
+    assert max(c["L"] for c in decode_configs()) == 16384
+
+
+@pytest.mark.skipif(GPU_OK, reason="this machine has a CUDA backend; the message is for machines without one")
+def test_bench_attention_without_a_gpu_exits_nonzero_with_the_reason(capsys):
+    from tinytransformer.bench.attention import main
+
+    assert main([]) == 2
+    err = capsys.readouterr().err
+    assert "needs a CUDA GPU and CuPy" in err and "Nothing was measured" in err
