@@ -98,6 +98,8 @@ fig, ax = plt.subplots(figsize=(6.5, 3.8))
 for label, values in curves.items():
     ax.plot(sizes, values, "o-", label=label)
 ax.set_xscale("log")
+ax.set_xticks(sizes, [str(size) for size in sizes])
+ax.minorticks_off()
 ax.set_xlabel("vocabulary size")
 ax.set_ylabel("bytes per token (held-out)")
 ax.set_title("bigger vocabularies compress more")
@@ -114,8 +116,9 @@ save(fig, CHAPTER, "compression")
 heading("how a sentence splits")
 sentences = {"English": "The tokenizer splits 2024 words quickly.",
              "Korean": "토크나이저는 문장을 나눕니다."}
-splitters = {"our BPE": lambda s: [show_bytes(bpe.vocab[i]) for i in bpe.encode(s)]}
 mid = sizes[len(sizes) // 2]
+bpe_mid = BPETokenizer(bpe.merges[:mid - 256], pattern=GPT2_PATTERN)
+splitters = {f"our BPE {mid}": lambda s: [show_bytes(bpe_mid.vocab[i]) for i in bpe_mid.encode(s)]}
 for model_type in ("bpe", "unigram"):
     if (model_type, mid) in spm_models:
         model = spm_models[(model_type, mid)]
