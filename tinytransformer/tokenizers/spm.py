@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import heapq
 import os
+import re
 import struct
 from pathlib import Path
 
@@ -56,9 +57,12 @@ class SentencePieceError(ValueError):
     """A .model file that cannot be read or is not a valid SentencePiece model."""
 
 
-def _f32(x: float) -> float:
+_FLOAT32 = struct.Struct("<f")
+
+
+def _f32(x: float, _pack=_FLOAT32.pack, _unpack=_FLOAT32.unpack) -> float:
     """Round a Python float to the nearest float32 (what `float` arithmetic in C++ keeps)."""
-    return struct.unpack("<f", struct.pack("<f", x))[0]
+    return _unpack(_pack(x))[0]
 
 
 def _utf8_char_length(data: bytes, pos: int) -> int:
@@ -112,7 +116,29 @@ class Normalizer:
                                          f"but has {len(charsmap) - 4} bytes")
             self.units = list(struct.unpack(f"<{trie_size // 4}I", charsmap[4:4 + trie_size]))
             self.replacements = charsmap[4 + trie_size:]
-        self._prefix_cache: dict[bytes, tuple[bytes, int]] = {}
+        # A speed-up, not a rule: ASCII bytes that start no rule together with another ASCII byte
+        # are copied in runs (the run's last byte still goes through normalize_prefix, since a
+        # combining mark after it could start a rule). Space is never in a run: it is special.
+        safe = [b for b in range(0x21, 0x80) if self._ascii_safe(b)]
+        self._safe_run = re.compile(b"[" + b"".join(re.escape(bytes([b])) for b in safe) + b"]+") if safe else None
+
+    def _ascii_safe(self, b: int) -> bool:
+        """True when no rule or user-defined symbol starts with b followed by an ASCII byte (or nothing)."""
+        if any(symbol[0] == b for symbol in self.user_defined):
+            return False
+        units = self.units
+        if not units:
+            return True
+        root = (units[0] >> 10) << ((units[0] & (1 << 9)) >> 6)
+        node = root ^ b
+        if node >= len(units) or units[node] & ((1 << 31) | 0xFF) != b:
+            return True  # no rule starts with b
+        unit = units[node]
+        if (unit >> 8) & 1:
+            return False  # a rule for b alone
+        child_base = (unit >> 10) << ((unit & (1 << 9)) >> 6)
+        return not any(child_base ^ c < len(units) and units[child_base ^ c] & ((1 << 31) | 0xFF) == c
+                       for c in range(1, 0x80))
 
     def _longest_rule(self, data: bytes, pos: int) -> tuple[int, int]:
         """(length, value) of the longest charsmap key that prefixes data[pos:] (Darts common-prefix search)."""
@@ -163,7 +189,15 @@ class Normalizer:
         if self.add_dummy_prefix and not self.treat_whitespace_as_suffix:
             out += space
         is_prev_space = self.remove_extra_whitespaces
+        safe_run = self._safe_run
         while pos < len(data):
+            run = safe_run.match(data, pos) if safe_run is not None else None
+            if run is not None and run.end() - pos > 1:
+                end = run.end() if run.end() == len(data) else run.end() - 1
+                out += data[pos:end]  # no space, no rule inside: copied as it is
+                is_prev_space = False
+                pos = end
+                continue
             piece, consumed = self.normalize_prefix(data, pos)
             if is_prev_space:
                 piece = piece.lstrip(b" ")
@@ -287,6 +321,7 @@ class SentencePieceTokenizer:
         self.min_score = min(normal_scores, default=3.4028234663852886e38)
         self.max_score = max(normal_scores + [FLT_MIN])
         self._max_piece_chars = max((len(p) for p in self._normal), default=1)
+        self._prefixes = {p[:k] for p in self._normal for k in range(1, len(p) + 1)}
         self._cache: dict[str, list[int]] = {}
 
     # ---- vocabulary -------------------------------------------------------------------
@@ -324,11 +359,15 @@ class SentencePieceTokenizer:
         best_id = [-1] * (n + 1)
         unk_score = _f32(self.min_score - UNK_PENALTY)
         normal, types, scores, max_chars = self._normal, self.types, self.scores, self._max_piece_chars
+        prefixes = self._prefixes
         for start in range(n):
             base = best_score[start]
             has_single = False
             for length in range(1, min(max_chars, n - start) + 1):
-                i = normal.get(s[start:start + length])
+                candidate_piece = s[start:start + length]
+                if candidate_piece not in prefixes:
+                    break  # no piece starts with this: longer ones cannot match either
+                i = normal.get(candidate_piece)
                 if i is None or types[i] == UNUSED:
                     continue
                 if types[i] == USER_DEFINED:  # a bonus so that user-defined pieces always win (double precision)
