@@ -350,7 +350,9 @@ def _kernel_args(*values):
     """Python ints -> int32, floats -> float32, as the kernels declare them."""
     out = []
     for x in values:
-        if isinstance(x, (bool, np.bool_)):
+        if isinstance(x, np.uint64):  # a null pointer from _null_pointer: keep all 8 bytes
+            out.append(x)
+        elif isinstance(x, (bool, np.bool_)):
             out.append(np.int32(int(x)))
         elif isinstance(x, (int, np.integer)):
             out.append(np.int32(x))
