@@ -43,7 +43,9 @@ Conventions (those of `nltk.lm`, whose names this class follows):
 - Scoring a sentence scores each word and one `</s>`, each given the n-1 tokens
   before it, with n-1 `<s>` on the left. To score our way with KenLM, pass the
   padded sentence: `kenlm.Model(p).full_scores("<s> <s> a b </s>", bos=False,
-  eos=False)` and drop the first n-1 scores.
+  eos=False)` and drop the first n-1 scores. (KenLM's `bos=True` starts from the
+  single context `<s>`, which is the same thing only for bigram models; KenLM
+  reads models of order 2 and up.)
 - The vocabulary is `<unk>`, `<s>`, `</s>` and every training word seen at least
   `min_count` times; rarer training words are counted as `<unk>` (nltk instead
   keeps their counts under the word), and unknown words map to `<unk>`.
@@ -665,6 +667,8 @@ def _model_from_arpa_lists(cls, where, grams, logps, bows):
         if unknown:
             raise ValueError(f"ARPA file {where!r}: the {k}-gram {' '.join(unknown[0])!r} uses a word "
                              "that is not a 1-gram")
+        if tables[-1].keys.size * V >= 2**62:
+            raise ValueError(f"ARPA file {where!r}: too many {k - 1}-grams for a {V}-word vocabulary")
         ids = np.array([[index[w] for w in g] for g in rows], dtype=np.int64).reshape(len(rows), k)
         prefix = model._lookup(ids[:, :-1]) if len(rows) else np.zeros(0, np.int64)
         if (prefix < 0).any():

@@ -2,7 +2,7 @@
 
     python -m tinytransformer.bench ngram                 # everything (a few minutes on 2 cores)
     python -m tinytransformer.bench ngram --quick         # small sizes, no transformer
-    python -m tinytransformer.bench ngram --json out.json
+    python -m tinytransformer.bench ngram --json out.json --plot out.png
 
 Three measurements, each taken in this one run:
 1. speed: our trigram Kneser-Ney next to `nltk.lm.KneserNeyInterpolated`, both fitted on
@@ -196,6 +196,41 @@ def format_table(rows, column="bpb"):
     return "\n".join(lines)
 
 
+def plot(report, path):
+    """Save the bits-per-byte figure: every estimator against n, and the transformer slice."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = report["table"]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for i, smoothing in enumerate(dict.fromkeys(r["smoothing"] for r in rows)):
+        for level, style in (("word", "-"), ("byte", "--")):
+            points = [(r["order"], r["bpb"]) for r in rows if r["smoothing"] == smoothing
+                      and r["level"] == level and math.isfinite(r["bpb"])]
+            if points:
+                axes[0].plot(*zip(*points), style, marker="o", color=f"C{i}", label=f"{smoothing} ({level})")
+    orders = sorted({r["order"] for r in rows})
+    axes[0].set(xlabel="n", ylabel="bits per byte", xticks=orders, title=f"held-out text ({report['heldout_bytes']:,} bytes)")
+    axes[0].legend(fontsize=7)
+    transformer = report.get("transformer", {})
+    if transformer:
+        for level, style in (("word", "o-"), ("byte", "s--")):
+            points = [(r["order"], r["bpb_slice"]) for r in rows
+                      if r["smoothing"] == "modified-kneser-ney" and r["level"] == level]
+            axes[1].plot(*zip(*points), style, label=f"modified Kneser-Ney ({level})")
+        if "bpb" in transformer:
+            axes[1].axhline(transformer["bpb"], color="k", linestyle=":", label="SmolLM2-135M")
+        axes[1].set(xlabel="n", ylabel="bits per byte", xticks=orders,
+                    title=f"first {transformer['slice_bytes']:,} held-out bytes", ylim=(0, None))
+        axes[1].legend(fontsize=8)
+    else:
+        axes[1].set_axis_off()
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tinytransformer.bench ngram", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, no transformer")
@@ -204,6 +239,7 @@ def main(argv=None) -> int:
     parser.add_argument("--transformer-bytes", type=int, default=3000,
                         help="held-out bytes the transformer scores (0: skip it)")
     parser.add_argument("--json", default=None, help="also write the measurements to this file")
+    parser.add_argument("--plot", default=None, help="also save the bits-per-byte figure (PNG) here")
     args = parser.parse_args(argv)
 
     train, heldout = split_corpus(args.corpus, max_train_bytes=60_000 if args.quick else None)
@@ -248,4 +284,7 @@ def main(argv=None) -> int:
         with open(args.json, "w", encoding="utf-8") as handle:
             json.dump(report, handle, indent=1, default=float)
         print(f"\n[wrote {args.json}]")
+    if args.plot:
+        plot(report, args.plot)
+        print(f"[saved {args.plot}]")
     return 0
