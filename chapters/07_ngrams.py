@@ -130,7 +130,7 @@ print("to score the same way with KenLM: kenlm.Model(path).full_scores('<s> <s> 
 
 # %%
 heading("bits per byte, n-gram models vs SmolLM2-135M")
-slice_text = heldout[:3000]
+slice_text = heldout[:1500]  # SmolLM2 on 2 cores: ~15 ms a byte (docs/07_ngrams.md uses 3,000)
 slice_text = slice_text[:slice_text.rfind("\n") + 1]
 rows = bits_per_byte_table(train, heldout, orders=ORDERS, smoothings=("laplace", "modified-kneser-ney"),
                            extra_texts={"slice": slice_text})

@@ -91,6 +91,9 @@ def test_our_arpa_file_scores_the_same_in_kenlm(sentences, heldout, order, smoot
         ours = lm.logscores([sentence]) * log10_2
         assert_close(ours, theirs, rtol=0, atol=1e-4)
         assert_close(lm.sentence_logscore(sentence) * log10_2, theirs.sum(), rtol=0, atol=1e-4)
+        if order == 2:  # one <s> of padding is KenLM's own bos=True start: its defaults agree
+            assert_close(lm.sentence_logscore(sentence) * log10_2, model.score(" ".join(sentence)),
+                         rtol=0, atol=1e-4)
 
 
 # ---------------------------------------------------------------------- laws
