@@ -156,7 +156,7 @@ save(fig, CHAPTER, "tokens_per_sentence")
 # %%
 heading("the digit split of SmolLM2")
 if gguf is not None:
-    plain = ByteLevelBPETokenizer(smollm2.vocab, [], pre_tokenizer=[(GPT2_PATTERN, "isolated", False)])
+    plain = ByteLevelBPETokenizer(smollm2.vocab, [])  # the default pre-tokenizer: GPT-2's regex only
     print("pre-tokens, SmolLM2 (digits isolated):", smollm2.pre_tokenize("x  1984"))
     print("pre-tokens, plain GPT-2 regex:        ", plain.pre_tokenize("x  1984"))
     print("SmolLM2 ids for 'x  1984':", smollm2.encode("x  1984"), smollm2.encode_as_tokens("x  1984"))

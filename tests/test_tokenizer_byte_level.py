@@ -141,6 +141,33 @@ def test_partial_utf8_decodes_to_replacement_characters_as_hugging_face(ours_ggu
     assert ours_gguf.decode(ids[1:]) == "\ufffd\ufffd"
 
 
+@given(text=tokenizer_text(), behaviour=st.sampled_from(
+    ["isolated", "removed", "merged_with_previous", "merged_with_next", "contiguous"]),
+    invert=st.booleans(), pattern=st.sampled_from([r"\p{N}", r"\s+", r"[aeiou]+", r"'s|\p{L}+"]))
+def test_split_pre_tokenizer_equals_hugging_face_for_every_behaviour(text, behaviour, invert, pattern):
+    tokenizers = require("tokenizers", "the Hugging Face oracle")
+    hf = tokenizers.pre_tokenizers.Split(tokenizers.Regex(pattern), behavior=behaviour, invert=invert)
+    ours = ByteLevelBPETokenizer(tiny_tokenizer_json()["model"]["vocab"], [],
+                                 pre_tokenizer=[("split", pattern, behaviour, invert)])
+    table = bytes_to_unicode()  # our pieces come out in byte-level characters
+    expected = ["".join(table[b] for b in piece.encode()) for piece, _ in hf.pre_tokenize_str(text)]
+    assert ours.pre_tokenize(text) == expected
+
+
+@given(text=tokenizer_text(), add_prefix_space=st.booleans(), digits=st.booleans())
+def test_a_tiny_tokenizer_json_equals_hugging_face_with_each_pre_tokenizer(text, add_prefix_space, digits):
+    tokenizers = require("tokenizers", "the Hugging Face oracle")
+    data = tiny_tokenizer_json()
+    byte_level = {"type": "ByteLevel", "add_prefix_space": add_prefix_space, "trim_offsets": True,
+                  "use_regex": True}
+    data["pre_tokenizer"] = ({"type": "Sequence", "pretokenizers": [  # Digits after ByteLevel: on mapped text
+        byte_level, {"type": "Digits", "individual_digits": False}]} if digits else byte_level)
+    hf = tokenizers.Tokenizer.from_str(json.dumps(data))
+    ours = ByteLevelBPETokenizer.from_tokenizer_json_data(data)
+    assert ours.encode(text) == hf_ids(hf, text)
+    assert ours.decode(ours.encode(text)) == hf.decode(hf_ids(hf, text), skip_special_tokens=False)
+
+
 # ---- laws ------------------------------------------------------------------------------------
 @given(text=tokenizer_text(max_fragments=16))
 def test_decode_inverts_encode_except_bytes_the_vocabulary_lacks(ours_gguf, text):
@@ -212,11 +239,16 @@ def tiny_tokenizer_json() -> dict:
     """A minimal byte-level BPE tokenizer.json: the 256 byte tokens, two merges, one added token."""
     table = bytes_to_unicode()
     vocab = {table[b]: b for b in range(256)} | {"hi": 256, "Ġhi": 257, "<|endoftext|>": 258}
-    return {"version": "1.0", "added_tokens": [{"id": 258, "content": "<|endoftext|>", "special": True}],
-            "normalizer": None,
-            "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": False, "use_regex": True},
-            "decoder": {"type": "ByteLevel"},
-            "model": {"type": "BPE", "vocab": vocab, "merges": ["h i", "Ġ hi"]}}
+    added = {"id": 258, "content": "<|endoftext|>", "single_word": False, "lstrip": False, "rstrip": False,
+             "normalized": False, "special": True}
+    return {"version": "1.0", "truncation": None, "padding": None, "added_tokens": [added],
+            "normalizer": None, "post_processor": None,
+            "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True,
+                              "use_regex": True},
+            "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True},
+            "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
+                      "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False,
+                      "vocab": vocab, "merges": ["h i", "Ġ hi"]}}
 
 
 def test_a_tiny_tokenizer_json_encodes_by_its_merges(tmp_path):
@@ -232,6 +264,7 @@ def test_a_tiny_tokenizer_json_encodes_by_its_merges(tmp_path):
     (lambda d: d.update(decoder={"type": "Metaspace"}), "decoder is 'Metaspace'"),
     (lambda d: d.update(pre_tokenizer={"type": "Whitespace"}), "pre_tokenizer type 'Whitespace'"),
     (lambda d: d.update(pre_tokenizer=None), "no pre_tokenizer"),
+    (lambda d: d.update(pre_tokenizer={"type": "Digits"}), "exactly one ByteLevel"),
     (lambda d: d["model"].update(type="WordPiece"), "only BPE"),
     (lambda d: d["added_tokens"][0].update(lstrip=True), "lstrip=true"),
 ])

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 from tinytransformer.tokenizers.bpe import apply_merges
@@ -112,33 +113,32 @@ def _split_step(pieces: list[str], regex, behaviour: str, invert: bool) -> list[
             out.extend(text for text, _ in spans)
         elif behaviour == "removed":
             out.extend(text for text, is_match in spans if not is_match)
-        elif behaviour == "contiguous":
+        elif behaviour == "contiguous":  # neighbouring spans of the same kind join
             merged: list[list] = []
             for text, is_match in spans:
-                if merged and is_match and merged[-1][1]:
+                if merged and is_match == merged[-1][1]:
                     merged[-1][0] += text
                 else:
                     merged.append([text, is_match])
             out.extend(text for text, _ in merged)
-        elif behaviour == "merged_with_previous":
-            merged_text: list[str] = []
+        elif behaviour == "merged_with_previous":  # a match joins the piece before it, unless that is a match
+            merged_text, previous_match = [], False
             for text, is_match in spans:
-                if is_match and merged_text:
+                if is_match and not previous_match and merged_text:
                     merged_text[-1] += text
                 else:
                     merged_text.append(text)
+                previous_match = is_match
             out.extend(merged_text)
-        else:  # merged_with_next
-            merged_text, carry = [], ""
-            for text, is_match in spans:
-                if is_match:
-                    carry += text
+        else:  # merged_with_next: a match joins the piece after it, unless that is a match
+            merged_text, next_match = [], False
+            for text, is_match in reversed(spans):
+                if is_match and not next_match and merged_text:
+                    merged_text[-1] = text + merged_text[-1]
                 else:
-                    merged_text.append(carry + text)
-                    carry = ""
-            if carry:
-                merged_text.append(carry)
-            out.extend(merged_text)
+                    merged_text.append(text)
+                next_match = is_match
+            out.extend(reversed(merged_text))
     return out
 
 
@@ -146,15 +146,19 @@ class ByteLevelBPETokenizer:
     """A GPT-2-style byte-level BPE tokenizer with a pretrained vocabulary and merges."""
 
     def __init__(self, vocab: dict[str, int], merges: list[tuple[str, str]], *,
-                 pre_tokenizer: list[tuple[str, str, bool]] | None = None,
-                 added_tokens: dict[str, int] | None = None, add_prefix_space: bool = False,
+                 pre_tokenizer: list[tuple] | None = None, added_tokens: dict[str, int] | None = None,
                  ignore_merges: bool = False, unk_id: int | None = None, source: str = "tokenizer"):
         """vocab: token string -> id; merges: pairs of token strings, in priority order;
-        pre_tokenizer: steps (pattern, behaviour, invert) applied in order (default GPT-2 regex)."""
+        pre_tokenizer: steps applied in order, each ("split", pattern, behaviour, invert) or
+        ("byte_level", add_prefix_space, use_regex), the step that writes bytes as characters
+        (appended at the end when missing). Default: [("byte_level", False, True)], GPT-2."""
         self.source = source
         self.vocab = dict(vocab)
         self.added_tokens = dict(added_tokens or {})
         size = max([*self.vocab.values(), *self.added_tokens.values()], default=-1) + 1
+        if size > 2 * (len(self.vocab) + len(self.added_tokens)) + 1024:  # bounded allocation
+            raise TokenizerFileError(f"{source}: the largest token id is {size - 1} but there are only "
+                                     f"{len(self.vocab) + len(self.added_tokens)} tokens")
         self.id_to_token: list[str | None] = [None] * size
         for table in (self.vocab, self.added_tokens):
             for token, i in table.items():
@@ -173,15 +177,25 @@ class ByteLevelBPETokenizer:
                 raise TokenizerFileError(f"{source}: merge {rank} ({left!r} {right!r}) uses a token "
                                          "that is not in the vocabulary")
             self.ranks.setdefault((ids[0], ids[1]), (rank, ids[2]))
-        steps = pre_tokenizer if pre_tokenizer is not None else [(GPT2_PATTERN, "isolated", False)]
-        self.pre_tokenizer = [(compile_pattern(p), b, inv) for p, b, inv in steps]
-        self.pre_tokenizer_patterns = [p for p, _, _ in steps]
-        self.add_prefix_space = add_prefix_space
+        steps = list(pre_tokenizer) if pre_tokenizer is not None else [("byte_level", False, True)]
+        if not any(step[0] == "byte_level" for step in steps):
+            steps.append(("byte_level", False, False))
+        if sum(step[0] == "byte_level" for step in steps) != 1:
+            raise TokenizerFileError(f"{source}: more than one ByteLevel pre-tokenizer step")
+        self.pre_tokenizer_steps = steps
+        self._steps = []
+        for step in steps:
+            if step[0] == "split":
+                if step[2] not in _BEHAVIOURS:
+                    raise TokenizerFileError(f"{source}: split behaviour {step[2]!r} is not one of {_BEHAVIOURS}")
+                self._steps.append(("split", compile_pattern(step[1]), step[2], bool(step[3])))
+            elif step[0] == "byte_level":
+                self._steps.append(("byte_level", bool(step[1]), bool(step[2])))
+            else:
+                raise TokenizerFileError(f"{source}: unknown pre-tokenizer step {step!r}")
         self.ignore_merges = ignore_merges
         self._added_regex = None
         if self.added_tokens:
-            import re
-
             ordered = sorted(self.added_tokens, key=len, reverse=True)  # longest first = leftmost-longest
             self._added_regex = re.compile("|".join(re.escape(t) for t in ordered))
         self._cache: dict[str, list[int]] = {}
@@ -223,7 +237,7 @@ class ByteLevelBPETokenizer:
                 raise TokenizerFileError(f"{source}: token {token!r} appears twice")
             table[token] = i
         pairs = [tuple(m.split(" ")) for m in merges]
-        steps = [(pattern, "isolated", False) for pattern in PRE_TOKENIZERS[pre]]
+        steps = [("split", pattern, "isolated", False) for pattern in PRE_TOKENIZERS[pre]]
         return cls({**vocab, **added}, pairs, pre_tokenizer=steps, added_tokens=added, source=source)
 
     @classmethod
@@ -239,6 +253,11 @@ class ByteLevelBPETokenizer:
             data = json.loads(file.read_text(encoding="utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as error:
             raise TokenizerFileError(f"{source} is not valid UTF-8 JSON: {error}") from None
+        return cls.from_tokenizer_json_data(data, source=source)
+
+    @classmethod
+    def from_tokenizer_json_data(cls, data, *, source: str = "tokenizer.json data") -> "ByteLevelBPETokenizer":
+        """The same as from_tokenizer_json, from the already parsed JSON object."""
         if not isinstance(data, dict) or not isinstance(data.get("model"), dict):
             raise TokenizerFileError(f"{source} has no 'model' object; not a tokenizer.json file")
         model = data["model"]
@@ -271,31 +290,38 @@ class ByteLevelBPETokenizer:
                     raise TokenizerFileError(f"{source}: added token {entry['content']!r} has {flag}=true, "
                                              "which is not supported")
             added[entry["content"]] = entry["id"]
-        steps, add_prefix_space = _pre_tokenizer_steps(data.get("pre_tokenizer"), source)
+        steps = _pre_tokenizer_steps(data.get("pre_tokenizer"), source)
         decoder = data.get("decoder") or {}
         if decoder.get("type") != "ByteLevel":
             raise TokenizerFileError(f"{source}: decoder is {decoder.get('type')!r}; expected ByteLevel")
         unk = model.get("unk_token")
         if unk is not None and unk not in vocab:
             raise TokenizerFileError(f"{source}: model.unk_token {unk!r} is not in the vocabulary")
-        return cls({**vocab}, pairs, pre_tokenizer=steps, added_tokens=added, add_prefix_space=add_prefix_space,
+        return cls({**vocab}, pairs, pre_tokenizer=steps, added_tokens=added,
                    ignore_merges=bool(model.get("ignore_merges", False)),
                    unk_id=None if unk is None else vocab[unk], source=source)
 
     # ---- encoding ------------------------------------------------------------------------
     def pre_tokenize(self, text: str) -> list[str]:
-        """The pieces that merges work within (before the byte-to-unicode mapping)."""
+        """The pieces that merges work within, written in byte-level characters ("Ġworld")."""
         pieces = [text]
-        if self.add_prefix_space and not text.startswith(" "):
-            pieces = [" " + text]
-        for regex, behaviour, invert in self.pre_tokenizer:
-            pieces = _split_step(pieces, regex, behaviour, invert)
+        for step in self._steps:
+            if step[0] == "split":
+                _, regex, behaviour, invert = step
+                pieces = _split_step(pieces, regex, behaviour, invert)
+                continue
+            _, add_prefix_space, use_regex = step
+            if add_prefix_space:  # as HF: every piece that does not start with a space gets one
+                pieces = [p if p.startswith(" ") else " " + p for p in pieces]
+            if use_regex:
+                pieces = _split_step(pieces, compile_pattern(GPT2_PATTERN), "isolated", False)
+            # bytes -> printable characters, through Latin-1 so that str.translate does it in C
+            pieces = [p.encode("utf-8").decode("latin-1").translate(_LATIN1_TO_CHAR) for p in pieces]
         return pieces
 
-    def _encode_piece(self, piece: str) -> list[int]:
-        ids = self._cache.get(piece)
+    def _encode_piece(self, chars: str) -> list[int]:
+        ids = self._cache.get(chars)
         if ids is None:
-            chars = piece.encode("utf-8").decode("latin-1").translate(_LATIN1_TO_CHAR)
             whole = self.vocab.get(chars) if self.ignore_merges else None
             if whole is not None:
                 ids = [whole]
@@ -304,7 +330,7 @@ class ByteLevelBPETokenizer:
                 ids = apply_merges([i for i in symbols if i is not None], self.ranks)
             if len(self._cache) >= MAX_CACHE_ENTRIES:
                 self._cache.clear()
-            self._cache[piece] = ids
+            self._cache[chars] = ids
         return ids
 
     def encode(self, text: str) -> list[int]:
@@ -361,14 +387,11 @@ class ByteLevelBPETokenizer:
         return f"ByteLevelBPETokenizer(vocab_size={self.vocab_size}, source={self.source})"
 
 
-def _pre_tokenizer_steps(spec, source: str) -> tuple[list[tuple[str, str, bool]], bool]:
-    """Translate a tokenizer.json pre_tokenizer into (regex steps, add_prefix_space)."""
-    steps: list[tuple[str, str, bool]] = []
-    add_prefix_space = False
-    saw_byte_level = False
+def _pre_tokenizer_steps(spec, source: str) -> list[tuple]:
+    """Translate a tokenizer.json pre_tokenizer into our list of steps."""
+    steps: list[tuple] = []
 
     def visit(node):
-        nonlocal add_prefix_space, saw_byte_level
         if not isinstance(node, dict):
             raise TokenizerFileError(f"{source}: pre_tokenizer entry {node!r} is not an object")
         kind = node.get("type")
@@ -376,23 +399,15 @@ def _pre_tokenizer_steps(spec, source: str) -> tuple[list[tuple[str, str, bool]]
             for child in node.get("pretokenizers", []):
                 visit(child)
         elif kind == "ByteLevel":
-            saw_byte_level = True
-            if node.get("add_prefix_space"):
-                if steps:
-                    raise TokenizerFileError(f"{source}: ByteLevel add_prefix_space after another "
-                                             "pre-tokenizer is not supported")
-                add_prefix_space = True
-            if node.get("use_regex", True):
-                steps.append((GPT2_PATTERN, "isolated", False))
-        elif kind == "Digits":
-            steps.append((r"\p{N}" if node.get("individual_digits") else r"\p{N}+", "isolated", False))
+            steps.append(("byte_level", bool(node.get("add_prefix_space", True)), bool(node.get("use_regex", True))))
+        elif kind == "Digits":  # HF splits on char::is_numeric, the \p{N} class
+            steps.append(("split", r"\p{N}", "isolated", False) if node.get("individual_digits")
+                         else ("split", r"\p{N}+", "isolated", False))
         elif kind == "Split":
             pattern = node.get("pattern") or {}
             if "Regex" in pattern:
                 regex = pattern["Regex"]
             elif "String" in pattern:
-                import re
-
                 regex = re.escape(pattern["String"])
             else:
                 raise TokenizerFileError(f"{source}: Split pre-tokenizer without a Regex or String pattern")
@@ -400,7 +415,7 @@ def _pre_tokenizer_steps(spec, source: str) -> tuple[list[tuple[str, str, bool]]
             snake = "".join("_" + c.lower() if c.isupper() else c for c in behaviour).lstrip("_")
             if snake not in _BEHAVIOURS:
                 raise TokenizerFileError(f"{source}: Split behavior {behaviour!r} is not supported")
-            steps.append((regex, snake, bool(node.get("invert", False))))
+            steps.append(("split", regex, snake, bool(node.get("invert", False))))
         else:
             raise TokenizerFileError(f"{source}: pre_tokenizer type {kind!r} is not supported "
                                      "(supported: Sequence, ByteLevel, Digits, Split)")
@@ -408,6 +423,7 @@ def _pre_tokenizer_steps(spec, source: str) -> tuple[list[tuple[str, str, bool]]
     if spec is None:
         raise TokenizerFileError(f"{source}: no pre_tokenizer; a byte-level BPE needs a ByteLevel pre-tokenizer")
     visit(spec)
-    if not saw_byte_level:
-        raise TokenizerFileError(f"{source}: no ByteLevel pre-tokenizer; not a byte-level BPE tokenizer")
-    return steps, add_prefix_space
+    if sum(step[0] == "byte_level" for step in steps) != 1:
+        raise TokenizerFileError(f"{source}: expected exactly one ByteLevel pre-tokenizer; "
+                                 "not a byte-level BPE tokenizer")
+    return steps
