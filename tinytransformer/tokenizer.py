@@ -15,6 +15,10 @@ one module each (read them in this order):
 and their helpers: unicode_regex (\\p{L}-style pre-tokenization patterns on
 Python's `re`), protobuf (the few lines of protobuf wire format a .model needs).
 
+    >>> tok = BPETokenizer.train("low lower lowest newer newest", 256 + 10, pattern=GPT2_PATTERN)
+    >>> [tok.decode([i]) for i in tok.encode(" lowest")]
+    [' lowe', 'st']
+
 Does not handle: WordPiece, tiktoken files, truncation/padding/batching, offsets.
 """
 from __future__ import annotations

@@ -11,9 +11,12 @@ plus the conventions its authors chose, and each must be matched exactly:
 3. Byte-to-unicode. Each piece's UTF-8 bytes are written as printable
    characters (GPT-2's table: printable Latin-1 bytes map to themselves, the
    other 68 bytes to U+0100.. in order; a space becomes "Ġ", a newline "Ċ"),
-   because the vocabulary and merges are stored as such strings.
+   because the vocabulary and merges are stored as such strings. (In a
+   tokenizer.json this is the ByteLevel step; steps after it see mapped text.)
 4. Merges by rank: repeatedly join the adjacent pair that appears earliest in
-   the merges list (ties: leftmost), exactly as bpe.apply_merges does.
+   the merges list (ties: leftmost), exactly as bpe.apply_merges does. A byte
+   with no token of its own (SmolLM2 lacks 21, e.g. the control byte 0x04) is
+   dropped, as Hugging Face does for a model without an unk_token.
 
 Decoding maps each token back to bytes and decodes UTF-8 with replacement
 characters (U+FFFD per maximal invalid subsequence), as the Hugging Face
@@ -23,7 +26,8 @@ Encoding caches the ids of each distinct piece: natural text repeats the same
 few thousand words, so most pieces are a dictionary lookup.
 
     tok = ByteLevelBPETokenizer.from_gguf(smollm2_path)
-    tok.encode("Hello world")      # [19556, 905], as the model's own tokenizer
+    tok.encode("Hello world")            # [19556, 905], as the model's own tokenizer
+    tok.encode_as_tokens("Hello world")  # ['Hello', 'Ġworld']
 
 Two sources, one tokenizer:
 - GGUF (`tokenizer.ggml.*` metadata): tokens, merges ("a b" strings), token
