@@ -15,7 +15,7 @@ import numpy as np
 from _lecture import QUICK, heading, plt, save
 
 from tinytransformer.bench.ngram import bits_per_byte_table, split_corpus, transformer_column
-from tinytransformer.ngram import NGramLM, bits_per_byte, text_to_sentences
+from tinytransformer.ngram import NGramLM, text_to_sentences
 
 CHAPTER = "07_ngrams"
 ORDERS = (1, 2, 3) if QUICK else (1, 2, 3, 4, 5)

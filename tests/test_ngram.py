@@ -61,9 +61,7 @@ def test_mle_and_laplace_equal_nltk_on_padded_everygrams(sentences, heldout, ord
                              rtol=1e-9, atol=0)
             else:
                 assert ours.logscore(word, context) == -math.inf
-    grams = [tuple(row) for row in ours._scored_ngrams(heldout)]
-    text_ngrams = [tuple(ours.vocab[i] for i in g) for g in grams]
-    # nltk maps unknown words itself; give it the original tokens where ours say <unk>
+    # the n-grams our perplexity scores: each word and one </s>, after order-1 <s>
     tokens = [([BOS] * (order - 1) + list(s) + [EOS]) for s in heldout]
     text_ngrams = [tuple(t[i - order + 1:i + 1]) for t in tokens for i in range(order - 1, len(t))]
     expected = reference.perplexity(text_ngrams)
@@ -390,6 +388,13 @@ def test_a_malformed_arpa_file_names_the_file_and_the_problem(tmp_path, text, me
     with pytest.raises(ValueError, match=message) as error:
         NGramLM.from_arpa(path)
     assert "bad.arpa" in str(error.value)
+
+
+def test_an_arpa_file_with_an_endless_line_is_refused_without_reading_it_whole(tmp_path):
+    path = tmp_path / "bad.arpa"
+    path.write_bytes(b"\\data\\\n" + b"9" * (3 << 20))
+    with pytest.raises(ValueError, match="line 2: longer than 1048576 bytes"):
+        NGramLM.from_arpa(path)
 
 
 def test_a_non_utf8_arpa_file_names_the_line(tmp_path):

@@ -92,6 +92,7 @@ FALLBACK_DISCOUNT = 0.75
 FALLBACK_MODIFIED_DISCOUNTS = (0.5, 1.0, 1.5)
 
 _LOG10_2 = math.log10(2.0)
+_MAX_ARPA_LINE = 1 << 20  # bytes; an ARPA line is a few numbers and n words
 
 
 @dataclass
@@ -553,7 +554,10 @@ def _read_arpa(cls, path, max_order):
     current = 0
     number = 0
     with handle:
-        for number, raw in enumerate(handle, 1):
+        lines = iter(lambda: handle.readline(_MAX_ARPA_LINE + 1), b"")
+        for number, raw in enumerate(lines, 1):
+            if len(raw) > _MAX_ARPA_LINE:
+                fail(number, f"longer than {_MAX_ARPA_LINE} bytes (is this an ARPA file?)")
             try:
                 line = raw.decode("utf-8").strip()
             except UnicodeDecodeError as error:
