@@ -27,8 +27,8 @@ builds) uses three, D1, D2, D3+, from the counts of counts n1..n4:
 
     Y = n1 / (n1 + 2 n2),  D1 = 1 - 2Y n2/n1,  D2 = 2 - 3Y n3/n2,  D3+ = 3 - 4Y n4/n3
 
-Where counts of counts give no valid discount (a tiny corpus) KenLM's fallback
-is used: D = 0.75, or (0.5, 1.0, 1.5) for modified Kneser-Ney.
+Where counts of counts give no discount in (0, j] (a tiny corpus) a fallback is
+used: D = 0.75, or KenLM's --discount_fallback (0.5, 1.0, 1.5) for modified.
 
 An interpolated model is also a back-off model: a seen n-gram stores its full
 interpolated probability and a seen context h stores its back-off weight
@@ -87,7 +87,7 @@ _UNK_ID, _BOS_ID, _EOS_ID = 0, 1, 2
 SMOOTHINGS = ("mle", "laplace", "add-k", "kneser-ney", "modified-kneser-ney")
 _BACKOFF_SMOOTHINGS = ("kneser-ney", "modified-kneser-ney", "arpa")
 
-# Discounts used where counts of counts give none in (0, j] (KenLM's --discount_fallback).
+# Discounts used where counts of counts give none in (0, j] (the modified ones are KenLM's).
 FALLBACK_DISCOUNT = 0.75
 FALLBACK_MODIFIED_DISCOUNTS = (0.5, 1.0, 1.5)
 
