@@ -29,8 +29,6 @@ from tinytransformer.gguf import GGUFError, write_gguf
 from tinytransformer.tokenizer import ByteLevelBPETokenizer, TokenizerFileError
 from tinytransformer.tokenizers.byte_level import bytes_to_unicode
 
-pytestmark = pytest.mark.model
-
 SMOLLM2_PRE_TOKENIZER = {"type": "Sequence", "pretokenizers": [
     {"type": "Digits", "individual_digits": True},
     {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True},
@@ -91,28 +89,33 @@ def hf_ids(tokenizer, text):
 
 
 # ---- parity ----------------------------------------------------------------------------------
+@pytest.mark.model
 @given(text=tokenizer_text(max_fragments=16))
 def test_from_gguf_equals_the_smollm2_tokenizer(ours_gguf, hf_smollm2, text):
     assert ours_gguf.encode(text) == hf_ids(hf_smollm2, text)
 
 
+@pytest.mark.model
 @given(text=tokenizer_text(max_fragments=16))
 def test_from_tokenizer_json_equals_the_tokenizer_it_was_read_from(ours_converted, hf_converted, text):
     assert ours_converted.encode(text) == hf_ids(hf_converted, text)
 
 
+@pytest.mark.model
 def test_from_tokenizer_json_with_the_digit_split_equals_from_gguf(smollm2_json, ours_gguf):
     ours = ByteLevelBPETokenizer.from_tokenizer_json(smollm2_json)
     text = load_corpus()[:50_000]
     assert ours.encode(text) == ours_gguf.encode(text)
 
 
+@pytest.mark.model
 def test_encoding_the_whole_corpus_equals_hugging_face(ours_gguf, hf_smollm2, ours_converted, hf_converted):
     text = load_corpus()
     assert ours_gguf.encode(text) == hf_ids(hf_smollm2, text)
     assert ours_converted.encode(text[:100_000]) == hf_ids(hf_converted, text[:100_000])
 
 
+@pytest.mark.model
 def test_the_gguf_conversion_in_transformers_drops_smollm2_digit_split(ours_gguf, hf_converted, hf_smollm2):
     # Two spaces before a digit: SmolLM2 cuts "a  " | "1", then GPT-2 keeps "  " whole (one token);
     # plain GPT-2 gives "a" | " " | " 1" and the space before the digit becomes its own token.
@@ -122,6 +125,7 @@ def test_the_gguf_conversion_in_transformers_drops_smollm2_digit_split(ours_gguf
     assert ours_gguf.encode_as_tokens(text) == ["a", "ĠĠ", "1"]
 
 
+@pytest.mark.model
 @given(seed=st.integers(0, 2**32 - 1))
 def test_decoding_any_ids_equals_hugging_face(ours_gguf, hf_smollm2, seed):
     rng = random.Random(seed)
@@ -131,6 +135,7 @@ def test_decoding_any_ids_equals_hugging_face(ours_gguf, hf_smollm2, seed):
     assert ours_gguf.decode(ids) == hf_smollm2.decode(ids, skip_special_tokens=False)
 
 
+@pytest.mark.model
 def test_partial_utf8_decodes_to_replacement_characters_as_hugging_face(ours_gguf, hf_smollm2):
     table = bytes_to_unicode()
     ids = [ours_gguf.vocab[table[b]] for b in "€".encode()]  # e2 82 ac as three byte tokens
@@ -169,6 +174,7 @@ def test_a_tiny_tokenizer_json_equals_hugging_face_with_each_pre_tokenizer(text,
 
 
 # ---- laws ------------------------------------------------------------------------------------
+@pytest.mark.model
 @given(text=tokenizer_text(max_fragments=16))
 def test_decode_inverts_encode_except_bytes_the_vocabulary_lacks(ours_gguf, text):
     # SmolLM2 has no token for six ASCII control bytes; like HF, the encoder drops them.
@@ -177,17 +183,20 @@ def test_decode_inverts_encode_except_bytes_the_vocabulary_lacks(ours_gguf, text
     assert ours_gguf.decode(ours_gguf.encode(text)) == text.translate({ord(c): None for c in lacking})
 
 
+@pytest.mark.model
 def test_special_token_text_encodes_to_the_special_id(ours_gguf):
     assert ours_gguf.encode("<|im_start|>user\nHi<|im_end|>") == \
         [1] + ours_gguf.encode("user\nHi") + [2]
 
 
+@pytest.mark.model
 def test_repeated_encoding_uses_the_cache_and_gives_the_same_ids(ours_gguf):
     text = load_corpus()[:20_000]
     assert ours_gguf.encode(text) == ours_gguf.encode(text)
 
 
 # ---- bad input -------------------------------------------------------------------------------
+@pytest.mark.model
 def test_out_of_range_ids_are_a_clear_error(ours_gguf):
     with pytest.raises(ValueError, match=r"ids\[2\] = 49152 is out of range; vocab_size is 49152"):
         ours_gguf.decode([0, 1, 49152])
@@ -195,6 +204,7 @@ def test_out_of_range_ids_are_a_clear_error(ours_gguf):
         ours_gguf.decode([1.5])
 
 
+@pytest.mark.model
 def test_a_truncated_gguf_is_a_clear_error_naming_the_file(smollm2_path, tmp_path):
     bad = tmp_path / "truncated.gguf"
     with open(smollm2_path, "rb") as source:
