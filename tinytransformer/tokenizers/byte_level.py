@@ -211,7 +211,11 @@ class ByteLevelBPETokenizer:
     # ---- loading -------------------------------------------------------------------------
     @classmethod
     def from_gguf(cls, path: str | os.PathLike) -> "ByteLevelBPETokenizer":
-        """Read `tokenizer.ggml.*` from a GGUF file (tokenizer.ggml.model must be "gpt2")."""
+        """Read `tokenizer.ggml.*` from a GGUF file (tokenizer.ggml.model must be "gpt2").
+
+        A file without tokenizer.ggml.pre gets the GPT-2 regex, as transformers' GGUF
+        conversion does (llama.cpp would warn and use its own "default" regex list).
+        """
         from tinytransformer.gguf import GGUFFile
 
         source = f"GGUF file {os.fspath(path)!r}"

@@ -321,7 +321,10 @@ class SentencePieceTokenizer:
         self.min_score = min(normal_scores, default=3.4028234663852886e38)
         self.max_score = max(normal_scores + [FLT_MIN])
         self._max_piece_chars = max((len(p) for p in self._normal), default=1)
-        self._prefixes = {p[:k] for p in self._normal for k in range(1, len(p) + 1)}
+        # Every prefix of a piece, to stop extending a lattice edge early (skipped for huge vocabularies).
+        n_prefixes = sum(len(p) for p in self._normal)
+        self._prefixes = ({p[:k] for p in self._normal for k in range(1, len(p) + 1)}
+                          if n_prefixes <= 2_000_000 else None)
         self._cache: dict[str, list[int]] = {}
 
     # ---- vocabulary -------------------------------------------------------------------
@@ -365,7 +368,7 @@ class SentencePieceTokenizer:
             has_single = False
             for length in range(1, min(max_chars, n - start) + 1):
                 candidate_piece = s[start:start + length]
-                if candidate_piece not in prefixes:
+                if prefixes is not None and candidate_piece not in prefixes:
                     break  # no piece starts with this: longer ones cannot match either
                 i = normal.get(candidate_piece)
                 if i is None or types[i] == UNUSED:
