@@ -1,0 +1,147 @@
+"""Benchmark: our NumPy SmolLM2-135M-Instruct next to Hugging Face transformers, same CPU threads.
+
+    python -m tinytransformer.bench model                 # prefill 512, decode 128 (cache), 32 (no cache)
+    python -m tinytransformer.bench model --threads 2     # pin both libraries to 2 threads
+    python -m tinytransformer.bench model --quick         # small sizes, to check that it runs
+
+Both models read the same GGUF file and run in float32. Before timing, the run
+checks that both produce the same greedy tokens. Measured, in one run:
+
+    prefill   forward over a P-token prompt into an empty KV cache, logits of the last position
+    decode    tokens/s generating N tokens greedily with the KV cache (8-token prompt, prefill included)
+    no cache  tokens/s generating M tokens recomputing the whole sequence each step
+
+Each timing is the best of --repeats runs. transformers needs torch, transformers,
+gguf (pip install -e ".[parity]"); with --no-hf only our numbers are printed.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+
+from tinytransformer.llama import default_model_path, load_model
+
+
+def _best(fn, repeats: int) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def _prompt(tokenizer, n: int) -> list[int]:
+    from tinytransformer.corpus import load_corpus
+
+    ids = tokenizer.encode(load_corpus()[: 8 * n])
+    if len(ids) < n:
+        raise ValueError(f"the corpus gave only {len(ids)} tokens, fewer than the {n} asked for")
+    return ids[:n]
+
+
+def _ours(model, prompt, short, args) -> dict[str, float]:
+    def prefill():
+        cache = model.new_cache(len(prompt) + 1)
+        model.logits(model.hidden_states(prompt, cache)[-1:])
+
+    return {
+        "prefill": _best(prefill, args.repeats),
+        "decode": args.new_tokens / _best(lambda: model.generate(short, args.new_tokens, stop_at_eos=False),
+                                          args.repeats),
+        "no_cache": args.no_cache_tokens / _best(
+            lambda: model.generate(short, args.no_cache_tokens, stop_at_eos=False, use_cache=False), 1),
+    }
+
+
+def _hf(path, prompt, short, args, expected: list[int]) -> tuple[dict[str, float], str]:
+    import torch
+    import transformers
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        str(path.parent), gguf_file=path.name, dtype=torch.float32).eval()
+    long_ids, short_ids = torch.tensor([prompt]), torch.tensor([short])
+    mask = torch.ones_like(short_ids)
+
+    def generate(n, use_cache=True):
+        out = model.generate(short_ids, attention_mask=mask, max_new_tokens=n, min_new_tokens=n,
+                             do_sample=False, use_cache=use_cache)
+        return out[0, len(short):].tolist()
+
+    with torch.inference_mode():
+        got = generate(len(expected))
+        if got != expected:
+            raise AssertionError(f"greedy tokens differ before timing: ours {expected}, transformers {got}")
+        result = {
+            "prefill": _best(lambda: model(long_ids, use_cache=True, logits_to_keep=1), args.repeats),
+            "decode": args.new_tokens / _best(lambda: generate(args.new_tokens), args.repeats),
+            "no_cache": args.no_cache_tokens / _best(lambda: generate(args.no_cache_tokens, False), 1),
+        }
+    return result, f"transformers {transformers.__version__}, torch {torch.__version__} " \
+                    f"({torch.get_num_threads()} threads)"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tinytransformer.bench model", description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default=None, help="GGUF file (default: SmolLM2-135M-Instruct)")
+    parser.add_argument("--prompt-tokens", type=int, default=512)
+    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--no-cache-tokens", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for both libraries")
+    parser.add_argument("--no-hf", action="store_true", help="skip transformers")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, to check that it runs")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.prompt_tokens, args.new_tokens, args.no_cache_tokens, args.repeats = 32, 8, 4, 1
+    if args.threads and os.environ.get("OPENBLAS_NUM_THREADS") != str(args.threads):
+        # BLAS reads its thread count when NumPy is imported: restart with it set.
+        env = {**os.environ, **{k: str(args.threads) for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS",
+                                                                   "MKL_NUM_THREADS")}}
+        os.execve(sys.executable, [sys.executable, "-m", "tinytransformer.bench", "model"]
+                  + (argv if argv is not None else sys.argv[1:]), env)
+    path = default_model_path() if args.model is None else args.model
+    from pathlib import Path
+
+    path = Path(path)
+    start = time.perf_counter()
+    model = load_model(path)
+    print(f"loaded {path.name} in {time.perf_counter() - start:.1f} s ({model.n_parameters / 1e6:.1f}M parameters)")
+    prompt = _prompt(model.tokenizer, args.prompt_tokens)
+    short = prompt[:8]
+    expected = model.generate(short, 16, stop_at_eos=False)
+    if model.generate(short, 16, stop_at_eos=False, use_cache=False) != expected:
+        raise AssertionError("cached and uncached greedy tokens differ")
+    threads = os.environ.get("OPENBLAS_NUM_THREADS", f"default ({os.cpu_count()} CPUs)")
+    ours = _ours(model, prompt, short, args)
+    rows = [("ours (NumPy)", ours)]
+    label = f"NumPy {np.__version__}, BLAS threads {threads}"
+    if not args.no_hf:
+        try:
+            theirs, hf_label = _hf(path, prompt, short, args, expected)
+            rows.append(("transformers", theirs))
+            label += "; " + hf_label
+        except ImportError as e:
+            print(f"transformers skipped: {e}")
+
+    print(f"\nmachine: {platform.machine()} {platform.processor() or ''} {os.cpu_count()} CPUs; {label}")
+    print(f"prefill {args.prompt_tokens} tokens; decode {args.new_tokens} tokens from an 8-token prompt; "
+          f"no-cache decode {args.no_cache_tokens} tokens\n")
+    print(f"| {'':14} | prefill {args.prompt_tokens} (s) | decode, cache (tok/s) | decode, no cache (tok/s) |")
+    print("|---|---|---|---|")
+    for name, r in rows:
+        print(f"| {name:14} | {r['prefill']:.2f} | {r['decode']:.1f} | {r['no_cache']:.1f} |")
+    if len(rows) == 2:
+        o, t = ours, rows[1][1]
+        print(f"| ours / theirs  | {o['prefill'] / t['prefill']:.2f}x time | {o['decode'] / t['decode']:.2f}x speed "
+              f"| {o['no_cache'] / t['no_cache']:.2f}x speed |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
