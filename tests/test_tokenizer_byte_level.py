@@ -288,6 +288,44 @@ def test_a_bad_tokenizer_json_is_a_clear_error_naming_the_file(tmp_path, edit, p
     assert "bad_tokenizer.json" in str(info.value)
 
 
+JUNK = (None, 0, -5, 2**40, "x", "", [], {}, [1, "a"], {"type": "Sequence"}, {"Regex": "("}, True)
+JSON_PATHS = (("model",), ("model", "vocab"), ("model", "merges"), ("model", "type"), ("model", "unk_token"),
+              ("model", "ignore_merges"), ("added_tokens",), ("pre_tokenizer",), ("pre_tokenizer", "type"),
+              ("pre_tokenizer", "add_prefix_space"), ("decoder",), ("normalizer",), ("model", "vocab", "hi"),
+              ("model", "merges", 0), ("added_tokens", 0), ("added_tokens", 0, "id"), ("added_tokens", 0, "content"))
+
+
+@given(path=st.sampled_from(JSON_PATHS), junk=st.sampled_from(JUNK))
+def test_a_tokenizer_json_with_any_field_replaced_by_junk_loads_or_fails_cleanly(path, junk):
+    data = tiny_tokenizer_json()
+    node = data
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = junk
+    try:
+        tok = ByteLevelBPETokenizer.from_tokenizer_json_data(data)
+    except TokenizerFileError:
+        return
+    # whatever loads must still work (a truthy add_prefix_space adds a space in front)
+    assert tok.decode(tok.encode("hi hi!")) in ("hi hi!", " hi hi!")
+
+
+@given(seed=st.integers(0, 2**32 - 1))
+def test_a_gguf_tokenizer_with_flipped_bytes_loads_or_fails_cleanly(tmp_path_factory, seed):
+    path = tiny_gguf(tmp_path_factory.mktemp("flip") / "flipped.gguf")
+    data = bytearray(path.read_bytes())
+    rng = random.Random(seed)
+    for _ in range(rng.randint(1, 6)):
+        data[rng.randrange(len(data))] = rng.randrange(256)
+    path.write_bytes(bytes(data))
+    try:
+        tok = ByteLevelBPETokenizer.from_gguf(path)
+    except (GGUFError, TokenizerFileError) as error:
+        assert "flipped.gguf" in str(error)
+        return
+    assert isinstance(tok.decode(tok.encode("hi hi!")), str)
+
+
 @pytest.mark.parametrize("cut", [0, 10, 1000, 3000])
 def test_a_truncated_tokenizer_json_is_a_clear_error(tmp_path, cut):
     bad = tmp_path / "truncated.json"

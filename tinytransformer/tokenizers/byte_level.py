@@ -159,6 +159,11 @@ class ByteLevelBPETokenizer:
         self.source = source
         self.vocab = dict(vocab)
         self.added_tokens = dict(added_tokens or {})
+        for table in (self.vocab, self.added_tokens):
+            for token, i in table.items():
+                if not isinstance(token, str) or isinstance(i, bool) or not isinstance(i, int) or i < 0:
+                    raise TokenizerFileError(f"{source}: token {token!r} has id {i!r}; "
+                                             "expected a string token and an int id >= 0")
         size = max([*self.vocab.values(), *self.added_tokens.values()], default=-1) + 1
         if size > 2 * (len(self.vocab) + len(self.added_tokens)) + 1024:  # bounded allocation
             raise TokenizerFileError(f"{source}: the largest token id is {size - 1} but there are only "
@@ -166,8 +171,6 @@ class ByteLevelBPETokenizer:
         self.id_to_token: list[str | None] = [None] * size
         for table in (self.vocab, self.added_tokens):
             for token, i in table.items():
-                if not isinstance(i, int) or i < 0:
-                    raise TokenizerFileError(f"{source}: token {token!r} has id {i!r}; ids must be ints >= 0")
                 self.id_to_token[i] = token
         # A byte without a token becomes unk_id, or is dropped when there is none (as HF does).
         # SmolLM2 lacks 21: six ASCII controls (0x04 0x06 0x13 0x14 0x16 0x1d) and bytes rare in UTF-8.
@@ -192,7 +195,11 @@ class ByteLevelBPETokenizer:
             if step[0] == "split":
                 if step[2] not in _BEHAVIOURS:
                     raise TokenizerFileError(f"{source}: split behaviour {step[2]!r} is not one of {_BEHAVIOURS}")
-                self._steps.append(("split", compile_pattern(step[1]), step[2], bool(step[3])))
+                try:
+                    regex = compile_pattern(step[1])
+                except (TypeError, ValueError) as error:
+                    raise TokenizerFileError(f"{source}: pre-tokenizer pattern: {error}") from None
+                self._steps.append(("split", regex, step[2], bool(step[3])))
             elif step[0] == "byte_level":
                 self._steps.append(("byte_level", bool(step[1]), bool(step[2])))
             else:
@@ -275,8 +282,10 @@ class ByteLevelBPETokenizer:
                              ("continuing_subword_prefix", ""), ("end_of_word_suffix", "")):
             if model.get(key) not in (default, None):
                 raise TokenizerFileError(f"{source}: model.{key} = {model.get(key)!r} is not supported")
-        if data.get("normalizer") is not None:
-            raise TokenizerFileError(f"{source}: a normalizer ({data['normalizer'].get('type')!r}) is not supported")
+        normalizer = data.get("normalizer")
+        if normalizer is not None:
+            kind = normalizer.get("type") if isinstance(normalizer, dict) else normalizer
+            raise TokenizerFileError(f"{source}: a normalizer ({kind!r}) is not supported")
         vocab, merges = model.get("vocab"), model.get("merges")
         if not isinstance(vocab, dict) or not isinstance(merges, list):
             raise TokenizerFileError(f"{source}: model.vocab must be an object and model.merges a list")
@@ -289,7 +298,10 @@ class ByteLevelBPETokenizer:
             else:
                 raise TokenizerFileError(f"{source}: model.merges[{k}] = {merge!r} is not 'a b' or [a, b]")
         added = {}
-        for k, entry in enumerate(data.get("added_tokens") or []):
+        added_list = data.get("added_tokens") or []
+        if not isinstance(added_list, list):
+            raise TokenizerFileError(f"{source}: added_tokens must be a list")
+        for k, entry in enumerate(added_list):
             if not isinstance(entry, dict) or not isinstance(entry.get("content"), str) \
                     or not isinstance(entry.get("id"), int):
                 raise TokenizerFileError(f"{source}: added_tokens[{k}] needs a string 'content' and an int 'id'")
@@ -299,11 +311,12 @@ class ByteLevelBPETokenizer:
                                              "which is not supported")
             added[entry["content"]] = entry["id"]
         steps = _pre_tokenizer_steps(data.get("pre_tokenizer"), source)
-        decoder = data.get("decoder") or {}
-        if decoder.get("type") != "ByteLevel":
-            raise TokenizerFileError(f"{source}: decoder is {decoder.get('type')!r}; expected ByteLevel")
+        decoder = data.get("decoder")
+        decoder_type = decoder.get("type") if isinstance(decoder, dict) else decoder
+        if decoder_type != "ByteLevel":
+            raise TokenizerFileError(f"{source}: decoder is {decoder_type!r}; expected ByteLevel")
         unk = model.get("unk_token")
-        if unk is not None and unk not in vocab:
+        if unk is not None and (not isinstance(unk, str) or unk not in vocab):
             raise TokenizerFileError(f"{source}: model.unk_token {unk!r} is not in the vocabulary")
         return cls({**vocab}, pairs, pre_tokenizer=steps, added_tokens=added,
                    ignore_merges=bool(model.get("ignore_merges", False)),
@@ -404,7 +417,10 @@ def _pre_tokenizer_steps(spec, source: str) -> list[tuple]:
             raise TokenizerFileError(f"{source}: pre_tokenizer entry {node!r} is not an object")
         kind = node.get("type")
         if kind == "Sequence":
-            for child in node.get("pretokenizers", []):
+            children = node.get("pretokenizers")
+            if not isinstance(children, list):
+                raise TokenizerFileError(f"{source}: a Sequence pre_tokenizer needs a 'pretokenizers' list")
+            for child in children:
                 visit(child)
         elif kind == "ByteLevel":
             steps.append(("byte_level", bool(node.get("add_prefix_space", True)), bool(node.get("use_regex", True))))
@@ -412,10 +428,10 @@ def _pre_tokenizer_steps(spec, source: str) -> list[tuple]:
             steps.append(("split", r"\p{N}", "isolated", False) if node.get("individual_digits")
                          else ("split", r"\p{N}+", "isolated", False))
         elif kind == "Split":
-            pattern = node.get("pattern") or {}
-            if "Regex" in pattern:
+            pattern = node.get("pattern")
+            if isinstance(pattern, dict) and isinstance(pattern.get("Regex"), str):
                 regex = pattern["Regex"]
-            elif "String" in pattern:
+            elif isinstance(pattern, dict) and isinstance(pattern.get("String"), str):
                 regex = re.escape(pattern["String"])
             else:
                 raise TokenizerFileError(f"{source}: Split pre-tokenizer without a Regex or String pattern")
