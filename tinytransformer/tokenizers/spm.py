@@ -103,6 +103,7 @@ class Normalizer:
         self.remove_extra_whitespaces = remove_extra_whitespaces
         self.escape_whitespaces = escape_whitespaces
         self.treat_whitespace_as_suffix = treat_whitespace_as_suffix
+        self.where = where
         self.user_defined = {s.encode("utf-8") for s in user_defined}
         self.user_defined_max = max((len(s) for s in self.user_defined), default=0)
         self.units: list[int] = []
@@ -212,7 +213,11 @@ class Normalizer:
                 del out[len(out) - len(space):]
         if self.add_dummy_prefix and self.treat_whitespace_as_suffix:
             out += space
-        return out.decode("utf-8")
+        try:
+            return out.decode("utf-8")
+        except UnicodeDecodeError:
+            raise SentencePieceError(f"{self.where}: the normalization rules produced invalid UTF-8 "
+                                     "(corrupt precompiled_charsmap?)") from None
 
 
 def _parse_model(data: bytes, where: str) -> dict:
