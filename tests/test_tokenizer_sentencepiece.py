@@ -179,7 +179,11 @@ def test_a_model_file_with_flipped_bytes_loads_or_fails_cleanly(trained_models, 
     except SentencePieceError as error:
         assert "flipped.model" in str(error)
         return
-    ids = tok.encode("Hello world, 2024!")  # a model that loads must still encode and decode
+    try:  # a model that loads must encode and decode, or say that its rules are corrupt
+        ids = tok.encode("Hello wörld, 2024! 漢字 ｆｕｌｌ")
+    except SentencePieceError as error:
+        assert "flipped.model" in str(error)
+        return
     assert isinstance(tok.decode(ids), str)
 
 
