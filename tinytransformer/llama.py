@@ -192,8 +192,15 @@ class LlamaModel:
 
     def _block(self, i: int) -> dict[str, np.ndarray]:
         p = lambda name: self.params[f"blk.{i}.{name}.weight"]  # noqa: E731
+        # Q, K and V read the same input, so their rows are stacked into one matrix
+        # [(Hq + 2 Hkv) D, C]: one matrix product per layer instead of three. The
+        # checkpoint-named entries become views of it (no second copy in memory).
+        wqkv = np.concatenate([p("attn_q"), p("attn_k"), p("attn_v")])  # [(Hq+2Hkv)*D, C]
+        nq, nk = p("attn_q").shape[0], p("attn_k").shape[0]
+        for name, rows in (("attn_q", wqkv[:nq]), ("attn_k", wqkv[nq:nq + nk]), ("attn_v", wqkv[nq + nk:])):
+            self.params[f"blk.{i}.{name}.weight"] = rows
         return {"attn_norm": p("attn_norm"), "ffn_norm": p("ffn_norm"),
-                "wq": p("attn_q").T, "wk": p("attn_k").T, "wv": p("attn_v").T,  # [C, H*D]
+                "wqkv": wqkv.T,  # [C, (Hq+2Hkv)*D], a view: x @ W
                 "wo": p("attn_output").T,  # [Hq*D, C]
                 "w_gate": p("ffn_gate").T, "w_up": p("ffn_up").T, "w_down": p("ffn_down").T}
 
@@ -224,9 +231,9 @@ class LlamaModel:
         """Grouped-query self-attention of one block: x [T, C] -> [T, C]."""
         cfg = self.config
         T, D = x.shape[0], cfg.head_dim
-        q = (x @ block["wq"]).reshape(T, cfg.n_heads, D).transpose(1, 0, 2)[None]  # [T, Hq*D] -> [1, Hq, T, D]
-        k = (x @ block["wk"]).reshape(T, cfg.n_kv_heads, D).transpose(1, 0, 2)[None]  # [1, Hkv, T, D]
-        v = (x @ block["wv"]).reshape(T, cfg.n_kv_heads, D).transpose(1, 0, 2)[None]  # [1, Hkv, T, D]
+        qkv = (x @ block["wqkv"]).reshape(T, cfg.n_heads + 2 * cfg.n_kv_heads, D)  # [T, C] -> [T, Hq+2Hkv, D]
+        qkv = qkv.transpose(1, 0, 2)[None]  # [1, Hq+2Hkv, T, D]
+        v = qkv[:, cfg.n_heads + cfg.n_kv_heads:]  # [1, Hkv, T, D]
         # RoPE pairing. Hugging Face Llama rotates pairs (i, i + D/2) ("rotate half").
         # llama.cpp rotates adjacent pairs (2i, 2i+1), and its HF -> GGUF converter
         # permutes the rows of attn_q and attn_k within each head so that the
@@ -235,8 +242,10 @@ class LlamaModel:
         # would rotate the wrong coordinates together. Q and K are permuted alike,
         # so q . k (and everything after it) equals Hugging Face's exactly, and V
         # and Wo are untouched. (positional.rope_half_permutation is that permutation.)
-        q = apply_rope(q, positions, base=cfg.rope_base, interleaved=True)  # [1, Hq, T, D]
-        k = apply_rope(k, positions, base=cfg.rope_base, interleaved=True)  # [1, Hkv, T, D]
+        # (Q and K heads are rotated in one call: the same angles apply to every head.)
+        qk = apply_rope(qkv[:, :cfg.n_heads + cfg.n_kv_heads], positions,
+                        base=cfg.rope_base, interleaved=True)  # [1, Hq+Hkv, T, D]
+        q, k = qk[:, :cfg.n_heads], qk[:, cfg.n_heads:]  # [1, Hq, T, D], [1, Hkv, T, D]
         if cache is not None:
             k, v = cache.append(layer, k, v)  # [1, Hkv, S, D], S = cached + T
         # Attention in blocks of query rows: the causal mask is end-aligned (query i
