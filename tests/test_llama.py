@@ -45,7 +45,7 @@ def test_forward_returns_float32_logits_per_position(tiny):
 
 
 @given(config=tiny_llama_configs(), data=st.data())
-@settings(max_examples=15)
+@settings(max_examples=10)
 def test_forward_on_a_prefix_equals_the_first_rows_of_forward_on_the_whole(tmp_path_factory, config, data):
     model = _random_model(tmp_path_factory, config)
     ids = data.draw(token_ids(model.config.vocab_size, min_size=2, max_size=40))
@@ -54,7 +54,7 @@ def test_forward_on_a_prefix_equals_the_first_rows_of_forward_on_the_whole(tmp_p
 
 
 @given(config=tiny_llama_configs(), data=st.data())
-@settings(max_examples=15)
+@settings(max_examples=10)
 def test_cached_decode_logits_equal_full_recompute(tmp_path_factory, config, data):
     model = _random_model(tmp_path_factory, config)
     ids = data.draw(token_ids(model.config.vocab_size, min_size=2, max_size=40))
