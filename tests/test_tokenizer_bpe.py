@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from strategies import bpe_vocab_sizes, tokenizer_text
 from tinytransformer.corpus import builtin_corpus, load_corpus, train_heldout_split
-from tinytransformer.tokenizer import GPT2_PATTERN, GPT4_PATTERN, BPETokenizer
+from tinytransformer.tokenizer import GPT2_PATTERN, GPT4_PATTERN, LLAMA3_PATTERN, BPETokenizer
 from tinytransformer.tokenizers.bpe import apply_merges
 from tinytransformer.tokenizers.unicode_regex import compile_pattern, split
 
@@ -211,6 +211,15 @@ def test_gpt2_pattern_splits_words_numbers_and_spaces_as_gpt2_does():
 def test_pretokenization_pieces_concatenate_back_to_the_text(text):
     for pattern in (GPT2_PATTERN, GPT4_PATTERN):
         assert "".join(split(text, pattern)) == text
+
+
+@given(text=tokenizer_text())
+def test_the_bmp_only_copy_of_a_pattern_matches_as_the_full_one_on_text_below_u10000(text):
+    text = "".join(c for c in text if ord(c) < 0x10000)
+    for pattern in (GPT2_PATTERN, GPT4_PATTERN, LLAMA3_PATTERN, r"\p{N}"):
+        compiled = compile_pattern(pattern)
+        assert compiled.bmp is not None
+        assert compiled.bmp.findall(text) == compiled.full.findall(text)
 
 
 # ---- the built-in corpus -------------------------------------------------------------------------
