@@ -36,7 +36,7 @@ SMOLLM2_PRE_TOKENIZER = {"type": "Sequence", "pretokenizers": [
 
 
 @pytest.fixture(scope="session")
-def converted_json(smollm2_path, request):
+def converted_json(smollm2_path, request, tmp_path_factory):
     """tokenizer.json of the transformers GGUF -> fast-tokenizer conversion.
 
     Importing transformers and converting takes 10-30 s, so the result is kept in pytest's
@@ -46,7 +46,8 @@ def converted_json(smollm2_path, request):
     require("gguf", "transformers reads GGUF metadata with it")
     stat = smollm2_path.stat()
     key = f"{smollm2_path.name}-{stat.st_size}-{int(stat.st_mtime)}-transformers-{version('transformers')}"
-    folder = request.config.cache.mkdir("tinytransformer-hf-tokenizer") / key
+    cache = getattr(request.config, "cache", None)  # None under -p no:cacheprovider
+    folder = (cache.mkdir("tinytransformer-hf-tokenizer") if cache else tmp_path_factory.mktemp("hf")) / key
     if not (folder / "tokenizer.json").is_file():
         import transformers
 
