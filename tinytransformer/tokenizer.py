@@ -28,4 +28,5 @@ from tinytransformer.tokenizers.byte_level import ByteLevelBPETokenizer, Tokeniz
 from tinytransformer.tokenizers.spm import SentencePieceError, SentencePieceTokenizer
 from tinytransformer.tokenizers.unicode_regex import GPT2_PATTERN, GPT4_PATTERN, LLAMA3_PATTERN
 
-__all__ = ["BPETokenizer", "ByteLevelBPETokenizer", "TokenizerFileError", "SentencePieceTokenizer", "SentencePieceError", "GPT2_PATTERN", "GPT4_PATTERN", "LLAMA3_PATTERN"]
+__all__ = ["BPETokenizer", "ByteLevelBPETokenizer", "TokenizerFileError", "SentencePieceTokenizer",
+           "SentencePieceError", "GPT2_PATTERN", "GPT4_PATTERN", "LLAMA3_PATTERN"]

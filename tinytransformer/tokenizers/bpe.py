@@ -159,19 +159,19 @@ class _PairIndex:
             j = nxt[i]
             if token[i] != a or j == -1 or token[j] != b:
                 continue  # consumed by the previous merge of an overlapping run
-            p, k = prv[i], nxt[j]
+            p, k = prv[i], nxt[j]  # ... x a b y ...  with x at p, a at i, b at j, y at k
             if p != -1:
-                self._remove((token[p], a), p, changed)
+                self._remove((token[p], a), p, changed)  # count(x, a) -= w
             if k != -1:
-                self._remove((b, token[k]), j, changed)
-            self._remove(pair, i, changed)
-            token[i], token[j] = new_id, -1
+                self._remove((b, token[k]), j, changed)  # count(b, y) -= w
+            self._remove(pair, i, changed)  # count(a, b) -= w
+            token[i], token[j] = new_id, -1  # ... x ab y ...: position j is gone
             nxt[i] = k
             if k != -1:
                 prv[k] = i
-                self._add((new_id, token[k]), i, changed)
+                self._add((new_id, token[k]), i, changed)  # count(ab, y) += w
             if p != -1:
-                self._add((token[p], new_id), p, changed)
+                self._add((token[p], new_id), p, changed)  # count(x, ab) += w
         for changed_pair in changed:
             c = self.count[changed_pair]
             if c > 0:
