@@ -14,7 +14,8 @@ from tinytransformer.tokenizer import SentencePieceError, SentencePieceTokenizer
 from tinytransformer.tokenizers.spm import decode_bytes_like_sentencepiece
 
 # (name, trainer options): both model types, several vocabulary sizes, byte fallback on and off,
-# the default nmt_nfkc rule and identity, user-defined and control symbols, no dummy prefix.
+# the default nmt_nfkc rule, identity and nfkc_cf, user-defined and control symbols, no dummy
+# prefix, whitespace as a suffix.
 CONFIGS = {
     "unigram-500-nfkc": dict(model_type="unigram", vocab_size=500),
     "bpe-500-nfkc": dict(model_type="bpe", vocab_size=500),
@@ -27,6 +28,10 @@ CONFIGS = {
                                 control_symbols=["<ctl>"]),
     "bpe-400-no-prefix": dict(model_type="bpe", vocab_size=400, user_defined_symbols=["<tag>"],
                               add_dummy_prefix=False, remove_extra_whitespaces=False),
+    "bpe-500-suffix-bytes": dict(model_type="bpe", vocab_size=500, treat_whitespace_as_suffix=True,
+                                 byte_fallback=True),
+    "unigram-500-nfkc_cf-digits": dict(model_type="unigram", vocab_size=500, normalization_rule_name="nfkc_cf",
+                                       split_digits=True),
 }
 
 
