@@ -26,7 +26,7 @@ from conftest import require
 from strategies import tokenizer_text
 from tinytransformer.corpus import load_corpus
 from tinytransformer.gguf import GGUFError, write_gguf
-from tinytransformer.tokenizer import ByteLevelBPETokenizer, TokenizerFileError
+from tinytransformer.tokenizer import LLAMA3_PATTERN, ByteLevelBPETokenizer, TokenizerFileError
 from tinytransformer.tokenizers.byte_level import bytes_to_unicode
 
 SMOLLM2_PRE_TOKENIZER = {"type": "Sequence", "pretokenizers": [
@@ -124,6 +124,27 @@ def test_the_gguf_conversion_in_transformers_drops_smollm2_digit_split(ours_gguf
     assert hf_ids(hf_smollm2, text) == ours_gguf.encode(text)
     assert hf_ids(hf_converted, text) != ours_gguf.encode(text)
     assert ours_gguf.encode_as_tokens(text) == ["a", "ĠĠ", "1"]
+
+
+@pytest.fixture(scope="session")
+def llama3_style(converted_json):
+    """SmolLM2's vocabulary behind a Llama-3-style pre-tokenizer: a Split regex with (?i:...) and
+    \\p{N}{1,3}, ByteLevel without its own regex, and ignore_merges (whole pieces looked up first)."""
+    tokenizers = require("tokenizers", "the Hugging Face oracle")
+    data = json.loads(converted_json.read_text(encoding="utf-8"))
+    data["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": [
+        {"type": "Split", "pattern": {"Regex": LLAMA3_PATTERN}, "behavior": "Isolated", "invert": False},
+        {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}]}
+    data["model"]["ignore_merges"] = True
+    return tokenizers.Tokenizer.from_str(json.dumps(data)), ByteLevelBPETokenizer.from_tokenizer_json_data(data)
+
+
+@pytest.mark.model
+@given(text=tokenizer_text(max_fragments=16) | st.lists(st.sampled_from(
+    ["'s", "'S", "'ſ", "'LL", "ſ", "123456", " ", "\n", "\r\n", "abc", "漢字", "!!", "\u3000"]), max_size=12).map("".join))
+def test_a_llama3_style_split_pre_tokenizer_equals_hugging_face(llama3_style, text):
+    hf, ours = llama3_style
+    assert ours.encode(text) == hf_ids(hf, text)
 
 
 @pytest.mark.model
