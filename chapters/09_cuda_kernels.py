@@ -96,6 +96,24 @@ print("state regs: m, l, the output accumulator and the score/fragment registers
 print("ptxas adds addresses and temporaries (see docs/09_cuda_kernels.md for its counts).")
 
 # %% [markdown]
+# ## 3b. Why decode v2 splits the context (FlashDecoding)
+# Decode v1 launches one block per (sequence, KV head, 16 query rows). With one sequence
+# and 8 KV heads that is 8 blocks on a GPU with 132 SMs: most of the chip idles while
+# each block walks 16,384 keys. v2 cuts the context into splits so that there are about
+# `cuda.DECODE_BLOCKS_PER_SM` blocks per SM, then merges the partial results by their
+# log-sum-exp.
+
+# %%
+heading("decode grid on an H100-sized GPU (132 SMs), Hq = 32, Hkv = 8, one new token")
+for batch, context in ((1, 16384), (8, 16384), (64, 2048)):
+    blocks_v1 = batch * 8 * -(-4 // cuda.DEC_ROWS)  # G * T = 4 query rows per KV head: one row chunk
+    split = cuda.decode_split_len(context, blocks_v1, 132)
+    n_splits = -(-context // split)
+    busy = min(1.0, blocks_v1 / 132)
+    print(f"batch {batch:2d}, context {context:6,d}: v1 {blocks_v1:4d} blocks (at most {busy:6.1%} of the SMs "
+          f"busy); v2 {blocks_v1 * n_splits:5d} blocks, {n_splits:2d} split(s) of {split} keys")
+
+# %% [markdown]
 # ## 4. Why a server pages its KV cache (the vLLM idea)
 # A contiguous cache reserves max_seq_len positions per sequence. Requests are mostly
 # short, so most of that reservation is empty, and it is the reservation that decides how

@@ -411,10 +411,13 @@ def flash_attention(q, k, v, *, causal=False, scale=None, alibi_slopes=None, ret
     return (out, lse) if return_lse else out
 
 
+DECODE_BLOCKS_PER_SM = 4  # decode is memory-bound: keep several blocks (4 warps each) per SM reading
+
+
 def decode_split_len(max_context: int, n_blocks_without_split: int, n_sms: int) -> int:
-    """v2's keys per split: enough splits for ~2 blocks per SM, each a whole number of tiles."""
+    """v2's keys per split: enough splits for DECODE_BLOCKS_PER_SM blocks per SM, whole tiles each."""
     tiles = -(-max_context // DEC_BC)
-    n_splits = max(1, min(tiles, -(-2 * n_sms // max(1, n_blocks_without_split))))
+    n_splits = max(1, min(tiles, -(-DECODE_BLOCKS_PER_SM * n_sms // max(1, n_blocks_without_split))))
     return -(-tiles // n_splits) * DEC_BC
 
 
