@@ -138,6 +138,21 @@ def test_paged_decode_long_ragged_contexts_with_many_splits(backend, version):
     check_decode_law(case, True, False, "float16", backend=backend, version=version, split_len=64)
 
 
+@needs_gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("version", cuda.DECODE_VERSIONS)
+def test_paged_decode_without_table_checks_gives_the_same_output(version):
+    """check_tables=False (no host copy per call, for timing loops) changes nothing for valid tables."""
+    case = PagedCase(n_kv_heads=2, group=2, head_dim=64, block_size=4, lengths=(90, 7), q_len=1,
+                     interleave=True, decoy=True, seed=4)
+    cache, ids, _, _ = build_paged_cache(case, dtype=np.float32)
+    tables, lengths = cache.batch(ids)
+    q = np.random.default_rng(0).standard_normal((2, 4, 1, 64)).astype(np.float32)
+    outs = [cuda.paged_decode_attention(q, cache.k_pool[0], cache.v_pool[0], tables, lengths, version=version,
+                                        check_tables=check) for check in (True, False)]
+    np.testing.assert_array_equal(outs[0], outs[1])
+
+
 # --- planted bugs: the laws above must reject each broken build ----------------------
 
 PLANTED_FLASH_SHAPE = AttentionShape(batch=1, n_heads=4, n_kv_heads=2, q_len=70, kv_len=150, head_dim=64)

@@ -307,14 +307,22 @@ def check_flash_inputs(q, k, v, *, alibi_slopes=None, version=None, dtype=None):
 
 
 def check_decode_inputs(q, k_pool, v_pool, block_tables, context_lens, *, alibi_slopes=None, version=None,
-                        dtype=None):
-    """Validate a paged_decode_attention call for the CUDA backend; returns (version, element type, shapes)."""
+                        dtype=None, check_tables=True):
+    """Validate a paged_decode_attention call for the CUDA backend; returns (version, element type, shapes).
+
+    check_tables=False checks the shapes and dtypes of block_tables and context_lens but not
+    their values, which would need a copy to the host (and a synchronisation) on every call.
+    """
     from tinytransformer.paged_cache import check_paged_decode_inputs
 
     kind = _element_type((q, k_pool, v_pool), ("q", "k_pool", "v_pool"), dtype)
     for x, name in ((q, "q"), (k_pool, "k_pool"), (v_pool, "v_pool")):
         _check_contiguous(x, name)
-    tables, lens = _host(block_tables), _host(context_lens)
+    if check_tables:
+        tables, lens = _host(block_tables), _host(context_lens)
+    else:  # stand-ins with the right shapes and dtypes and harmless values
+        tables = np.zeros(tuple(block_tables.shape), dtype=np.dtype(block_tables.dtype))
+        lens = np.ones(tuple(context_lens.shape), dtype=np.dtype(context_lens.dtype))
     B, Hq, T, D, Hkv, block_size = check_paged_decode_inputs(q, k_pool, v_pool, tables, lens, alibi_slopes)
     if 0 in q.shape:
         raise ValueError(f"q: expected every dimension >= 1, got shape {tuple(q.shape)}")
@@ -324,7 +332,7 @@ def check_decode_inputs(q, k_pool, v_pool, block_tables, context_lens, *, alibi_
     if version not in DECODE_VERSIONS:
         raise ValueError(f"version: expected one of {DECODE_VERSIONS}, got {version!r}")
     _pad(D, DECODE_HEAD_DIMS, "q")
-    return version, kind, (B, Hq, Hkv, T, D, block_size, tables, lens)
+    return version, kind, (B, Hq, Hkv, T, D, block_size, tables.shape[1])
 
 
 def _host(x) -> np.ndarray:
@@ -423,12 +431,14 @@ def decode_split_len(max_context: int, n_blocks_without_split: int, n_sms: int) 
 
 def paged_decode_attention(q, k_pool, v_pool, block_tables, context_lens, *, causal=True, scale=None,
                            alibi_slopes=None, backend="cuda", version=None, dtype=None, split_len=None,
-                           defines=()):
+                           check_tables=True, defines=()):
     """Decode attention over a paged cache, as paged_cache.paged_decode_attention: [B, Hq, T, D].
 
     backend: "cuda" runs cuda_kernels/decode_attention.cu; "numpy" the reference.
     version: 1 (one block per sequence and KV head) or 2 (context split, default).
     split_len: v2's keys per split (a multiple of 32); chosen from the SM count when None.
+    check_tables=False skips checking the values of block_tables and context_lens (which
+    costs a copy to the host per call, as in a timing loop); wrong values then read wrong memory.
     dtype="bfloat16" reads uint16 arrays as bf16 bits; defines as in flash_attention.
     """
     _check_backend(backend)
@@ -441,8 +451,9 @@ def paged_decode_attention(q, k_pool, v_pool, block_tables, context_lens, *, cau
                         scale=scale, alibi_slopes=alibi_slopes)
         return _like_input(out, q, kind)
 
-    version, kind, (B, Hq, Hkv, T, D, block_size, tables, lens) = check_decode_inputs(
-        q, k_pool, v_pool, block_tables, context_lens, alibi_slopes=alibi_slopes, version=version, dtype=dtype)
+    version, kind, (B, Hq, Hkv, T, D, block_size, max_blocks) = check_decode_inputs(
+        q, k_pool, v_pool, block_tables, context_lens, alibi_slopes=alibi_slopes, version=version, dtype=dtype,
+        check_tables=check_tables)
     scale = _check_scale(scale, D)
     if split_len is not None and (isinstance(split_len, bool) or not isinstance(split_len, (int, np.integer))
                                   or split_len < DEC_BC or split_len % DEC_BC):
@@ -451,8 +462,8 @@ def paged_decode_attention(q, k_pool, v_pool, block_tables, context_lens, *, cau
     on_host = not type(q).__module__.startswith("cupy")
     store = np.float32 if kind == "float32" else (np.float16 if kind == "float16" else np.uint16)
     qd, kd, vd = (_to_device(cupy, x) for x in (q, k_pool, v_pool))
-    td = _to_device(cupy, tables, np.int32)
-    ld = _to_device(cupy, lens, np.int32)
+    td = _to_device(cupy, block_tables, np.int32)
+    ld = _to_device(cupy, context_lens, np.int32)
     slopes = _null_pointer() if alibi_slopes is None else _to_device(cupy, alibi_slopes, np.float32)
     out = cupy.empty((B, Hq, T, D), dtype=store)
     G = Hq // Hkv
@@ -460,16 +471,15 @@ def paged_decode_attention(q, k_pool, v_pool, block_tables, context_lens, *, cau
     module = load_module("decode_attention", tuple(defines))
     pad = _pad(D, DECODE_HEAD_DIMS, "q")
     kernel = module.get_function(f"decode_{_DTYPE_NAMES[kind]}_d{pad}")
-    common = (Hq, Hkv, T, D, block_size, tables.shape[1], scale, int(bool(causal)))
+    common = (Hq, Hkv, T, D, block_size, max_blocks, scale, int(bool(causal)))
     if version == 1:
         args = _kernel_args(qd, kd, vd, td, ld, slopes, out, _null_pointer(), _null_pointer(), *common,
                             2**31 - 1, 1)
         kernel((B * Hkv, row_chunks, 1), (THREADS,), args)
     else:
-        max_len = int(lens.max())
+        max_len = max_blocks * block_size  # the table's capacity: no copy of context_lens to the host
         if split_len is None:
-            n_sms = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)["multiProcessorCount"]
-            split_len = decode_split_len(max_len, B * Hkv * row_chunks, n_sms)
+            split_len = decode_split_len(max_len, B * Hkv * row_chunks, _sm_count())
         n_splits = -(-max_len // split_len)
         part_o = cupy.empty((B, Hq, T, n_splits, D), dtype=cupy.float32)
         part_lse = cupy.empty((B, Hq, T, n_splits), dtype=cupy.float32)
@@ -485,6 +495,12 @@ def _like_input(out, q, kind):
     if kind == "bfloat16":
         return to_bfloat16_bits(out)
     return np.asarray(out).astype(q.dtype, copy=False) if q.dtype.kind == "f" else out
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count() -> int:
+    cupy = require_cuda()
+    return int(cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)["multiProcessorCount"])
 
 
 def _host_float(x, dtype):
