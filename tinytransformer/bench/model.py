@@ -11,7 +11,7 @@ checks that both produce the same greedy tokens. Measured, in one run:
     decode    tokens/s generating N tokens greedily with the KV cache (8-token prompt, prefill included)
     no cache  tokens/s generating M tokens recomputing the whole sequence each step
 
-Each timing is the best of --repeats runs. transformers needs torch, transformers,
+Each timing is the best of --repeats runs, alternating ours and theirs run by run. transformers needs torch, transformers,
 gguf (pip install -e ".[parity]"); with --no-hf only our numbers are printed.
 """
 from __future__ import annotations
@@ -45,21 +45,17 @@ def _prompt(tokenizer, n: int) -> list[int]:
     return ids[:n]
 
 
-def _ours(model, prompt, short, args) -> dict[str, float]:
+def _our_tasks(model, prompt, short, args) -> dict:
     def prefill():
         cache = model.new_cache(len(prompt) + 1)
         model.logits(model.hidden_states(prompt, cache)[-1:])
 
-    return {
-        "prefill": _best(prefill, args.repeats),
-        "decode": args.new_tokens / _best(lambda: model.generate(short, args.new_tokens, stop_at_eos=False),
-                                          args.repeats),
-        "no_cache": args.no_cache_tokens / _best(
-            lambda: model.generate(short, args.no_cache_tokens, stop_at_eos=False, use_cache=False), 1),
-    }
+    return {"prefill": prefill,
+            "decode": lambda: model.generate(short, args.new_tokens, stop_at_eos=False),
+            "no_cache": lambda: model.generate(short, args.no_cache_tokens, stop_at_eos=False, use_cache=False)}
 
 
-def _hf(path, prompt, short, args, expected: list[int]) -> tuple[dict[str, float], str]:
+def _hf_tasks(path, prompt, short, args, expected: list[int]) -> tuple[dict, str]:
     import torch
     import transformers
 
@@ -69,21 +65,37 @@ def _hf(path, prompt, short, args, expected: list[int]) -> tuple[dict[str, float
     mask = torch.ones_like(short_ids)
 
     def generate(n, use_cache=True):
-        out = model.generate(short_ids, attention_mask=mask, max_new_tokens=n, min_new_tokens=n,
-                             do_sample=False, use_cache=use_cache)
+        with torch.inference_mode():
+            out = model.generate(short_ids, attention_mask=mask, max_new_tokens=n, min_new_tokens=n,
+                                 do_sample=False, use_cache=use_cache)
         return out[0, len(short):].tolist()
 
-    with torch.inference_mode():
-        got = generate(len(expected))
-        if got != expected:
-            raise AssertionError(f"greedy tokens differ before timing: ours {expected}, transformers {got}")
-        result = {
-            "prefill": _best(lambda: model(long_ids, use_cache=True, logits_to_keep=1), args.repeats),
-            "decode": args.new_tokens / _best(lambda: generate(args.new_tokens), args.repeats),
-            "no_cache": args.no_cache_tokens / _best(lambda: generate(args.no_cache_tokens, False), 1),
-        }
-    return result, f"transformers {transformers.__version__}, torch {torch.__version__} " \
-                    f"({torch.get_num_threads()} threads)"
+    def prefill():
+        with torch.inference_mode():
+            model(long_ids, use_cache=True, logits_to_keep=1)
+
+    got = generate(len(expected))
+    if got != expected:
+        raise AssertionError(f"greedy tokens differ before timing: ours {expected}, transformers {got}")
+    tasks = {"prefill": prefill, "decode": lambda: generate(args.new_tokens),
+             "no_cache": lambda: generate(args.no_cache_tokens, False)}
+    return tasks, f"transformers {transformers.__version__}, torch {torch.__version__} " \
+                  f"({torch.get_num_threads()} threads)"
+
+
+def _measure(tasks_by_name: dict[str, dict], args) -> dict[str, dict[str, float]]:
+    """Best-of-repeats seconds per task, alternating the libraries run by run, so that a
+    change in machine load during the run affects both alike."""
+    best = {name: {} for name in tasks_by_name}
+    for task in ("prefill", "decode", "no_cache"):
+        for _ in range(args.repeats if task != "no_cache" else 1):
+            for name, tasks in tasks_by_name.items():
+                time.sleep(0.5)  # let the other library's idle BLAS/OpenMP threads stop spinning
+                start = time.perf_counter()
+                tasks[task]()
+                best[name][task] = min(best[name].get(task, float("inf")), time.perf_counter() - start)
+    return {name: {"prefill": b["prefill"], "decode": args.new_tokens / b["decode"],
+                   "no_cache": args.no_cache_tokens / b["no_cache"]} for name, b in best.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -118,16 +130,17 @@ def main(argv: list[str] | None = None) -> int:
     if model.generate(short, 16, stop_at_eos=False, use_cache=False) != expected:
         raise AssertionError("cached and uncached greedy tokens differ")
     threads = os.environ.get("OPENBLAS_NUM_THREADS", f"default ({os.cpu_count()} CPUs)")
-    ours = _ours(model, prompt, short, args)
-    rows = [("ours (NumPy)", ours)]
+    tasks = {"ours (NumPy)": _our_tasks(model, prompt, short, args)}
     label = f"NumPy {np.__version__}, BLAS threads {threads}"
     if not args.no_hf:
         try:
-            theirs, hf_label = _hf(path, prompt, short, args, expected)
-            rows.append(("transformers", theirs))
+            tasks["transformers"], hf_label = _hf_tasks(path, prompt, short, args, expected)
             label += "; " + hf_label
         except ImportError as e:
             print(f"transformers skipped: {e}")
+    results = _measure(tasks, args)
+    rows = list(results.items())
+    ours = results["ours (NumPy)"]
 
     print(f"\nmachine: {platform.machine()} {platform.processor() or ''} {os.cpu_count()} CPUs; {label}")
     print(f"prefill {args.prompt_tokens} tokens; decode {args.new_tokens} tokens from an 8-token prompt; "
