@@ -60,13 +60,14 @@ __device__ __forceinline__ int last_visible_key(int t, int T, int L) {
 }
 
 // One K or V tile [DEC_BC keys][D_PAD] of (sequence, KV head) into shared memory as fp32,
-// following the block table; zero past key_end and D. 16-byte loads when D fills D_PAD
-// and the pool is 16-byte aligned (each row is then D elements = a multiple of 16 bytes).
+// following the block table; zero past key_end and D. When D fills D_PAD and the pool is
+// 16-byte aligned, each thread moves 16 bytes from global memory and writes them as float4s
+// (LD is a multiple of 4 floats, so the float4 stores are aligned too).
 template <typename scalar_t, int D_PAD, int LD>
 __device__ __forceinline__ void load_paged_tile(float* dst, const scalar_t* __restrict__ pool,
                                                 const int* __restrict__ table, int j0, int key_end,
                                                 int hk, int Hkv, int block_size, int D) {
-    constexpr int VEC = 16 / sizeof(scalar_t);
+    constexpr int VEC = 16 / sizeof(scalar_t);  // elements per 16-byte load: 4 (fp32) or 8 (fp16, bf16)
     if (D == D_PAD && (reinterpret_cast<unsigned long long>(pool) & 15) == 0) {
         constexpr int PER_ROW = D_PAD / VEC;
 #pragma unroll
@@ -82,7 +83,9 @@ __device__ __forceinline__ void load_paged_tile(float* dst, const scalar_t* __re
                     pool + (((long long)page * Hkv + hk) * block_size + slot) * D + d);
             }
 #pragma unroll
-            for (int e = 0; e < VEC; ++e) dst[jl * LD + d + e] = to_float(u.x[e]);
+            for (int e = 0; e < VEC; e += 4)
+                *reinterpret_cast<float4*>(dst + jl * LD + d + e) =
+                    make_float4(to_float(u.x[e]), to_float(u.x[e + 1]), to_float(u.x[e + 2]), to_float(u.x[e + 3]));
         }
     } else {
         for (int idx = threadIdx.x; idx < DEC_BC * D_PAD; idx += DEC_THREADS) {
@@ -97,11 +100,16 @@ __device__ __forceinline__ void load_paged_tile(float* dst, const scalar_t* __re
     }
 }
 
+__device__ __forceinline__ float dot4(float4 a, float4 b) { return a.x * b.x + a.y * b.y + a.z * b.z + a.w * b.w; }
+
 // The work of one block: query rows [DEC_ROWS * blockIdx.y, +DEC_ROWS) of the group of KV
 // head hk of sequence b, against keys [split_begin, split_end). Row r of the block is
-// (group member g, token t) = divmod(DEC_ROWS * blockIdx.y + r, T).
-// Thread mapping: for scores, thread = (row r = tid / 8, keys tid % 8 + 8 jj);
-// for the output, thread = (column d = tid % D_PAD, rows tid / D_PAD + ROW_STEP rr).
+// (group member g, token t) = divmod(DEC_ROWS * blockIdx.y + r, T); rows past G * T are
+// padding, and the threads that own only padding rows skip their arithmetic (decode is
+// memory-bound: shared-memory traffic must stay below the bytes the tile brought in).
+// Thread mapping, scores: thread = (row r = tid / 8, keys tid % 8 + 8 jj), dot products
+// read 4 floats at a time. Output: thread = (columns 4 cg .. 4 cg + 3, rows rg + RG rr),
+// with cg = tid % (D_PAD / 4) and rg = tid / (D_PAD / 4).
 // With part_o == nullptr the normalised output is written to out (v1); otherwise the
 // split's normalised output and log-sum-exp go to part_o / part_lse (v2).
 template <typename scalar_t, int D_PAD>
@@ -111,13 +119,15 @@ __device__ __forceinline__ void decode_body(
     const float* __restrict__ alibi_slopes, scalar_t* __restrict__ out, float* __restrict__ part_o,
     float* __restrict__ part_lse, int Hq, int Hkv, int T, int D, int block_size, int max_blocks, float scale,
     int causal, int split_len, int n_splits) {
-    constexpr int NJ = DEC_BC / 8;                 // scores per thread per tile
-    constexpr int ROW_STEP = DEC_THREADS / D_PAD;  // rows sharing one output column
-    constexpr int RPT = DEC_ROWS / ROW_STEP;       // output rows per thread
-    __shared__ float Qs[DEC_ROWS][D_PAD + 1];  // +1: the rows a warp reads sit in different banks
-    __shared__ float Ks[DEC_BC][D_PAD + 1];
-    __shared__ float Vs[DEC_BC][D_PAD];
-    __shared__ float Ps[DEC_ROWS][DEC_BC + 1];
+    constexpr int NJ = DEC_BC / 8;             // scores per thread per tile
+    constexpr int LDK = D_PAD + 4;             // Qs/Ks row length: float4-aligned, rows 4 banks apart
+    constexpr int CG = D_PAD / 4;              // output column groups of 4
+    constexpr int RG = DEC_THREADS / CG;       // output row groups
+    constexpr int RPT = DEC_ROWS / RG;         // output rows per thread
+    __shared__ __align__(16) float Qs[DEC_ROWS][LDK];
+    __shared__ __align__(16) float Ks[DEC_BC][LDK];
+    __shared__ __align__(16) float Vs[DEC_BC][D_PAD];
+    __shared__ float Ps[DEC_ROWS][DEC_BC + 1];  // +1: the rows a warp reads sit in different banks
     __shared__ float alpha_s[DEC_ROWS], l_s[DEC_ROWS], m_s[DEC_ROWS];
 
     const int tid = threadIdx.x;
@@ -125,6 +135,7 @@ __device__ __forceinline__ void decode_body(
     const int G = Hq / Hkv;
     const int n_rows = G * T;  // query rows of this group
     const int row0 = blockIdx.y * DEC_ROWS;
+    const int valid_rows = min(DEC_ROWS, n_rows - row0);  // the rest of the block's rows are padding
     const int L = context_lens[b];
     const int* table = block_tables + (long long)b * max_blocks;
     const int split_begin = blockIdx.z * split_len;
@@ -133,7 +144,7 @@ __device__ __forceinline__ void decode_body(
     for (int idx = tid; idx < DEC_ROWS * D_PAD; idx += DEC_THREADS) {  // Q rows of the group, fp32
         const int r = idx / D_PAD, d = idx % D_PAD, gr = row0 + r;
         float x = 0.0f;
-        if (gr < n_rows && d < D) {
+        if (r < valid_rows && d < D) {
             const int h = hk * G + gr / T, t = gr % T;
             x = to_float(q[(((long long)b * Hq + h) * T + t) * D + d]);
         }
@@ -142,25 +153,23 @@ __device__ __forceinline__ void decode_body(
 
     // this thread's score row and its (head, token, position)
     const int r = tid >> 3, c = tid & 7;
+    const bool row_ok = r < valid_rows;
     const int gr = row0 + r;
-    const bool row_ok = gr < n_rows;
     const int h = hk * G + (row_ok ? gr / T : 0), t = row_ok ? gr % T : 0;
     const int last = causal ? last_visible_key(t, T, L) : L - 1;  // last visible key of the row
     const float slope = alibi_slopes ? alibi_slopes[h] : 0.0f;
     float m = NEG_INF, l = 0.0f;  // uniform over the 8 lanes of the row
 
-    // this thread's output column and rows
-    const int od = tid % D_PAD, orow0 = tid / D_PAD;
-    float acc[RPT];
+    // this thread's output columns and rows
+    const int cg = tid % CG, rg = tid / CG;
+    float acc[RPT][4];
 #pragma unroll
-    for (int rr = 0; rr < RPT; ++rr) acc[rr] = 0.0f;
+    for (int rr = 0; rr < RPT; ++rr) acc[rr][0] = acc[rr][1] = acc[rr][2] = acc[rr][3] = 0.0f;
 
     for (int j0 = split_begin; j0 < split_end; j0 += DEC_BC) {
         __syncthreads();  // the previous K, V, P tiles are consumed (and Qs is written)
-        load_paged_tile<scalar_t, D_PAD, D_PAD + 1>(&Ks[0][0], k_pool, table, j0, split_end, hk, Hkv,
-                                                    block_size, D);
-        load_paged_tile<scalar_t, D_PAD, D_PAD>(&Vs[0][0], v_pool, table, j0, split_end, hk, Hkv,
-                                                block_size, D);
+        load_paged_tile<scalar_t, D_PAD, LDK>(&Ks[0][0], k_pool, table, j0, split_end, hk, Hkv, block_size, D);
+        load_paged_tile<scalar_t, D_PAD, D_PAD>(&Vs[0][0], v_pool, table, j0, split_end, hk, Hkv, block_size, D);
         __syncthreads();  // the tiles are complete before anyone reads them
 
         float s[NJ];
@@ -168,11 +177,15 @@ __device__ __forceinline__ void decode_body(
 #pragma unroll
         for (int jj = 0; jj < NJ; ++jj) {
             const int jl = c + 8 * jj, j = j0 + jl;
-            float dot = 0.0f;
-#pragma unroll 16
-            for (int d = 0; d < D_PAD; ++d) dot += Qs[r][d] * Ks[jl][d];
-            const bool ok = row_ok && j < split_end && j <= last;
-            s[jj] = ok ? dot * scale + slope * (float)(j - (L - T + t)) : NEG_INF;  // s = q.k scale + alibi
+            s[jj] = NEG_INF;
+            if (row_ok && j < split_end && j <= last) {
+                float dot = 0.0f;
+#pragma unroll 8
+                for (int d = 0; d < D_PAD; d += 4)
+                    dot += dot4(*reinterpret_cast<const float4*>(&Qs[r][d]),
+                                *reinterpret_cast<const float4*>(&Ks[jl][d]));
+                s[jj] = dot * scale + slope * (float)(j - (L - T + t));  // s = q.k scale + alibi
+            }
             tile_max = fmaxf(tile_max, s[jj]);
         }
 #pragma unroll
@@ -197,14 +210,24 @@ __device__ __forceinline__ void decode_body(
 
 #pragma unroll
         for (int rr = 0; rr < RPT; ++rr) {
-            const int orow = orow0 + ROW_STEP * rr;
+            const int orow = rg + RG * rr;
+            if (orow >= valid_rows) continue;  // padding row: nothing to accumulate
+            const float a = alpha_s[orow];
 #ifndef PLANTED_BUG_NO_RESCALE
-            acc[rr] *= alpha_s[orow];  // O = exp(m - m_new) O ...
+            acc[rr][0] *= a;  // O = exp(m - m_new) O ...
+            acc[rr][1] *= a;
+            acc[rr][2] *= a;
+            acc[rr][3] *= a;
 #endif
-            float pv = 0.0f;
 #pragma unroll 8
-            for (int jl = 0; jl < DEC_BC; ++jl) pv += Ps[orow][jl] * Vs[jl][od];
-            acc[rr] += pv;  // ... + P V
+            for (int jl = 0; jl < DEC_BC; ++jl) {  // ... + P V
+                const float p = Ps[orow][jl];
+                const float4 vv = *reinterpret_cast<const float4*>(&Vs[jl][4 * cg]);
+                acc[rr][0] += p * vv.x;
+                acc[rr][1] += p * vv.y;
+                acc[rr][2] += p * vv.z;
+                acc[rr][3] += p * vv.w;
+            }
         }
     }
 
@@ -216,18 +239,24 @@ __device__ __forceinline__ void decode_body(
 
 #pragma unroll
     for (int rr = 0; rr < RPT; ++rr) {
-        const int orow = orow0 + ROW_STEP * rr, ogr = row0 + orow;
-        if (ogr >= n_rows || od >= D) continue;
+        const int orow = rg + RG * rr, ogr = row0 + orow;
+        if (orow >= valid_rows) continue;
         const int oh = hk * G + ogr / T, ot = ogr % T;
         const long long row = ((long long)b * Hq + oh) * T + ot;  // (b, h, t) flattened
         const float lr = l_s[orow];
-        const float value = lr > 0.0f ? acc[rr] / lr : 0.0f;  // O / l; a row that saw nothing gets 0
-        if (part_o == nullptr) {
-            from_float(value, out + row * D + od);
-        } else {
-            part_o[(row * n_splits + blockIdx.z) * D + od] = value;
-            if (od == 0) part_lse[row * n_splits + blockIdx.z] = lr > 0.0f ? m_s[orow] + logf(lr) : NEG_INF;
+        const float inv_l = lr > 0.0f ? 1.0f / lr : 0.0f;  // O / l; a row that saw nothing gets 0
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            const int d = 4 * cg + e;
+            if (d >= D) continue;
+            if (part_o == nullptr) {
+                from_float(acc[rr][e] * inv_l, out + row * D + d);
+            } else {
+                part_o[(row * n_splits + blockIdx.z) * D + d] = acc[rr][e] * inv_l;
+            }
         }
+        if (part_o != nullptr && cg == 0)
+            part_lse[row * n_splits + blockIdx.z] = lr > 0.0f ? m_s[orow] + logf(lr) : NEG_INF;
     }
 }
 

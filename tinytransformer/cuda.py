@@ -187,7 +187,7 @@ def kernel_budget(kernel: str, head_dim: int) -> dict:
                     state_floats=D // 16 * 4 + D // 8 * 4 + Bc // 8 * 4 + 4)
     if kernel == "decode":
         D = _pad(head_dim, DECODE_HEAD_DIMS, "head_dim")
-        smem = (DEC_ROWS * (D + 1) + DEC_BC * (D + 1) + DEC_BC * D + DEC_ROWS * (DEC_BC + 1) + 3 * DEC_ROWS) * f32
+        smem = (DEC_ROWS * (D + 4) + DEC_BC * (D + 4) + DEC_BC * D + DEC_ROWS * (DEC_BC + 1) + 3 * DEC_ROWS) * f32
         return dict(threads=THREADS, rows_per_block=DEC_ROWS, keys_per_tile=DEC_BC, head_dim_pad=D,
                     smem_bytes=smem, state_floats=2 + DEC_BC // 8 + DEC_ROWS * D // THREADS)
     raise ValueError(f"kernel: expected one of 'flash_v1', 'flash_v2', 'flash_v3', 'decode', got {kernel!r}")
