@@ -236,7 +236,7 @@ def token_ids(vocab_size: int, min_size: int = 1, max_size: int = 24):
 # --- CUDA kernels / paged cache -----------------------------------------------------
 
 # Cases for the kernels: lengths past every tile size (v2 tiles 32 x 16/32, v3 64 x 32/64,
-# decode 32 keys), head dims that are and are not the padded widths (16/32/64/128).
+# decode 32 keys), head dims that are and are not the padded widths (32/64/128).
 KERNEL_HEAD_DIMS = (1, 3, 8, 16, 24, 64, 100, 128)
 KERNEL_DTYPES = ("float32", "float16", "bfloat16")
 
