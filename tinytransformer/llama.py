@@ -174,7 +174,7 @@ class LlamaModel:
     def __init__(self, config: LlamaConfig, params: dict[str, np.ndarray], *, path=None,
                  metadata: dict | None = None, tensor_types: dict[str, str] | None = None):
         self.config = config
-        self.params = params
+        self.params = dict(params)  # our own dict: _block replaces the Q/K/V entries with views
         self.path = path
         self.metadata = metadata or {}
         self.tensor_types = tensor_types or {}
