@@ -71,10 +71,17 @@ def test_progress_bar_appears_only_for_slow_loads():
     for i in range(1, 11):
         bar(i, 10)
     assert quick.getvalue() == ""
+    slow.isatty = lambda: True  # a terminal: the bar is redrawn as it grows
     bar = cli._ProgressBar("loading", stream=slow, delay=0.0, width=10)
     for i in range(1, 11):
         bar(i, 10)
-    assert "[##########] 10/10" in slow.getvalue() and slow.getvalue().endswith("\n")
+    assert slow.getvalue().count("\r") == 10 and "[##########] 10/10" in slow.getvalue()
+    assert slow.getvalue().endswith("\n")
+    log = io.StringIO()  # not a terminal: only the finished bar
+    bar = cli._ProgressBar("loading", stream=log, delay=0.0, width=10)
+    for i in range(1, 11):
+        bar(i, 10)
+    assert log.getvalue().count("\r") == 1 and "10/10" in log.getvalue()
 
 
 def test_module_runs_as_a_script_with_help():

@@ -38,6 +38,8 @@ class _ProgressBar:
         filled = self.width * done // total
         if self.shown and filled == self.last_filled and done < total:
             return  # redraw only when the bar grows
+        if done < total and not getattr(self.stream, "isatty", lambda: False)():
+            return  # a log file gets only the finished bar, not every redraw
         self.last_filled = filled
         self.stream.write(f"\r{self.label} [{'#' * filled}{'.' * (self.width - filled)}] "
                           f"{done}/{total} tensors, {elapsed:.1f} s")
