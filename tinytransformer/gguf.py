@@ -420,7 +420,8 @@ def dequantize(raw, kind: int, shape=None) -> np.ndarray:
     if raw.size % GGML_TYPES[kind].type_size:
         raise GGUFError(f"{GGML_TYPES[kind].name} data of {raw.size} bytes is not a whole "
                         f"number of {GGML_TYPES[kind].type_size}-byte blocks")
-    x = DEQUANTIZERS[kind](raw)
+    with np.errstate(invalid="ignore", over="ignore"):  # inf/NaN scales give inf/NaN, as in ggml
+        x = DEQUANTIZERS[kind](raw)
     return x if shape is None else x.reshape(shape)
 
 
