@@ -145,6 +145,9 @@ def test_bad_ids_raise_value_error_naming_ids(tiny, ids, problem):
 def test_too_many_new_tokens_for_the_context_raise(tiny):
     with pytest.raises(ValueError, match="context length 128"):
         tiny.generate([1] * 100, 29)
+    with pytest.raises(ValueError, match="context length 128"):
+        tiny.forward([1] * 129)
+    assert tiny.forward([1] * 128).shape == (128, 265)
 
 
 def test_missing_tensor_or_wrong_architecture_raise_gguf_error(tmp_path, tiny_path):

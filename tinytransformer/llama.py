@@ -267,6 +267,9 @@ class LlamaModel:
         ids = self._ids(ids)
         cfg = self.config
         start = cache.length if cache is not None else 0
+        if start + ids.size > cfg.context_length:
+            raise ValueError(f"ids: {start} cached + {ids.size} new positions exceed the context length "
+                             f"{cfg.context_length}")
         positions = np.arange(start, start + ids.size)  # [T] absolute positions
         x = self.embedding[ids]  # [T] -> [T, C]
         for layer, block in enumerate(self.blocks):
