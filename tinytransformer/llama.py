@@ -179,6 +179,9 @@ class LlamaModel:
         self.metadata = metadata or {}
         self.tensor_types = tensor_types or {}
         self._tokenizer = None
+        # The RoPE pairing that GGUF Llama weights need (see _attention). Setting it to
+        # False shows what the wrong pairing does (the lecture script does).
+        self.rope_interleaved = True
         for name, shape in config.expected_shapes().items():
             if name not in params:
                 raise GGUFError(f"{path}: tensor {name!r} is missing")
@@ -244,7 +247,7 @@ class LlamaModel:
         # and Wo are untouched. (positional.rope_half_permutation is that permutation.)
         # (Q and K heads are rotated in one call: the same angles apply to every head.)
         qk = apply_rope(qkv[:, :cfg.n_heads + cfg.n_kv_heads], positions,
-                        base=cfg.rope_base, interleaved=True)  # [1, Hq+Hkv, T, D]
+                        base=cfg.rope_base, interleaved=self.rope_interleaved)  # [1, Hq+Hkv, T, D]
         q, k = qk[:, :cfg.n_heads], qk[:, cfg.n_heads:]  # [1, Hq, T, D], [1, Hkv, T, D]
         if cache is not None:
             k, v = cache.append(layer, k, v)  # [1, Hkv, S, D], S = cached + T
