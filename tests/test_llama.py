@@ -191,3 +191,12 @@ def test_chat_prompt_equals_the_files_jinja_template(smollm2_path, messages, add
     ours = chat_prompt(messages, add_generation_prompt=add_generation_prompt,
                        default_system=default_system_prompt(metadata))
     assert ours == expected
+
+
+def test_rope_pairing_matters_except_at_position_zero(tmp_path):
+    model = load_model(write_random_llama(tmp_path / "m.gguf", n_layers=1, seed=5))
+    right = model.forward([10, 20, 30, 40])
+    model.rope_interleaved = False
+    wrong = model.forward([10, 20, 30, 40])
+    assert_close(wrong[0], right[0], **CHAIN)  # rotation by angle 0 is the identity for any pairing
+    assert np.abs(wrong[1:] - right[1:]).max() > 1e-2
