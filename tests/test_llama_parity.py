@@ -91,3 +91,13 @@ def test_forward_on_a_prefix_equals_the_first_rows_on_smollm2(ours):
     full = ours.forward(ids)
     assert_close(ours.forward(ids[:10]), full[:10], rtol=0, atol=1e-4)
     assert np.array_equal(full.argmax(-1)[:10], ours.forward(ids[:10]).argmax(-1))
+
+
+def test_rotate_half_pairing_on_gguf_rows_does_not_match_transformers(ours, theirs):
+    ids = _prompt_ids(ours, "chat")
+    ours.rope_interleaved = False
+    try:
+        wrong = ours.forward(ids)
+    finally:
+        ours.rope_interleaved = True
+    assert np.abs(wrong - _their_logits(theirs, ids)).max() > 1.0
