@@ -60,15 +60,16 @@ def softmax(x, axis: int = -1, mask=None):
     x = np.asarray(x)
     if x.dtype.kind != "f":
         x = x.astype(np.float64)
-    allowed = x != -np.inf  # NaN stays allowed, so it propagates rather than hides
     if mask is not None:
-        allowed = allowed & np.asarray(mask, dtype=bool)
-    x = np.where(allowed, x, -np.inf)
-    m = np.max(x, axis=axis, keepdims=True)  # row max, -inf for empty rows
-    m = np.where(m == -np.inf, 0.0, m).astype(x.dtype)
-    e = np.exp(x - m)  # masked entries: exp(-inf) = 0
+        x = np.where(mask, x, -np.inf)  # masked entries behave like a score of -inf
+    m = np.max(x, axis=axis, keepdims=True)  # row max, -inf for rows with nothing allowed
+    m[m == -np.inf] = 0.0  # such rows: exp(-inf - 0) = 0 everywhere, no inf - inf
+    e = x - m  # <= 0 wherever allowed, so exp() cannot overflow; NaN propagates
+    np.exp(e, out=e)
     total = np.sum(e, axis=axis, keepdims=True)
-    return e / np.where(total == 0, 1, total).astype(x.dtype)
+    total[total == 0] = 1.0  # empty rows stay zeros instead of 0 / 0
+    e /= total
+    return e
 
 
 def causal_mask(T: int, S: int) -> np.ndarray:
@@ -116,9 +117,10 @@ def attention_weights(q, k, *, mask=None, bias=None, causal=False, window=None, 
         scale = 1.0 / np.sqrt(D)
     dtype = np.result_type(q, k)
 
-    qg = q.reshape(B, Hkv, G, T, D)  # [B, Hq, T, D] -> [B, Hkv, G, T, D], a view
+    qg = q.reshape(B, Hkv, G, T, D) * dtype.type(scale)  # [B, Hq, T, D] -> [B, Hkv, G, T, D]; scale the
+    # smaller operand: (q * scale) k^T = (q k^T) * scale
     scores = qg @ k[:, :, None].swapaxes(-1, -2)  # [B, Hkv, G, T, D] @ [B, Hkv, 1, D, S] -> [B, Hkv, G, T, S]
-    scores = scores.reshape(B, Hq, T, S) * dtype.type(scale)  # head h = kv head h // G, member h % G
+    scores = scores.reshape(B, Hq, T, S)  # head h = kv head h // G, member h % G
 
     if bias is not None:
         bias = np.asarray(bias)

@@ -69,11 +69,10 @@ def gelu(x, approximate: str = "none"):
 
 
 def silu(x):
-    """SiLU(x) = x * sigmoid(x), computed without overflow for large |x|."""
+    """SiLU(x) = x * sigmoid(x), with sigmoid(x) = (1 + tanh(x/2)) / 2, which never overflows."""
     x = float_array(x, "x")
-    e = np.exp(-np.abs(x))  # in (0, 1], never overflows
-    sigmoid = np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
-    return x * sigmoid.astype(x.dtype)
+    half = x * x.dtype.type(0.5)
+    return half + half * np.tanh(half)  # x/2 (1 + tanh(x/2)) = x sigmoid(x)
 
 
 def ffn(x, w1, b1, w2, b2, activation=gelu):

@@ -10,7 +10,8 @@ and the output does not change. Four ways to tell the model where a token is:
    angle p * theta_i with theta_i = base^(-2i/D). Then
        <R(p) q, R(s) k> = <q, R(s - p) k>
    depends only on the offset s - p. Two pairings are in use:
-     interleaved pairs (x[2i], x[2i+1])      RoFormer paper, GPT-J, GGUF/llama.cpp
+     interleaved pairs (x[2i], x[2i+1])      RoFormer paper, GPT-J, llama.cpp (whose
+                                             HF -> GGUF converter permutes Wq/Wk rows to fit)
      rotate-half pairs (x[i], x[i + D/2])    GPT-NeoX, the Hugging Face Llama code
    They are the same map up to a fixed permutation of the head dimension
    (`rope_half_permutation`); a checkpoint trained with one needs its q/k
