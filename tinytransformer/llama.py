@@ -371,7 +371,7 @@ class LlamaModel:
                 f"        (attn_v): Linear({C} -> {cfg.n_kv_heads * D}){q(b + 'attn_v.weight')}",
                 f"        (attn_output): Linear({cfg.n_heads * D} -> {C}){q(b + 'attn_output.weight')}",
                 f"      (ffn_norm): RMSNorm({C}, eps={cfg.norm_eps:g})",
-                f"      (ffn): SwiGLU(silu(x Wg) * (x Wu)) Wd",
+                "      (ffn): SwiGLU(silu(x Wg) * (x Wu)) Wd",
                 f"        (ffn_gate): Linear({C} -> {F}){q(b + 'ffn_gate.weight')}",
                 f"        (ffn_up): Linear({C} -> {F}){q(b + 'ffn_up.weight')}",
                 f"        (ffn_down): Linear({F} -> {C}){q(b + 'ffn_down.weight')}",

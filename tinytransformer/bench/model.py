@@ -27,15 +27,6 @@ import numpy as np
 from tinytransformer.llama import default_model_path, load_model
 
 
-def _best(fn, repeats: int) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
 def _prompt(tokenizer, n: int) -> list[int]:
     from tinytransformer.corpus import load_corpus
 

@@ -26,6 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from tinytransformer.bench import best_time
 from tinytransformer.corpus import load_corpus
 from tinytransformer.tokenizer import GPT2_PATTERN, BPETokenizer, ByteLevelBPETokenizer, SentencePieceTokenizer
 
@@ -52,15 +53,6 @@ def train_sentencepiece(text: str, folder: Path, name: str, **options) -> Path:
     spm.SentencePieceTrainer.train(input=str(train_file), model_prefix=str(folder / name), minloglevel=2,
                                    num_threads=1, hard_vocab_limit=False, **options)
     return folder / f"{name}.model"
-
-
-def best_time(fn, repeats: int) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.process_time()
-        fn()
-        best = min(best, time.process_time() - start)
-    return best
 
 
 def hf_smollm2_tokenizer(gguf: Path, folder: Path):
