@@ -54,6 +54,7 @@ import re
 from collections import Counter
 from pathlib import Path
 
+from tinytransformer.tokenizers import read_json
 from tinytransformer.tokenizers.unicode_regex import compile_pattern
 
 __all__ = ["BPETokenizer", "apply_merges"]
@@ -316,14 +317,7 @@ class BPETokenizer:
     @classmethod
     def load(cls, path: str | os.PathLike) -> "BPETokenizer":
         file = Path(path)
-        if not file.is_file():
-            raise FileNotFoundError(f"tokenizer file {str(file)!r} does not exist")
-        if file.stat().st_size > MAX_FILE_BYTES:
-            raise ValueError(f"tokenizer file {str(file)!r} is larger than {MAX_FILE_BYTES} bytes")
-        try:
-            data = json.loads(file.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise ValueError(f"tokenizer file {str(file)!r} is not valid UTF-8 JSON: {error}") from None
+        data = read_json(file, f"tokenizer file {str(file)!r}", MAX_FILE_BYTES)
         if not isinstance(data, dict) or data.get("format") != FORMAT_NAME or data.get("version") != 1:
             raise ValueError(f"tokenizer file {str(file)!r} is not a {FORMAT_NAME} version 1 file")
         merges, pattern, special = data.get("merges"), data.get("pattern"), data.get("special_tokens", {})

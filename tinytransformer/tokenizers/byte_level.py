@@ -42,11 +42,11 @@ subword prefixes/suffixes, post-processors (no BOS/EOS is ever added), offsets.
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 from pathlib import Path
 
+from tinytransformer.tokenizers import read_json
 from tinytransformer.tokenizers.bpe import apply_merges
 from tinytransformer.tokenizers.unicode_regex import GPT2_PATTERN, compile_pattern
 
@@ -260,14 +260,7 @@ class ByteLevelBPETokenizer:
         """Read a Hugging Face tokenizer.json whose model is byte-level BPE."""
         file = Path(path)
         source = f"tokenizer.json {str(file)!r}"
-        if not file.is_file():
-            raise FileNotFoundError(f"{source} does not exist")
-        if file.stat().st_size > MAX_FILE_BYTES:
-            raise TokenizerFileError(f"{source} is larger than {MAX_FILE_BYTES} bytes")
-        try:
-            data = json.loads(file.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise TokenizerFileError(f"{source} is not valid UTF-8 JSON: {error}") from None
+        data = read_json(file, source, MAX_FILE_BYTES, TokenizerFileError)
         return cls.from_tokenizer_json_data(data, source=source)
 
     @classmethod

@@ -42,6 +42,7 @@ import struct
 from pathlib import Path
 
 from tinytransformer.tokenizers import protobuf as pb
+from tinytransformer.tokenizers import read_untrusted
 
 __all__ = ["SentencePieceTokenizer", "SentencePieceError", "Normalizer"]
 
@@ -246,12 +247,9 @@ class SentencePieceTokenizer:
     def __init__(self, model_file: str | os.PathLike):
         file = Path(model_file)
         where = f"SentencePiece model {str(file)!r}"
-        if not file.is_file():
-            raise FileNotFoundError(f"{where} does not exist")
-        if file.stat().st_size > MAX_FILE_BYTES:
-            raise SentencePieceError(f"{where} is larger than {MAX_FILE_BYTES} bytes")
+        raw = read_untrusted(file, where, MAX_FILE_BYTES, SentencePieceError)
         try:
-            model = _parse_model(file.read_bytes(), where)
+            model = _parse_model(raw, where)
         except pb.ProtobufError as error:
             raise SentencePieceError(f"{where} is corrupt: {error}") from None
         self.path = file
