@@ -8,7 +8,7 @@ import numpy as np
 from _lecture import QUICK, heading, plt, save
 
 from tinytransformer.attention import scaled_dot_product_attention
-from tinytransformer.flash import flash_attention
+from tinytransformer.flash import flash_attention, flash_attention_states
 
 CHAPTER = "04_flash_attention"
 rng = np.random.default_rng(0)
@@ -50,7 +50,8 @@ for block_q, block_k in ((16, 16), (7, 13), (64, 32)):
 # %%
 heading("per-tile state of query tile 2")
 block = 8
-out, states = flash_attention(q, k, v, causal=True, block_q=block, block_k=block, return_state=True)
+out = flash_attention(q, k, v, causal=True, block_q=block, block_k=block)
+states = list(flash_attention_states(q, k, v, causal=True, block_q=block, block_k=block))
 tile2 = [s for s in states if s.i == 2]
 for s in tile2:
     print(f"after key tile {s.j} (keys {s.cols[0]}..{s.cols[1] - 1}): m[row 0] = {s.m[0, 0, 0]:+.3f}, "

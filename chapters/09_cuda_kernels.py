@@ -15,7 +15,7 @@ from _lecture import QUICK, ROOT, heading, plt, save
 
 from tinytransformer import cuda
 from tinytransformer.attention import scaled_dot_product_attention
-from tinytransformer.flash import flash_attention
+from tinytransformer.flash import flash_attention, flash_attention_states
 from tinytransformer.kv_cache import kv_cache_bytes
 from tinytransformer.paged_cache import CacheFullError, PagedKVCache, paged_decode_attention
 
@@ -36,8 +36,8 @@ Br, Bc = cuda.V2_BR, cuda.v2_block_k(D)
 T = S = 70 if QUICK else 150
 q, k, v = (rng.standard_normal((1, 2, n, D)) for n in (T, S, S))
 heading(f"v2 tiles: Br = {Br}, Bc = {Bc}, T = S = {T}, causal")
-out, lse, states = flash_attention(q, k, v, causal=True, block_q=Br, block_k=Bc, return_lse=True,
-                                   return_state=True)
+out = flash_attention(q, k, v, causal=True, block_q=Br, block_k=Bc)
+states = list(flash_attention_states(q, k, v, causal=True, block_q=Br, block_k=Bc))
 n_q, n_k = -(-T // Br), -(-S // Bc)
 print(f"grid of the launch: {n_q} query tiles x {2} heads x 1 batch = {n_q * 2} blocks of {cuda.THREADS} threads")
 row = 5  # a row of query tile 1

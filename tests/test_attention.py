@@ -22,6 +22,7 @@ from tinytransformer.attention import (
     split_heads,
 )
 from tinytransformer.testing import assert_close
+from tinytransformer.positional import alibi_bias, alibi_slopes
 
 
 def naive_attention(q, k, v, allowed=None, bias=None):
@@ -185,15 +186,19 @@ def test_multi_head_attention_equals_per_head_projection(heads, seed):
 
 @pytest.mark.parametrize("make, message", [
     (lambda q, k, v: scaled_dot_product_attention(q[0], k, v), "q: expected rank 4"),
-    (lambda q, k, v: scaled_dot_product_attention(q, k[:, :, :, :3], v), "head dim 3 does not match"),
-    (lambda q, k, v: scaled_dot_product_attention(q[:, :5], k[:, :2], v[:, :2]), "q has 5 heads but k has 2"),
+    (lambda q, k, v: scaled_dot_product_attention(q, k[:, :, :, :3], v), r"k: expected head dim 4 \(q's\), got 3"),
+    (lambda q, k, v: scaled_dot_product_attention(q[:, :5], k[:, :2], v[:, :2]), "k: expected a number of KV heads that divides q's 5 heads"),
     (lambda q, k, v: scaled_dot_product_attention(q, k, v[:, :, :2]), "v: expected"),
     (lambda q, k, v: scaled_dot_product_attention(q, k, v, window=0), "window: expected an integer >= 1"),
     (lambda q, k, v: scaled_dot_product_attention(q, k, v, mask=np.ones((3, 4))), "mask: expected a boolean"),
     (lambda q, k, v: scaled_dot_product_attention(q, k, v, mask=np.ones((2, 3, 9), bool)), "mask: expected a shape"),
     (lambda q, k, v: scaled_dot_product_attention(q, k, v, bias=np.ones((7, 3, 9))), "bias: expected a shape"),
     (lambda q, k, v: scaled_dot_product_attention(q.astype(int), k, v), "q: expected a floating-point"),
-    (lambda q, k, v: scaled_dot_product_attention(q, k[:1], v[:1]), "batch size 1 does not match"),
+    (lambda q, k, v: scaled_dot_product_attention(q, k, v, scale=float("nan")), "scale: expected a finite"),
+    (lambda q, k, v: scaled_dot_product_attention(q, k, v, scale=True), "scale: expected a finite"),
+    (lambda q, k, v: scaled_dot_product_attention(q, k, v, alibi_slopes=np.ones(2)), r"alibi_slopes: expected shape \[Hq\]"),
+    (lambda q, k, v: scaled_dot_product_attention(q, k[:, :0], v[:, :0]), "k: expected a number of KV heads"),
+    (lambda q, k, v: scaled_dot_product_attention(q, k[:1], v[:1]), r"k: expected batch size 2 \(q's\), got 1"),
 ])
 def test_bad_input_raises_a_clear_value_error(make, message):
     q, k, v = random_qkv(AttentionShape(2, 6, 3, 3, 9, 4), 0)
@@ -231,3 +236,13 @@ def test_half_precision_is_computed_in_float32_and_returned_in_float16(shape, se
     assert out.dtype == np.float16
     expected = scaled_dot_product_attention(*(a.astype(np.float32) for a in (q, k, v)), causal=causal)
     assert_close(out, expected, dtype=np.float16)
+
+
+@given(attention_shapes(), seeds(), st.booleans())
+def test_alibi_slopes_equal_the_explicit_end_aligned_alibi_bias(shape, seed, causal):
+    q, k, v = random_qkv(shape, seed)
+    slopes = alibi_slopes(shape.n_heads)
+    by_slopes = scaled_dot_product_attention(q, k, v, causal=causal, alibi_slopes=slopes)
+    by_bias = scaled_dot_product_attention(q, k, v, causal=causal, bias=alibi_bias(shape.n_heads, shape.q_len,
+                                                                                      shape.kv_len))
+    assert_close(by_slopes, by_bias)

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from strategies import attention_shapes, dtypes, random_qkv, seeds
 from tinytransformer.attention import scaled_dot_product_attention
-from tinytransformer.flash import flash_attention
+from tinytransformer.flash import flash_attention, flash_attention_states, flash_attention_with_lse
 from tinytransformer.positional import alibi_bias, alibi_slopes
 from tinytransformer.testing import assert_close
 
@@ -35,7 +35,7 @@ def test_flash_with_alibi_equals_reference_with_alibi_bias(shape, seed, causal, 
 @given(attention_shapes(), seeds(), st.booleans(), tiles, tiles)
 def test_flash_log_sum_exp_equals_the_direct_one(shape, seed, causal, block_q, block_k):
     q, k, v = random_qkv(shape, seed, scale=3.0)  # large scores: the online max matters
-    _, lse = flash_attention(q, k, v, causal=causal, block_q=block_q, block_k=block_k, return_lse=True)
+    _, lse = flash_attention_with_lse(q, k, v, causal=causal, block_q=block_q, block_k=block_k)
     scores = (q.reshape(shape.batch, shape.n_kv_heads, shape.group_size, shape.q_len, -1)
               @ k[:, :, None].swapaxes(-1, -2)).reshape(lse.shape + (shape.kv_len,)) / np.sqrt(shape.head_dim)
     if causal:
@@ -51,7 +51,8 @@ def test_flash_log_sum_exp_equals_the_direct_one(shape, seed, causal, block_q, b
 @given(attention_shapes(q_le_kv=True), seeds(), tiles, tiles)
 def test_final_tile_state_normalises_to_the_output(shape, seed, block_q, block_k):
     q, k, v = random_qkv(shape, seed)
-    out, states = flash_attention(q, k, v, causal=True, block_q=block_q, block_k=block_k, return_state=True)
+    out = flash_attention(q, k, v, causal=True, block_q=block_q, block_k=block_k)
+    states = list(flash_attention_states(q, k, v, causal=True, block_q=block_q, block_k=block_k))
     last = {}
     for s in states:  # the state after the last key tile of each query tile
         last[s.i] = s
@@ -64,8 +65,8 @@ def test_final_tile_state_normalises_to_the_output(shape, seed, block_q, block_k
 
 def test_causal_flash_skips_future_key_tiles():
     q = k = v = np.random.default_rng(0).standard_normal((1, 1, 64, 4))
-    _, full = flash_attention(q, k, v, block_q=16, block_k=16, return_state=True)
-    _, causal = flash_attention(q, k, v, causal=True, block_q=16, block_k=16, return_state=True)
+    full = list(flash_attention_states(q, k, v, block_q=16, block_k=16))
+    causal = list(flash_attention_states(q, k, v, causal=True, block_q=16, block_k=16))
     assert len(full) == 16 and len(causal) == 10  # 4 + 3 + 2 + 1 tiles on and below the diagonal
 
 

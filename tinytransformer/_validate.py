@@ -28,3 +28,56 @@ def float_array(x, name: str) -> np.ndarray:
     if x.dtype.kind != "f":
         raise ValueError(f"{name}: expected a floating-point array, got dtype {x.dtype}")
     return x
+
+
+# --- attention shapes: one checker for sdpa, flash, paged decode and the CUDA launchers ----
+
+
+def rank4(x, name: str, layout: str) -> tuple:
+    """x.shape, or ValueError unless x has rank 4 (layout names the axes, e.g. "[B, Hq, T, D]")."""
+    shape = tuple(np.shape(x)) if not hasattr(x, "shape") else tuple(x.shape)
+    if len(shape) != 4:
+        raise ValueError(f"{name}: expected rank 4 {layout}, got shape {shape}")
+    return shape
+
+
+def query_key_heads(n_heads: int, n_kv_heads: int, kv_name: str) -> int:
+    """The GQA group size G = Hq / Hkv, or ValueError unless Hkv >= 1 divides Hq."""
+    if n_kv_heads < 1 or n_heads < 1 or n_heads % n_kv_heads:
+        raise ValueError(f"{kv_name}: expected a number of KV heads that divides q's {n_heads} heads "
+                         f"(n_heads must be a multiple of n_kv_heads), got {n_kv_heads}")
+    return n_heads // n_kv_heads
+
+
+def attention_shapes(q, k, v, *, names: tuple[str, str, str] = ("q", "k", "v")) -> tuple:
+    """Check q [B, Hq, T, D], k [B, Hkv, S, D], v [B, Hkv, S, Dv]; return (B, Hq, Hkv, T, S, D, Dv).
+
+    Works on anything with a .shape (NumPy or CuPy arrays). Every message reads
+    `name: expected X, got Y`. Empty B, T or S are allowed (empty or zero outputs);
+    heads and head dims must be >= 1.
+    """
+    qn, kn, vn = names
+    B, Hq, T, D = rank4(q, qn, "[B, Hq, T, D]")
+    kB, Hkv, S, kD = rank4(k, kn, "[B, Hkv, S, D]")
+    vB, vH, vS, Dv = rank4(v, vn, "[B, Hkv, S, Dv]")
+    if D < 1 or Dv < 1:
+        raise ValueError(f"{qn if D < 1 else vn}: expected a head dim >= 1, got shape "
+                         f"{tuple(q.shape) if D < 1 else tuple(v.shape)}")
+    if kB != B:
+        raise ValueError(f"{kn}: expected batch size {B} (q's), got {kB}")
+    if kD != D:
+        raise ValueError(f"{kn}: expected head dim {D} (q's), got {kD}")
+    query_key_heads(Hq, Hkv, kn)
+    if (vB, vH, vS) != (kB, Hkv, S):
+        raise ValueError(f"{vn}: expected [B, Hkv, S] = {[kB, Hkv, S]} (k's), got shape {tuple(v.shape)}")
+    return B, Hq, Hkv, T, S, D, Dv
+
+
+def attention_scale(scale, head_dim: int) -> float:
+    """The score scale: 1 / sqrt(D) when None, else a finite real number (not a bool)."""
+    if scale is None:
+        return 1.0 / math.sqrt(head_dim)
+    if isinstance(scale, (bool, np.bool_)) or not isinstance(scale, (int, float, np.integer, np.floating)) \
+            or not math.isfinite(scale):
+        raise ValueError(f"scale: expected a finite real number (or None for 1/sqrt(D)), got {scale!r}")
+    return float(scale)

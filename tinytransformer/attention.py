@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tinytransformer._validate import float_array
+from tinytransformer._validate import attention_scale, attention_shapes, float_array
 from tinytransformer._validate import positive_int as _positive_int
 
 __all__ = [
@@ -103,18 +103,16 @@ def padding_mask(lengths, S: int) -> np.ndarray:
     return (np.arange(S)[None, :] < lengths[:, None])[:, None, None, :]  # [B, 1, 1, S]
 
 
-def attention_weights(q, k, *, mask=None, bias=None, causal=False, window=None, scale=None):
+def attention_weights(q, k, *, mask=None, bias=None, causal=False, window=None, scale=None, alibi_slopes=None):
     """The attention matrix P = softmax(q k^T * scale + bias), masked: [B, Hq, T, S].
 
     Each row of P is a probability distribution over the S keys (or all zeros
-    if every key is masked for that query).
+    if every key is masked for that query). Arguments as in scaled_dot_product_attention.
     """
     q, k = _as_float(q, "q"), _as_float(k, "k")
-    B, Hq, T, D = _check_rank4(q, "q")
-    _, Hkv, S, _ = _check_kv(q, k, "k")
+    B, Hq, Hkv, T, S, D, _ = attention_shapes(q, k, k, names=("q", "k", "k"))
     G = Hq // Hkv
-    if scale is None:
-        scale = 1.0 / np.sqrt(D)
+    scale = attention_scale(scale, D)
     dtype = np.result_type(q, k)
 
     qg = q.reshape(B, Hkv, G, T, D) * dtype.type(scale)  # [B, Hq, T, D] -> [B, Hkv, G, T, D]; scale the
@@ -126,29 +124,41 @@ def attention_weights(q, k, *, mask=None, bias=None, causal=False, window=None, 
         bias = np.asarray(bias)
         _check_broadcast(bias, (B, Hq, T, S), "bias")
         scores = scores + bias.astype(dtype, copy=False)
+    if alibi_slopes is not None:
+        slopes = float_array(alibi_slopes, "alibi_slopes")
+        if slopes.shape != (Hq,):
+            raise ValueError(f"alibi_slopes: expected shape [Hq] = [{Hq}], got {slopes.shape}")
+        distance = np.arange(S)[None, :] - np.arange(S - T, S)[:, None]  # j - p_i, end-aligned, [T, S]
+        scores = scores + (slopes[:, None, None] * distance).astype(dtype)  # + slope_h (j - p_i), [Hq, T, S]
     allowed = _combined_mask(mask, causal, window, (B, Hq, T, S))
     return softmax(scores, axis=-1, mask=allowed)  # [B, Hq, T, S]
 
 
-def scaled_dot_product_attention(q, k, v, *, mask=None, bias=None, causal=False, window=None, scale=None):
-    """softmax(q k^T / sqrt(D) + bias, masked) v, with GQA by sharing.
+def scaled_dot_product_attention(q, k, v, *, causal=False, scale=None, alibi_slopes=None, mask=None, bias=None,
+                                 window=None):
+    """softmax(q k^T * scale + bias, masked) v, with GQA by sharing.
 
     q [B, Hq, T, D]; k [B, Hkv, S, D]; v [B, Hkv, S, Dv] with Hq % Hkv == 0.
-    mask: bool, broadcastable to [B, Hq, T, S], True = may attend.
-    bias: additive, broadcastable to [B, Hq, T, S] (ALiBi, relative positions).
     causal: end-aligned (query i at key position S - T + i).
-    window: each query sees only its `window` most recent keys (implies causal).
     scale: defaults to 1 / sqrt(D).
+    alibi_slopes: [Hq]; adds slope_h * (j - p_i) to the scores, p_i = S - T + i (ALiBi).
+    mask: bool, broadcastable to [B, Hq, T, S], True = may attend.
+    bias: additive, broadcastable to [B, Hq, T, S] (relative positions, any other bias).
+    window: each query sees only its `window` most recent keys (implies causal).
     Returns [B, Hq, T, Dv] in the common dtype of q, k, v (float16 is computed in float32).
+
+    Where this differs from torch.nn.functional.scaled_dot_product_attention:
+    - causal is end-aligned (query i sees keys j <= S - T + i), the convention of
+      cached decoding; torch's is_causal is start-aligned (j <= i). They agree when T == S.
+    - a query whose every key is masked gets zeros; torch returns NaN.
+    - GQA needs no flag (torch's enable_gqa=True); there is no dropout.
     """
     out_dtype = np.result_type(*(np.asarray(a).dtype for a in (q, k, v)))  # float16 in -> float16 out
     v = _as_float(v, "v")
-    p = attention_weights(q, k, mask=mask, bias=bias, causal=causal, window=window, scale=scale)
+    attention_shapes(q, k, v)
+    p = attention_weights(q, k, mask=mask, bias=bias, causal=causal, window=window, scale=scale,
+                          alibi_slopes=alibi_slopes)
     B, Hq, T, S = p.shape
-    if v.ndim != 4 or v.shape[0] != B or v.shape[2] != S or v.shape[1] != np.shape(k)[1]:
-        raise ValueError(
-            f"v: expected [B={B}, Hkv={np.shape(k)[1]}, S={S}, Dv] to match k, got shape {v.shape}"
-        )
     Hkv, Dv = v.shape[1], v.shape[3]
     pg = p.reshape(B, Hkv, Hq // Hkv, T, S)  # [B, Hq, T, S] -> [B, Hkv, G, T, S]
     out = pg @ v[:, :, None].astype(p.dtype, copy=False)  # [B, Hkv, G, T, S] @ [B, Hkv, 1, S, Dv] -> [B, Hkv, G, T, Dv]
@@ -220,27 +230,6 @@ def _as_float(x, name):
     if x.dtype == np.float16:  # compute half precision in float32, as the GPU kernels accumulate
         x = x.astype(np.float32)
     return x
-
-
-def _check_rank4(x, name):
-    if x.ndim != 4:
-        raise ValueError(f"{name}: expected rank 4 [B, H, T, D], got shape {x.shape}")
-    return x.shape
-
-
-def _check_kv(q, k, name):
-    B, Hq, T, D = q.shape
-    if k.ndim != 4:
-        raise ValueError(f"{name}: expected rank 4 [B, Hkv, S, D], got shape {k.shape}")
-    if k.shape[0] != B:
-        raise ValueError(f"{name}: batch size {k.shape[0]} does not match q's batch size {B}")
-    if k.shape[3] != D:
-        raise ValueError(f"{name}: head dim {k.shape[3]} does not match q's head dim {D}")
-    if Hq % k.shape[1]:
-        raise ValueError(
-            f"q has {Hq} heads but {name} has {k.shape[1]}; n_heads must be a multiple of n_kv_heads"
-        )
-    return k.shape
 
 
 def _check_broadcast(x, target, name):

@@ -382,14 +382,12 @@ def flash_attention(q, k, v, *, causal=False, scale=None, alibi_slopes=None, ret
     """
     _check_backend(backend)
     if backend == "numpy":
-        from tinytransformer.flash import flash_attention as reference
+        from tinytransformer.flash import flash_attention_with_lse as reference
 
         kind = _element_type((q, k, v), ("q", "k", "v"), dtype) if dtype else None
         q, k, v = (_host_float(x, dtype) for x in (q, k, v))
-        result = reference(q, k, v, causal=causal, scale=scale, alibi_slopes=alibi_slopes, return_lse=return_lse)
-        if return_lse:
-            return _like_input(result[0], q, kind), result[1]
-        return _like_input(result, q, kind)
+        out, lse = reference(q, k, v, causal=causal, scale=scale, alibi_slopes=alibi_slopes)
+        return (_like_input(out, q, kind), lse) if return_lse else _like_input(out, q, kind)
 
     version, kind, (B, Hq, Hkv, T, S, D) = check_flash_inputs(q, k, v, alibi_slopes=alibi_slopes,
                                                               version=version, dtype=dtype)

@@ -26,21 +26,28 @@ Shapes: q [B, Hq, T, D], k and v [B, Hkv, S, D], GQA by sharing as in
 `attention`; causal is end-aligned (query i at key position S - T + i).
 
 Here NumPy does the arithmetic, so this is not faster than `attention`: it
-shows the algorithm that the CUDA kernels run, and `return_state=True`
-returns the (m, l, O) after every tile for teaching.
+shows the algorithm that the CUDA kernels run. Three entry points share one loop:
 
-Does not handle: boolean masks other than causal, dropout, the backward pass.
+    flash_attention(q, k, v)            out, with the signature of scaled_dot_product_attention
+    flash_attention_with_lse(q, k, v)   (out, lse), lse = the log-sum-exp the backward pass needs
+    flash_attention_states(q, k, v)     yields the running (m, l, O) after every tile, for teaching
+
+Output dtype: that of the inputs (float16 is computed in float32 and returned as
+float16, like `attention`); lse is in the computation dtype.
+
+Does not handle: boolean masks other than causal, sliding windows, dropout, the backward pass.
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 
-from tinytransformer._validate import positive_int
-from tinytransformer.attention import _as_float, _check_kv, _check_rank4
+from tinytransformer._validate import attention_scale, attention_shapes, float_array, positive_int
+from tinytransformer.attention import _as_float
 
-__all__ = ["flash_attention", "TileState"]
+__all__ = ["flash_attention", "flash_attention_with_lse", "flash_attention_states", "TileState"]
 
 
 @dataclass
@@ -56,32 +63,25 @@ class TileState:
     o: np.ndarray  # unnormalised output    [B, Hq, Br, D]
 
 
-def flash_attention(q, k, v, *, causal=False, block_q: int = 16, block_k: int = 16, scale=None,
-                    alibi_slopes=None, return_lse=False, return_state=False):
-    """Tiled exact attention with the online softmax; equals scaled_dot_product_attention.
+def flash_attention_states(q, k, v, *, causal=False, scale=None, alibi_slopes=None, block_q: int = 16,
+                           block_k: int = 16) -> Iterator[TileState]:
+    """The algorithm, one tile at a time: yields the running (m, l, O) of query tile i after key tile j.
 
-    block_q (Br) and block_k (Bc) are the tile sizes; T and S need not be multiples.
-    alibi_slopes: optional [Hq] slopes; adds slope_h * (j - (S - T + i)) to the scores.
-    Returns out [B, Hq, T, D]; with return_lse also lse [B, Hq, T] (-inf for rows that
-    see no key); with return_state also the list of TileState, in the order computed.
+    Tiles come in FlashAttention-2's order (query tiles outside, key tiles inside);
+    under `causal`, key tiles wholly in the future of a query tile are never
+    visited. The last state of each query tile holds its final m, l and O.
+    Arguments as in flash_attention.
     """
     q, k, v = _as_float(q, "q"), _as_float(k, "k"), _as_float(v, "v")
-    B, Hq, T, D = _check_rank4(q, "q")
-    _, Hkv, S, _ = _check_kv(q, k, "k")
-    if v.shape[:3] != k.shape[:3]:
-        raise ValueError(f"v: expected [B, Hkv, S] = {list(k.shape[:3])} like k, got shape {v.shape}")
+    B, Hq, Hkv, T, S, D, Dv = attention_shapes(q, k, v)
     Br, Bc = positive_int(block_q, "block_q"), positive_int(block_k, "block_k")
     dtype = np.result_type(q, k, v)
-    scale = dtype.type(1.0 / np.sqrt(D) if scale is None else scale)
+    scale = dtype.type(attention_scale(scale, D))
     if alibi_slopes is not None:
-        alibi_slopes = np.asarray(alibi_slopes, dtype=dtype)
+        alibi_slopes = float_array(alibi_slopes, "alibi_slopes").astype(dtype, copy=False)
         if alibi_slopes.shape != (Hq,):
             raise ValueError(f"alibi_slopes: expected shape [Hq] = [{Hq}], got {alibi_slopes.shape}")
     G = Hq // Hkv
-    Dv = v.shape[3]
-    out = np.zeros((B, Hq, T, Dv), dtype=dtype)
-    lse = np.full((B, Hq, T), -np.inf, dtype=dtype)
-    states = []
     offset = S - T  # query row r sits at key position offset + r
 
     for i, r0 in enumerate(range(0, T, Br)):  # outer loop: query tiles
@@ -111,16 +111,46 @@ def flash_attention(q, k, v, *, causal=False, block_q: int = 16, block_k: int = 
             l = alpha * l + P.sum(axis=-1)  # l = exp(m - m_new) l + rowsum(P)
             o = alpha[..., None] * o + P @ Vj  # O = exp(m - m_new) O + P V_j
             m = m_new
-            if return_state:
-                states.append(TileState(i, j, (r0, r1), (c0, c1), m.reshape(B, Hq, -1).copy(),
-                                        l.reshape(B, Hq, -1).copy(), o.reshape(B, Hq, r1 - r0, Dv).copy()))
-        seen = l > 0
-        out[:, :, r0:r1] = (o / np.where(seen, l, 1)[..., None]).reshape(B, Hq, r1 - r0, Dv)  # O / l
-        lse[:, :, r0:r1] = np.where(seen, m + np.log(np.where(seen, l, 1)), -np.inf).reshape(B, Hq, -1)
+            # m, l and o are new arrays at every step (never updated in place), so the
+            # state can hand out views of them without copying.
+            yield TileState(i, j, (r0, r1), (c0, c1), m.reshape(B, Hq, -1), l.reshape(B, Hq, -1),
+                            o.reshape(B, Hq, r1 - r0, Dv))
 
-    result = (out,)
-    if return_lse:
-        result += (lse,)
-    if return_state:
-        result += (states,)
-    return result[0] if len(result) == 1 else result
+
+def flash_attention_with_lse(q, k, v, *, causal=False, scale=None, alibi_slopes=None, block_q: int = 16,
+                             block_k: int = 16):
+    """(out [B, Hq, T, Dv], lse [B, Hq, T]): flash_attention and each row's log-sum-exp.
+
+    lse = m + log(l) = log sum_j exp(score_j), -inf for a row that sees no key.
+    out has the inputs' dtype; lse the computation dtype (float32 for float16 inputs).
+    """
+    out_dtype = np.result_type(*(np.asarray(a).dtype for a in (q, k, v)))
+    final = {}
+    for state in flash_attention_states(q, k, v, causal=causal, scale=scale, alibi_slopes=alibi_slopes,
+                                        block_q=block_q, block_k=block_k):
+        final[state.i] = state  # the last state of a query tile is its final one
+    B, Hq, T, _ = np.shape(q)  # (the loop above has validated the shapes)
+    dtype = np.result_type(*(_as_float(a, name) for a, name in ((q, "q"), (k, "k"), (v, "v"))))
+    out = np.zeros((B, Hq, T, np.shape(v)[3]), dtype=dtype)  # rows of tiles that saw no key stay 0
+    lse = np.full((B, Hq, T), -np.inf, dtype=dtype)
+    for state in final.values():
+        r0, r1 = state.rows
+        seen = state.l > 0
+        l = np.where(seen, state.l, 1)
+        out[:, :, r0:r1] = state.o / l[..., None]  # O / l
+        lse[:, :, r0:r1] = np.where(seen, state.m + np.log(l), -np.inf)  # m + log(l)
+    return out.astype(out_dtype, copy=False), lse
+
+
+def flash_attention(q, k, v, *, causal=False, scale=None, alibi_slopes=None, block_q: int = 16,
+                    block_k: int = 16):
+    """Tiled exact attention with the online softmax; equals scaled_dot_product_attention.
+
+    q [B, Hq, T, D]; k [B, Hkv, S, D]; v [B, Hkv, S, Dv] (GQA by sharing).
+    causal: end-aligned (query i at key position S - T + i); scale defaults to 1/sqrt(D).
+    alibi_slopes: optional [Hq] slopes; adds slope_h * (j - (S - T + i)) to the scores.
+    block_q (Br) and block_k (Bc) are the tile sizes; T and S need not be multiples.
+    Returns out [B, Hq, T, Dv] in the inputs' dtype; a row that sees no key is zeros.
+    """
+    return flash_attention_with_lse(q, k, v, causal=causal, scale=scale, alibi_slopes=alibi_slopes,
+                                    block_q=block_q, block_k=block_k)[0]
