@@ -51,8 +51,7 @@ configs = {
 }
 for name, config in configs.items():
     model = TinyTransformer(config, seed=0)
-    n_params = sum(a.size for a in [model.params["embed"]] + [w for layer in model.params["layers"]
-                   for w in layer.values() if isinstance(w, np.ndarray)])
+    n_params = sum(a.size for name, a in model.params.items() if "norm" not in name)  # keyed by GGUF names
     print(f"{name}: {config.n_layers} layers, Hq={config.n_heads}, Hkv={config.kv_heads}, {config.position} "
           f"positions, {config.norm} norm, {config.ffn} FFN; {n_params:,} parameters (excluding norms)")
     out = model.generate([1, 2, 3], 8, temperature=0.8, top_k=20, seed=0)

@@ -167,17 +167,17 @@ def test_multi_head_attention_equals_per_head_projection(heads, seed):
     n_heads, n_kv = heads
     rng = np.random.default_rng(seed)
     C, D, T = 12, 3, 5
-    params = {"wq": rng.standard_normal((C, n_heads * D)), "wk": rng.standard_normal((C, n_kv * D)),
-              "wv": rng.standard_normal((C, n_kv * D)), "wo": rng.standard_normal((n_heads * D, C))}
+    params = {"wq": rng.standard_normal((n_heads * D, C)), "wk": rng.standard_normal((n_kv * D, C)),
+              "wv": rng.standard_normal((n_kv * D, C)), "wo": rng.standard_normal((C, n_heads * D))}  # [out, in]
     x = rng.standard_normal((2, T, C))
     out = multi_head_attention(x, params, n_heads, n_kv, causal=True)
     expected = np.zeros_like(out)
     for h in range(n_heads):
         g = h // (n_heads // n_kv)
-        qh = (x @ params["wq"][:, h * D:(h + 1) * D])[:, None]
-        kh = (x @ params["wk"][:, g * D:(g + 1) * D])[:, None]
-        vh = (x @ params["wv"][:, g * D:(g + 1) * D])[:, None]
-        expected += scaled_dot_product_attention(qh, kh, vh, causal=True)[:, 0] @ params["wo"][h * D:(h + 1) * D]
+        qh = (x @ params["wq"][h * D:(h + 1) * D].T)[:, None]
+        kh = (x @ params["wk"][g * D:(g + 1) * D].T)[:, None]
+        vh = (x @ params["wv"][g * D:(g + 1) * D].T)[:, None]
+        expected += scaled_dot_product_attention(qh, kh, vh, causal=True)[:, 0] @ params["wo"][:, h * D:(h + 1) * D].T
     assert_close(out, expected)
 
 

@@ -8,7 +8,8 @@ import sys
 import pytest
 
 from tinytransformer import cli, llama
-from tinytransformer.llama import INSTALL_COMMAND, load_model, write_random_llama
+from tinytransformer.llama import INSTALL_COMMAND, load_model
+from tinytransformer.testing import write_random_llama
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +49,7 @@ def test_chat_answers_each_line_until_an_empty_one(tiny_path, capsys, monkeypatc
 def test_info_prints_metadata_and_structure(tiny_path, capsys):
     assert cli.main(["info", str(tiny_path)]) == 0
     out = capsys.readouterr().out
-    assert "llama.block_count = 2" in out and "(265 items)" in out and "(1): LlamaBlock(" in out
+    assert "llama.block_count = 2" in out and "(265 items)" in out and "2 x pre-norm block" in out
 
 
 def test_missing_default_model_names_the_install_command(monkeypatch, capsys):

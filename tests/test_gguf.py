@@ -15,7 +15,7 @@ from strategies import (apply_gguf_mutation, gguf_metadata, gguf_mutations, gguf
 
 from tinytransformer import gguf
 from tinytransformer.gguf import GGUFError, GGUFFile, dequantize, quantize, write_gguf
-from tinytransformer.llama import write_random_llama
+from tinytransformer.testing import write_random_llama
 from tinytransformer.testing import assert_close
 
 QUANTISED = [gguf.Q4_0, gguf.Q4_1, gguf.Q8_0]

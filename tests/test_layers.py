@@ -72,13 +72,13 @@ def test_swiglu_and_ffn_agree_with_torch(C, seed):
     torch = require("torch", "oracle for activations and FFNs")
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((2, 3, C)).astype(np.float32)
-    wg, wu, wd = (rng.standard_normal(s).astype(np.float32) * 0.3 for s in ((C, 8), (C, 8), (8, C)))
+    wg, wu, wd = (rng.standard_normal(s).astype(np.float32) * 0.3 for s in ((8, C), (8, C), (C, 8)))  # [out, in]
     F = torch.nn.functional
-    tx = torch.from_numpy(x)
-    expected = (F.silu(tx @ torch.from_numpy(wg)) * (tx @ torch.from_numpy(wu))) @ torch.from_numpy(wd)
+    tx, twg, twu, twd = (torch.from_numpy(a) for a in (x, wg, wu, wd))
+    expected = F.linear(F.silu(F.linear(tx, twg)) * F.linear(tx, twu), twd)
     assert_close(swiglu(x, wg, wu, wd), expected.numpy(), rtol=1e-4, atol=1e-5)
     b1, b2 = np.zeros(8, np.float32), np.ones(C, np.float32)
-    expected = F.gelu(tx @ torch.from_numpy(wg)) @ torch.from_numpy(wd) + 1
+    expected = F.linear(F.gelu(F.linear(tx, twg, torch.from_numpy(b1))), twd, torch.from_numpy(b2))
     assert_close(ffn(x, wg, b1, wd, b2), expected.numpy(), rtol=1e-4, atol=1e-5)
 
 

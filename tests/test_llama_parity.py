@@ -10,12 +10,16 @@ model's real one is the tokenizer chapter's test (tests/test_tokenizer_byte_leve
 """
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from conftest import require
 
 from tinytransformer.corpus import load_corpus
-from tinytransformer.llama import chat_prompt, load_model
+from tinytransformer.chat import chat_prompt
+from tinytransformer.llama import load_model
+from tinytransformer.model import TinyTransformer
 from tinytransformer.testing import assert_close
 
 pytestmark = [pytest.mark.model, pytest.mark.slow]
@@ -95,9 +99,5 @@ def test_forward_on_a_prefix_equals_the_first_rows_on_smollm2(ours):
 
 def test_rotate_half_pairing_on_gguf_rows_does_not_match_transformers(ours, theirs):
     ids = _prompt_ids(ours, "chat")
-    ours.rope_interleaved = False
-    try:
-        wrong = ours.forward(ids)
-    finally:
-        ours.rope_interleaved = True
+    wrong = TinyTransformer(dataclasses.replace(ours.config, rope_interleaved=False), ours.params).forward(ids)
     assert np.abs(wrong - _their_logits(theirs, ids)).max() > 1.0

@@ -1,13 +1,16 @@
 """The small decoder: cached decode equals full recompute, for every architecture choice."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from strategies import model_configs, seeds
-from tinytransformer.model import TinyTransformer, TransformerConfig
+from tinytransformer.attention import scaled_dot_product_attention
+from tinytransformer.model import TinyTransformer, TransformerConfig, init_params
 from tinytransformer.testing import assert_close
 
 
@@ -48,10 +51,11 @@ def test_gqa_model_with_repeated_kv_weights_equals_the_mha_model():
     gqa_config = TransformerConfig(vocab_size=13, d_model=12, n_layers=2, n_heads=6, n_kv_heads=2)
     mha_config = TransformerConfig(vocab_size=13, d_model=12, n_layers=2, n_heads=6, n_kv_heads=6)
     gqa = TinyTransformer(gqa_config, seed=3)
-    params = {**gqa.params, "layers": []}
-    for layer in gqa.params["layers"]:  # repeat each KV head's columns for the 3 query heads of its group
-        wk, wv = (layer[w].reshape(12, 2, 1, 2).repeat(3, axis=2).reshape(12, 12) for w in ("wk", "wv"))
-        params["layers"].append({**layer, "wk": wk, "wv": wv})
+    params = dict(gqa.params)
+    for i in range(2):  # repeat each KV head's rows [out = Hkv*D, in] for the 3 query heads of its group
+        for w in ("attn_k", "attn_v"):
+            name = f"blk.{i}.{w}.weight"
+            params[name] = gqa.params[name].reshape(2, 1, 2, 12).repeat(3, axis=1).reshape(12, 12)
     ids = np.arange(10).reshape(1, 10) % 13
     assert_close(TinyTransformer(mha_config, params).forward(ids), gqa.forward(ids))
 
@@ -69,11 +73,26 @@ def test_same_seed_same_model_and_different_seed_different_model():
     (lambda: TransformerConfig(vocab_size=5, d_model=8, n_layers=1, n_heads=2, norm="batch"), "norm: expected one of"),
     (lambda: TinyTransformer(TransformerConfig(5, 8, 1, 2)).forward(np.array([[5]])), r"ids: expected values in \[0, vocab_size=5\)"),
     (lambda: TinyTransformer(TransformerConfig(5, 8, 1, 2, max_seq_len=4)).forward(np.zeros((1, 5), int)), "exceed max_seq_len=4"),
-    (lambda: TinyTransformer(TransformerConfig(5, 8, 1, 2)).forward(np.array([1, 2])), r"ids: expected a non-empty integer array \[B, T\]"),
+    (lambda: TinyTransformer(TransformerConfig(5, 8, 1, 2)).forward(np.array([[1.0, 2.0]])), r"ids: expected a non-empty integer array \[B, T\]"),
+    (lambda: TinyTransformer(TransformerConfig(5, 8, 1, 2)).forward(np.zeros((1, 0), int)), r"ids: expected a non-empty integer array"),
+    (lambda: TinyTransformer(TransformerConfig(5, 8, 1, 2)).generate("12", 3), "prompt_ids: expected a sequence of token ids, got a str"),
+    (lambda: TinyTransformer(TransformerConfig(5, 8, 1, 2)).generate([1.7, 3], 3), "prompt_ids: expected a non-empty sequence of integer token ids"),
+    (lambda: TinyTransformer(TransformerConfig(5, 8, 1, 2)).generate([True], 3), "prompt_ids: expected a non-empty sequence of integer token ids"),
+    (lambda: TinyTransformer(TransformerConfig(5, 8, 1, 2)).generate([1], True), "max_new_tokens: expected an integer >= 0"),
+    (lambda: TinyTransformer(TransformerConfig(5, 8, 1, 2, max_seq_len=4)).generate([1, 2], 3), "exceed the context length max_seq_len=4"),
+    (lambda: TinyTransformer(TransformerConfig(5, 8, 1, 2)).generate_many([[1], [9]], 3), r"prompts\[1\]: expected"),
+    (lambda: TinyTransformer(TransformerConfig(5, 8, 1, 2), attention="fast"), "attention: expected one of"),
+    (lambda: TinyTransformer(TransformerConfig(5, 8, 1, 2), {"token_embd.weight": np.zeros((5, 8))}), "params: expected a tensor"),
+    (lambda: TransformerConfig(5, 8, 1, 2, eos_id=5), r"eos_id: expected None or a token id in \[0, 5\)"),
 ])
 def test_bad_input_raises_a_clear_value_error(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def test_one_dimensional_ids_are_one_sequence():
+    model = TinyTransformer(TransformerConfig(11, 8, 1, 2), seed=4)
+    assert_close(model.forward(np.array([1, 2, 3])), model.forward(np.array([[1, 2, 3]]))[0])
 
 
 def test_cache_overflow_during_decode_raises():
@@ -82,3 +101,126 @@ def test_cache_overflow_during_decode_raises():
     model.forward(np.array([[1, 2, 3]]), cache)
     with pytest.raises(ValueError, match="KV cache overflow"):
         model.forward(np.array([[4]]), cache)
+
+
+# --- one decoder, swappable parts: caches, attention, batching -------------------------------------
+
+
+def _step_logits(model, prompts, steps, cache_kind, block_size):
+    """Logits of every step of a ragged batch: each prompt prefilled alone, then `steps` decode steps in
+    one batch feeding tokens[b][t]. cache_kind: "none" (recompute), "contiguous" (one KVCache per
+    sequence), or "paged" (one PagedKVCache, the whole batch per step)."""
+    rng = np.random.default_rng(len(prompts))
+    tokens = rng.integers(0, model.config.vocab_size, size=(len(prompts), steps))
+    rows = []
+    if cache_kind == "none":
+        for b, p in enumerate(prompts):
+            seq = list(p) + tokens[b].tolist()
+            rows.append(model.forward(np.array([seq]))[0, len(p) - 1:])  # [steps + 1, V]
+        return rows
+    if cache_kind == "contiguous":
+        for b, p in enumerate(prompts):
+            cache = model.new_cache(1)
+            out = [model.forward(np.array([p]), cache)[0, -1]]
+            out += [model.forward(tokens[b:b + 1, t:t + 1], cache)[0, -1] for t in range(steps)]
+            rows.append(np.stack(out))
+        return rows
+    cache = model.new_paged_cache(n_blocks=sum(-(-(len(p) + steps) // block_size) for p in prompts),
+                                  block_size=block_size)
+    seqs = [cache.add_sequence() for _ in prompts]
+    out = [[model.forward(np.array([p]), cache.view([s]))[0, -1]] for p, s in zip(prompts, seqs)]
+    batch = cache.view(seqs)
+    for t in range(steps):
+        logits = model.forward(tokens[:, t:t + 1], batch)[:, -1]  # [B, V]
+        for b in range(len(prompts)):
+            out[b].append(logits[b])
+    return [np.stack(o) for o in out]
+
+
+@given(model_configs(), st.lists(st.integers(1, 9), min_size=1, max_size=4), st.integers(1, 5),
+       st.integers(1, 7))
+def test_uncached_equals_contiguous_cache_equals_paged_cache_at_every_step(config, lengths, steps, block_size):
+    model = TinyTransformer(config, seed=sum(lengths))
+    rng = np.random.default_rng(block_size)
+    prompts = [rng.integers(0, config.vocab_size, size=n).tolist() for n in lengths]
+    none, contiguous, paged = (_step_logits(model, prompts, steps, kind, block_size)
+                               for kind in ("none", "contiguous", "paged"))
+    for b in range(len(prompts)):
+        assert_close(contiguous[b], none[b], rtol=1e-4, atol=1e-5)
+        assert_close(paged[b], none[b], rtol=1e-4, atol=1e-5)
+
+
+@given(model_configs(), st.lists(st.integers(1, 8), min_size=1, max_size=4), st.integers(0, 6), seeds(),
+       st.sampled_from([0.0, 1.0]), st.sampled_from([1, 2, 5, 16]))
+def test_generate_many_gives_what_separate_generate_calls_give(config, lengths, n_new, seed, temperature,
+                                                               block_size):
+    model = TinyTransformer(config, seed=seed % 97)
+    rng = np.random.default_rng(seed)
+    prompts = [rng.integers(0, config.vocab_size, size=n).tolist() for n in lengths]
+    kwargs = dict(temperature=temperature, seed=seed)
+    assert model.generate_many(prompts, n_new, block_size=block_size, **kwargs) == \
+        [model.generate(p, n_new, **kwargs) for p in prompts]
+
+
+def test_generate_many_stops_each_sequence_at_its_own_end_and_frees_its_blocks_at_once():
+    config = TransformerConfig(vocab_size=37, d_model=16, n_layers=1, n_heads=2, max_seq_len=64, tie_embeddings=False)
+    params = {name: w if "norm" in name else 30 * w for name, w in init_params(config, seed=9).items()}
+    free_running = TinyTransformer(config, params)  # large weights: peaked, varied greedy continuations
+    prompts = [[1, 2, 3], [4, 5], [6, 7, 8, 9, 10]]
+    kwargs = dict(temperature=0.0)
+    outputs = free_running.generate_many(prompts, 12, stop_at_eos=False, **kwargs)
+    # an end-of-sequence id that ends the second sequence early and never shows up in the others
+    eos = next(t for t in outputs[1][1:6] if t not in outputs[0] + outputs[2])
+    model = TinyTransformer(dataclasses.replace(config, eos_id=int(eos)), free_running.params)
+    cache = model.new_paged_cache(n_blocks=64, block_size=2)
+    live = []  # after each step: (sequences holding blocks, blocks in use)
+    stopped = model.generate_many(prompts, 12, cache=cache, **kwargs,
+                                  on_step=lambda c: live.append((len(c.sequences()), c.n_blocks - c.n_free_blocks)))
+    assert stopped[1] == outputs[1][:outputs[1].index(eos) + 1] and stopped[0] == outputs[0] \
+        and stopped[2] == outputs[2]
+    assert cache.n_free_blocks == cache.n_blocks and not cache.sequences()  # every block came back
+    counts = [n for n, _ in live]
+    assert counts[0] == 3 and counts == sorted(counts, reverse=True) and counts[-1] == 0
+    step = counts.index(2)  # the second sequence ended early: its blocks left the pool while the others went on
+    assert live[step][1] < live[step - 1][1]
+
+
+@given(model_configs(), seeds())
+def test_flash_attention_gives_the_logits_of_sdpa(config, seed):
+    sdpa = TinyTransformer(config, seed=seed % 89)
+    flash = TinyTransformer(config, sdpa.params, attention="flash")
+    ids = np.random.default_rng(seed).integers(0, config.vocab_size, size=(2, 11))
+    assert_close(flash.forward(ids), sdpa.forward(ids), rtol=1e-4, atol=1e-5)
+    cache = flash.new_paged_cache(n_blocks=8, block_size=4)  # flash over the paged cache too
+    s = cache.add_sequence()
+    assert_close(flash.forward(ids[:1], cache.view([s])), sdpa.forward(ids[:1]), rtol=1e-4, atol=1e-5)
+
+
+def test_any_function_with_the_attention_signature_can_be_the_models_attention():
+    calls = []
+
+    def counting_sdpa(q, k, v, *, causal=False, scale=None, alibi_slopes=None):
+        calls.append(q.shape)
+        return scaled_dot_product_attention(q, k, v, causal=causal, scale=scale, alibi_slopes=alibi_slopes)
+
+    config = TransformerConfig(vocab_size=11, d_model=8, n_layers=2, n_heads=2, position="alibi")
+    model = TinyTransformer(config, seed=1)
+    ids = np.array([[1, 2, 3, 4]])
+    assert_close(TinyTransformer(config, model.params, attention=counting_sdpa).forward(ids), model.forward(ids))
+    assert calls == [(1, 2, 4, 4)] * 2
+
+
+def test_long_prefill_in_query_blocks_equals_one_attention_call():
+    config = TransformerConfig(vocab_size=11, d_model=8, n_layers=1, n_heads=2, max_seq_len=400)
+    model = TinyTransformer(config, seed=2)
+    ids = np.random.default_rng(0).integers(0, 11, size=(1, 300))  # over QUERY_BLOCK = 128 rows
+    unblocked = TinyTransformer(config, model.params)
+    unblocked._attention.query_block = None
+    assert_close(model.forward(ids), unblocked.forward(ids))
+
+
+def test_printing_the_model_shows_its_structure():
+    text = repr(TinyTransformer(TransformerConfig(vocab_size=11, d_model=8, n_layers=3, n_heads=2, n_kv_heads=1,
+                                                  norm="layer", ffn="gelu", position="learned")))
+    assert "3 x pre-norm block" in text and "kv_heads 1" in text and "LayerNorm(8" in text
+    assert "(position_embd): Embedding(256, 8)" in text and "GELU" in text

@@ -120,7 +120,7 @@ def test_learned_positions_look_up_rows_and_reject_positions_past_the_table():
 @pytest.mark.parametrize("call, message", [
     (lambda: apply_rope(np.ones((3, 4)), np.arange(2)), r"positions: expected shape \[T\] = \[3\]"),
     (lambda: apply_rope(np.ones((3, 5)), np.arange(3)), "head dim must be even"),
-    (lambda: apply_rope(np.ones((3, 4)), np.arange(3.0)), "positions: expected a 1-D integer"),
+    (lambda: apply_rope(np.ones((3, 4)), np.arange(3.0)), "positions: expected an integer array"),
     (lambda: apply_rope(np.ones((3, 4)), np.arange(3), base=-1.0), "base: expected a finite number > 0"),
     (lambda: alibi_slopes(0), "n_heads: expected an integer >= 1"),
     (lambda: alibi_bias(2, 0, 3), "T: expected an integer >= 1"),
@@ -128,3 +128,13 @@ def test_learned_positions_look_up_rows_and_reject_positions_past_the_table():
 def test_bad_input_raises_a_clear_value_error(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+@given(seeds(), st.integers(1, 3), st.integers(1, 5), st.booleans())
+def test_per_sequence_positions_rotate_each_sequence_as_its_own_1d_positions(seed, B, T, interleaved):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((B, 2, T, 8))
+    positions = rng.integers(0, 1000, size=(B, T))  # a ragged batch: every sequence at its own offset
+    out = apply_rope(x, positions, interleaved=interleaved)
+    for b in range(B):
+        assert_close(out[b], apply_rope(x[b], positions[b], interleaved=interleaved))

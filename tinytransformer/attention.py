@@ -35,6 +35,7 @@ import numpy as np
 
 from tinytransformer._validate import attention_scale, attention_shapes, float_array
 from tinytransformer._validate import positive_int as _positive_int
+from tinytransformer.layers import linear
 
 __all__ = [
     "softmax",
@@ -43,6 +44,7 @@ __all__ = [
     "padding_mask",
     "attention_weights",
     "scaled_dot_product_attention",
+    "causal_attention_in_query_blocks",
     "repeat_kv",
     "split_heads",
     "merge_heads",
@@ -62,7 +64,7 @@ def softmax(x, axis: int = -1, mask=None):
         x = x.astype(np.float64)
     if mask is not None:
         x = np.where(mask, x, -np.inf)  # masked entries behave like a score of -inf
-    m = np.max(x, axis=axis, keepdims=True)  # row max, -inf for rows with nothing allowed
+    m = np.max(x, axis=axis, keepdims=True, initial=-np.inf)  # row max, -inf for rows with nothing allowed
     m[m == -np.inf] = 0.0  # such rows: exp(-inf - 0) = 0 everywhere, no inf - inf
     e = x - m  # <= 0 wherever allowed, so exp() cannot overflow; NaN propagates
     np.exp(e, out=e)
@@ -165,6 +167,29 @@ def scaled_dot_product_attention(q, k, v, *, causal=False, scale=None, alibi_slo
     return out.reshape(B, Hq, T, Dv).astype(out_dtype, copy=False)  # [B, Hq, T, Dv]
 
 
+def causal_attention_in_query_blocks(attention, q, k, v, *, block: int = 128, scale=None, alibi_slopes=None):
+    """attention(q, k, v, causal=True, ...), computed `block` query rows at a time.
+
+    Causal masking is end-aligned: query row i sits at key position S - T + i and
+    sees keys 0 .. S - T + i. So the rows [s, e) need only the keys [0, S - T + e):
+    each block attends over that prefix alone, which skips most of the masked
+    upper triangle of the scores and keeps every score block [B, Hq, block, S]
+    small. Same result as one call (a prefill optimisation; a test checks it).
+    `attention` is any function with scaled_dot_product_attention's signature.
+    """
+    block = _positive_int(block, "block")
+    T, S = np.shape(q)[2], np.shape(k)[2]
+    if T <= block:
+        return attention(q, k, v, causal=True, scale=scale, alibi_slopes=alibi_slopes)
+    parts = []
+    for s in range(0, T, block):
+        e = min(s + block, T)
+        keys_end = max(S - T + e, 0)  # keys visible to the last row of this block
+        parts.append(attention(q[:, :, s:e], k[:, :, :keys_end], v[:, :, :keys_end], causal=True, scale=scale,
+                               alibi_slopes=alibi_slopes))  # [B, Hq, e - s, Dv]
+    return np.concatenate(parts, axis=2)  # [B, Hq, T, Dv]
+
+
 def repeat_kv(x, n_rep: int) -> np.ndarray:
     """[B, Hkv, S, D] -> [B, Hkv * n_rep, S, D], each KV head repeated for its group.
 
@@ -203,26 +228,25 @@ def multi_head_attention(x, params, n_heads: int, n_kv_heads: int | None = None,
                          mask=None, causal=False, window=None):
     """Multi-head (or grouped-query) self-attention with projections.
 
-    x [B, T, C]; params: "wq" [C, Hq*D], "wk" and "wv" [C, Hkv*D], "wo" [Hq*D, C],
-    and optional biases "bq", "bk", "bv", "bo". Returns [B, T, C].
+    x [B, T, C]; params: "wq" [Hq*D, C], "wk" and "wv" [Hkv*D, C], "wo" [C, Hq*D]
+    (weights [out, in], as layers.linear), and optional biases "bq", "bk", "bv", "bo".
+    Returns [B, T, C].
 
-        Q = x Wq, K = x Wk, V = x Wv;  out = concat_h(attention(Q_h, K_h, V_h)) Wo
+        Q = x Wq^T, K = x Wk^T, V = x Wv^T;  out = concat_h(attention(Q_h, K_h, V_h)) Wo^T
     """
     n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
     q = split_heads(_project(x, params, "q"), n_heads)  # [B, T, Hq*D] -> [B, Hq, T, D]
     k = split_heads(_project(x, params, "k"), n_kv_heads)  # [B, T, Hkv*D] -> [B, Hkv, S=T, D]
     v = split_heads(_project(x, params, "v"), n_kv_heads)  # [B, Hkv, S, D]
     out = scaled_dot_product_attention(q, k, v, mask=mask, causal=causal, window=window)
-    return _project(merge_heads(out), params, "o")  # [B, T, Hq*D] @ [Hq*D, C] -> [B, T, C]
+    return _project(merge_heads(out), params, "o")  # [B, T, Hq*D] -> [B, T, C]
 
 
 # --- validation helpers (the public boundary) ---------------------------------------
 
 
 def _project(x, params, name):
-    y = x @ params[f"w{name}"]
-    bias = params.get(f"b{name}")
-    return y if bias is None else y + bias
+    return linear(x, params[f"w{name}"], params.get(f"b{name}"))
 
 
 def _as_float(x, name):

@@ -17,7 +17,8 @@ import sys
 import time
 
 from tinytransformer.gguf import GGUFError, GGUFFile
-from tinytransformer.llama import ModelNotFoundError, chat_prompt, default_model_path, default_system_prompt, load_model
+from tinytransformer.chat import chat_prompt, default_system_prompt
+from tinytransformer.llama import ModelNotFoundError, default_model_path, load_model
 
 
 class _ProgressBar:
@@ -139,7 +140,7 @@ def cmd_chat(args, stdin=None) -> int:
         messages.append({"role": "user", "content": line.strip()})
         ids = model.tokenizer.encode(chat_prompt(messages, default_system=_system(args, model)))
         sys.stdout.write("model> ")
-        budget = min(args.max_new_tokens, model.config.context_length - len(ids))
+        budget = min(args.max_new_tokens, model.config.max_seq_len - len(ids))
         if budget <= 0:
             print("the conversation has filled the model's context; start a new one", file=sys.stderr)
             return 1

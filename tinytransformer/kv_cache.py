@@ -19,6 +19,13 @@ Layout: one preallocated array per tensor, [n_layers, B, Hkv, max_seq_len, D];
 [B, Hkv, length, D] (no copy). Positions are absolute: the new tokens of a step
 sit at cache.length, cache.length + 1, ...
 
+The model talks to its cache through two calls, which the paged cache of
+`paged_cache` answers too, so the two are interchangeable under one model:
+
+    positions = cache.reserve(T)                  # [B, T]: where each sequence's T new tokens go
+    out = cache.attend(layer, q, k, v, attention)  # store k, v [B, Hkv, T, D] there, then
+                                                   # attention(q, all keys, all values) -> [B, Hq, T, D]
+
     >>> import numpy as np
     >>> cache = KVCache(n_layers=1, batch=1, n_kv_heads=1, head_dim=2, max_seq_len=4)
     >>> k, v = cache.append(0, np.ones((1, 1, 3, 2)), np.ones((1, 1, 3, 2)))
@@ -67,8 +74,16 @@ class KVCache:
 
     @property
     def length(self) -> int:
-        """Positions stored in every layer: the absolute position of the next token."""
+        """Positions stored in every layer: the absolute position of the next token.
+
+        During a forward pass the layers fill one after another, so for a moment
+        the first layers hold more; `layer_length(i)` gives one layer's count.
+        """
         return int(self._lengths.min())
+
+    def layer_length(self, layer: int) -> int:
+        """Positions stored in one layer."""
+        return int(self._lengths[self._layer(layer)])
 
     @property
     def nbytes(self) -> int:
@@ -79,8 +94,7 @@ class KVCache:
 
         Returns views (k, v) [B, Hkv, length + T, D] of everything that layer holds.
         """
-        if not isinstance(layer, (int, np.integer)) or not 0 <= layer < self.n_layers:
-            raise ValueError(f"layer: expected an integer in [0, {self.n_layers}), got {layer!r}")
+        layer = self._layer(layer)
         k_new, v_new = np.asarray(k_new), np.asarray(v_new)
         expected = (self.batch, self.n_kv_heads, self.head_dim)
         for name, x in (("k_new", k_new), ("v_new", v_new)):
@@ -104,10 +118,39 @@ class KVCache:
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]  # views [B, Hkv, end, D]
 
     def keys(self, layer: int) -> np.ndarray:
+        layer = self._layer(layer)
         return self.k[layer, :, :, : self._lengths[layer]]  # [B, Hkv, length, D]
 
     def values(self, layer: int) -> np.ndarray:
+        layer = self._layer(layer)
         return self.v[layer, :, :, : self._lengths[layer]]  # [B, Hkv, length, D]
+
+    # --- the cache protocol of the model ---------------------------------------------
+
+    def reserve(self, n_new: int, limit: int | None = None) -> np.ndarray:
+        """Make room for n_new tokens per sequence; returns their positions [B, n_new].
+
+        limit: positions must stay below it (the model's context length).
+        """
+        n_new = positive_int(n_new, "n_new")
+        start = self.length
+        if limit is not None and start + n_new > limit:
+            raise ValueError(f"ids: positions {start}..{start + n_new - 1} exceed max_seq_len={limit}")
+        if start + n_new > self.max_seq_len:
+            raise ValueError(f"KV cache overflow: the cache holds {start} of max_seq_len={self.max_seq_len} "
+                             f"positions and cannot take {n_new} more")
+        return np.broadcast_to(np.arange(start, start + n_new), (self.batch, n_new))  # every row alike
+
+    def attend(self, layer: int, q, k_new, v_new, attention):
+        """Append k_new, v_new [B, Hkv, T, D] to `layer`, then attention(q, k, v) over all it holds."""
+        k, v = self.append(layer, k_new, v_new)  # [B, Hkv, S, D], S = cached + T
+        return attention(q, k, v)  # [B, Hq, T, D]
+
+    def _layer(self, layer) -> int:
+        if isinstance(layer, (bool, np.bool_)) or not isinstance(layer, (int, np.integer)) \
+                or not 0 <= layer < self.n_layers:
+            raise ValueError(f"layer: expected an integer in [0, {self.n_layers}), got {layer!r}")
+        return int(layer)
 
     def truncate(self, length: int) -> None:
         """Forget positions >= length in every layer (to rewind, e.g. after rejected draft tokens)."""
@@ -119,6 +162,8 @@ class KVCache:
         self._lengths[:] = 0
 
     def __repr__(self) -> str:
+        lengths = self._lengths.tolist()
+        length = f"{self.length}" if len(set(lengths)) == 1 else f"{self.length} (per layer {lengths})"
         return (f"KVCache(n_layers={self.n_layers}, batch={self.batch}, n_kv_heads={self.n_kv_heads}, "
-                f"head_dim={self.head_dim}, length={self.length}/{self.max_seq_len}, dtype={self.dtype}, "
+                f"head_dim={self.head_dim}, length={length}/{self.max_seq_len}, dtype={self.dtype}, "
                 f"nbytes={self.nbytes:,})")

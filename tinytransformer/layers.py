@@ -13,10 +13,12 @@ deep stacks train stably without warm-up (Xiong et al., 2020).
     RMSNorm(x)   = x / sqrt(mean(x^2) + eps) * gamma                      (Zhang & Sennrich, 2019)
     GELU(x)      = x * Phi(x) = x/2 * (1 + erf(x / sqrt(2)))              (Hendrycks & Gimpel, 2016)
     SiLU(x)      = x * sigmoid(x)                                          (a.k.a. Swish)
-    FFN(x)       = act(x W1 + b1) W2 + b2
-    SwiGLU(x)    = (SiLU(x Wg) * (x Wu)) Wd                                (Shazeer, 2020; Llama)
+    Linear(x)    = x W^T + b
+    FFN(x)       = Linear_down(act(Linear_up(x)))
+    SwiGLU(x)    = Linear_down(SiLU(Linear_gate(x)) * Linear_up(x))       (Shazeer, 2020; Llama)
 
-Convention: activations are [..., C]; weights are [in, out] and applied as x @ W.
+Convention: activations are [..., C]; a weight W is [out, in], the layout of
+PyTorch's nn.Linear and of GGUF files, applied as x @ W.T (a view, no copy).
 Normalisations act on the last axis.
 
     >>> import numpy as np
@@ -33,7 +35,7 @@ import numpy as np
 
 from tinytransformer._validate import float_array
 
-__all__ = ["layer_norm", "rms_norm", "gelu", "silu", "ffn", "swiglu", "pre_ln_block", "post_ln_block"]
+__all__ = ["layer_norm", "rms_norm", "gelu", "silu", "linear", "embedding", "ffn", "swiglu", "pre_ln_block", "post_ln_block"]
 
 _erf = np.vectorize(math.erf, otypes=[np.float64])
 
@@ -75,15 +77,35 @@ def silu(x):
     return half + half * np.tanh(half)  # x/2 (1 + tanh(x/2)) = x sigmoid(x)
 
 
-def ffn(x, w1, b1, w2, b2, activation=gelu):
-    """act(x W1 + b1) W2 + b2: [..., C] @ [C, F] -> [..., F] -> @ [F, C] -> [..., C]."""
-    h = activation(x @ w1 + b1)  # [..., F]
-    return h @ w2 + b2  # [..., C]
+def linear(x, weight, bias=None):
+    """x W^T (+ b): [..., in] -> [..., out], with the weight W [out, in].
+
+    A float weight is a NumPy array. Anything else (a quantised weight that keeps
+    its packed blocks) must have .shape == (out, in) and a method .linear(x)
+    that returns x W^T; the model calls this function for every projection, so
+    such a weight can stand in for an array.
+    """
+    y = x @ weight.T if isinstance(weight, np.ndarray) else weight.linear(x)  # [..., in] @ [in, out]
+    return y if bias is None else y + bias
+
+
+def embedding(ids, weight):
+    """Rows of the embedding matrix: ids [...] -> [..., C] for weight [V, C].
+
+    A quantised weight (anything that is not an array) provides .rows(ids).
+    """
+    return weight[ids] if isinstance(weight, np.ndarray) else weight.rows(ids)  # [...] -> [..., C]
+
+
+def ffn(x, w_up, b_up, w_down, b_down, activation=gelu):
+    """act(x Wu^T + bu) Wd^T + bd: [..., C] -> [..., F] -> [..., C]; Wu [F, C], Wd [C, F]."""
+    h = activation(linear(x, w_up, b_up))  # [..., C] -> [..., F]
+    return linear(h, w_down, b_down)  # [..., F] -> [..., C]
 
 
 def swiglu(x, w_gate, w_up, w_down):
-    """(SiLU(x Wg) * (x Wu)) Wd: the gated FFN of Llama; Wg, Wu [C, F], Wd [F, C]."""
-    return (silu(x @ w_gate) * (x @ w_up)) @ w_down  # [..., F] * [..., F] -> [..., F] @ [F, C]
+    """(SiLU(x Wg^T) * (x Wu^T)) Wd^T: the gated FFN of Llama; Wg, Wu [F, C], Wd [C, F]."""
+    return linear(silu(linear(x, w_gate)) * linear(x, w_up), w_down)  # [..., F] * [..., F] -> [..., C]
 
 
 def pre_ln_block(x, attention, feed_forward, norm1, norm2):

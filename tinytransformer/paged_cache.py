@@ -1,32 +1,28 @@
 """Paged KV cache: keys and values in fixed-size blocks, found through a block table.
 
-A server decodes many sequences at once, and each one's KV cache grows by one
-position per step until the sequence stops, at a length nobody knows in
-advance. The contiguous cache of `kv_cache` reserves max_seq_len positions for
-every sequence up front; most of that reservation is never used, and the
-memory it holds cannot serve another request. PagedAttention (Kwon et al.,
-2023, "Efficient Memory Management for Large Language Model Serving with
-PagedAttention", the vLLM paper) borrows the operating system's answer to the
-same problem, virtual memory with pages:
+A server decodes many sequences at once, and each one's cache grows by one
+position per step until it stops, at a length nobody knows in advance. The
+contiguous `kv_cache` reserves max_seq_len positions per sequence up front;
+most of that is never used and cannot serve another request. PagedAttention
+(Kwon et al., 2023, the vLLM paper) borrows the operating system's answer to
+the same problem, virtual memory with pages:
 
-    pool       one big array of n_blocks blocks, each holding block_size positions
-    free list  the blocks nobody owns
-    block table, per sequence: logical block b -> physical block table[b]
+    pool         n_blocks blocks, each holding block_size positions
+    free list    the blocks nobody owns
+    block table  per sequence: logical block b -> physical block table[b]
 
     position p of a sequence lives in block table[p // block_size], slot p % block_size
 
-A sequence takes a new block only when its last one is full, so the waste is
-less than one block per sequence (against max_seq_len - length for the
-contiguous cache), and a finished sequence returns its blocks at once. The
-same memory therefore holds several times more sequences, which is the batch
-size, which is the throughput of a server.
+A sequence takes a new block only when its last one is full, so it wastes less
+than one block, and a finished sequence returns its blocks at once.
 
-Layout: k_pool and v_pool are [n_layers, n_blocks, Hkv, block_size, D]; one
-layer's pool [n_blocks, Hkv, block_size, D] is what the decode kernel reads.
-Attention keeps the [B, H, T, D] convention: q is [B, Hq, T, D] with T the
-new tokens of each sequence (1 in plain decoding, a few when verifying a
-speculative draft), end-aligned: query t of sequence b sits at position
-context_lens[b] - T + t.
+Two classes keep the two concerns apart. `BlockManager` is the bookkeeping
+(free list, tables, lengths) and touches no tensor; `PagedKVCache` is the
+storage, k_pool and v_pool [n_layers, n_blocks, Hkv, block_size, D], driven by
+a BlockManager. `PagedKVCache.view(seq_ids)` gives a batch of sequences the
+cache protocol of `kv_cache` (reserve, attend), so the model decodes a ragged
+batch through it. Queries keep the [B, H, T, D] convention, end-aligned: query
+t of sequence b sits at position context_lens[b] - T + t.
 
     >>> import numpy as np
     >>> cache = PagedKVCache(n_layers=1, n_kv_heads=1, head_dim=2, n_blocks=4, block_size=2)
@@ -40,64 +36,41 @@ context_lens[b] - T + t.
     ([[0, 1], [2, -1]], [3, 1], 1)
 
 Does not handle: sharing blocks between sequences (prefix caching, beam search
-with copy-on-write), swapping blocks to host memory, eviction policies,
-quantised blocks.
+with copy-on-write), swapping blocks to host memory, eviction, quantised blocks.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from tinytransformer._validate import positive_int
+from tinytransformer._validate import attention_scale, positive_int, query_key_heads, rank4
 from tinytransformer.attention import scaled_dot_product_attention
 
-__all__ = ["PagedKVCache", "CacheFullError", "paged_decode_attention", "check_paged_decode_inputs"]
+__all__ = ["BlockManager", "PagedKVCache", "PagedBatch", "CacheFullError", "paged_decode_attention",
+           "check_paged_decode_inputs"]
 
 
 class CacheFullError(RuntimeError):
     """Raised when an allocation needs more blocks than the free list holds."""
 
 
-class PagedKVCache:
-    """A block pool, a free list and one block table per sequence.
+class BlockManager:
+    """The bookkeeping of a paged cache: a free list, and a block table and a length per sequence.
 
-    n_layers, n_kv_heads (Hkv), head_dim (D): the model's cache geometry.
-    n_blocks: blocks in the pool; block_size: positions per block.
-    The pool is allocated once: 2 * n_layers * n_blocks * Hkv * block_size * D elements.
+    It owns no tensors; it says where each position lives. Invariant: every
+    block is either free or owned by exactly one sequence.
     """
 
-    def __init__(self, n_layers: int, n_kv_heads: int, head_dim: int, *, n_blocks: int,
-                 block_size: int = 16, dtype=np.float32):
-        self.n_layers = positive_int(n_layers, "n_layers")
-        self.n_kv_heads = positive_int(n_kv_heads, "n_kv_heads")
-        self.head_dim = positive_int(head_dim, "head_dim")
+    def __init__(self, n_blocks: int, block_size: int):
         self.n_blocks = positive_int(n_blocks, "n_blocks")
         self.block_size = positive_int(block_size, "block_size")
-        self.dtype = np.dtype(dtype)
-        if self.dtype.kind != "f":
-            raise ValueError(f"dtype: expected a floating-point dtype, got {self.dtype}")
-        shape = (self.n_layers, self.n_blocks, self.n_kv_heads, self.block_size, self.head_dim)
-        self.k_pool = np.zeros(shape, dtype=self.dtype)  # [L, n_blocks, Hkv, block_size, D]
-        self.v_pool = np.zeros(shape, dtype=self.dtype)
-        # Pop from the end; reversed so that the first allocation takes block 0.
-        self._free = list(range(self.n_blocks - 1, -1, -1))
+        self._free = list(range(self.n_blocks - 1, -1, -1))  # pop from the end: block 0 goes first
         self._tables: dict[int, list[int]] = {}
         self._lengths: dict[int, int] = {}
         self._next_id = 0
 
-    # --- bookkeeping -----------------------------------------------------------------
-
     @property
     def n_free_blocks(self) -> int:
         return len(self._free)
-
-    @property
-    def block_bytes(self) -> int:
-        """Bytes of one block, K and V, all layers."""
-        return 2 * self.n_layers * self.n_kv_heads * self.block_size * self.head_dim * self.dtype.itemsize
-
-    @property
-    def nbytes(self) -> int:
-        return self.k_pool.nbytes + self.v_pool.nbytes
 
     def sequences(self) -> list[int]:
         return list(self._tables)
@@ -108,18 +81,20 @@ class PagedKVCache:
     def block_table(self, seq_id: int) -> list[int]:
         return list(self._tables[self._known(seq_id)])
 
+    def blocks_needed(self, seq_id: int, n_tokens: int) -> int:
+        """Free blocks that growing seq_id by n_tokens would take: ceil(new_len / bs) - owned."""
+        seq_id = self._known(seq_id)
+        return max(0, -(-(self._lengths[seq_id] + n_tokens) // self.block_size) - len(self._tables[seq_id]))
+
     def wasted_slots(self) -> int:
         """Allocated positions not (yet) holding a token: the internal fragmentation."""
         return sum(len(t) * self.block_size - self._lengths[s] for s, t in self._tables.items())
-
-    # --- allocation ------------------------------------------------------------------
 
     def add_sequence(self) -> int:
         """Start an empty sequence (no blocks yet) and return its id."""
         seq_id = self._next_id
         self._next_id += 1
-        self._tables[seq_id] = []
-        self._lengths[seq_id] = 0
+        self._tables[seq_id], self._lengths[seq_id] = [], 0
         return seq_id
 
     def extend(self, seq_id: int, n_tokens: int) -> np.ndarray:
@@ -127,19 +102,28 @@ class PagedKVCache:
 
         Returns the new positions. All or nothing: on CacheFullError nothing changed.
         """
-        seq_id = self._known(seq_id)
         n_tokens = positive_int(n_tokens, "n_tokens")
-        old = self._lengths[seq_id]
-        table = self._tables[seq_id]
-        need = -(-(old + n_tokens) // self.block_size) - len(table)  # ceil(new_len / bs) - owned
+        need = self.blocks_needed(seq_id, n_tokens)
         if need > len(self._free):
             raise CacheFullError(
                 f"paged cache is full: sequence {seq_id} needs {need} more blocks for {n_tokens} tokens "
-                f"but only {len(self._free)} of {self.n_blocks} are free; free a finished sequence first"
-            )
-        table.extend(self._free.pop() for _ in range(need))
+                f"but only {len(self._free)} of {self.n_blocks} are free; free a finished sequence first")
+        self._tables[seq_id].extend(self._free.pop() for _ in range(need))
+        old = self._lengths[seq_id]
         self._lengths[seq_id] = old + n_tokens
         return np.arange(old, old + n_tokens)
+
+    def truncate(self, seq_id: int, length: int) -> None:
+        """Forget positions >= length (a rewind, e.g. past rejected draft tokens); frees emptied blocks."""
+        seq_id = self._known(seq_id)
+        if isinstance(length, (bool, np.bool_)) or not isinstance(length, (int, np.integer)) \
+                or not 0 <= length <= self._lengths[seq_id]:
+            raise ValueError(f"length: expected an integer in [0, {self._lengths[seq_id]}], got {length!r}")
+        self._lengths[seq_id] = int(length)
+        table = self._tables[seq_id]
+        keep = -(-int(length) // self.block_size)
+        while len(table) > keep:
+            self._free.append(table.pop())
 
     def free(self, seq_id: int) -> None:
         """Forget a sequence and return its blocks to the free list."""
@@ -147,18 +131,105 @@ class PagedKVCache:
         self._free.extend(reversed(self._tables.pop(seq_id)))
         del self._lengths[seq_id]
 
+    def slots(self, seq_id: int, positions) -> tuple[np.ndarray, np.ndarray]:
+        """(physical block, slot in block) of each position of seq_id: both [n]."""
+        table = np.asarray(self._tables[self._known(seq_id)], dtype=np.int64)
+        positions = np.asarray(positions)
+        return table[positions // self.block_size], positions % self.block_size
+
+    def batch(self, seq_ids):
+        """(block_tables [B, max_blocks] int32 padded with -1, context_lens [B] int32) for a step."""
+        seq_ids = [self._known(s) for s in seq_ids]
+        if not seq_ids:
+            raise ValueError("seq_ids: expected at least one sequence id, got none")
+        width = max(1, max(len(self._tables[s]) for s in seq_ids))
+        tables = np.full((len(seq_ids), width), -1, dtype=np.int32)
+        for row, s in enumerate(seq_ids):
+            tables[row, : len(self._tables[s])] = self._tables[s]
+        lengths = np.array([self._lengths[s] for s in seq_ids], dtype=np.int32)
+        return tables, lengths
+
+    def _known(self, seq_id) -> int:
+        if isinstance(seq_id, (bool, np.bool_)) or not isinstance(seq_id, (int, np.integer)) \
+                or int(seq_id) not in self._tables:
+            raise KeyError(f"seq_id: no live sequence {seq_id!r}; live ids are {sorted(self._tables)}")
+        return int(seq_id)
+
+
+class PagedKVCache:
+    """The storage: k_pool, v_pool [n_layers, n_blocks, Hkv, block_size, D], managed by `.blocks`.
+
+    n_layers, n_kv_heads (Hkv), head_dim (D): the model's cache geometry.
+    n_blocks: blocks in the pool; block_size: positions per block.
+    The pool is allocated once: 2 * n_layers * n_blocks * Hkv * block_size * D elements.
+    The bookkeeping calls (add_sequence, extend, free, length, ...) pass through to `.blocks`.
+    """
+
+    def __init__(self, n_layers: int, n_kv_heads: int, head_dim: int, *, n_blocks: int,
+                 block_size: int = 16, dtype=np.float32):
+        self.n_layers = positive_int(n_layers, "n_layers")
+        self.n_kv_heads = positive_int(n_kv_heads, "n_kv_heads")
+        self.head_dim = positive_int(head_dim, "head_dim")
+        self.blocks = BlockManager(n_blocks, block_size)
+        self.dtype = np.dtype(dtype)
+        if self.dtype.kind != "f":
+            raise ValueError(f"dtype: expected a floating-point dtype, got {self.dtype}")
+        shape = (self.n_layers, self.n_blocks, self.n_kv_heads, self.block_size, self.head_dim)
+        self.k_pool = np.zeros(shape, dtype=self.dtype)  # [L, n_blocks, Hkv, block_size, D]
+        self.v_pool = np.zeros(shape, dtype=self.dtype)
+
+    # --- bookkeeping, delegated to the block manager -----------------------------------
+
+    n_blocks = property(lambda self: self.blocks.n_blocks)
+    block_size = property(lambda self: self.blocks.block_size)
+    n_free_blocks = property(lambda self: self.blocks.n_free_blocks)
+
+    def add_sequence(self) -> int:
+        return self.blocks.add_sequence()
+
+    def extend(self, seq_id: int, n_tokens: int) -> np.ndarray:
+        return self.blocks.extend(seq_id, n_tokens)
+
+    def free(self, seq_id: int) -> None:
+        self.blocks.free(seq_id)
+
+    def truncate(self, seq_id: int, length: int) -> None:
+        self.blocks.truncate(seq_id, length)
+
+    def sequences(self) -> list[int]:
+        return self.blocks.sequences()
+
+    def length(self, seq_id: int) -> int:
+        return self.blocks.length(seq_id)
+
+    def block_table(self, seq_id: int) -> list[int]:
+        return self.blocks.block_table(seq_id)
+
+    def batch(self, seq_ids):
+        return self.blocks.batch(seq_ids)
+
+    def wasted_slots(self) -> int:
+        return self.blocks.wasted_slots()
+
+    @property
+    def block_bytes(self) -> int:
+        """Bytes of one block, K and V, all layers."""
+        return 2 * self.n_layers * self.n_kv_heads * self.block_size * self.head_dim * self.dtype.itemsize
+
+    @property
+    def nbytes(self) -> int:
+        return self.k_pool.nbytes + self.v_pool.nbytes
+
     # --- data ------------------------------------------------------------------------
 
     def write(self, layer: int, seq_id: int, positions, k, v) -> None:
         """Store k, v [Hkv, n, D] of one layer at the given positions (already extended)."""
-        seq_id = self._known(seq_id)
         layer = self._layer(layer)
         positions = np.asarray(positions)
         if positions.ndim != 1 or positions.dtype.kind not in "iu":
             raise ValueError(f"positions: expected a 1-D integer array, got dtype {positions.dtype} "
                              f"shape {positions.shape}")
-        n = positions.shape[0]
-        length = self._lengths[seq_id]
+        n, length = positions.shape[0], self.blocks.length(seq_id)
         if n and (positions.min() < 0 or positions.max() >= length):
             raise ValueError(f"positions: expected values in [0, {length}) for sequence {seq_id} "
                              f"(call extend first), got {positions.tolist()}")
@@ -166,9 +237,7 @@ class PagedKVCache:
         for name, x in (("k", k), ("v", v)):
             if np.shape(x) != expected:
                 raise ValueError(f"{name}: expected shape [Hkv, n, D] = {list(expected)}, got {np.shape(x)}")
-        table = np.asarray(self._tables[seq_id])
-        blocks = table[positions // self.block_size]  # physical block of each position, [n]
-        slots = positions % self.block_size  # slot inside that block, [n]
+        blocks, slots = self.blocks.slots(seq_id, positions)  # [n] each
         # pool[layer][block, :, slot, :] is [Hkv, D]; fancy indexing puts n first: [n, Hkv, D]
         self.k_pool[layer, blocks, :, slots, :] = np.swapaxes(np.asarray(k), 0, 1)
         self.v_pool[layer, blocks, :, slots, :] = np.swapaxes(np.asarray(v), 0, 1)
@@ -185,40 +254,21 @@ class PagedKVCache:
         try:
             self.write(0, seq_id, positions, k, v)
         except ValueError:
-            self._shrink(seq_id, n)
+            self.truncate(seq_id, int(positions[0]))
             raise
         return positions
 
     def gather(self, layer: int, seq_id: int):
         """Contiguous copies k, v [Hkv, length, D] of one sequence (what the table points at)."""
-        seq_id = self._known(seq_id)
         layer = self._layer(layer)
-        positions = np.arange(self._lengths[seq_id])
-        blocks = np.asarray(self._tables[seq_id], dtype=np.int64)[positions // self.block_size]
-        slots = positions % self.block_size
+        blocks, slots = self.blocks.slots(seq_id, np.arange(self.blocks.length(seq_id)))
         k = self.k_pool[layer, blocks, :, slots, :]  # [length, Hkv, D]
         v = self.v_pool[layer, blocks, :, slots, :]
         return np.swapaxes(k, 0, 1), np.swapaxes(v, 0, 1)  # [Hkv, length, D]
 
-    def batch(self, seq_ids):
-        """(block_tables [B, max_blocks] int32 padded with -1, context_lens [B] int32) for a decode step."""
-        seq_ids = [self._known(s) for s in seq_ids]
-        if not seq_ids:
-            raise ValueError("seq_ids: expected at least one sequence id, got none")
-        width = max(1, max(len(self._tables[s]) for s in seq_ids))
-        tables = np.full((len(seq_ids), width), -1, dtype=np.int32)
-        for row, s in enumerate(seq_ids):
-            tables[row, : len(self._tables[s])] = self._tables[s]
-        lengths = np.array([self._lengths[s] for s in seq_ids], dtype=np.int32)
-        return tables, lengths
-
-    # --- helpers ---------------------------------------------------------------------
-
-    def _known(self, seq_id) -> int:
-        if isinstance(seq_id, (bool, np.bool_)) or not isinstance(seq_id, (int, np.integer)) \
-                or int(seq_id) not in self._tables:
-            raise KeyError(f"seq_id: no live sequence {seq_id!r}; live ids are {sorted(self._tables)}")
-        return int(seq_id)
+    def view(self, seq_ids) -> "PagedBatch":
+        """The sequences seq_ids as one batch, with the model's cache protocol (reserve, attend)."""
+        return PagedBatch(self, seq_ids)
 
     def _layer(self, layer) -> int:
         if isinstance(layer, (bool, np.bool_)) or not isinstance(layer, (int, np.integer)) \
@@ -226,12 +276,61 @@ class PagedKVCache:
             raise ValueError(f"layer: expected an integer in [0, {self.n_layers}), got {layer!r}")
         return int(layer)
 
-    def _shrink(self, seq_id: int, n: int) -> None:
-        self._lengths[seq_id] -= n
-        keep = -(-self._lengths[seq_id] // self.block_size)
-        table = self._tables[seq_id]
-        while len(table) > keep:
-            self._free.append(table.pop())
+    def __repr__(self) -> str:
+        return (f"PagedKVCache(n_layers={self.n_layers}, n_kv_heads={self.n_kv_heads}, head_dim={self.head_dim}, "
+                f"blocks {self.n_blocks - self.n_free_blocks}/{self.n_blocks} used of {self.block_size} positions, "
+                f"{len(self.sequences())} sequences, dtype={self.dtype}, nbytes={self.nbytes:,})")
+
+
+class PagedBatch:
+    """A ragged batch of sequences of one PagedKVCache, seen through the model's cache protocol.
+
+        positions = batch.reserve(T)                  # [B, T]: each sequence grows by T positions
+        out = batch.attend(layer, q, k, v, attention)  # write k, v [B, Hkv, T, D]; attention.paged(...)
+
+    `attention.paged(q, k_pool, v_pool, block_tables, context_lens)` reads the
+    pool directly (the model's attention provides it: the NumPy reference
+    `paged_decode_attention`, or the CUDA decode kernel).
+    """
+
+    def __init__(self, cache: PagedKVCache, seq_ids):
+        self.cache = cache
+        self.seq_ids = [cache.blocks._known(s) for s in seq_ids]
+        if not self.seq_ids:
+            raise ValueError("seq_ids: expected at least one sequence id, got none")
+        self._positions = None
+
+    @property
+    def batch(self) -> int:
+        return len(self.seq_ids)
+
+    def reserve(self, n_new: int, limit: int | None = None) -> np.ndarray:
+        """Grow every sequence by n_new positions (all or none); returns their positions [B, n_new].
+
+        limit: positions must stay below it (the model's context length).
+        """
+        n_new = positive_int(n_new, "n_new")
+        blocks = self.cache.blocks
+        longest = max(blocks.length(s) for s in self.seq_ids)
+        if limit is not None and longest + n_new > limit:
+            raise ValueError(f"ids: positions up to {longest + n_new - 1} exceed max_seq_len={limit}")
+        need = sum(blocks.blocks_needed(s, n_new) for s in self.seq_ids)
+        if need > blocks.n_free_blocks:
+            raise CacheFullError(f"paged cache is full: this step needs {need} more blocks for {self.batch} "
+                                 f"sequences but only {blocks.n_free_blocks} of {blocks.n_blocks} are free")
+        self._positions = np.stack([blocks.extend(s, n_new) for s in self.seq_ids])  # [B, n_new]
+        self._tables, self._lengths = blocks.batch(self.seq_ids)
+        return self._positions
+
+    def attend(self, layer: int, q, k_new, v_new, attention):
+        """Store k_new, v_new [B, Hkv, T, D] at the reserved positions; attend q [B, Hq, T, D] over the pool."""
+        if self._positions is None or self._positions.shape[1] != np.shape(k_new)[2]:
+            raise ValueError(f"k_new: expected the {0 if self._positions is None else self._positions.shape[1]} "
+                             f"positions reserved for this step, got shape {np.shape(k_new)}; call reserve first")
+        for b, seq_id in enumerate(self.seq_ids):
+            self.cache.write(layer, seq_id, self._positions[b], k_new[b], v_new[b])
+        layer = self.cache._layer(layer)
+        return attention.paged(q, self.cache.k_pool[layer], self.cache.v_pool[layer], self._tables, self._lengths)
 
 
 def check_paged_decode_inputs(q, k_pool, v_pool, block_tables, context_lens, alibi_slopes=None):
@@ -241,18 +340,16 @@ def check_paged_decode_inputs(q, k_pool, v_pool, block_tables, context_lens, ali
     same inputs with the same messages. Works on anything with .shape/.dtype;
     block_tables and context_lens must be host (NumPy) integer arrays.
     """
-    for name, x in (("q", q), ("k_pool", k_pool), ("v_pool", v_pool)):
-        if len(x.shape) != 4:
-            what = "[B, Hq, T, D]" if name == "q" else "[n_blocks, Hkv, block_size, D]"
-            raise ValueError(f"{name}: expected rank 4 {what}, got shape {tuple(x.shape)}")
-    B, Hq, T, D = q.shape
-    n_blocks, Hkv, block_size, Dk = k_pool.shape
+    B, Hq, T, D = rank4(q, "q", "[B, Hq, T, D]")
+    n_blocks, Hkv, block_size, Dk = rank4(k_pool, "k_pool", "[n_blocks, Hkv, block_size, D]")
+    rank4(v_pool, "v_pool", "[n_blocks, Hkv, block_size, D]")
     if tuple(v_pool.shape) != tuple(k_pool.shape):
         raise ValueError(f"v_pool: expected the shape of k_pool {tuple(k_pool.shape)}, got {tuple(v_pool.shape)}")
+    if D < 1:
+        raise ValueError(f"q: expected a head dim >= 1, got shape {tuple(q.shape)}")
     if Dk != D:
-        raise ValueError(f"k_pool: head dim {Dk} does not match q's head dim {D}")
-    if Hq % Hkv:
-        raise ValueError(f"q has {Hq} heads but k_pool has {Hkv}; n_heads must be a multiple of n_kv_heads")
+        raise ValueError(f"k_pool: expected head dim {D} (q's), got {Dk}")
+    query_key_heads(Hq, Hkv, "k_pool")
     block_tables, context_lens = np.asarray(block_tables), np.asarray(context_lens)
     if block_tables.ndim != 2 or block_tables.shape[0] != B or block_tables.dtype.kind not in "iu":
         raise ValueError(f"block_tables: expected an integer array [B={B}, max_blocks], got dtype "
@@ -275,34 +372,30 @@ def check_paged_decode_inputs(q, k_pool, v_pool, block_tables, context_lens, ali
 
 
 def paged_decode_attention(q, k_pool, v_pool, block_tables, context_lens, *, causal=True, scale=None,
-                           alibi_slopes=None):
+                           alibi_slopes=None, attention=scaled_dot_product_attention):
     """Attention of T new query tokens per sequence over that sequence's paged cache.
 
     q [B, Hq, T, D]; k_pool, v_pool [n_blocks, Hkv, block_size, D] (one layer);
     block_tables [B, max_blocks] int; context_lens [B] int, counting the new tokens.
     Query t of sequence b sits at position p = context_lens[b] - T + t; with causal
     it sees keys j <= p. alibi_slopes [Hq] adds slope_h * (j - p) to the scores.
-    Returns [B, Hq, T, D], equal to scaled_dot_product_attention on the gathered
-    cache (which is exactly how this reference computes it).
+    Returns [B, Hq, T, D] in q's dtype (empty for B = 0).
+
+    This is the reference: gather each sequence's keys and values into contiguous
+    arrays and call `attention` (scaled_dot_product_attention by default; any
+    function with its signature, e.g. flash.flash_attention) on them.
     """
     q, k_pool, v_pool = np.asarray(q), np.asarray(k_pool), np.asarray(v_pool)
     B, Hq, T, D, Hkv, block_size = check_paged_decode_inputs(q, k_pool, v_pool, block_tables,
                                                              context_lens, alibi_slopes)
+    scale = attention_scale(scale, D)
     block_tables, context_lens = np.asarray(block_tables), np.asarray(context_lens)
-    out = None
+    out = np.zeros((B, Hq, T, D), dtype=np.result_type(q, k_pool, v_pool))
     for b in range(B):
         L = int(context_lens[b])
-        positions = np.arange(L)
-        blocks = block_tables[b, positions // block_size].astype(np.int64)  # [L]
-        slots = positions % block_size
-        k = np.swapaxes(k_pool[blocks, :, slots, :], 0, 1)[None]  # [L, Hkv, D] -> [1, Hkv, L, D]
-        v = np.swapaxes(v_pool[blocks, :, slots, :], 0, 1)[None]
-        bias = None
-        if alibi_slopes is not None:
-            distance = positions[None, :] - (L - T + np.arange(T))[:, None]  # j - p_t, [T, L]
-            bias = np.asarray(alibi_slopes, dtype=np.float64)[:, None, None] * distance  # [Hq, T, L]
-        o = scaled_dot_product_attention(q[b:b + 1], k, v, causal=causal, scale=scale, bias=bias)
-        if out is None:
-            out = np.zeros((B, Hq, T, D), dtype=o.dtype)
-        out[b] = o[0]
+        n_used = -(-L // block_size)
+        blocks = block_tables[b, :n_used].astype(np.int64)  # [n_used] physical blocks, in order
+        k = k_pool[blocks].transpose(1, 0, 2, 3).reshape(Hkv, n_used * block_size, D)[None, :, :L]  # [1, Hkv, L, D]
+        v = v_pool[blocks].transpose(1, 0, 2, 3).reshape(Hkv, n_used * block_size, D)[None, :, :L]
+        out[b] = attention(q[b:b + 1], k, v, causal=causal, scale=scale, alibi_slopes=alibi_slopes)[0]
     return out

@@ -72,7 +72,7 @@ def learned_position_table(max_len: int, dim: int, *, seed: int = 0, std: float 
 
 
 def embed_positions(table, positions) -> np.ndarray:
-    """Rows of a learned table for `positions` [T] -> [T, dim]; positions must be < max_len."""
+    """Rows of a learned table for `positions` [T] -> [T, dim] (or [B, T] -> [B, T, dim]); positions < max_len."""
     table = np.asarray(table)
     positions = _positions(positions)
     if table.ndim != 2:
@@ -82,7 +82,7 @@ def embed_positions(table, positions) -> np.ndarray:
             f"positions: expected values in [0, max_len={table.shape[0]}), got range "
             f"[{positions.min()}, {positions.max()}]; a learned table cannot extrapolate"
         )
-    return table[positions]  # [T, dim]
+    return table[positions]  # [T, dim] or [B, T, dim]
 
 
 def rope_frequencies(dim: int, base: float = 10000.0) -> np.ndarray:
@@ -98,6 +98,8 @@ def apply_rope(x, positions, *, base: float = 10000.0, interleaved: bool = False
 
     For a pair (a, b) and angle phi:  (a, b) -> (a cos phi - b sin phi, a sin phi + b cos phi).
     interleaved=True pairs (x[2i], x[2i+1]); False pairs (x[i], x[i + D/2]).
+    positions: [T], shared by every sequence, or [B, T], one row per sequence of
+    x [B, H, T, D] (a ragged batch, where each sequence is at its own position).
     Angles are computed in float64 and the result has x's dtype.
     """
     x = float_array(x, "x")
@@ -105,10 +107,13 @@ def apply_rope(x, positions, *, base: float = 10000.0, interleaved: bool = False
         raise ValueError(f"x: expected shape [..., T, D], got shape {x.shape}")
     T, D = x.shape[-2:]
     positions = _positions(positions)
-    if positions.shape != (T,):
-        raise ValueError(f"positions: expected shape [T] = [{T}] to match x, got shape {positions.shape}")
+    if positions.shape != (T,) and not (x.ndim == 4 and positions.shape == (x.shape[0], T)):
+        raise ValueError(f"positions: expected shape [T] = [{T}] (or [B, T] = [{x.shape[0]}, {T}] for x "
+                         f"[B, H, T, D]) to match x, got shape {positions.shape}")
+    if positions.ndim == 2:
+        positions = positions[:, None, :]  # [B, T] -> [B, 1, T]: the same angles for every head
     theta = rope_frequencies(D, base)  # [D/2]
-    angles = positions[:, None].astype(np.float64) * theta[None, :]  # [T, D/2]
+    angles = positions[..., None].astype(np.float64) * theta  # [T, D/2] or [B, 1, T, D/2]
     cos, sin = np.cos(angles).astype(x.dtype), np.sin(angles).astype(x.dtype)
     if interleaved:
         a, b = x[..., 0::2], x[..., 1::2]  # [..., T, D/2] each
@@ -170,8 +175,7 @@ def alibi_bias(n_heads: int, T: int, S: int, dtype=np.float64) -> np.ndarray:
 
 def _positions(positions) -> np.ndarray:
     positions = np.asarray(positions)
-    if positions.ndim != 1 or positions.dtype.kind not in "iu":
-        raise ValueError(
-            f"positions: expected a 1-D integer array [T], got dtype {positions.dtype} shape {positions.shape}"
-        )
+    if positions.ndim not in (1, 2) or positions.dtype.kind not in "iu":
+        raise ValueError(f"positions: expected an integer array [T] or [B, T], got dtype {positions.dtype} "
+                         f"shape {positions.shape}")
     return positions

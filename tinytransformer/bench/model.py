@@ -38,7 +38,7 @@ def _prompt(tokenizer, n: int) -> list[int]:
 
 def _our_tasks(model, prompt, short, args) -> dict:
     def prefill():
-        cache = model.new_cache(len(prompt) + 1)
+        cache = model.new_cache(1, len(prompt) + 1)
         model.logits(model.hidden_states(prompt, cache)[-1:])
 
     return {"prefill": prefill,
