@@ -223,3 +223,73 @@ else:
     axes[2].set_title("paged decode")
     axes[2].legend(fontsize=6)
     save(fig, CHAPTER, "benchmark")
+
+# %% [markdown]
+# ## 7. A ragged batch of real prompts, decoded together through the paged cache
+# The one model of chapter 8 (SmolLM2-135M; a tiny random Llama when the file is missing)
+# decodes several prompts of different lengths at once: each prompt is prefilled on its
+# own, then every step runs all unfinished sequences as one batch, so each weight matrix is
+# read once per step for all of them. A sequence that ends returns its blocks at once. The
+# same greedy tokens come out as from one `generate` call per prompt. On a GPU the model's
+# `attention="cuda"` runs this decode through the paged decode kernel above.
+
+# %%
+heading("a ragged batch through the paged cache")
+import tempfile  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from tinytransformer.corpus import load_corpus  # noqa: E402
+from tinytransformer.llama import ModelNotFoundError, default_model_path, load_model  # noqa: E402
+from tinytransformer.testing import write_random_llama  # noqa: E402
+
+try:
+    model = load_model(default_model_path())
+except ModelNotFoundError as error:
+    print(f"{error}\n-> a tiny random Llama instead (its text is gibberish)")
+    scratch = tempfile.TemporaryDirectory()
+    model = load_model(write_random_llama(Path(scratch.name) / "tiny.gguf", n_layers=2, context_length=1024))
+corpus = load_corpus()
+texts = ["The capital city of Korea is", "def fibonacci(n):", corpus[:300], "Water boils at", corpus[2000:2900]]
+texts = texts[:3] if QUICK else texts
+prompts = [model.tokenizer.encode(t) for t in texts]
+n_new = 6 if QUICK else 24
+block_size = 16
+steps = []  # after the prefills and after each decode step: (sequences live, blocks in use, tokens held)
+cache = model.new_paged_cache(n_blocks=sum(-(-(len(p) + n_new) // block_size) for p in prompts),
+                              block_size=block_size)
+
+
+def record(c):
+    held = sum(c.length(s) for s in c.sequences())
+    steps.append((len(c.sequences()), c.n_blocks - c.n_free_blocks, held))
+
+
+together = model.generate_many(prompts, n_new, cache=cache, on_step=record)
+for prompt, text, new in zip(prompts, texts, together):
+    print(f"{len(prompt):4d}-token prompt {text[:28]!r:32} -> {model.tokenizer.decode(new)[:40]!r}")
+alone = [model.generate(p, n_new) for p in prompts]
+print(f"the same tokens as {len(prompts)} separate generate calls: {together == alone}")
+assert together == alone
+if ok:
+    on_gpu = load_model(model.path, attention="cuda").generate_many(prompts, n_new)
+    print(f"through the CUDA paged decode kernel: the same tokens: {on_gpu == together}")
+    assert on_gpu == together
+
+block_bytes = cache.block_bytes
+contiguous_bytes = len(prompts) * max(len(p) + n_new for p in prompts) * block_bytes // block_size
+live, used, held = (np.array(column) for column in zip(*steps))
+print(f"contiguous cache sized for the longest sequence: {contiguous_bytes / 2**20:.1f} MiB for the whole run")
+print(f"paged cache, most in use at once: {used.max() * block_bytes / 2**20:.1f} MiB; reserved but empty at that "
+      f"step: {(used.max() * block_size - held[used.argmax()]) * block_bytes / block_size / 2**20:.2f} MiB")
+assert used.max() * block_bytes < contiguous_bytes
+fig, ax = plt.subplots(figsize=(6.5, 3.5))
+x = np.arange(len(steps))
+ax.axhline(contiguous_bytes / 2**20, color="grey", ls="--", label="contiguous, sized for the longest")
+ax.step(x, used * block_bytes / 2**20, where="post", label="paged: blocks allocated")
+ax.step(x, held * block_bytes / block_size / 2**20, where="post", label="paged: positions holding a token")
+ax.set_xlabel("step (0 = after the prefills)")
+ax.set_ylabel("KV cache (MiB, float32)")
+ax.set_title(f"{len(prompts)} ragged prompts, {n_new} new tokens each, block size {block_size}", fontsize=9)
+ax.set_ylim(bottom=0)
+ax.legend(fontsize=8)
+save(fig, CHAPTER, "ragged_batch_memory")

@@ -5,7 +5,6 @@ import dataclasses
 
 import numpy as np
 import pytest
-from conftest import require
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from strategies import seeds, tiny_llama_configs, token_ids

@@ -1,15 +1,18 @@
 """Benchmark: our NumPy SmolLM2-135M-Instruct next to Hugging Face transformers, same CPU threads.
 
     python -m tinytransformer.bench model                 # prefill 512, decode 128 (cache), 32 (no cache)
-    python -m tinytransformer.bench model --threads 2     # pin both libraries to 2 threads
+    python -m tinytransformer.bench model --threads 2     # pin both libraries to 2 threads (default 1)
     python -m tinytransformer.bench model --quick         # small sizes, to check that it runs
 
 Both models read the same GGUF file and run in float32. Before timing, the run
-checks that both produce the same greedy tokens. Measured, in one run:
+checks that both produce the same greedy tokens. Measured, in one run, wall time:
 
     prefill   forward over a P-token prompt into an empty KV cache, logits of the last position
     decode    tokens/s generating N tokens greedily with the KV cache (8-token prompt, prefill included)
     no cache  tokens/s generating M tokens recomputing the whole sequence each step
+    batched   ours only: generate_many over 8 ragged prompts (20 to 400 tokens) through the paged
+              cache, decode-phase tokens/s against single-sequence decode-phase tokens/s, and the
+              paged cache's reserved-but-empty bytes next to a contiguous cache sized for the longest
 
 Each timing is the best of --repeats runs, alternating ours and theirs run by run. transformers needs torch, transformers,
 gguf (pip install -e ".[parity]"); with --no-hf only our numbers are printed.
@@ -25,6 +28,7 @@ import time
 import numpy as np
 
 from tinytransformer.llama import default_model_path, load_model
+from tinytransformer.threads import blas_description, blas_threads
 
 
 def _prompt(tokenizer, n: int) -> list[int]:
@@ -89,25 +93,80 @@ def _measure(tasks_by_name: dict[str, dict], args) -> dict[str, dict[str, float]
                    "no_cache": args.no_cache_tokens / b["no_cache"]} for name, b in best.items()}
 
 
+def _decode_phase_rate(run) -> tuple[float, float]:
+    """(decode-phase tokens/s, total seconds) of run(mark), where run calls mark() once when its
+    prefill is done and returns the number of tokens produced after that point."""
+    marks = []
+    start = time.perf_counter()
+    n = run(lambda: marks.append(time.perf_counter()))
+    end = time.perf_counter()
+    return n / (end - marks[0]), end - start
+
+
+def _batched(model, prompt_source, args) -> dict:
+    """generate_many over 8 ragged prompts against one sequence at a time, decode phases compared."""
+    lengths = np.linspace(20, 400, 8).astype(int) if not args.quick else np.array([5, 9, 12, 20])
+    prompts = [prompt_source[: int(n)] for n in lengths]
+    n_new = args.batch_new_tokens
+    peak = {}
+
+    def watch(cache):
+        used = cache.n_blocks - cache.n_free_blocks
+        if used >= peak.get("blocks", -1):
+            peak.update(blocks=used, held=sum(cache.length(s) for s in cache.sequences()),
+                        block_bytes=cache.block_bytes, block_size=cache.block_size)
+
+    def many(mark):
+        steps = []
+
+        def on_step(cache):
+            if not steps:
+                mark()  # the prefills are done
+            steps.append(1)
+            watch(cache)
+
+        model.generate_many(prompts, n_new, stop_at_eos=False, on_step=on_step)
+        return len(prompts) * (n_new - 1)  # every token after the first comes from a batched decode step
+
+    def single(mark):
+        for i, _ in enumerate(model.stream(prompts[0], n_new, stop_at_eos=False)):
+            if i == 0:
+                mark()
+        return n_new - 1
+
+    best = {"batched": 0.0, "single": 0.0}
+    for _ in range(args.repeats):
+        for name, run in (("batched", many), ("single", single)):
+            time.sleep(0.5)
+            best[name] = max(best[name], _decode_phase_rate(run)[0])
+    contiguous = len(prompts) * (int(lengths.max()) + n_new) * peak["block_bytes"] // peak["block_size"]
+    empty = (peak["blocks"] * peak["block_size"] - peak["held"]) * peak["block_bytes"] // peak["block_size"]
+    return {"lengths": lengths.tolist(), "new_tokens": n_new, **best,
+            "paged_peak_bytes": peak["blocks"] * peak["block_bytes"], "paged_empty_bytes": empty,
+            "contiguous_bytes": contiguous}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tinytransformer.bench model", description=__doc__.split("\n")[0])
     parser.add_argument("--model", default=None, help="GGUF file (default: SmolLM2-135M-Instruct)")
     parser.add_argument("--prompt-tokens", type=int, default=512)
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--no-cache-tokens", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads for both libraries")
+    parser.add_argument("--batch-new-tokens", type=int, default=32, help="new tokens per prompt, batched run")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1, help="BLAS threads for both libraries (default 1)")
     parser.add_argument("--no-hf", action="store_true", help="skip transformers")
+    parser.add_argument("--no-batch", action="store_true", help="skip the batched (generate_many) measurement")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, to check that it runs")
     args = parser.parse_args(argv)
     if args.quick:
         args.prompt_tokens, args.new_tokens, args.no_cache_tokens, args.repeats = 32, 8, 4, 1
-    if args.threads and os.environ.get("OPENBLAS_NUM_THREADS") != str(args.threads):
-        # BLAS reads its thread count when NumPy is imported: restart with it set.
-        env = {**os.environ, **{k: str(args.threads) for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS",
-                                                                   "MKL_NUM_THREADS")}}
-        os.execve(sys.executable, [sys.executable, "-m", "tinytransformer.bench", "model"]
-                  + (argv if argv is not None else sys.argv[1:]), env)
+        args.batch_new_tokens = 4
+    with blas_threads(args.threads):
+        return _run(args)
+
+
+def _run(args) -> int:
     path = default_model_path() if args.model is None else args.model
     from pathlib import Path
 
@@ -120,9 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     expected = model.generate(short, 16, stop_at_eos=False)
     if model.generate(short, 16, stop_at_eos=False, use_cache=False) != expected:
         raise AssertionError("cached and uncached greedy tokens differ")
-    threads = os.environ.get("OPENBLAS_NUM_THREADS", f"default ({os.cpu_count()} CPUs)")
     tasks = {"ours (NumPy)": _our_tasks(model, prompt, short, args)}
-    label = f"NumPy {np.__version__}, BLAS threads {threads}"
+    label = f"NumPy {np.__version__}, BLAS {blas_description()}"
     if not args.no_hf:
         try:
             tasks["transformers"], hf_label = _hf_tasks(path, prompt, short, args, expected)
@@ -144,6 +202,17 @@ def main(argv: list[str] | None = None) -> int:
         o, t = ours, rows[1][1]
         print(f"| ours / theirs  | {o['prefill'] / t['prefill']:.2f}x time | {o['decode'] / t['decode']:.2f}x speed "
               f"| {o['no_cache'] / t['no_cache']:.2f}x speed |")
+        print(f"\nprefill speed ours/theirs: {t['prefill'] / o['prefill']:.2f}x (goal >= 0.67); "
+              f"cached decode speed ours/theirs: {o['decode'] / t['decode']:.2f}x (goal >= 1.0)")
+    if not args.no_batch:
+        b = _batched(model, _prompt(model.tokenizer, 400), args)
+        print(f"\nbatched decode, ours: {len(b['lengths'])} ragged prompts of {b['lengths']} tokens, "
+              f"{b['new_tokens']} new tokens each (decode phase, best of {args.repeats})")
+        print(f"| | decode tok/s |\n|---|---|\n| generate_many, batch {len(b['lengths'])} | {b['batched']:.1f} |\n"
+              f"| one sequence | {b['single']:.1f} |\n| ratio | {b['batched'] / b['single']:.2f}x (goal >= 3) |")
+        print(f"\nKV cache memory (float32): contiguous, sized for the longest sequence: "
+              f"{b['contiguous_bytes'] / 2**20:.1f} MiB; paged at its peak: {b['paged_peak_bytes'] / 2**20:.1f} MiB "
+              f"allocated, of which {b['paged_empty_bytes'] / 2**20:.2f} MiB reserved but empty")
     return 0
 
 
