@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from strategies import AttentionShape, attention_shapes, dtypes, random_qkv, seeds
 from tinytransformer.attention import (
+    causal_attention_in_query_blocks,
     attention_weights,
     causal_mask,
     merge_heads,
@@ -246,3 +247,11 @@ def test_alibi_slopes_equal_the_explicit_end_aligned_alibi_bias(shape, seed, cau
     by_bias = scaled_dot_product_attention(q, k, v, causal=causal, bias=alibi_bias(shape.n_heads, shape.q_len,
                                                                                       shape.kv_len))
     assert_close(by_slopes, by_bias)
+
+
+@given(attention_shapes(), seeds(), st.integers(1, 8), st.booleans())
+def test_causal_attention_in_query_blocks_equals_one_causal_call(shape, seed, block, alibi):
+    q, k, v = random_qkv(shape, seed)
+    slopes = alibi_slopes(shape.n_heads) if alibi else None
+    blocked = causal_attention_in_query_blocks(scaled_dot_product_attention, q, k, v, block=block, alibi_slopes=slopes)
+    assert_close(blocked, scaled_dot_product_attention(q, k, v, causal=True, alibi_slopes=slopes))

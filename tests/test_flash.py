@@ -79,3 +79,23 @@ def test_bad_tile_arguments_raise_clear_errors(kwargs, message):
     q = k = v = np.ones((1, 2, 3, 4))
     with pytest.raises(ValueError, match=message):
         flash_attention(q, k, v, **kwargs)
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda q, k, v: flash_attention(q, k, v[0]), r"v: expected rank 4 \[B, Hkv, S, Dv\]"),
+    (lambda q, k, v: flash_attention(q, k[:, :0], v[:, :0]), "k: expected a number of KV heads"),
+    (lambda q, k, v: flash_attention(q, k, v, scale=float("inf")), "scale: expected a finite"),
+    (lambda q, k, v: flash_attention(q, k, v, scale=True), "scale: expected a finite"),
+])
+def test_bad_inputs_get_the_same_clear_errors_as_sdpa(make, message):
+    q = k = v = np.ones((1, 2, 3, 4))
+    with pytest.raises(ValueError, match=message):
+        make(q, k, v)
+
+
+def test_no_keys_give_zeros_in_flash_and_in_sdpa_alike():
+    q = np.ones((1, 2, 3, 4))
+    k = v = np.ones((1, 2, 0, 4))
+    for attend in (flash_attention, scaled_dot_product_attention):
+        out = attend(q, k, v)
+        assert out.shape == (1, 2, 3, 4) and not out.any()

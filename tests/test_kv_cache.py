@@ -69,3 +69,19 @@ def test_truncate_and_reset_rewind_the_length():
 def test_bad_input_raises_a_clear_value_error(call, message):
     with pytest.raises(ValueError, match=message):
         call(KVCache(1, 1, 1, 2, 4))
+
+
+@pytest.mark.parametrize("layer", [5, -1, True, 1.0])
+def test_a_layer_outside_the_cache_is_refused_not_wrapped_around(layer):
+    cache = KVCache(n_layers=2, batch=1, n_kv_heads=1, head_dim=2, max_seq_len=4)
+    for read in (cache.keys, cache.values, cache.layer_length):
+        with pytest.raises(ValueError, match=r"layer: expected an integer in \[0, 2\)"):
+            read(layer)
+
+
+def test_the_repr_shows_per_layer_lengths_while_a_step_is_half_done():
+    cache = KVCache(n_layers=2, batch=1, n_kv_heads=1, head_dim=2, max_seq_len=6)
+    cache.append(0, np.ones((1, 1, 3, 2)), np.ones((1, 1, 3, 2)))
+    assert "length=0 (per layer [3, 0])/6" in repr(cache)
+    cache.append(1, np.ones((1, 1, 3, 2)), np.ones((1, 1, 3, 2)))
+    assert "length=3/6" in repr(cache)

@@ -164,3 +164,33 @@ def test_paging_fits_more_sequences_than_contiguous_reservation():
         pass
     contiguous = pool_positions // max_seq_len
     assert admitted > 3 * contiguous
+
+
+def test_an_empty_batch_decodes_to_an_empty_output():
+    cache = PagedKVCache(1, 2, 4, n_blocks=2, block_size=2)
+    out = paged_decode_attention(np.ones((0, 4, 1, 4)), cache.k_pool[0], cache.v_pool[0],
+                                 np.zeros((0, 1), np.int32), np.zeros(0, np.int32))
+    assert out.shape == (0, 4, 1, 4)
+
+
+def test_truncate_rewinds_a_sequence_and_returns_emptied_blocks():
+    cache = PagedKVCache(1, 1, 2, n_blocks=4, block_size=2)
+    s = cache.add_sequence()
+    cache.append(s, np.ones((1, 7, 2)), np.ones((1, 7, 2)))  # 4 blocks
+    cache.truncate(s, 3)  # keeps 2 blocks
+    assert cache.length(s) == 3 and len(cache.block_table(s)) == 2 and cache.n_free_blocks == 2
+    with pytest.raises(ValueError, match=r"length: expected an integer in \[0, 3\]"):
+        cache.truncate(s, 4)
+
+
+@given(paged_cases(), st.booleans())
+def test_paged_decode_with_flash_attention_equals_it_with_sdpa(case, causal):
+    from tinytransformer.flash import flash_attention
+
+    cache, ids, _, _ = build_paged_cache(case)
+    tables, lengths = cache.batch(ids)
+    q = np.random.default_rng(case.seed).standard_normal((len(ids), case.n_kv_heads * case.group, case.q_len,
+                                                           case.head_dim))
+    args = (q, cache.k_pool[0], cache.v_pool[0], tables, lengths)
+    assert_close(paged_decode_attention(*args, causal=causal, attention=flash_attention),
+                 paged_decode_attention(*args, causal=causal))
