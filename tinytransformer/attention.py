@@ -184,7 +184,10 @@ def causal_attention_in_query_blocks(attention, q, k, v, *, block: int = 128, sc
     parts = []
     for s in range(0, T, block):
         e = min(s + block, T)
-        keys_end = max(S - T + e, 0)  # keys visible to the last row of this block
+        keys_end = S - T + e  # keys visible to the last row of this block
+        if keys_end < 1:  # (T > S: these first rows see no key at all)
+            parts.append(np.zeros(np.shape(q)[:2] + (e - s, np.shape(v)[3]), dtype=np.result_type(q, k, v)))
+            continue
         parts.append(attention(q[:, :, s:e], k[:, :, :keys_end], v[:, :, :keys_end], causal=True, scale=scale,
                                alibi_slopes=alibi_slopes))  # [B, Hq, e - s, Dv]
     return np.concatenate(parts, axis=2)  # [B, Hq, T, Dv]
