@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import re
 import subprocess
 import sys
 
@@ -39,17 +40,62 @@ def test_generate_options_run_and_are_reproducible(tiny_path, capsys, flags):
     assert first.startswith("hello") != ("--chat" in flags)
 
 
-def test_chat_answers_each_line_until_an_empty_one(tiny_path, capsys, monkeypatch):
-    monkeypatch.setattr(sys, "stdin", io.StringIO("hi there\nand again\n\n"))
-    assert cli.main(["chat", "--model", str(tiny_path), "--max-new-tokens", "4"]) == 0
-    out = capsys.readouterr().out
-    assert out.count("you> ") == 3 and out.count("model> ") == 2
+def _chat(tiny_path, capsys, monkeypatch, lines, *flags):
+    monkeypatch.setattr(sys, "stdin", io.StringIO(lines))
+    code = cli.main(["chat", "--model", str(tiny_path), "--max-new-tokens", "4", *flags])
+    return code, *capsys.readouterr()
+
+
+def test_chat_answers_each_line_and_an_empty_line_does_not_end_it(tiny_path, capsys, monkeypatch):
+    code, out, err = _chat(tiny_path, capsys, monkeypatch, "hi there\n\nand again\n")  # then end of input
+    assert code == 0 and out.count("you> ") == 4 and out.count("model> ") == 2
+    assert "/quit" in err and "empty message" in err
+    code, out, _ = _chat(tiny_path, capsys, monkeypatch, "hi\n/quit\nnever read\n")
+    assert code == 0 and out.count("model> ") == 1
+
+
+def test_chat_with_the_kv_cache_kept_between_turns_says_what_recomputing_says(tiny_path, capsys, monkeypatch):
+    lines = "hi there\nand again\none more time\n"
+    _, cached, _ = _chat(tiny_path, capsys, monkeypatch, lines, "--temperature", "0.9", "--seed", "4")
+    _, recomputed, _ = _chat(tiny_path, capsys, monkeypatch, lines, "--temperature", "0.9", "--seed", "4",
+                             "--no-cache")
+    assert cached == recomputed and cached.count("model> ") == 3
+
+
+def test_ctrl_c_during_a_reply_stops_that_reply_and_keeps_the_conversation(tiny_path, capsys, monkeypatch):
+    from tinytransformer.model import TinyTransformer
+
+    real_stream, calls = TinyTransformer.stream, []
+
+    def stream(self, *args, **kwargs):  # the first reply is interrupted after two tokens
+        calls.append(1)
+        for i, token in enumerate(real_stream(self, *args, **kwargs)):
+            if len(calls) == 1 and i == 2:
+                raise KeyboardInterrupt
+            yield token
+
+    monkeypatch.setattr(TinyTransformer, "stream", stream)
+    code, out, err = _chat(tiny_path, capsys, monkeypatch, "hi there\nand again\n")
+    assert code == 0 and out.count("model> ") == 2 and "(reply stopped)" in err and len(calls) == 2
 
 
 def test_info_prints_metadata_and_structure(tiny_path, capsys):
     assert cli.main(["info", str(tiny_path)]) == 0
     out = capsys.readouterr().out
     assert "llama.block_count = 2" in out and "(265 items)" in out and "2 x pre-norm block" in out
+    assert out.startswith("tiny.gguf\n")  # the file's name, not its whole path
+
+
+def test_info_escapes_control_characters_from_the_file(tmp_path, tiny_path, capsys):
+    from tinytransformer.gguf import GGUFFile, write_gguf
+
+    with GGUFFile(tiny_path) as f:
+        metadata = {**f.metadata, "general.name": "evil\x1b[2J\x1b]0;title\x07"}
+        tensors = {name: (f.raw_tensor(name).copy(), info.type, info.shape) for name, info in f.tensors.items()}
+    write_gguf(tmp_path / "evil.gguf", metadata, tensors)
+    assert cli.main(["info", str(tmp_path / "evil.gguf")]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x07" not in out and "evil" in out
 
 
 def test_missing_default_model_names_the_install_command(monkeypatch, capsys):
@@ -89,3 +135,77 @@ def test_module_runs_as_a_script_with_help():
     done = subprocess.run([sys.executable, "-m", "tinytransformer.cli", "--help"], capture_output=True, text=True,
                           timeout=60)
     assert done.returncode == 0 and "generate" in done.stdout and "info" in done.stdout
+
+
+def test_no_command_prints_the_help_with_examples(capsys):
+    assert cli.main([]) == 2
+    err = capsys.readouterr().err
+    assert "usage: tinytransformer" in err and "examples:" in err and "generate" in err
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.startswith("tinytransformer 0.")
+
+
+def test_every_option_has_help_and_the_help_reads_cleanly():
+    parser = cli._parser()
+    subparsers = next(a for a in parser._actions if isinstance(a, cli.argparse._SubParsersAction))
+    for name, sub in subparsers.choices.items():
+        for action in sub._actions:
+            assert action.help, f"{name} {action.option_strings or action.dest} has no help text"
+    assert "`" not in parser.format_help() and parser.format_help().rstrip().endswith("tinytransformer info")
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--temperature", "-1"], "--temperature: expected a finite number >= 0, got -1.0"),
+    (["--max-new-tokens", "-5"], "--max-new-tokens: expected an integer >= 1, got -5"),
+    (["--top-p", "1.5"], r"--top-p: expected a number in \(0, 1\], got 1.5"),
+    (["--top-k", "0"], "--top-k: expected an integer >= 1, got 0"),
+    (["--temperature", "0", "--top-k", "5"], "--top-k: no effect at --temperature 0"),
+    (["--threads", "0"], "--threads: expected an integer >= 1"),
+])
+def test_bad_options_are_refused_before_loading_on_a_line_of_their_own(tiny_path, capsys, monkeypatch, flags,
+                                                                       message):
+    monkeypatch.setattr(cli, "load_model", lambda *a, **k: pytest.fail("the model was loaded before the check"))
+    assert cli.main(["generate", "Hi", "--model", str(tiny_path), *flags]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and re.match("tinytransformer: " + message, err)
+
+
+def test_too_many_new_tokens_for_the_context_are_refused_before_generating(tiny_path, capsys):
+    assert cli.main(["generate", "Hi", "--model", str(tiny_path), "--max-new-tokens", "100000"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and "at most 126 new tokens fit" in err  # "Hi" is 2 tokens of the 128 positions
+
+
+def test_an_empty_prompt_gets_a_message_for_a_person(capsys):
+    assert cli.main(["generate", "  "]) == 2
+    assert "the prompt is empty" in capsys.readouterr().err
+
+
+def test_sampling_options_at_the_default_temperature_turn_sampling_on(tiny_path, capsys):
+    argv = ["generate", "hello", "--model", str(tiny_path), "--max-new-tokens", "8"]
+    assert cli.main(argv + ["--top-k", "50", "--seed", "1"]) == 0
+    out, err = capsys.readouterr()
+    assert "sampling at temperature 1.0" in err
+    assert cli.main(argv + ["--temperature", "1.0", "--top-k", "50", "--seed", "1"]) == 0
+    assert capsys.readouterr().out == out
+
+
+def test_a_character_cut_by_the_token_limit_is_held_back_not_replaced():
+    out = io.StringIO()
+    text = cli._TextStream(out)
+    text.write("한".encode()[:2])  # two of the three bytes of a Hangul syllable
+    assert text.close() and out.getvalue() == ""
+    text.write("한국".encode())
+    assert not text.close() and out.getvalue() == "한국"
+
+
+def test_piping_into_head_ends_quietly(tiny_path):
+    done = subprocess.run(f"{sys.executable} -m tinytransformer.cli generate 'the cat' --model {tiny_path} "
+                          f"--max-new-tokens 120 | head -c 3; exit ${{PIPESTATUS[0]}}", shell=True,
+                          executable="/bin/bash", capture_output=True, text=True, timeout=120)
+    assert done.stdout == "the" and done.returncode in (0, 141)
+    assert "Broken pipe" not in done.stderr and "Traceback" not in done.stderr

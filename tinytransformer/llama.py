@@ -125,7 +125,8 @@ def config_from_gguf(f: GGUFFile) -> TransformerConfig:
         value = meta.get(f"tokenizer.ggml.{name[:3]}_token_id")
         fields[name] = int(value) if isinstance(value, (int, np.integer)) and 0 <= value < fields["vocab_size"] \
             else None
-    fields["name"] = str(meta.get("general.name", ""))[:200]
+    name = str(meta.get("general.name", ""))[:200]
+    fields["name"] = "".join(c if c.isprintable() else "?" for c in name)  # printed by repr(model): no escapes
     if arch == "llama":
         # llama.cpp rotates adjacent pairs (2i, 2i+1). Hugging Face Llama rotates (i, i + D/2)
         # ("rotate half"), and the HF -> GGUF converter permutes the rows of attn_q and attn_k
