@@ -9,7 +9,7 @@ import pytest
 
 import tinytransformer
 
-MODULES = sorted(m.name for m in pkgutil.walk_packages(tinytransformer.__path__, "tinytransformer."))
+MODULES = ["tinytransformer"] + sorted(m.name for m in pkgutil.walk_packages(tinytransformer.__path__, "tinytransformer."))
 
 
 @pytest.mark.parametrize("name", MODULES)

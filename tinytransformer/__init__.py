@@ -13,15 +13,41 @@ Chapters (module -> idea):
     gguf        the GGUF file format and dequantisation
     llama       a real pretrained model (SmolLM2) built from the modules above
     paged_cache the paged KV cache (vLLM) and decode attention over it
-    cuda        CUDA kernels through CuPy
+    cuda        CUDA kernels through CuPy (CuPy itself is imported only when a kernel runs)
+
+Every public module is reachable from the package and is imported on first use,
+so `import tinytransformer` stays cheap:
+
+    >>> import tinytransformer
+    >>> tinytransformer.attention.softmax([0.0, 0.0]).tolist()
+    [0.5, 0.5]
+    >>> "flash" in tinytransformer.__all__ and "load_model" in tinytransformer.__all__
+    True
+
+`tinytransformer.load_model` is `tinytransformer.llama.load_model`.
 """
-from __future__ import annotations
+import importlib as _importlib
+import pkgutil as _pkgutil
 
 __version__ = "0.1.0"
 
+# Public modules: every module or subpackage of this folder whose name does not start with "_".
+_MODULES = sorted(info.name for info in _pkgutil.iter_modules(__path__) if not info.name.startswith("_"))
+_FUNCTIONS = {"load_model": "llama"}  # function name -> the module that defines it
 
-def load_model(path=None):
-    """Load a Llama-architecture GGUF model (SmolLM2-135M-Instruct by default)."""
-    from tinytransformer.llama import load_model as _load
+__all__ = [*_MODULES, *_FUNCTIONS]
 
-    return _load(path)
+
+def __getattr__(name: str):
+    """Import a public module (or the module of a re-exported function) the first time it is used."""
+    if name in _MODULES:
+        return _importlib.import_module(f"{__name__}.{name}")  # also sets it as an attribute of the package
+    if name in _FUNCTIONS:
+        value = getattr(_importlib.import_module(f"{__name__}.{_FUNCTIONS[name]}"), name)
+        globals()[name] = value  # later look-ups skip this function
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted({*globals(), *__all__})
