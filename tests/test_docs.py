@@ -9,7 +9,8 @@ import pytest
 
 import tinytransformer
 
-MODULES = ["tinytransformer"] + sorted(m.name for m in pkgutil.walk_packages(tinytransformer.__path__, "tinytransformer."))
+SUBMODULES = sorted(m.name for m in pkgutil.walk_packages(tinytransformer.__path__, "tinytransformer."))
+MODULES = ["tinytransformer", *SUBMODULES]  # the package docstring too
 
 
 @pytest.mark.parametrize("name", MODULES)
