@@ -4,6 +4,7 @@
     python chapters/01_attention.py --quick    # smaller sizes, as the test suite runs it (or TT_QUICK=1)
 
 Figures are saved under figures/<chapter>/ (or $TT_FIGURES/<chapter>/ when set).
+The lectures draw with matplotlib, which the base install leaves out: pip install -e ".[lectures]".
 """
 from __future__ import annotations
 
@@ -11,7 +12,11 @@ import os
 import sys
 from pathlib import Path
 
-import matplotlib
+try:
+    import matplotlib
+except ImportError:
+    sys.exit("The lecture scripts draw their figures with matplotlib, which is not installed.\n"
+             "Install it with the lectures extra, from the repository root:  pip install -e \".[lectures]\"")
 
 matplotlib.use("Agg")  # headless: no display needed, figures go to files
 import matplotlib.pyplot as plt  # noqa: E402
