@@ -34,7 +34,10 @@ with np.errstate(over="ignore", invalid="ignore"):
 print("logits          ", logits)
 print("naive exp/sum   ", naive)
 print("stable softmax  ", softmax(logits).round(6))
-print("fully masked row", softmax(np.array([1.0, 2.0]), mask=np.array([False, False])), "(zeros, never NaN)")
+fully_masked = softmax(np.array([1.0, 2.0]), mask=np.array([False, False]))
+print("fully masked row", fully_masked, "(zeros, never NaN)")
+assert np.isnan(naive).all() and np.isfinite(softmax(logits)).all() and np.isclose(softmax(logits).sum(), 1)
+assert (fully_masked == 0).all()
 
 # %% [markdown]
 # ## 2. Attention weights and the three masks
@@ -53,14 +56,18 @@ masks = {
     "sliding window w=3": sliding_window_mask(T, S, 3),
     "key padding (length 4)": padding_mask(np.array([4]), S),
 }
-fig, axes = plt.subplots(1, len(masks), figsize=(4 * len(masks), 3.6))
+fig, axes = plt.subplots(1, len(masks), figsize=(4 * len(masks), 3.6), layout="constrained")
 for ax, (name, mask) in zip(axes, masks.items()):
-    p = attention_weights(q, k, mask=mask)[0, 0]
+    p = attention_weights(q, k, mask=mask)[0, 0]  # [T, S]
     print(f"{name:24s} row sums: {p.sum(-1).round(6)}")
-    ax.imshow(p, cmap="viridis", vmin=0, vmax=1)
+    assert np.allclose(p.sum(-1), 1), f"{name}: every row of the attention matrix is a distribution"
+    image = ax.imshow(p, cmap="viridis", vmin=0, vmax=1)
     ax.set_title(name)
     ax.set_xlabel("key position j")
     ax.set_ylabel("query position i")
+    ax.set_xticks(range(S))
+    ax.set_yticks(range(T))
+fig.colorbar(image, ax=axes, label="attention weight P[i, j]", shrink=0.9)
 save(fig, CHAPTER, "attention_masks")
 
 # %% [markdown]
@@ -77,6 +84,8 @@ out2 = scaled_dot_product_attention(q, k2, v2, causal=True)
 changed = np.abs(out2 - out).max(-1)[0, 0]
 print(f"keys and values from position {T // 2} on were changed")
 print("max |change| per query position:", changed.round(6), f"(zero before position {T // 2})")
+assert (changed[:T // 2] == 0).all(), "a causal output must not depend on later tokens"
+assert (changed[T // 2:] > 0).all(), "outputs from the changed position on do see the change"
 
 # %% [markdown]
 # ## 4. Multi-head, grouped-query and multi-query attention
@@ -93,14 +102,32 @@ for Hkv in (8, 2, 1):
     shared = scaled_dot_product_attention(qh, kh, vh, causal=True)
     copied = scaled_dot_product_attention(qh, repeat_kv(kh, Hq // Hkv), repeat_kv(vh, Hq // Hkv), causal=True)
     name = {8: "MHA", 2: "GQA", 1: "MQA"}[Hkv]
+    difference = np.abs(shared - copied).max()
     print(f"{name}: Hq={Hq} Hkv={Hkv}  K/V floats per token = {2 * Hkv * D:4d}   "
-          f"max |shared - repeated| = {np.abs(shared - copied).max():.1e}")
+          f"max |shared - repeated| = {difference:.1e}")
+    assert difference < 1e-12, "sharing a KV head computes what copying it computes"
 
-fig, ax = plt.subplots(figsize=(6, 2.6))
-for Hkv, color in ((8, "tab:blue"), (2, "tab:orange"), (1, "tab:green")):
-    ax.scatter(range(Hq), [h // (Hq // Hkv) for h in range(Hq)], label=f"Hkv={Hkv}", color=color, s=60)
-ax.set_xlabel("query head h")
-ax.set_ylabel("KV head read")
-ax.set_title("query head -> KV head: h // (Hq / Hkv)")
-ax.legend()
+# Each panel: the query heads on top, the KV heads below, a line from each query head to the KV head it reads.
+fig, axes = plt.subplots(3, 1, figsize=(7, 6), layout="constrained")
+colors = plt.get_cmap("tab10").colors
+for ax, (Hkv, name) in zip(axes, ((8, "MHA"), (2, "GQA"), (1, "MQA"))):
+    group = Hq // Hkv
+    kv_x = [g * group + (group - 1) / 2 for g in range(Hkv)]  # each KV head sits under the middle of its group
+    for h in range(Hq):
+        ax.plot([h, kv_x[h // group]], [1, 0], color=colors[h // group], lw=1.5, zorder=1)
+    ax.scatter(range(Hq), [1] * Hq, s=260, marker="s", color=[colors[h // group] for h in range(Hq)], zorder=2)
+    ax.scatter(kv_x, [0] * Hkv, s=320, marker="o", color=colors[:Hkv], edgecolor="black", zorder=2)
+    for h in range(Hq):
+        ax.annotate(f"q{h}", (h, 1), ha="center", va="center", fontsize=7, color="white", zorder=3)
+    for g, x in enumerate(kv_x):
+        ax.annotate(f"kv{g}", (x, 0), ha="center", va="center", fontsize=7, color="white", zorder=3)
+    ax.set_title(f"{name}: Hq = {Hq} query heads read Hkv = {Hkv} KV head{'s' if Hkv > 1 else ''} "
+                 f"(groups of {group})", fontsize=10)
+    ax.set_xlim(-0.7, Hq - 0.3)
+    ax.set_ylim(-0.4, 1.4)
+    ax.set_yticks([0, 1], ["KV head", "query head"])
+    ax.set_xticks([])
+    for side in ("top", "right", "bottom"):
+        ax.spines[side].set_visible(False)
+fig.suptitle("query head h reads KV head h // (Hq / Hkv)")
 save(fig, CHAPTER, "gqa_head_mapping")
