@@ -27,3 +27,14 @@ def test_lecture_script_runs_headless_in_quick_mode(script, tmp_path):
     assert done.stdout.strip(), f"{script.name} printed nothing"
     figures = list((tmp_path / script.stem).glob("*.png"))  # chapters/_lecture.py honours TT_FIGURES
     assert figures, f"{script.name} saved no figure under $TT_FIGURES/{script.stem}/"
+
+
+def test_a_lecture_without_matplotlib_says_how_to_install_it():
+    script = ROOT / "chapters" / "01_attention.py"
+    hide_matplotlib = ("import runpy, sys; sys.modules['matplotlib'] = None; "  # `import matplotlib` now fails
+                       f"sys.path.insert(0, {str(script.parent)!r}); sys.argv = [{str(script)!r}, '--quick']; "
+                       f"runpy.run_path({str(script)!r}, run_name='__main__')")
+    done = subprocess.run([sys.executable, "-c", hide_matplotlib], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode != 0
+    assert 'pip install -e ".[lectures]"' in done.stderr and "Traceback" not in done.stderr, done.stderr
