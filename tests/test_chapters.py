@@ -38,3 +38,14 @@ def test_a_lecture_without_matplotlib_says_how_to_install_it():
                           timeout=120)
     assert done.returncode != 0
     assert 'pip install -e ".[lectures]"' in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+def test_readme_and_setup_cfg_name_the_install_the_lectures_ask_for():
+    import configparser
+
+    command = 'pip install -e ".[lectures]"'
+    assert command in (ROOT / "chapters" / "_lecture.py").read_text(encoding="utf-8")
+    assert command in (ROOT / "README.md").read_text(encoding="utf-8")
+    setup = configparser.ConfigParser()
+    setup.read(ROOT / "setup.cfg", encoding="utf-8")
+    assert "matplotlib" in setup["options.extras_require"]["lectures"]
