@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from conftest import require
 from strategies import NGRAM_WORDS, ngram_orders, ngram_sentences, ngram_smoothings, seeds
 from tinytransformer.ngram import (
-    BOS, EOS, UNK, NGramLM, bits_per_byte, text_to_sentences, unknown_word_bits,
+    BOS, EOS, UNK, BackoffLM, NGramLM, bits_per_byte, text_to_sentences, unknown_word_bits,
 )
 from tinytransformer.testing import assert_close
 
@@ -139,7 +139,7 @@ def test_arpa_export_then_import_scores_every_ngram_the_same(sentences, heldout,
     lm = fit(order, smoothing, sentences)
     path = tmp_path_factory.mktemp("arpa") / "model.arpa"
     lm.to_arpa(path)
-    loaded = NGramLM.from_arpa(path)
+    loaded = BackoffLM.from_arpa(path)
     assert loaded.order == order and loaded.vocab == lm.vocab
     assert_close(loaded.logscores(heldout), lm.logscores(heldout), rtol=1e-12, atol=1e-12)
     again = path.with_name("again.arpa")
@@ -290,8 +290,8 @@ ngram 2=3
 def test_a_hand_written_arpa_file_scores_by_the_back_off_rule(tmp_path):
     path = tmp_path / "hand.arpa"
     path.write_text(ARPA_BY_HAND)
-    lm = NGramLM.from_arpa(path)
-    assert lm.order == 2 and lm.smoothing == "arpa"
+    lm = BackoffLM.from_arpa(path)
+    assert lm.order == 2 and isinstance(lm, BackoffLM)
     log10_2 = math.log10(2.0)
     assert_close(lm.logscore("a", ["<s>"]) * log10_2, -0.1, rtol=1e-12, atol=0)  # seen bigram
     assert_close(lm.logscore("b", ["<s>"]) * log10_2, -0.30103 - 0.7, rtol=1e-12, atol=0)  # bow(<s>) P(b)
@@ -304,7 +304,7 @@ def test_a_hand_written_arpa_file_scores_the_same_in_kenlm(tmp_path):
     kenlm = require("kenlm", "the KenLM ARPA oracle (pip install kenlm)")
     path = tmp_path / "hand.arpa"
     path.write_text(ARPA_BY_HAND)
-    lm, model = NGramLM.from_arpa(path), kenlm.Model(str(path))
+    lm, model = BackoffLM.from_arpa(path), kenlm.Model(str(path))
     for sentence in (["a", "b"], ["b", "a", "zz"], [], ["a", "a", "b", "b"]):
         # a bigram model's padding is a single <s>, which is also KenLM's bos=True state
         theirs = [s[0] for s in model.full_scores(" ".join(sentence))]
@@ -386,7 +386,7 @@ def test_a_malformed_arpa_file_names_the_file_and_the_problem(tmp_path, text, me
     path = tmp_path / "bad.arpa"
     path.write_text(text)
     with pytest.raises(ValueError, match=message) as error:
-        NGramLM.from_arpa(path)
+        BackoffLM.from_arpa(path)
     assert "bad.arpa" in str(error.value)
 
 
@@ -394,11 +394,11 @@ def test_an_arpa_file_with_an_endless_line_is_refused_without_reading_it_whole(t
     path = tmp_path / "bad.arpa"
     path.write_bytes(b"\\data\\\n" + b"9" * (3 << 20))
     with pytest.raises(ValueError, match="line 2: longer than 1048576 bytes"):
-        NGramLM.from_arpa(path)
+        BackoffLM.from_arpa(path)
 
 
 def test_a_non_utf8_arpa_file_names_the_line(tmp_path):
     path = tmp_path / "bad.arpa"
     path.write_bytes(ARPA_BY_HAND.encode().replace(b"-0.7\tb", b"-0.7\t\xff"))
     with pytest.raises(ValueError, match="line 10: not valid UTF-8"):
-        NGramLM.from_arpa(path)
+        BackoffLM.from_arpa(path)
