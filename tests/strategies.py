@@ -138,6 +138,23 @@ def ngram_smoothings():
     return st.sampled_from(("mle", "laplace", "add-k", "kneser-ney", "modified-kneser-ney"))
 
 
+NGRAM_QUERY_WORDS = NGRAM_WORDS + ("zz", "<s>", "</s>")  # "zz" is never in training: the <unk> path
+
+
+def ngram_contexts(sentences, order, rng, extra=4):
+    """(contexts of the scored tokens of the training text, a few random contexts, some unseen)."""
+    seen = set()
+    for s in sentences:
+        padded = ["<s>"] * (order - 1) + list(s) + ["</s>"]
+        for i in range(order - 1, len(padded)):
+            seen.add(tuple(padded[i - order + 1:i]))
+    drawn = set()
+    for _ in range(extra):
+        length = int(rng.integers(0, order))
+        drawn.add(tuple(str(w) for w in rng.choice(NGRAM_QUERY_WORDS, length)))
+    return sorted(seen), sorted(drawn - seen)
+
+
 # --- pretrained model / GGUF --------------------------------------------------------
 
 _GGUF_SCALARS = {

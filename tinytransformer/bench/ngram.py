@@ -26,7 +26,8 @@ import time
 
 import numpy as np
 
-from tinytransformer.ngram import NGramLM, SMOOTHINGS, bits_per_byte, text_to_sentences
+from tinytransformer._files import atomic_writer
+from tinytransformer.ngram import SMOOTHINGS, NGramLM, bits_per_byte, text_to_sentences
 
 ORDERS = (1, 2, 3, 4, 5)
 LEVELS = ("word", "byte")
@@ -231,6 +232,20 @@ def plot(report, path):
     plt.close(fig)
 
 
+def _json_number(value):
+    """json.dumps' fallback: NumPy scalars become Python numbers; anything else is refused."""
+    if isinstance(value, (np.integer, np.floating)):
+        return value.item()
+    raise TypeError(f"report: a value of type {type(value).__name__} is not a number or a JSON type")
+
+
+def write_report(report: dict, path) -> None:
+    """Write the measurements as JSON: encoded first, then written next to `path` and renamed over it."""
+    data = json.dumps(report, indent=1, default=_json_number).encode("utf-8")
+    with atomic_writer(path, f"report file {str(path)!r}") as handle:
+        handle.write(data)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tinytransformer.bench ngram", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, no transformer")
@@ -281,8 +296,7 @@ def main(argv=None) -> int:
             print(f"  transformer (SmolLM2-135M): {column['bpb']:.3f} bits/byte "
                   f"({column['tokens']} tokens, {column['seconds']:.1f} s)")
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as handle:
-            json.dump(report, handle, indent=1, default=float)
+        write_report(report, args.json)
         print(f"\n[wrote {args.json}]")
     if args.plot:
         plot(report, args.plot)
