@@ -153,15 +153,16 @@ class BackoffLM(LanguageModel):
         m = grams.shape[1] - 1
         total = np.zeros(len(grams))
         done = np.zeros(len(grams), dtype=bool)
-        for j in range(m + 1):  # drop one more word of the context each time
-            gram = self._lookup(grams[:, j:])
-            found = ~done & (gram >= 0)
-            total[found] += self.tables[m - j].logp[gram[found]]  # the longest stored n-gram's log10 P*
-            done |= found
-            if j < m:
-                ctx = self._lookup(grams[:, j:m])
-                back = ~done & (ctx >= 0)
-                total[back] += self.tables[m - j - 1].bow[ctx[back]]  # a context passed over: log10 bow
+        with np.errstate(over="ignore"):  # log10 values near -1.8e308 may add up to -inf: P = 0
+            for j in range(m + 1):  # drop one more word of the context each time
+                gram = self._lookup(grams[:, j:])
+                found = ~done & (gram >= 0)
+                total[found] += self.tables[m - j].logp[gram[found]]  # the longest stored n-gram's log10 P*
+                done |= found
+                if j < m:
+                    ctx = self._lookup(grams[:, j:m])
+                    back = ~done & (ctx >= 0)
+                    total[back] += self.tables[m - j - 1].bow[ctx[back]]  # a context passed over: log10 bow
         return total
 
     def _check_back_off_mass(self) -> None:

@@ -63,7 +63,7 @@ class LanguageModel:
             raise TypeError(f"word: expected a str, got {type(word).__name__}")
         context = self._check_context(context)
         ids = np.array([[self._id(w) for w in (*context, word)]], dtype=np.int64)
-        return float(self._log10prob(ids)[0] / LOG10_2)
+        return float(self._to_log2(self._log10prob(ids))[0])
 
     def distribution(self, context=()) -> np.ndarray:
         """P(w | context) for every w in `self.vocab`, as a float64 array [|V|]."""
@@ -78,7 +78,7 @@ class LanguageModel:
     def logscores(self, sentences) -> np.ndarray:
         """log2 P of every scored token of `sentences`: each word and one `</s>` per sentence."""
         self._check_fitted("logscores")
-        return self._log10prob(self._scored_ngrams(sentences)) / LOG10_2
+        return self._to_log2(self._log10prob(self._scored_ngrams(sentences)))
 
     def sentence_logscore(self, sentence) -> float:
         """log2 P(sentence), the sum over its words and the closing `</s>`."""
@@ -122,6 +122,12 @@ class LanguageModel:
         return out
 
     # ------------------------------------------------------------------ internals
+    @staticmethod
+    def _to_log2(log10p: np.ndarray) -> np.ndarray:
+        """log2 P from log10 P; a log10 P below -3e307 (P = 0 in float64 anyway) becomes -inf."""
+        with np.errstate(over="ignore"):
+            return log10p / LOG10_2
+
     def _check_fitted(self, what):
         if not self.vocab:
             raise ValueError(f"{what}: the model is not fitted; call fit(sentences) first")
