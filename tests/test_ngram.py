@@ -2,6 +2,7 @@
 bad input. (nltk as an oracle: test_ngram_nltk.py; ARPA files and KenLM: test_ngram_arpa.py.)"""
 from __future__ import annotations
 
+import doctest
 import math
 from fractions import Fraction
 
@@ -10,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import ROOT
 from strategies import (
     NGRAM_QUERY_WORDS, NGRAM_WORDS, ngram_contexts, ngram_orders, ngram_sentences, ngram_smoothings, seeds,
 )
@@ -176,6 +178,12 @@ def test_bits_per_byte_is_total_bits_over_utf8_bytes(level):
 
 
 # ---------------------------------------------------------------------- worked examples
+def test_the_chapter_page_examples_give_what_they_show():
+    result = doctest.testfile(str(ROOT / "docs" / "07_ngrams.md"), module_relative=False,
+                              optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0 and result.failed == 0
+
+
 JM_CORPUS = [["I", "am", "Sam"], ["Sam", "I", "am"], ["I", "do", "not", "like", "green", "eggs", "and", "ham"]]
 
 

@@ -2,7 +2,6 @@
 clearly (malformed files, huge counts, back-off weights that give P > 1, FIFOs), written atomically."""
 from __future__ import annotations
 
-import json
 import math
 import os
 import stat
@@ -15,7 +14,6 @@ from hypothesis import strategies as st
 from conftest import require
 from fuzzing import run_bounded
 from strategies import NGRAM_WORDS, ngram_orders, ngram_sentences
-from tinytransformer.bench import ngram as bench
 from tinytransformer.ngram import BOS, EOS, BackoffLM, NGramLM, read_arpa
 from tinytransformer.testing import assert_close
 
@@ -291,12 +289,3 @@ def test_a_written_arpa_file_keeps_the_old_permissions_or_gets_the_usual_ones(tm
     os.umask(umask)
     assert stat.S_IMODE(new.stat().st_mode) == 0o666 & ~umask
 
-
-def test_bench_json_is_checked_first_and_renamed_into_place(tmp_path):
-    path = tmp_path / "ngram.json"
-    path.write_text('{"old": 1}')
-    with pytest.raises(TypeError, match="report: .* is not a number"):
-        bench.write_report({"bpb": object()}, path)
-    assert path.read_text() == '{"old": 1}' and os.listdir(tmp_path) == ["ngram.json"]
-    bench.write_report({"bpb": np.float64(0.5), "slice": math.inf}, path)
-    assert json.loads(path.read_text()) == {"bpb": 0.5, "slice": math.inf}

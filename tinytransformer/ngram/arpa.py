@@ -31,10 +31,9 @@ and the model scores by the back-off rule of `backoff`: P(a | a) = bow(a) P(a) =
     >>> float(abs(loaded.logscores([["a", "b", "z"]]) - lm.logscores([["a", "b", "z"]])).max())
     0.0
 
-The file is untrusted: reading it takes time and memory in proportion to its size,
-a file that is not a regular file (a FIFO, a device) is refused before reading, and
-every problem is a ValueError that names the file and the line. Writing goes to a
-temporary file in the same folder, renamed into place at the end.
+Files are untrusted: reading takes time and memory in proportion to the file, and every
+problem is a ValueError naming the file and the line. Writes are atomic (a temporary file
+in the same folder, renamed into place).
 
 Does not handle: gzip-compressed files, KenLM's binary format, words that contain
 whitespace, MLE and add-k models (after an unseen context they do not back off).

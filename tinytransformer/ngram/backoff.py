@@ -22,12 +22,8 @@ log10 P* and log10 bow, so `to_arpa` writes them and KenLM scores the file the s
     >>> abs(lm.score("b", ["b"]) - bow_b * p_b) < 1e-15                      # "b b" was not
     True
 
-A model read from an ARPA file is checked as it loads: a positive log10 back-off
-weight is allowed (Katz back-off, as SRILM writes it, has them) only as long as no
-probability comes out above 1. For every context h with bow(h) > 1 the mass it gives
-to the words never seen after it, bow(h) sum_{w unseen after h} P(w | h'), must be at
-most 1 + 1e-3 (a margin for the rounding of printed log10 values); a file where it
-is not is refused with the context named.
+A weight above 1 is allowed (Katz back-off files have them) as long as no probability
+comes out above 1; `BackoffLM` refuses one that does (see `_check_back_off_mass`).
 
 Does not handle: pruning, renormalising a model, `<unk>` outside the vocabulary's
 first slot (the vocabulary always starts `<unk>`, `<s>`, `</s>`).
@@ -166,9 +162,13 @@ class BackoffLM(LanguageModel):
         return total
 
     def _check_back_off_mass(self) -> None:
-        """Refuse back-off weights that give some P(w | h) > 1 (see the module docstring).
+        """Refuse back-off weights that give some P(w | h) > 1.
 
-        mass(h) = sum over all w of P(w | h) = S(h) + bow(h) (mass(h') - S'(h)), with
+        A stored P* is at most 1 (the ARPA reader checks), and a weight bow(h) <= 1 cannot
+        raise a probability, so only contexts with bow(h) > 1 need a look: the mass they give
+        to the words never seen after them, bow(h) (mass(h') - S'(h)), must be at most
+        1 + BACK_OFF_MASS_TOLERANCE (a margin for the rounding of printed log10 values).
+        Here mass(h) = sum over all w of P(w | h) = S(h) + bow(h) (mass(h') - S'(h)), with
         S(h) = sum of P*(h w) over the stored h w and S'(h) = sum of P(w | h') over the same w.
         """
         if not any((t.bow > 0).any() for t in self.tables[:-1]):

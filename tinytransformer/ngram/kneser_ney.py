@@ -1,42 +1,29 @@
 """Kneser-Ney smoothing: absolute discounts and continuation counts, interpolated.
 
 Kneser-Ney (Kneser and Ney 1995; Chen and Goodman 1998, "An empirical study of
-smoothing techniques for language modeling") subtracts a discount D from every
-seen count and hands the freed mass to the distribution one order lower, all the
-way down to the uniform distribution over the vocabulary:
+smoothing techniques for language modeling") subtracts a discount from every seen
+count and hands the freed mass to the distribution one order lower, down to the
+uniform distribution over the vocabulary:
 
     P(w | h) = max(a(h w) - D(a(h w)), 0) / a(h .)  +  gamma(h) P(w | h')
     gamma(h) = sum_w D(a(h w)) / a(h .)                       (the mass taken away)
-    P(w)     = max(a(w) - D(a(w)), 0) / a(.)  +  gamma() / |V|
 
-h' is h without its first word. a(g) is the count Kneser-Ney uses: at the top order
-the raw count c(g); below it the continuation count N1+(. g), the number of distinct
-words seen before g. ("Francisco" is frequent but follows only "San": as a lower-order
-guess after an unseen context it should be rare.) An n-gram that ends in `<s>`
-follows only padding and gets a = 0. A context never seen (a(h .) = 0) passes all
-its mass down: gamma(h) = 1.
-
-D(a) is 0 for a = 0. Interpolated Kneser-Ney uses one discount per order from the
-counts of counts n_j (how many n-grams of that order have a = j):
-D = n1 / (n1 + 2 n2). Modified Kneser-Ney (what KenLM builds) uses three, D1 for
-a = 1, D2 for a = 2, D3+ for a >= 3:
-
-    Y = n1 / (n1 + 2 n2),   D1 = 1 - 2Y n2/n1,   D2 = 2 - 3Y n3/n2,   D3+ = 3 - 4Y n4/n3
-
-Where the counts of counts give no discount in (0, j] (a tiny corpus) a fallback is
-used: D = 0.75, or KenLM's --discount_fallback (0.5, 1.0, 1.5) for modified.
+h' is h without its first word. a(g) is the raw count c(g) at the top order and,
+below it, the continuation count N1+(. g): the number of distinct words seen before
+g ("Francisco" is frequent but follows only "San", so it is a poor guess after an
+unseen context). D(a) is one discount per order (interpolated Kneser-Ney) or three,
+for a = 1, 2 and 3+ (modified Kneser-Ney, what KenLM builds): `chen_goodman_discounts`.
 
     >>> from tinytransformer.ngram.counting import NGramCounts
     >>> counts = NGramCounts.from_sentences([["I", "am", "Sam"], ["Sam", "I", "am"]], order=2)
-    >>> D = kneser_ney_discounts(counts)                # one discount per order
+    >>> D = kneser_ney_discounts(counts)                # {order: (D,)}
     >>> lm = kneser_ney(counts, D)                      # a BackoffLM, ready to score
     >>> round(float(lm.distribution(["I"]).sum()), 12)
     1.0
 
-`KneserNeyReference` is the reference: the equation above, recursive, over a Counter
-of tuples. `kneser_ney` computes the same for every stored n-gram at once, with
-sorted arrays, and returns what an ARPA file stores: log10 P(w | h) of each stored
-n-gram and log10 gamma(h) of each stored context (see `backoff`).
+`KneserNeyReference` is the equation, recursive, over Counters of tuples; `kneser_ney`
+computes it for every stored n-gram at once with sorted arrays and returns what an
+ARPA file stores (see `backoff`).
 
 Does not handle: KenLM's special case for n-grams that start with `<s>` (raw counts
 at every order; our n-1 `<s>` of padding make the top order carry those counts),
@@ -63,7 +50,16 @@ FALLBACK_MODIFIED_DISCOUNTS = (0.5, 1.0, 1.5)
 
 
 def chen_goodman_discounts(counts_of_counts, modified: bool) -> tuple[float, ...]:
-    """(D,) or (D1, D2, D3+) from n1..n4, or the fallback where they are not in (0, j]."""
+    """(D,) or (D1, D2, D3+) from the counts of counts n1..n4 of one order.
+
+    n_j is the number of n-grams of the order with a = j. Interpolated Kneser-Ney uses
+    D = n1 / (n1 + 2 n2) for every a >= 1; modified Kneser-Ney uses, with Y = n1 / (n1 + 2 n2),
+
+        D1 = 1 - 2Y n2/n1  (a = 1),   D2 = 2 - 3Y n3/n2  (a = 2),   D3+ = 3 - 4Y n4/n3  (a >= 3)
+
+    Where the counts give no discount in (0, j] (a tiny corpus) the fallback is used:
+    D = 0.75, or KenLM's --discount_fallback (0.5, 1.0, 1.5) for modified.
+    """
     n1, n2, n3, n4 = counts_of_counts
     if not modified:
         if n1 > 0 and n2 > 0:
@@ -89,7 +85,9 @@ def _discount(discounts, a):
 class KneserNeyReference:
     """Interpolated (or modified) Kneser-Ney, straight from the equation, over Counters of tuples.
 
-    Slow and plain: the oracle that `kneser_ney` is tested against.
+    Slow and plain: the oracle that `kneser_ney` is tested against. An n-gram that ends
+    in `<s>` follows only padding and gets a = 0 below the top order; a context never
+    seen (a(h .) = 0) passes all its mass down (gamma = 1); below the unigrams is 1/|V|.
     """
 
     def __init__(self, sentences, order: int, modified: bool = False, min_count: int = 1):

@@ -33,16 +33,11 @@ and hence the perplexity, differs.
     >>> NGramLM(1, "mle").fit(corpus).score("I"), unigrams.score("I")   # 3 of 12 tokens vs 3 of 9
     (0.25, 0.3333333333333333)
 
-The classes here follow nltk's signatures and conventions exactly: `MLE(order)`,
-`Lidstone(gamma, order)`, `Laplace(order)`, `KneserNeyInterpolated(order,
-discount=0.1)`, with `fit(text, vocabulary_text)`, `score`, `logscore`, `entropy`,
-`perplexity(text_ngrams)` and `generate(num_words, text_seed, random_seed)`; the
-tests hold their scores, perplexities and samples equal to nltk's for every order.
-nltk's Kneser-Ney differs from ours: one fixed discount for every order, and no
-uniform floor under the unigram continuation probability (a word never seen after
-another word gets P = 0); an order-1 model divides 0 by 0 (ZeroDivisionError, as
-in nltk). The counts are Python dicts of Counters, like nltk's; the continuation
-counts are counted once at `fit` (nltk scans every n-gram for each query).
+The classes here follow nltk's signatures and conventions exactly (`MLE(order)`,
+`Lidstone(gamma, order)`, `Laplace(order)`, `KneserNeyInterpolated(order, discount)`,
+`fit(text, vocabulary_text)`, `perplexity(text_ngrams)`, `generate(num_words,
+text_seed, random_seed)`); the tests hold their scores, perplexities and samples
+equal to nltk's for every order.
 
 Does not handle: nltk's other models (WittenBell, AbsoluteDiscounting, StupidBackoff),
 its `counter=` argument, pickling.
@@ -241,6 +236,12 @@ class Laplace(Lidstone):
 
 class KneserNeyInterpolated(_NltkStyleModel):
     """nltk's interpolated Kneser-Ney: one fixed discount, continuation counts below the top order.
+
+    It differs from ours (`kneser_ney`): one discount d for every order instead of
+    discounts estimated per order, and no uniform floor under the unigrams, so a word
+    never seen after another word gets P = 0; an order-1 model divides 0 by 0
+    (ZeroDivisionError, as in nltk). The continuation counts are counted once at `fit`
+    (nltk scans every n-gram for each query).
 
         P(w | h) = max(a(h w) - d, 0) / a(h .) + d N1+(h .) / a(h .) P(w | h')
         P(w)     = N1+(. w) / N1+(. .)
