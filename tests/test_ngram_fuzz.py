@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -28,15 +30,11 @@ CORPUS = [list(s) for s in ("abcab", "bca", "cabd", "dab", "abcd", "ba", "", "aa
 
 def _seed_files() -> dict[str, bytes]:
     files = {"hand-written": ARPA_BY_HAND.encode(), "katz": ARPA_KATZ.encode()}
-    for order, smoothing in ((1, "kneser-ney"), (2, "kneser-ney"), (4, "modified-kneser-ney")):
-        lm = NGramLM(order, smoothing).fit(CORPUS)
-        tables = lm.model.tables
-        lines = ["\\data\\"] + [f"ngram {k}={t.keys.size}" for k, t in enumerate(tables, 1)]
-        for k in range(1, order + 1):
-            words = [" ".join(lm.vocab[i] for i in row) for row in lm.model.ngrams(k)]
-            rows = zip(tables[k - 1].logp, words, tables[k - 1].bow)
-            lines += ["", f"\\{k}-grams:"] + [f"{p!r}\t{w}" + (f"\t{b!r}" if k < order else "") for p, w, b in rows]
-        files[f"{smoothing} order {order}"] = ("\n".join(lines + ["", "\\end\\", ""])).encode()
+    with tempfile.TemporaryDirectory() as folder:
+        for order, smoothing in ((1, "kneser-ney"), (2, "kneser-ney"), (4, "modified-kneser-ney")):
+            path = Path(folder) / f"{order}.arpa"
+            NGramLM(order, smoothing).fit(CORPUS).to_arpa(path)
+            files[f"{smoothing} order {order}"] = path.read_bytes()
     return files
 
 
@@ -76,6 +74,11 @@ def run_case(data: bytes, folder) -> object:
         with open(os.environ["TT_FUZZ_TALLY"], "a", encoding="utf-8") as tally:
             tally.write(json.dumps({"kind": outcome.kind, "detail": outcome.detail[:200]}) + "\n")
     return outcome
+
+
+@pytest.mark.parametrize("seed", sorted(SEEDS))
+def test_every_seed_file_loads_correctly(seed, tmp_path):
+    assert run_case(SEEDS[seed], tmp_path).kind == "ok"
 
 
 @settings(max_examples=settings.default.max_examples * 3, suppress_health_check=[HealthCheck.function_scoped_fixture,
