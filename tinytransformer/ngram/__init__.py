@@ -31,7 +31,7 @@ from tinytransformer.ngram.backoff import BackoffLM, BackoffTable
 from tinytransformer.ngram.bits import bits_per_byte, text_to_sentences, unknown_word_bits
 from tinytransformer.ngram.counting import AddKLM, NGramCounts, add_k_probability, count_ngrams, pad, vocabulary
 from tinytransformer.ngram.kneser_ney import (
-    FALLBACK_DISCOUNT, FALLBACK_MODIFIED_DISCOUNTS, KneserNeyReference, chen_goodman_discounts, kneser_ney,
+    FALLBACK_DISCOUNT, FALLBACK_MODIFIED_DISCOUNTS, KneserNeyReference, chen_goodman_discounts, kneser_ney_model,
     kneser_ney_counts, kneser_ney_discounts,
 )
 from tinytransformer.ngram.lm import SMOOTHINGS, NGramLM
@@ -44,7 +44,7 @@ __all__ = [
     # our API (ARPA/KenLM convention)
     "NGramLM", "SMOOTHINGS", "BOS", "EOS", "UNK", "LanguageModel",
     "pad", "vocabulary", "count_ngrams", "add_k_probability", "NGramCounts", "AddKLM",
-    "KneserNeyReference", "kneser_ney_counts", "kneser_ney_discounts", "kneser_ney", "chen_goodman_discounts",
+    "KneserNeyReference", "kneser_ney_counts", "kneser_ney_discounts", "kneser_ney_model", "chen_goodman_discounts",
     "FALLBACK_DISCOUNT", "FALLBACK_MODIFIED_DISCOUNTS",
     "BackoffLM", "BackoffTable", "read_arpa", "write_arpa",
     "text_to_sentences", "unknown_word_bits", "bits_per_byte",

@@ -66,7 +66,7 @@ class BackoffLM(LanguageModel):
 
     vocab: the words, starting `<unk>`, `<s>`, `</s>`; tables: one `BackoffTable` per
     order, the first holding every word of the vocabulary (key = word id). Built by
-    `kneser_ney` or read with `BackoffLM.from_arpa`.
+    `kneser_ney_model` or read with `BackoffLM.from_arpa`.
     """
 
     def __init__(self, vocab, tables):

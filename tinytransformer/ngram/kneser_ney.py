@@ -17,11 +17,11 @@ for a = 1, 2 and 3+ (modified Kneser-Ney, what KenLM builds): `chen_goodman_disc
     >>> from tinytransformer.ngram.counting import NGramCounts
     >>> counts = NGramCounts.from_sentences([["I", "am", "Sam"], ["Sam", "I", "am"]], order=2)
     >>> D = kneser_ney_discounts(counts)                # {order: (D,)}
-    >>> lm = kneser_ney(counts, D)                      # a BackoffLM, ready to score
+    >>> lm = kneser_ney_model(counts, D)                # a BackoffLM, ready to score
     >>> round(float(lm.distribution(["I"]).sum()), 12)
     1.0
 
-`KneserNeyReference` is the equation, recursive, over Counters of tuples; `kneser_ney`
+`KneserNeyReference` is the equation, recursive, over Counters of tuples; `kneser_ney_model`
 computes it for every stored n-gram at once with sorted arrays and returns what an
 ARPA file stores (see `backoff`).
 
@@ -40,7 +40,7 @@ from tinytransformer.ngram.counting import NGramCounts, count_ngrams, vocabulary
 from tinytransformer.ngram.scoring import BOS, BOS_ID, UNK
 
 __all__ = [
-    "KneserNeyReference", "kneser_ney_counts", "kneser_ney_discounts", "kneser_ney",
+    "KneserNeyReference", "kneser_ney_counts", "kneser_ney_discounts", "kneser_ney_model",
     "chen_goodman_discounts", "FALLBACK_DISCOUNT", "FALLBACK_MODIFIED_DISCOUNTS",
 ]
 
@@ -85,7 +85,7 @@ def _discount(discounts, a):
 class KneserNeyReference:
     """Interpolated (or modified) Kneser-Ney, straight from the equation, over Counters of tuples.
 
-    Slow and plain: the oracle that `kneser_ney` is tested against. An n-gram that ends
+    Slow and plain: the oracle that `kneser_ney_model` is tested against. An n-gram that ends
     in `<s>` follows only padding and gets a = 0 below the top order; a context never
     seen (a(h .) = 0) passes all its mass down (gamma = 1); below the unigrams is 1/|V|.
     """
@@ -147,7 +147,7 @@ def kneser_ney_discounts(counts: NGramCounts, modified: bool = False) -> dict[in
             for k in range(1, counts.order + 1)}
 
 
-def kneser_ney(counts: NGramCounts, discounts: dict[int, tuple[float, ...]]) -> BackoffLM:
+def kneser_ney_model(counts: NGramCounts, discounts: dict[int, tuple[float, ...]]) -> BackoffLM:
     """The Kneser-Ney model of `counts` as a BackoffLM: log10 P of every stored n-gram, log10 gamma(h).
 
     discounts: what `kneser_ney_discounts` returns; one per order is interpolated

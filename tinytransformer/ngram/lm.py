@@ -3,7 +3,7 @@
     NGramLM(order, smoothing).fit(sentences)
         = NGramCounts.from_sentences(sentences, order)         counting
           + AddKLM(counts, k)                                   "mle" (k = 0), "laplace", "add-k"
-          | kneser_ney(counts, kneser_ney_discounts(counts))   "kneser-ney", "modified-kneser-ney"
+          | kneser_ney_model(counts, kneser_ney_discounts(counts))  "kneser-ney", "modified-kneser-ney"
 
 After `fit`, `lm.counts` holds the counts and `lm.model` the fitted estimator (an
 `AddKLM` or a `BackoffLM`); scoring, perplexity and sampling follow the convention
@@ -28,7 +28,7 @@ import numpy as np
 
 from tinytransformer.ngram.backoff import BackoffLM
 from tinytransformer.ngram.counting import AddKLM, NGramCounts
-from tinytransformer.ngram.kneser_ney import kneser_ney, kneser_ney_discounts
+from tinytransformer.ngram.kneser_ney import kneser_ney_discounts, kneser_ney_model
 from tinytransformer.ngram.scoring import LanguageModel
 
 __all__ = ["NGramLM", "SMOOTHINGS"]
@@ -78,7 +78,7 @@ class NGramLM(LanguageModel):
         counts = NGramCounts.from_sentences(sentences, self.order, self.min_count)
         if self.smoothing in ("kneser-ney", "modified-kneser-ney"):
             self.discounts = kneser_ney_discounts(counts, modified=self.smoothing == "modified-kneser-ney")
-            self.model = kneser_ney(counts, self.discounts)
+            self.model = kneser_ney_model(counts, self.discounts)
         else:
             self.discounts = {}
             self.model = AddKLM(counts, k=0.0 if self.smoothing == "mle" else self.k)

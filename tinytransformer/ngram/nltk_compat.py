@@ -237,7 +237,7 @@ class Laplace(Lidstone):
 class KneserNeyInterpolated(_NltkStyleModel):
     """nltk's interpolated Kneser-Ney: one fixed discount, continuation counts below the top order.
 
-    It differs from ours (`kneser_ney`): one discount d for every order instead of
+    It differs from ours (`kneser_ney.kneser_ney_model`): one discount d for every order instead of
     discounts estimated per order, and no uniform floor under the unigrams, so a word
     never seen after another word gets P = 0; an order-1 model divides 0 by 0
     (ZeroDivisionError, as in nltk). The continuation counts are counted once at `fit`
