@@ -3,7 +3,7 @@
     python -m tinytransformer.bench ngram                 # everything (a few minutes on 2 cores)
     python -m tinytransformer.bench ngram --quick         # small sizes, no transformer
     python -m tinytransformer.bench ngram --json out.json --plot out.png
-    python -m tinytransformer.bench ngram --threads 1     # BLAS threads of the transformer's products
+    python -m tinytransformer.bench ngram --threads 2     # BLAS threads of the transformer (default 1)
 
 Three measurements, each taken in this one run:
 1. speed: our trigram Kneser-Ney next to `nltk.lm.KneserNeyInterpolated`, both fitted on
@@ -333,15 +333,15 @@ def main(argv=None) -> int:
     parser.add_argument("--nltk-trigrams", type=int, default=1000, help="held-out trigrams nltk scores")
     parser.add_argument("--transformer-bytes", type=int, default=TRANSFORMER_CHARS,
                         help="held-out characters the transformer scores, cut back to a line end (0: skip it)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="BLAS threads for the transformer's matrix products (default: the library's)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="BLAS threads for the transformer's matrix products (default 1)")
     parser.add_argument("--json", default=None, help="also write the measurements to this file")
     parser.add_argument("--plot", default=None, help="also save the bits-per-byte figure (PNG) here")
     args = parser.parse_args(argv)
     for name in ("nltk_trigrams", "transformer_bytes"):
         if getattr(args, name) < 0:
             parser.error(f"--{name.replace('_', '-')}: expected an integer >= 0, got {getattr(args, name)}")
-    if args.threads is not None and args.threads < 1:
+    if args.threads < 1:
         parser.error(f"--threads: expected an integer >= 1, got {args.threads}")
     for name in ("json", "plot"):  # checked now, not after minutes of measuring
         value = getattr(args, name)
