@@ -43,10 +43,9 @@ def test_add_k_from_sorted_arrays_equals_the_counter_reference(sentences, order,
     counts, vocab = count_ngrams(sentences, order, min_count), vocabulary(sentences, min_count)
     lm = AddKLM(NGramCounts.from_sentences(sentences, order, min_count), k)
     seen, drawn = ngram_contexts(sentences, order, np.random.default_rng(seed))
-    for context in seen + drawn:
-        for word in NGRAM_QUERY_WORDS:
-            expected = add_k_probability(counts, vocab, word, context, k)
-            assert_close(lm.score(word, context), expected, rtol=1e-12, atol=0)
+    for context in seen + drawn:  # every word of the vocabulary after each context
+        expected = [add_k_probability(counts, vocab, word, context, k) for word in lm.vocab]
+        assert_close(lm.distribution(context), expected, rtol=1e-12, atol=0)
 
 
 @given(sentences=ngram_sentences(), order=ngram_orders(5), modified=st.booleans(), min_count=st.integers(1, 2),
@@ -57,9 +56,11 @@ def test_kneser_ney_from_sorted_arrays_equals_the_recursive_counter_reference(se
     lm = NGramLM(order, "modified-kneser-ney" if modified else "kneser-ney", min_count=min_count).fit(sentences)
     assert lm.discounts == reference.discounts
     seen, drawn = ngram_contexts(sentences, order, np.random.default_rng(seed))
-    for context in seen + drawn:
-        for word in NGRAM_QUERY_WORDS:
-            assert_close(lm.score(word, context), reference.score(word, context), rtol=1e-12, atol=0)
+    for context in seen + drawn:  # every word of the vocabulary after each context
+        expected = [reference.score(word, context) for word in lm.vocab]
+        assert_close(lm.distribution(context), expected, rtol=1e-12, atol=0)
+    assert_close(lm.score("zz", ("a",) * (order - 1)), reference.score("zz", ("a",) * (order - 1)),
+                 rtol=1e-12, atol=0)  # a word outside the vocabulary: <unk>
 
 
 # ---------------------------------------------------------------------- laws
