@@ -154,7 +154,8 @@ def test_a_katz_arpa_file_scores_the_same_in_kenlm(tmp_path):
 def test_a_positive_back_off_weight_that_gives_a_probability_above_one_is_refused(tmp_path, text, context):
     path = tmp_path / "bad.arpa"
     path.write_text(text)
-    with pytest.raises(ValueError, match=f"bad.arpa.*the back-off weight of {context!r}.*P\\(w \\| {context}\\) > 1"):
+    with pytest.raises(ValueError, match=f"bad.arpa.*the back-off weight of {context!r}.*"
+                                         f"P\\(\\. \\| {context}\\) sums to more than 1"):
         read_arpa(path)
 
 

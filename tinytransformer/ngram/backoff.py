@@ -22,8 +22,9 @@ log10 P* and log10 bow, so `to_arpa` writes them and KenLM scores the file the s
     >>> abs(lm.score("b", ["b"]) - bow_b * p_b) < 1e-15                      # "b b" was not
     True
 
-A weight above 1 is allowed (Katz back-off files have them) as long as no probability
-comes out above 1; `BackoffLM` refuses one that does (see `_check_back_off_mass`).
+A weight above 1 is allowed (Katz back-off files have them) as long as the words it
+backs off to get at most 1 in total; `BackoffLM` refuses one that gives them more,
+which would let P(w | h) exceed 1 (see `_check_back_off_mass`).
 
 Does not handle: pruning, renormalising a model, `<unk>` outside the vocabulary's
 first slot (the vocabulary always starts `<unk>`, `<s>`, `</s>`).
@@ -162,12 +163,13 @@ class BackoffLM(LanguageModel):
         return total
 
     def _check_back_off_mass(self) -> None:
-        """Refuse back-off weights that give some P(w | h) > 1.
+        """Refuse a back-off weight above 1 that gives the words it backs off to more than 1 in all.
 
         A stored P* is at most 1 (the ARPA reader checks), and a weight bow(h) <= 1 cannot
-        raise a probability, so only contexts with bow(h) > 1 need a look: the mass they give
-        to the words never seen after them, bow(h) (mass(h') - S'(h)), must be at most
-        1 + BACK_OFF_MASS_TOLERANCE (a margin for the rounding of printed log10 values).
+        raise a probability, so only a context h with bow(h) > 1 can make some P(w | h) > 1.
+        For each, the mass it gives the words never seen after it, bow(h) (mass(h') - S'(h)),
+        must be at most 1 + BACK_OFF_MASS_TOLERANCE (a margin for printed rounding): a little
+        stricter than P(w | h) <= 1 for each w, and what every normalised model satisfies.
         Here mass(h) = sum over all w of P(w | h) = S(h) + bow(h) (mass(h') - S'(h)), with
         S(h) = sum of P*(h w) over the stored h w and S'(h) = sum of P(w | h') over the same w.
         """
@@ -191,9 +193,9 @@ class BackoffLM(LanguageModel):
                     context = " ".join(self.vocab[w] for w in self.ngrams(j)[i])
                     raise ValueError(
                         f"the back-off weight of {context!r} (log10 {self.tables[j - 1].bow[i]:+.6g}) gives "
-                        f"the words never seen after it a total probability of {back[i]:.6g}, so some "
-                        f"P(w | {context}) > 1; a positive back-off weight must leave the probabilities "
-                        "after its context summing to 1")
+                        f"the words never seen after it a total probability of {back[i]:.6g}, above 1: "
+                        f"P(. | {context}) sums to more than 1, and P(w | {context}) can exceed 1; a back-off "
+                        "weight above 1 must leave the probabilities after its context summing to 1")
 
     def _context_mass(self, contexts, masses) -> np.ndarray:
         """mass(c) for each row of contexts [M, m]: that of its longest stored suffix."""
