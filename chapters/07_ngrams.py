@@ -2,20 +2,26 @@
 # # Chapter 7: n-gram language models
 # Before attention there was counting: P(w | the n-1 words before it) estimated from
 # how often each n-gram occurred, smoothed for what never did. This chapter counts,
-# smooths (add-k, Kneser-Ney), samples, watches the counts go sparse as n grows, and
+# smooths (add-k, Kneser-Ney), samples, watches the counts go sparse as n grows, writes
+# the model as an ARPA file, scores one sentence under nltk's convention and ours, and
 # ends with what a transformer buys over counting, measured on the same bytes.
-# Module: `tinytransformer/ngram.py`. Run: `python chapters/07_ngrams.py [--quick]`
+# Package: `tinytransformer/ngram/`. Run: `python chapters/07_ngrams.py [--quick]`
+# Every lesson printed below is also asserted, so a wrong lesson fails the chapter's test.
 
 # %%
 import math
 import tempfile
+import textwrap
 from pathlib import Path
 
 import numpy as np
 from _lecture import QUICK, heading, plt, save
 
-from tinytransformer.bench.ngram import bits_per_byte_table, split_corpus, transformer_column
-from tinytransformer.ngram import NGramLM, text_to_sentences
+from tinytransformer.bench.ngram import (
+    best_against_transformer, bits_per_byte_table, heldout_slice, print_comparison, split_corpus, transformer_column,
+)
+from tinytransformer.ngram import EOS, MLE, BackoffLM, NGramLM, padded_everygram_pipeline, text_to_sentences
+from tinytransformer.ngram.nltk_compat import ngrams, pad_both_ends
 
 CHAPTER = "07_ngrams"
 ORDERS = (1, 2, 3) if QUICK else (1, 2, 3, 4, 5)
@@ -23,7 +29,8 @@ ORDERS = (1, 2, 3) if QUICK else (1, 2, 3, 4, 5)
 # %% [markdown]
 # ## 1. Counting on a toy corpus
 # Jurafsky and Martin's three sentences. Each sentence is padded with `<s>` and `</s>`;
-# a bigram model's estimate is c(h w) / c(h .).
+# a bigram model's estimate is c(h w) / c(h .): how often h was followed by w, over how
+# often h was followed by anything.
 
 # %%
 heading("bigram MLE on a toy corpus")
@@ -31,18 +38,28 @@ toy = [["I", "am", "Sam"], ["Sam", "I", "am"], ["I", "do", "not", "like", "green
 mle = NGramLM(2, "mle").fit(toy)
 for word, previous in [("I", "<s>"), ("Sam", "<s>"), ("am", "I"), ("do", "I"), ("</s>", "Sam"), ("Sam", "ham")]:
     print(f"P({word:4s} | {previous:3s}) = c({previous} {word}) / c({previous} .) = {mle.score(word, [previous]):.3f}")
-print("an unseen bigram gets 0, so any text containing one has infinite perplexity:",
-      mle.perplexity([["Sam", "like", "ham"]]))
+assert math.isclose(mle.score("am", ["I"]), 2 / 3) and mle.score("Sam", ["ham"]) == 0
+unseen_perplexity = mle.perplexity([["Sam", "like", "ham"]])
+print("an unseen bigram gets 0, so any text containing one has infinite perplexity:", unseen_perplexity)
+assert math.isinf(unseen_perplexity)
 kn = NGramLM(2, "kneser-ney").fit(toy)
-print(f"Kneser-Ney: P(ham | Sam) = {kn.score('ham', ['Sam']):.4f}, perplexity {kn.perplexity([['Sam', 'like', 'ham']]):.2f}; "
+kn_perplexity = kn.perplexity([["Sam", "like", "ham"]])
+print(f"Kneser-Ney: P(ham | Sam) = {kn.score('ham', ['Sam']):.4f}, perplexity {kn_perplexity:.2f}; "
       f"discounts {kn.discounts}")
-print("each distribution sums to 1 over the vocabulary:", round(kn.distribution(["Sam"]).sum(), 12))
+assert kn.score("ham", ["Sam"]) > 0 and math.isfinite(kn_perplexity)
+total = kn.distribution(["Sam"]).sum()
+print("each distribution sums to 1 over the vocabulary:", round(total, 12))
+assert abs(total - 1) < 1e-12
 
 # %% [markdown]
 # ## 2. The built-in corpus: 1- to 5-gram models
 # The Python documentation topics, split into training text and a held-out tail.
 # Word-level tokens are runs of letters, runs of spaces and single punctuation marks,
-# so the tokens spell the text back exactly.
+# so the tokens spell the text back exactly; each line of the corpus is a sentence, and
+# its `</s>` stands for the line break. The samples below print each `</s>` as a line
+# break and start every line with `│`. A unigram model does not know that a space comes
+# between two words, so its words run together; from n = 3 on, the lines look like the
+# corpus.
 
 # %%
 heading("the corpus")
@@ -54,10 +71,13 @@ print(f"training: {len(train.encode()):,} bytes, {sum(map(len, train_words)):,} 
       f"{len(train_words):,} lines; held-out: {len(heldout.encode()):,} bytes")
 
 models = {n: NGramLM(n, "modified-kneser-ney").fit(train_words) for n in ORDERS}
-heading("samples (seed 0), modified Kneser-Ney")
+heading("samples (seed 0, 40 tokens each), modified Kneser-Ney; each </s> printed as a line break")
 for n, lm in models.items():
     words = lm.generate(40, seed=0)
-    print(f"{n}-gram: " + "".join(" | " if w == "</s>" else w for w in words)[:160])
+    text = "".join("\n" if w == EOS else w for w in words)
+    print(f"{n}-gram:")
+    print(textwrap.indent(text, "    │ ", lambda line: True))
+    assert len(words) == 40 and set(words) <= set(lm.vocab)
 
 # %% [markdown]
 # ## 3. Sparsity: why counting stops working as n grows
@@ -70,6 +90,8 @@ distinct = [top.distinct_ngrams(n) for n in ORDERS]
 unseen = [float((top.training_counts(held_words, order=n) == 0).mean()) for n in ORDERS]
 for n, d, u in zip(ORDERS, distinct, unseen):
     print(f"n={n}: {d:8,d} distinct n-grams in training, {100 * u:5.1f}% of held-out n-grams never seen")
+assert all(a < b for a, b in zip(distinct, distinct[1:])), "the table grows with n"
+assert all(a < b for a, b in zip(unseen, unseen[1:])), "and covers less of the held-out text"
 fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
 axes[0].plot(ORDERS, distinct, "o-")
 axes[0].set(xlabel="n", ylabel="distinct n-grams in training", title="the table grows", xticks=ORDERS)
@@ -89,8 +111,13 @@ perplexity = {}
 for name, kwargs in smoothers.items():
     perplexity[name] = [NGramLM(n, name, **kwargs).fit(train_words).perplexity(held_words) for n in ORDERS]
     print(f"{name:20s} " + "  ".join(f"n={n}: {p:8.1f}" for n, p in zip(ORDERS, perplexity[name])))
-print("mle                  ", "  ".join(f"n={n}: {NGramLM(n, 'mle').fit(train_words).perplexity(held_words)}"
-                                        for n in ORDERS))
+mle_perplexity = [NGramLM(n, "mle").fit(train_words).perplexity(held_words) for n in ORDERS]
+print("mle                  ", "  ".join(f"n={n}: {p}" for n, p in zip(ORDERS, mle_perplexity)))
+assert all(math.isinf(p) for p in mle_perplexity)
+assert perplexity["laplace"][-1] > perplexity["laplace"][1], "add-1 gets worse as n grows"
+for name in ("kneser-ney", "modified-kneser-ney"):
+    assert all(b < a for a, b in zip(perplexity[name], perplexity[name][1:])), f"{name} improves with n"
+    assert all(k < a for k, a in zip(perplexity[name][1:], perplexity["add-k"][1:])), "and beats add-k"
 fig, ax = plt.subplots(figsize=(5.5, 3.8))
 for name, values in perplexity.items():
     ax.plot(ORDERS, values, "o-", label=name)
@@ -104,7 +131,7 @@ save(fig, CHAPTER, "perplexity_vs_n")
 # An interpolated Kneser-Ney model is a back-off model: each seen n-gram stores its
 # probability, each seen context a back-off weight. ARPA separates words by whitespace,
 # so this model is trained on whitespace-split words (the usual KenLM set-up).
-# Export, read back, score the same.
+# Export, read back as a `BackoffLM`, score the same.
 
 # %%
 heading("ARPA export and import")
@@ -115,36 +142,67 @@ with tempfile.TemporaryDirectory() as folder:
     path = Path(folder) / "trigram.arpa"
     trigram.to_arpa(path)
     lines = path.read_text(encoding="utf-8").splitlines()
-    print("\n".join(lines[:5]), "\n...\n" + "\n".join(lines[6:10]), "\n...")
-    loaded = NGramLM.from_arpa(path)
+    print("\n".join(lines[:10] + ["..."]))
+    loaded = BackoffLM.from_arpa(path)
     same = np.abs(loaded.logscores(split_held) - trigram.logscores(split_held)).max()
     print(f"{path.stat().st_size:,} bytes; largest log2 difference after the round trip: {same:.1e}")
+assert same < 1e-9
 print("to score the same way with KenLM: kenlm.Model(path).full_scores('<s> <s> ' + sentence + ' </s>', "
       "bos=False, eos=False), dropping the first 2 scores")
 
 # %% [markdown]
-# ## 6. n-grams against the transformer, in bits per byte
+# ## 6. One sentence, two conventions: nltk's and ours
+# nltk scores the n-grams it is given; its usual test n-grams pad a sentence with n-1
+# `</s>`, so a trigram model scores the end twice, the second time `</s>` after `</s>`,
+# which is almost certain and lowers the perplexity. We (like KenLM) score one `</s>`.
+
+# %%
+heading("the same sentence scored both ways (trigram MLE on the toy corpus)")
+sentence = ["I", "am", "Sam"]
+ours = NGramLM(3, "mle").fit(toy)
+theirs = MLE(3)
+theirs.fit(*padded_everygram_pipeline(3, toy))
+grams = ngrams(pad_both_ends(sentence, n=3), 3)
+ours_p = 2 ** ours.logscores([sentence])
+theirs_p = [theirs.score(g[-1], g[:-1]) for g in grams]
+print("ours: " + ", ".join(f"P({w}) = {p:.3f}" for w, p in zip(sentence + [EOS], ours_p)))
+print("nltk: " + ", ".join(f"P({g[-1]} | {' '.join(g[:-1])}) = {p:.3f}" for g, p in zip(grams, theirs_p)))
+print(f"perplexity: ours {ours.perplexity([sentence]):.3f} over {len(ours_p)} tokens, "
+      f"nltk {theirs.perplexity(grams):.3f} over {len(grams)}")
+assert np.allclose(ours_p, theirs_p[:len(ours_p)]) and len(grams) == len(ours_p) + 1
+assert theirs.perplexity(grams) < ours.perplexity([sentence])
+
+# %% [markdown]
+# ## 7. n-grams against the transformer, in bits per byte
 # Perplexity depends on the tokenizer (a byte model predicts more, easier tokens), so we
 # compare bits per byte of the same held-out text: total -log2 P / UTF-8 bytes.
-# Unknown words cost P(<unk>) plus the bits to spell them out.
+# Unknown words cost P(<unk>) plus the bits to spell them out. The transformer scores the
+# first 3,000 characters of the held-out text (cut back to a line end), the slice that
+# `python -m tinytransformer.bench ngram` uses: both print the same numbers.
 
 # %%
 heading("bits per byte, n-gram models vs SmolLM2-135M")
-slice_text = heldout[:1500]  # SmolLM2 on 2 cores: ~15 ms a byte (docs/07_ngrams.md uses 3,000)
-slice_text = slice_text[:slice_text.rfind("\n") + 1]
+slice_text = heldout_slice(heldout)
+n_bytes = len(slice_text.encode())
 rows = bits_per_byte_table(train, heldout, orders=ORDERS, smoothings=("laplace", "modified-kneser-ney"),
                            extra_texts={"slice": slice_text})
 for r in rows:
     print(f"{r['level']:4s} {r['order']}-gram {r['smoothing']:20s} held-out {r['bpb']:.3f}  "
-          f"first {len(slice_text.encode())} bytes {r['bpb_slice']:.3f}")
+          f"first {n_bytes:,} bytes {r['bpb_slice']:.3f}")
 if QUICK:
     transformer = {"error": "skipped in quick mode (scoring takes about a minute)"}
 else:
     transformer = transformer_column(slice_text)
-if "error" in transformer:
-    print(f"transformer: not available ({transformer['error']})")
-else:
-    print(f"transformer SmolLM2-135M on the first {len(slice_text.encode())} bytes: {transformer['bpb']:.3f} bits/byte")
+print_comparison(rows, transformer, n_bytes)
+best, ratio = best_against_transformer(rows, transformer)
+for level in ("word", "byte"):
+    kn_top = next(r for r in rows if r["level"] == level and r["order"] == max(ORDERS)
+                  and r["smoothing"] == "modified-kneser-ney")
+    laplace_top = next(r for r in rows if r["level"] == level and r["order"] == max(ORDERS)
+                       and r["smoothing"] == "laplace")
+    assert kn_top["bpb"] < laplace_top["bpb"] < 8, "Kneser-Ney needs fewer bits than add-1, both fewer than 8"
+if ratio is not None:
+    assert ratio > 1, "the transformer needs fewer bits than the best n-gram"
 fig, ax = plt.subplots(figsize=(5.5, 3.8))
 for level, style in (("word", "o-"), ("byte", "s-")):
     values = [r["bpb_slice"] for r in rows if r["level"] == level and r["smoothing"] == "modified-kneser-ney"]
@@ -152,8 +210,8 @@ for level, style in (("word", "o-"), ("byte", "s-")):
 if "error" not in transformer:
     ax.axhline(transformer["bpb"], color="k", linestyle="--", label="SmolLM2-135M")
 ax.set(xlabel="n", ylabel="bits per byte (lower is better)", xticks=ORDERS,
-       title=f"first {len(slice_text.encode())} held-out bytes")
+       title=f"first {n_bytes:,} held-out bytes", ylim=(0, None))
 ax.legend()
 save(fig, CHAPTER, "bits_per_byte")
 print(f"\nA byte costs {math.log2(256):.0f} bits uncompressed; the best n-gram here needs "
-      f"{min(r['bpb_slice'] for r in rows):.2f}.")
+      f"{min(r['bpb_slice'] for r in best.values()):.2f}.")

@@ -1,6 +1,8 @@
-"""n-gram chapter: laws of every estimator, nltk and KenLM as oracles, a worked example, bad input."""
+"""n-gram chapter: the fast paths equal their Counter references, laws of every estimator, worked examples,
+bad input. (nltk as an oracle: test_ngram_nltk.py; ARPA files and KenLM: test_ngram_arpa.py.)"""
 from __future__ import annotations
 
+import doctest
 import math
 from fractions import Fraction
 
@@ -9,96 +11,63 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import require
-from strategies import NGRAM_WORDS, ngram_orders, ngram_sentences, ngram_smoothings, seeds
+from conftest import ROOT
+from strategies import (
+    NGRAM_QUERY_WORDS, NGRAM_WORDS, ngram_contexts, ngram_orders, ngram_sentences, ngram_smoothings, seeds,
+)
 from tinytransformer.ngram import (
-    BOS, EOS, UNK, NGramLM, bits_per_byte, text_to_sentences, unknown_word_bits,
+    BOS, EOS, UNK, AddKLM, KneserNeyReference, NGramCounts, NGramLM, add_k_probability, bits_per_byte,
+    count_ngrams, text_to_sentences, unknown_word_bits, vocabulary,
 )
 from tinytransformer.testing import assert_close
 
 SMOOTHED = ("laplace", "add-k", "kneser-ney", "modified-kneser-ney")
 KN = ("kneser-ney", "modified-kneser-ney")
-QUERY_WORDS = NGRAM_WORDS + ("zz", BOS, EOS)  # "zz" is never in training: the <unk> path
 
 
 def fit(order, smoothing, sentences, **kwargs):
     return NGramLM(order, smoothing=smoothing, k=0.5 if smoothing == "add-k" else 1.0, **kwargs).fit(sentences)
 
 
-def contexts_of(sentences, order, rng, extra=4):
-    """(contexts of the scored tokens of the training text, a few random contexts, some unseen)."""
-    seen = set()
-    for s in sentences:
-        padded = [BOS] * (order - 1) + list(s) + [EOS]
-        for i in range(order - 1, len(padded)):
-            seen.add(tuple(padded[i - order + 1:i]))
-    drawn = set()
-    for _ in range(extra):
-        length = int(rng.integers(0, order))
-        drawn.add(tuple(str(w) for w in rng.choice(QUERY_WORDS, length)))
-    return sorted(seen), sorted(drawn - seen)
+# ---------------------------------------------------------------------- fast paths equal their references
+@given(sentences=ngram_sentences(), order=ngram_orders(5), min_count=st.integers(1, 3))
+def test_sorted_array_counts_equal_the_counter_of_tuples(sentences, order, min_count):
+    fast = NGramCounts.from_sentences(sentences, order, min_count)
+    assert fast.vocab == vocabulary(sentences, min_count)
+    assert fast.as_counter() == count_ngrams(sentences, order, min_count)
 
 
-# ---------------------------------------------------------------------- oracles
-@given(sentences=ngram_sentences(), heldout=ngram_sentences(words=NGRAM_WORDS + ("zz",)),
-       order=st.integers(2, 4), smoothing=st.sampled_from(("mle", "laplace")), seed=seeds())
-def test_mle_and_laplace_equal_nltk_on_padded_everygrams(sentences, heldout, order, smoothing, seed):
-    lm_module = require("nltk.lm", "the nltk.lm oracle")
-    from nltk.lm.preprocessing import padded_everygram_pipeline
-
-    train, vocab = padded_everygram_pipeline(order, sentences)
-    reference = (lm_module.MLE if smoothing == "mle" else lm_module.Laplace)(order)
-    reference.fit(train, vocab)
-    ours = fit(order, smoothing, sentences)
-    assert len(ours.vocab) == len(reference.vocab)
-    seen, drawn = contexts_of(sentences, order, np.random.default_rng(seed))
-    for context in seen + drawn:
-        for word in QUERY_WORDS:
-            expected = reference.score(word, list(context))
-            assert_close(ours.score(word, context), expected, rtol=1e-9, atol=0)
-            if expected > 0:
-                assert_close(ours.logscore(word, context), reference.logscore(word, list(context)),
-                             rtol=1e-9, atol=0)
-            else:
-                assert ours.logscore(word, context) == -math.inf
-    # the n-grams our perplexity scores: each word and one </s>, after order-1 <s>
-    tokens = [([BOS] * (order - 1) + list(s) + [EOS]) for s in heldout]
-    text_ngrams = [tuple(t[i - order + 1:i + 1]) for t in tokens for i in range(order - 1, len(t))]
-    expected = reference.perplexity(text_ngrams)
-    got = ours.perplexity(heldout)
-    if math.isinf(expected):
-        assert math.isinf(got)
-    else:
-        assert_close(got, expected, rtol=1e-9, atol=0)
+@given(sentences=ngram_sentences(), order=ngram_orders(), k=st.sampled_from([0.0, 0.01, 1.0]),
+       min_count=st.integers(1, 2), seed=seeds())
+def test_add_k_from_sorted_arrays_equals_the_counter_reference(sentences, order, k, min_count, seed):
+    counts, vocab = count_ngrams(sentences, order, min_count), vocabulary(sentences, min_count)
+    lm = AddKLM(NGramCounts.from_sentences(sentences, order, min_count), k)
+    seen, drawn = ngram_contexts(sentences, order, np.random.default_rng(seed))
+    for context in seen + drawn:  # every word of the vocabulary after each context
+        expected = [add_k_probability(counts, vocab, word, context, k) for word in lm.vocab]
+        assert_close(lm.distribution(context), expected, rtol=1e-12, atol=0)
 
 
-@settings(max_examples=15)
-@given(sentences=ngram_sentences(max_sentences=14), heldout=ngram_sentences(words=NGRAM_WORDS + ("zz",)),
-       order=st.integers(2, 5), smoothing=st.sampled_from(KN))
-def test_our_arpa_file_scores_the_same_in_kenlm(sentences, heldout, order, smoothing, tmp_path_factory):
-    kenlm = require("kenlm", "the KenLM ARPA oracle (pip install kenlm)")
-    lm = fit(order, smoothing, sentences)
-    path = tmp_path_factory.mktemp("arpa") / "model.arpa"
-    lm.to_arpa(path)
-    model = kenlm.Model(str(path))
-    log10_2 = math.log10(2.0)
-    for sentence in heldout:
-        # our convention: order-1 <s> on the left, one </s>; KenLM gets the padded text as is
-        padded = " ".join([BOS] * (order - 1) + sentence + [EOS])
-        theirs = np.array([s[0] for s in model.full_scores(padded, bos=False, eos=False)])[order - 1:]
-        ours = lm.logscores([sentence]) * log10_2
-        assert_close(ours, theirs, rtol=0, atol=1e-4)
-        assert_close(lm.sentence_logscore(sentence) * log10_2, theirs.sum(), rtol=0, atol=1e-4)
-        if order == 2:  # one <s> of padding is KenLM's own bos=True start: its defaults agree
-            assert_close(lm.sentence_logscore(sentence) * log10_2, model.score(" ".join(sentence)),
-                         rtol=0, atol=1e-4)
+@given(sentences=ngram_sentences(), order=ngram_orders(5), modified=st.booleans(), min_count=st.integers(1, 2),
+       seed=seeds())
+def test_kneser_ney_from_sorted_arrays_equals_the_recursive_counter_reference(sentences, order, modified,
+                                                                            min_count, seed):
+    reference = KneserNeyReference(sentences, order, modified=modified, min_count=min_count)
+    lm = NGramLM(order, "modified-kneser-ney" if modified else "kneser-ney", min_count=min_count).fit(sentences)
+    assert lm.discounts == reference.discounts
+    seen, drawn = ngram_contexts(sentences, order, np.random.default_rng(seed))
+    for context in seen + drawn:  # every word of the vocabulary after each context
+        expected = [reference.score(word, context) for word in lm.vocab]
+        assert_close(lm.distribution(context), expected, rtol=1e-12, atol=0)
+    assert_close(lm.score("zz", ("a",) * (order - 1)), reference.score("zz", ("a",) * (order - 1)),
+                 rtol=1e-12, atol=0)  # a word outside the vocabulary: <unk>
 
 
 # ---------------------------------------------------------------------- laws
 @given(sentences=ngram_sentences(), order=ngram_orders(), smoothing=ngram_smoothings(), seed=seeds())
 def test_every_distribution_sums_to_one_over_the_vocabulary(sentences, order, smoothing, seed):
     lm = fit(order, smoothing, sentences)
-    seen, drawn = contexts_of(sentences, order, np.random.default_rng(seed))
+    seen, drawn = ngram_contexts(sentences, order, np.random.default_rng(seed))
     for context in seen + drawn:
         p = lm.distribution(context)
         assert (p >= 0).all()
@@ -129,22 +98,6 @@ def test_modified_kneser_ney_discounts_follow_chen_and_goodman():
     expected = (1 - 2 * Y * n2 / n1, 2 - 3 * Y * n3 / n2, 3 - 4 * Y * n4 / n3)  # 0.5, 1.25, 1.0
     assert_close(fit(2, "modified-kneser-ney", sentences).discounts[2], expected, rtol=1e-12, atol=0)
     assert_close(fit(2, "kneser-ney", sentences).discounts[2], [n1 / (n1 + 2 * n2)], rtol=1e-12, atol=0)
-
-
-@settings(max_examples=20)
-@given(sentences=ngram_sentences(), heldout=ngram_sentences(words=NGRAM_WORDS + ("zz",)),
-       order=ngram_orders(5), smoothing=st.sampled_from(KN))
-def test_arpa_export_then_import_scores_every_ngram_the_same(sentences, heldout, order, smoothing,
-                                                            tmp_path_factory):
-    lm = fit(order, smoothing, sentences)
-    path = tmp_path_factory.mktemp("arpa") / "model.arpa"
-    lm.to_arpa(path)
-    loaded = NGramLM.from_arpa(path)
-    assert loaded.order == order and loaded.vocab == lm.vocab
-    assert_close(loaded.logscores(heldout), lm.logscores(heldout), rtol=1e-12, atol=1e-12)
-    again = path.with_name("again.arpa")
-    loaded.to_arpa(again)
-    assert again.read_text() == path.read_text()
 
 
 @given(sentences=ngram_sentences(), order=ngram_orders())
@@ -226,6 +179,12 @@ def test_bits_per_byte_is_total_bits_over_utf8_bytes(level):
 
 
 # ---------------------------------------------------------------------- worked examples
+def test_the_chapter_page_examples_give_what_they_show():
+    result = doctest.testfile(str(ROOT / "docs" / "07_ngrams.md"), module_relative=False,
+                              optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0 and result.failed == 0
+
+
 JM_CORPUS = [["I", "am", "Sam"], ["Sam", "I", "am"], ["I", "do", "not", "like", "green", "eggs", "and", "ham"]]
 
 
@@ -264,51 +223,6 @@ def test_interpolated_kneser_ney_by_hand_on_the_same_corpus():
     assert_close(lm.score("Sam", ["am"]), float(p_sam_after_am), rtol=1e-12, atol=0)
     assert_close(lm.score("zebra", ["am"]), float(p_unk_after_am), rtol=1e-12, atol=0)
     assert_close(lm.score("I", ["<s>"]), float(p_i_after_bos), rtol=1e-12, atol=0)
-
-
-ARPA_BY_HAND = """\
-\\data\\
-ngram 1=5
-ngram 2=3
-
-\\1-grams:
--1.0\t<unk>\t0
--99\t<s>\t-0.30103
--0.5\t</s>
--0.6\ta\t-0.2
--0.7\tb
-
-\\2-grams:
--0.1\t<s> a
--0.2\ta b
--0.4\ta </s>
-
-\\end\\
-"""
-
-
-def test_a_hand_written_arpa_file_scores_by_the_back_off_rule(tmp_path):
-    path = tmp_path / "hand.arpa"
-    path.write_text(ARPA_BY_HAND)
-    lm = NGramLM.from_arpa(path)
-    assert lm.order == 2 and lm.smoothing == "arpa"
-    log10_2 = math.log10(2.0)
-    assert_close(lm.logscore("a", ["<s>"]) * log10_2, -0.1, rtol=1e-12, atol=0)  # seen bigram
-    assert_close(lm.logscore("b", ["<s>"]) * log10_2, -0.30103 - 0.7, rtol=1e-12, atol=0)  # bow(<s>) P(b)
-    assert_close(lm.logscore("a", ["b"]) * log10_2, -0.6, rtol=1e-12, atol=0)  # b has no bow: 0
-    assert_close(lm.logscore("zz", ["a"]) * log10_2, -0.2 - 1.0, rtol=1e-12, atol=0)  # unknown -> <unk>
-    assert_close(lm.logscores([["a", "b"]]) * log10_2, [-0.1, -0.2, -0.5], rtol=1e-12, atol=0)
-
-
-def test_a_hand_written_arpa_file_scores_the_same_in_kenlm(tmp_path):
-    kenlm = require("kenlm", "the KenLM ARPA oracle (pip install kenlm)")
-    path = tmp_path / "hand.arpa"
-    path.write_text(ARPA_BY_HAND)
-    lm, model = NGramLM.from_arpa(path), kenlm.Model(str(path))
-    for sentence in (["a", "b"], ["b", "a", "zz"], [], ["a", "a", "b", "b"]):
-        # a bigram model's padding is a single <s>, which is also KenLM's bos=True state
-        theirs = [s[0] for s in model.full_scores(" ".join(sentence))]
-        assert_close(lm.logscores([sentence]) * math.log10(2.0), theirs, rtol=0, atol=1e-4)
 
 
 # ---------------------------------------------------------------------- bad input
@@ -353,52 +267,3 @@ def test_a_context_longer_than_order_minus_one_is_refused():
         lm.score("am", "I")
     with pytest.raises(ValueError, match="logscore: the model is not fitted"):
         NGramLM(2).logscore("a")
-
-
-def test_arpa_export_of_a_non_back_off_estimator_is_refused(tmp_path):
-    with pytest.raises(ValueError, match="to_arpa: smoothing='laplace' is not a back-off model"):
-        NGramLM(2, "laplace").fit(JM_CORPUS).to_arpa(tmp_path / "x.arpa")
-    with pytest.raises(ValueError, match="contains whitespace"):
-        NGramLM(2, "kneser-ney").fit([["a b"]]).to_arpa(tmp_path / "x.arpa")
-
-
-BAD_ARPA = [
-    ("no data", "hello\n", "no \\\\data\\\\ line"),
-    ("wrong count", ARPA_BY_HAND.replace("ngram 2=3", "ngram 2=4"), "line 17: the header declares 4 2-grams"),
-    ("too many", ARPA_BY_HAND.replace("ngram 1=5", "ngram 1=4"), "line 10: more 1-grams than the 4"),
-    ("bad number", ARPA_BY_HAND.replace("-0.6\ta", "-0.x\ta"), "line 9: log10 probability '-0.x' is not a number"),
-    ("bad backoff", ARPA_BY_HAND.replace("\t-0.2\n", "\tnan\n"), "line 9: log10 back-off weight 'nan'"),
-    ("positive", ARPA_BY_HAND.replace("-0.7\tb", "0.7\tb"), "line 10: log10 probability 0.7 is > 0"),
-    ("fields", ARPA_BY_HAND.replace("-0.2\ta b", "-0.2\ta b c"), "line 14: a 2-gram line needs 3 fields"),
-    ("missing section", ARPA_BY_HAND.split("\\2-grams:")[0] + "\\end\\\n", "line 12: the header declares 2 orders"),
-    ("section order", ARPA_BY_HAND.replace("\\2-grams:", "\\3-grams:"), r"line 12: expected section \\2-grams:"),
-    ("no end", ARPA_BY_HAND.replace("\\end\\\n", ""), "line 17: the file ends without"),
-    ("missing context", ARPA_BY_HAND.replace("ngram 2=3", "ngram 2=3\nngram 3=1").replace(
-        "\\end\\", "\\3-grams:\n-0.3\tb a b\n\n\\end\\"), "the 3-gram 'b a b' has no entry for its context 'b a'"),
-    ("unknown word", ARPA_BY_HAND.replace("-0.2\ta b", "-0.2\ta q"), "the 2-gram 'a q' uses a word that is not a 1-gram"),
-    ("no </s>", ARPA_BY_HAND.replace("-0.5\t</s>", "-0.5\tc").replace("a </s>", "a c"), "1-grams have no </s>"),
-    ("duplicate", ARPA_BY_HAND.replace("-0.4\ta </s>", "-0.4\ta b"), "the 2-gram 'a b' is listed twice"),
-]
-
-
-@pytest.mark.parametrize("text, message", [(t, m) for _, t, m in BAD_ARPA], ids=[i for i, _, _ in BAD_ARPA])
-def test_a_malformed_arpa_file_names_the_file_and_the_problem(tmp_path, text, message):
-    path = tmp_path / "bad.arpa"
-    path.write_text(text)
-    with pytest.raises(ValueError, match=message) as error:
-        NGramLM.from_arpa(path)
-    assert "bad.arpa" in str(error.value)
-
-
-def test_an_arpa_file_with_an_endless_line_is_refused_without_reading_it_whole(tmp_path):
-    path = tmp_path / "bad.arpa"
-    path.write_bytes(b"\\data\\\n" + b"9" * (3 << 20))
-    with pytest.raises(ValueError, match="line 2: longer than 1048576 bytes"):
-        NGramLM.from_arpa(path)
-
-
-def test_a_non_utf8_arpa_file_names_the_line(tmp_path):
-    path = tmp_path / "bad.arpa"
-    path.write_bytes(ARPA_BY_HAND.encode().replace(b"-0.7\tb", b"-0.7\t\xff"))
-    with pytest.raises(ValueError, match="line 10: not valid UTF-8"):
-        NGramLM.from_arpa(path)

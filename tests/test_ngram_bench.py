@@ -1,7 +1,9 @@
 """The n-gram comparison harness: its bits-per-byte arithmetic, checked on models whose answer is known."""
 from __future__ import annotations
 
+import json
 import math
+import os
 
 import numpy as np
 import pytest
@@ -101,3 +103,24 @@ def test_smollm2_scores_a_sentence_in_a_sensible_number_of_bits(smollm2_path):
     model = tinytransformer.load_model(smollm2_path)
     result = bench.transformer_bits_per_byte("The quick brown fox jumps over the lazy dog.\n", model=model)
     assert 0.3 < result["bpb"] < 4.0  # English under a real model: far below 8 bits per byte
+
+
+def test_the_json_report_is_checked_first_and_renamed_into_place_is_checked_first_and_renamed_into_place(tmp_path):
+    path = tmp_path / "ngram.json"
+    path.write_text('{"old": 1}')
+    with pytest.raises(TypeError, match="report: .* is not a number"):
+        bench.write_report({"bpb": object()}, path)
+    assert path.read_text() == '{"old": 1}' and os.listdir(tmp_path) == ["ngram.json"]
+    bench.write_report({"bpb": np.float64(0.5), "slice": math.inf}, path)
+    assert json.loads(path.read_text()) == {"bpb": 0.5, "slice": math.inf}
+
+
+def test_the_transformer_slice_ends_at_a_line_end_and_the_ratio_is_against_the_best_ngram():
+    assert bench.heldout_slice("ab\ncd\nef", 6) == "ab\ncd\n"
+    assert bench.heldout_slice("abcdef", 3) == "abc"  # no line end: the characters as they are
+    rows = [{"level": "word", "order": 2, "smoothing": "laplace", "bpb_slice": 3.0},
+            {"level": "word", "order": 3, "smoothing": "kneser-ney", "bpb_slice": 2.0},
+            {"level": "byte", "order": 5, "smoothing": "kneser-ney", "bpb_slice": 1.5}]
+    best, ratio = bench.best_against_transformer(rows, {"bpb": 0.5})
+    assert best["word"]["order"] == 3 and best["byte"]["order"] == 5 and ratio == 3.0
+    assert bench.best_against_transformer(rows, {"error": "no model"})[1] is None

@@ -3,6 +3,7 @@
     python -m tinytransformer.bench ngram                 # everything (a few minutes on 2 cores)
     python -m tinytransformer.bench ngram --quick         # small sizes, no transformer
     python -m tinytransformer.bench ngram --json out.json --plot out.png
+    python -m tinytransformer.bench ngram --threads 2     # BLAS threads of the transformer (default 1)
 
 Three measurements, each taken in this one run:
 1. speed: our trigram Kneser-Ney next to `nltk.lm.KneserNeyInterpolated`, both fitted on
@@ -12,8 +13,14 @@ Three measurements, each taken in this one run:
 2. bits per byte of the held-out text for n = 1..5 under every estimator, word-level and
    byte-level (`tinytransformer.ngram.bits_per_byte`).
 3. the pretrained transformer (SmolLM2 via `tinytransformer.load_model`) on the first
-   `--transformer-bytes` bytes of the held-out text, next to the n-gram models on the
-   same bytes; reported as not available, with the reason, when the model cannot load.
+   `--transformer-bytes` characters of the held-out text (cut back to a line end: 2,944
+   bytes of the built-in corpus), next to the n-gram models on the same bytes, and how many
+   times fewer bits it needs; reported as not available, with the reason, when the model
+   cannot load. Chapter 7's lecture scores the same slice and prints the same numbers.
+
+Times are wall-clock (`time.perf_counter`), one run each; the report says which BLAS
+library ran and with how many threads. The JSON and PNG files are written whole or not
+at all (a temporary file in the same folder, renamed into place).
 
 Does not handle: timing on a GPU, corpora other than a UTF-8 text file (`--corpus`).
 """
@@ -23,14 +30,18 @@ import argparse
 import json
 import math
 import time
+from pathlib import Path
 
 import numpy as np
 
-from tinytransformer.ngram import NGramLM, SMOOTHINGS, bits_per_byte, text_to_sentences
+from tinytransformer._files import atomic_writer
+from tinytransformer.ngram import SMOOTHINGS, NGramLM, bits_per_byte, text_to_sentences
+from tinytransformer.threads import blas_description, blas_threads
 
 ORDERS = (1, 2, 3, 4, 5)
 LEVELS = ("word", "byte")
 ADD_K = 0.01  # the k of the "add-k" rows (Laplace is k = 1)
+TRANSFORMER_CHARS = 3000  # the held-out slice the transformer scores (cut back to a line end)
 
 
 def split_corpus(path=None, heldout_fraction=0.1, max_train_bytes=None):
@@ -42,6 +53,41 @@ def split_corpus(path=None, heldout_fraction=0.1, max_train_bytes=None):
         train = train[-max_train_bytes:]
         train = train[train.find("\n") + 1:] if "\n" in train else train
     return train, heldout
+
+
+def heldout_slice(heldout, n_chars=TRANSFORMER_CHARS):
+    """The first n_chars characters of the held-out text, cut back to the last line end (no word is cut).
+
+    The transformer scores only this slice (it needs ~15 ms a byte on 2 cores); the lecture and
+    this benchmark both use it, so they print the same numbers.
+    """
+    text = heldout[:n_chars]
+    return text[:text.rfind("\n") + 1] or text
+
+
+def best_against_transformer(rows, transformer):
+    """{level: best n-gram row on the slice}, and how many times fewer bits the transformer needs than
+    the best of them (None when the transformer did not run)."""
+    best = {}
+    for r in rows:
+        if r["level"] not in best or r["bpb_slice"] < best[r["level"]]["bpb_slice"]:
+            best[r["level"]] = r
+    overall = min(r["bpb_slice"] for r in best.values())
+    ratio = overall / transformer["bpb"] if "bpb" in transformer else None
+    return best, ratio
+
+
+def print_comparison(rows, transformer, n_bytes):
+    """The lines that compare the n-gram models with the transformer on the first n_bytes held-out bytes."""
+    best, ratio = best_against_transformer(rows, transformer)
+    for level, r in best.items():
+        print(f"  best {level}-level n-gram ({r['order']}-gram {r['smoothing']}): {r['bpb_slice']:.3f} bits/byte")
+    if "error" in transformer:
+        print(f"  transformer: not available ({transformer['error']})")
+        return
+    print(f"  transformer (SmolLM2-135M): {transformer['bpb']:.3f} bits/byte "
+          f"({transformer['tokens']} tokens, {transformer['seconds']:.1f} s)")
+    print(f"  the transformer needs {ratio:.2f}x fewer bits than the best n-gram on these {n_bytes:,} bytes")
 
 
 def make_model(order, smoothing, sentences, min_count=1):
@@ -155,7 +201,7 @@ def transformer_bits_per_byte(text, model=None, chunk=256):
     sequence = ([first] if first is not None else []) + ids
     bits = 0.0
     use_cache = all(hasattr(model, name) for name in ("new_cache", "hidden_states", "logits"))
-    cache = model.new_cache(len(sequence)) if use_cache else None
+    cache = model.new_cache(max_seq_len=len(sequence)) if use_cache else None
     for begin in range(0, len(sequence) - 1, chunk):
         window = np.array(sequence[begin:begin + chunk + 1])  # predicts window[1:] from window[:-1]
         inputs = window[:-1]
@@ -227,28 +273,36 @@ def plot(report, path):
         axes[1].legend(fontsize=8)
     else:
         axes[1].set_axis_off()
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    with atomic_writer(path, f"figure {str(path)!r}") as handle:
+        fig.savefig(handle, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tinytransformer.bench ngram", description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="small sizes, no transformer")
-    parser.add_argument("--corpus", default=None, help="a UTF-8 text file instead of the built-in corpus")
-    parser.add_argument("--nltk-trigrams", type=int, default=1000, help="held-out trigrams nltk scores")
-    parser.add_argument("--transformer-bytes", type=int, default=3000,
-                        help="held-out bytes the transformer scores (0: skip it)")
-    parser.add_argument("--json", default=None, help="also write the measurements to this file")
-    parser.add_argument("--plot", default=None, help="also save the bits-per-byte figure (PNG) here")
-    args = parser.parse_args(argv)
+def _json_number(value):
+    """json.dumps' fallback: NumPy scalars become Python numbers; anything else is refused."""
+    if isinstance(value, (np.integer, np.floating)):
+        return value.item()
+    raise TypeError(f"report: a value of type {type(value).__name__} is not a number or a JSON type")
 
+
+def write_report(report: dict, path) -> None:
+    """Write the measurements as JSON: encoded first, then written next to `path` and renamed over it."""
+    data = json.dumps(report, indent=1, default=_json_number).encode("utf-8")
+    with atomic_writer(path, f"report file {str(path)!r}") as handle:
+        handle.write(data)
+
+
+def run(args) -> dict:
+    """Every measurement of the benchmark, printed as it is taken; returns the report."""
     train, heldout = split_corpus(args.corpus, max_train_bytes=60_000 if args.quick else None)
     if args.quick:
         heldout = heldout[:8000]
         args.nltk_trigrams = min(args.nltk_trigrams, 100)
         args.transformer_bytes = 0
     print(f"corpus: {len(train.encode())} training bytes, {len(heldout.encode())} held-out bytes")
-    report = {"train_bytes": len(train.encode()), "heldout_bytes": len(heldout.encode())}
+    print(f"BLAS: {blas_description()}; times are wall-clock (time.perf_counter), one run each")
+    report = {"train_bytes": len(train.encode()), "heldout_bytes": len(heldout.encode()),
+              "blas": blas_description()}
 
     print("\n== speed: trigram interpolated Kneser-Ney, ours vs nltk.lm.KneserNeyInterpolated ==")
     speed = nltk_speed(train, heldout, args.nltk_trigrams)
@@ -256,33 +310,48 @@ def main(argv=None) -> int:
     for key, value in speed.items():
         print(f"  {key:34s} {value:.6g}" if isinstance(value, float) else f"  {key:34s} {value}")
 
-    slice_text = heldout[:args.transformer_bytes] if args.transformer_bytes else ""
-    if slice_text:  # end the slice at a line end so no word is cut
-        slice_text = slice_text[:slice_text.rfind("\n") + 1] or slice_text
+    slice_text = heldout_slice(heldout, args.transformer_bytes) if args.transformer_bytes else ""
     print("\n== bits per byte of the held-out text ==")
     rows = bits_per_byte_table(train, heldout, orders=(1, 2, 3) if args.quick else ORDERS,
                                extra_texts={"slice": slice_text} if slice_text else None)
     report["table"] = rows
     print(format_table(rows))
     if slice_text:
-        print(f"\n== the first {len(slice_text.encode())} held-out bytes: n-gram vs transformer ==")
-        best = {}
-        for r in rows:
-            key = r["level"]
-            if key not in best or r["bpb_slice"] < best[key]["bpb_slice"]:
-                best[key] = r
-        for level, r in best.items():
-            print(f"  best {level}-level n-gram ({r['order']}-gram {r['smoothing']}): {r['bpb_slice']:.3f} bits/byte")
+        n_bytes = len(slice_text.encode())
+        print(f"\n== the first {n_bytes} held-out bytes: n-gram vs transformer ==")
         column = transformer_column(slice_text)
-        report["transformer"] = {**column, "slice_bytes": len(slice_text.encode())}
-        if "error" in column:
-            print(f"  transformer: not available ({column['error']})")
-        else:
-            print(f"  transformer (SmolLM2-135M): {column['bpb']:.3f} bits/byte "
-                  f"({column['tokens']} tokens, {column['seconds']:.1f} s)")
+        report["transformer"] = {**column, "slice_bytes": n_bytes}
+        print_comparison(rows, column, n_bytes)
+        report["transformer"]["fewer_bits_than_best_ngram"] = best_against_transformer(rows, column)[1]
+    return report
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tinytransformer.bench ngram", description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes, no transformer")
+    parser.add_argument("--corpus", default=None, help="a UTF-8 text file instead of the built-in corpus")
+    parser.add_argument("--nltk-trigrams", type=int, default=1000, help="held-out trigrams nltk scores")
+    parser.add_argument("--transformer-bytes", type=int, default=TRANSFORMER_CHARS,
+                        help="held-out characters the transformer scores, cut back to a line end (0: skip it)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="BLAS threads for the transformer's matrix products (default 1)")
+    parser.add_argument("--json", default=None, help="also write the measurements to this file")
+    parser.add_argument("--plot", default=None, help="also save the bits-per-byte figure (PNG) here")
+    args = parser.parse_args(argv)
+    for name in ("nltk_trigrams", "transformer_bytes"):
+        if getattr(args, name) < 0:
+            parser.error(f"--{name.replace('_', '-')}: expected an integer >= 0, got {getattr(args, name)}")
+    if args.threads < 1:
+        parser.error(f"--threads: expected an integer >= 1, got {args.threads}")
+    for name in ("json", "plot"):  # checked now, not after minutes of measuring
+        value = getattr(args, name)
+        if value is not None and not Path(value).resolve().parent.is_dir():
+            parser.error(f"--{name}: the folder of {value!r} does not exist")
+
+    with blas_threads(args.threads):
+        report = run(args)
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as handle:
-            json.dump(report, handle, indent=1, default=float)
+        write_report(report, args.json)
         print(f"\n[wrote {args.json}]")
     if args.plot:
         plot(report, args.plot)
