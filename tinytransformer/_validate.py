@@ -81,3 +81,18 @@ def attention_scale(scale, head_dim: int) -> float:
             or not math.isfinite(scale):
         raise ValueError(f"scale: expected a finite real number (or None for 1/sqrt(D)), got {scale!r}")
     return float(scale)
+
+
+def finite_array(x, name: str, dtype=np.float32) -> np.ndarray:
+    """x as a float array of `dtype`, or ValueError naming the first NaN or infinity (and its index).
+
+    Quantisers refuse non-finite input: a single inf in a block would make its scale inf and every
+    other value in the block NaN after dequantisation.
+    """
+    x = float_array(x, name) if not isinstance(x, (list, tuple)) else np.asarray(x, dtype=dtype)
+    x = np.asarray(x, dtype=dtype)
+    bad = ~np.isfinite(x)
+    if bad.any():
+        index = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(f"{name}: expected finite values, got {x[index]} at index {index}")
+    return x

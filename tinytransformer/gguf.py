@@ -19,9 +19,10 @@ reverse of NumPy's C order. `TensorInfo.dims` keeps the file's order and
 `TensorInfo.shape` is the NumPy shape, `tuple(reversed(dims))`. A Llama
 projection stored with dims [in, out] is therefore the NumPy array [out, in].
 
-Quantised tensors are stored in blocks of 32 consecutive values (along ne[0]);
-each `dequantize_*` function below documents its block layout. All blocks begin
-with a float16 scale `d`; value = d * q (+ m for the "_1" types).
+Quantised tensors are stored in blocks of 32 consecutive values (along ne[0]),
+or super-blocks of 256 for the k-quants; the block layouts, drawn byte by byte,
+and the quantisers are in `tinytransformer.quant.ggml` (Q8_0, Q4_0, Q4_1, Q5_0)
+and `tinytransformer.quant.kquants` (Q4_K, Q5_K, Q6_K).
 
     >>> import os, tempfile, numpy as np
     >>> path = os.path.join(tempfile.mkdtemp(), "tiny.gguf")
@@ -39,8 +40,7 @@ that remain before anything is allocated, so a corrupt file raises GGUFError
 memory it does not contain. Tensor data is memory-mapped, not read.
 
 Does not handle: GGUF version 1 (pre-2023 files with 32-bit counts), the
-k-quants and i-quants (Q2_K..Q6_K, IQ*), Q5_0/Q5_1, big-endian files, and
-split (multi-file) models.
+i-quants (IQ*), Q2_K, Q3_K, Q5_1, big-endian files, and split (multi-file) models.
 """
 from __future__ import annotations
 
@@ -51,6 +51,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from tinytransformer.quant.ggml import DEQUANTIZERS as _LEGACY_DEQUANTIZERS
+from tinytransformer.quant.ggml import QUANTIZERS as _LEGACY_QUANTIZERS
+from tinytransformer.quant.kquants import DEQUANTIZERS as _K_DEQUANTIZERS
+from tinytransformer.quant.kquants import QUANTIZERS as _K_QUANTIZERS
+
+_BLOCK_QUANTIZERS = {**_LEGACY_QUANTIZERS, **_K_QUANTIZERS}
+_BLOCK_DEQUANTIZERS = {**_LEGACY_DEQUANTIZERS, **_K_DEQUANTIZERS}
 
 GGUF_MAGIC = b"GGUF"
 SUPPORTED_VERSIONS = (2, 3)
@@ -77,7 +85,7 @@ VALUE_TYPES: dict[int, tuple[str, str | None]] = {
 _VALUE_DTYPES = {t: np.dtype(fmt) for t, (_, fmt) in VALUE_TYPES.items() if fmt and t != BOOL}
 
 # --- tensor (ggml) types ---------------------------------------------------------------
-F32, F16, Q4_0, Q4_1, Q8_0, BF16 = 0, 1, 2, 3, 8, 30
+F32, F16, Q4_0, Q4_1, Q5_0, Q8_0, Q4_K, Q5_K, Q6_K, BF16 = 0, 1, 2, 3, 6, 8, 12, 13, 14, 30
 
 
 @dataclass(frozen=True)
@@ -92,12 +100,16 @@ GGML_TYPES: dict[int, GGMLType] = {
     F16: GGMLType("F16", 1, 2),
     Q4_0: GGMLType("Q4_0", 32, 18),
     Q4_1: GGMLType("Q4_1", 32, 20),
+    Q5_0: GGMLType("Q5_0", 32, 22),
     Q8_0: GGMLType("Q8_0", 32, 34),
+    Q4_K: GGMLType("Q4_K", 256, 144),
+    Q5_K: GGMLType("Q5_K", 256, 176),
+    Q6_K: GGMLType("Q6_K", 256, 210),
     BF16: GGMLType("BF16", 1, 2),
 }
+_BLOCK_TYPES = (Q4_0, Q4_1, Q5_0, Q8_0, Q4_K, Q5_K, Q6_K)  # quantised in blocks by tinytransformer.quant
 # Types we recognise by id but cannot dequantise (named in the error message).
-_KNOWN_UNSUPPORTED = {6: "Q5_0", 7: "Q5_1", 9: "Q8_1", 10: "Q2_K", 11: "Q3_K", 12: "Q4_K",
-                      13: "Q5_K", 14: "Q6_K", 15: "Q8_K", 24: "I8", 25: "I16", 26: "I32",
+_KNOWN_UNSUPPORTED = {7: "Q5_1", 9: "Q8_1", 10: "Q2_K", 11: "Q3_K", 15: "Q8_K", 24: "I8", 25: "I16", 26: "I32",
                       27: "I64", 28: "F64"}
 
 
@@ -340,26 +352,9 @@ class GGUFFile:
                 f"{len(self.metadata)} metadata keys, {len(self.tensors)} tensors)")
 
 
-# --- dequantisation --------------------------------------------------------------------
-
-def _blocks(raw: np.ndarray, kind: int) -> np.ndarray:
-    """View raw bytes as [n_blocks, type_size]."""
-    size = GGML_TYPES[kind].type_size
-    if raw.size % size:
-        raise GGUFError(f"{GGML_TYPES[kind].name} data of {raw.size} bytes is not a whole "
-                        f"number of {size}-byte blocks")
-    return raw.reshape(-1, size)
-
-
-def _scale(blocks: np.ndarray, start: int) -> np.ndarray:
-    """The float16 stored at byte `start` of every block, as float32 [n_blocks, 1]."""
-    return np.ascontiguousarray(blocks[:, start:start + 2]).view("<f2").astype(np.float32)
-
-
-def _nibbles(qs: np.ndarray) -> np.ndarray:
-    """[n, 16] bytes -> [n, 32] 4-bit values: low nibbles give values 0..15, high 16..31."""
-    return np.concatenate([qs & 0x0F, qs >> 4], axis=1)
-
+# --- dequantisation ------------------------------------------------------------------
+# The block formats themselves (layouts, rounding, byte-exact quantisers) are taught in
+# tinytransformer.quant.ggml and tinytransformer.quant.kquants; this module only maps type ids to them.
 
 def dequantize_f32(raw: np.ndarray) -> np.ndarray:
     """F32: 4-byte little-endian floats, stored as they are."""
@@ -376,39 +371,8 @@ def dequantize_bf16(raw: np.ndarray) -> np.ndarray:
     return (raw.view("<u2").astype(np.uint32) << 16).view(np.float32)
 
 
-def dequantize_q8_0(raw: np.ndarray) -> np.ndarray:
-    """Q8_0, 34-byte blocks of 32 values: d (f16) | q[32] (int8).  x_i = d * q_i."""
-    blocks = _blocks(raw, Q8_0)
-    d = _scale(blocks, 0)  # [n, 1]
-    q = blocks[:, 2:].view(np.int8).astype(np.float32)  # [n, 32]
-    return (q * d).reshape(-1)  # x = d * q
-
-
-def dequantize_q4_0(raw: np.ndarray) -> np.ndarray:
-    """Q4_0, 18-byte blocks of 32 values: d (f16) | qs[16] (two 4-bit q per byte).
-
-    Byte j holds q_j in its low nibble and q_{j+16} in its high nibble;
-    x_i = d * (q_i - 8), so q in 0..15 covers -8d..7d.
-    """
-    blocks = _blocks(raw, Q4_0)
-    d = _scale(blocks, 0)  # [n, 1]
-    q = _nibbles(blocks[:, 2:]).astype(np.int8) - np.int8(8)  # [n, 32] in -8..7
-    return (d * q.astype(np.float32)).reshape(-1)  # x = d * (q - 8)
-
-
-def dequantize_q4_1(raw: np.ndarray) -> np.ndarray:
-    """Q4_1, 20-byte blocks of 32 values: d (f16) | m (f16) | qs[16] (4-bit q, as Q4_0).
-
-    x_i = d * q_i + m: a scale and an offset (the block minimum), q in 0..15.
-    """
-    blocks = _blocks(raw, Q4_1)
-    d, m = _scale(blocks, 0), _scale(blocks, 2)  # [n, 1] each
-    q = _nibbles(blocks[:, 4:]).astype(np.float32)  # [n, 32] in 0..15
-    return (d * q + m).reshape(-1)  # x = d * q + m
-
-
 DEQUANTIZERS = {F32: dequantize_f32, F16: dequantize_f16, BF16: dequantize_bf16,
-                Q8_0: dequantize_q8_0, Q4_0: dequantize_q4_0, Q4_1: dequantize_q4_1}
+                **{kind: _BLOCK_DEQUANTIZERS[GGML_TYPES[kind].name] for kind in _BLOCK_TYPES}}
 
 
 def dequantize(raw, kind: int, shape=None) -> np.ndarray:
@@ -425,20 +389,13 @@ def dequantize(raw, kind: int, shape=None) -> np.ndarray:
     return x if shape is None else x.reshape(shape)
 
 
-# --- quantisation (for writing test files) ----------------------------------------------
-
-def _as_blocks(x: np.ndarray, what: str) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    if x.ndim == 0 or x.shape[-1] % 32:
-        raise ValueError(f"{what}: last axis must be a multiple of 32, got shape {x.shape}")
-    return x.reshape(-1, 32)
-
+# --- quantisation ------------------------------------------------------------------------
 
 def quantize(x: np.ndarray, kind: int) -> np.ndarray:
     """float array -> raw bytes (uint8) of ggml type `kind`, blocks along the last axis.
 
-    The rounding follows ggml's reference quantisers closely but not bit for
-    bit; any bytes are valid input to `dequantize`, which is what must be exact.
+    The block types give exactly the bytes of llama.cpp's reference quantisers
+    (`tinytransformer.quant.ggml`, `tinytransformer.quant.kquants`).
     """
     x = np.asarray(x, dtype=np.float32)
     if kind == F32:
@@ -449,29 +406,8 @@ def quantize(x: np.ndarray, kind: int) -> np.ndarray:
         bits = x.reshape(-1).view(np.uint32).astype(np.uint64)
         bits = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
         return bits.astype("<u2").view(np.uint8)
-    blocks = _as_blocks(x, "x")
-    if kind == Q8_0:
-        amax = np.abs(blocks).max(axis=1, keepdims=True)
-        d = (amax / 127).astype(np.float16)
-        inv = np.divide(1.0, d.astype(np.float32), out=np.zeros_like(amax), where=d != 0)
-        q = np.clip(np.rint(blocks * inv), -127, 127).astype(np.int8)
-        return np.concatenate([d.view(np.uint8), q.view(np.uint8)], axis=1).reshape(-1)
-    if kind == Q4_0:  # d = signed max / -8 so the largest magnitude maps to q = 0
-        idx = np.abs(blocks).argmax(axis=1)
-        signed_max = blocks[np.arange(len(blocks)), idx][:, None]
-        d = (signed_max / -8).astype(np.float16)
-        inv = np.divide(1.0, d.astype(np.float32), out=np.zeros_like(signed_max), where=d != 0)
-        q = np.clip(np.floor(blocks * inv + 8.5), 0, 15).astype(np.uint8)
-        packed = q[:, :16] | (q[:, 16:] << 4)
-        return np.concatenate([d.view(np.uint8), packed], axis=1).reshape(-1)
-    if kind == Q4_1:
-        lo, hi = blocks.min(axis=1, keepdims=True), blocks.max(axis=1, keepdims=True)
-        d = ((hi - lo) / 15).astype(np.float16)
-        m = lo.astype(np.float16)
-        inv = np.divide(1.0, d.astype(np.float32), out=np.zeros_like(lo), where=d != 0)
-        q = np.clip(np.floor((blocks - m.astype(np.float32)) * inv + 0.5), 0, 15).astype(np.uint8)
-        packed = q[:, :16] | (q[:, 16:] << 4)
-        return np.concatenate([d.view(np.uint8), m.view(np.uint8), packed], axis=1).reshape(-1)
+    if kind in _BLOCK_TYPES:
+        return _BLOCK_QUANTIZERS[GGML_TYPES[kind].name](x)
     raise ValueError(f"kind: expected a ggml type id in {sorted(GGML_TYPES)}, got {kind}")
 
 

@@ -1,0 +1,23 @@
+"""Quantisation: storing weights in fewer bits, and what each way of doing it costs.
+
+A float32 weight takes 32 bits. Quantisation stores it as a small integer q and
+recovers x ~ s * (q - z) with a scale s and a zero point z shared by a group of
+weights; the error is at most half a step s/2 per weight, and the art is in
+choosing the groups, the grid and the rounding. One module per idea, each
+building on the one before:
+
+    uniform       absmax (symmetric) and zero-point (asymmetric) int8/int4, per tensor,
+                  per row, in blocks; bits per weight counting every scale and zero point
+    normal_float  NF4 and FP4 with blockwise absmax (QLoRA, bitsandbytes), and double
+                  quantisation of the block scales
+    int8_matmul   LLM.int8(): vector-wise int8 matrix multiply, outlier columns in float
+    ggml          GGUF's Q8_0, Q4_0, Q4_1, Q5_0 blocks, byte for byte as llama.cpp writes them
+    kquants       GGUF's k-quants Q4_K, Q5_K, Q6_K: super-blocks with quantised scales
+    gptq          GPTQ: round column by column, pushing each error onto the columns not
+                  yet rounded through the inverse Hessian of the layer's inputs
+    awq           AWQ: scale up the input channels that see large activations before rounding
+
+Convention: a weight matrix is [out, in] (rows are output features) and is
+applied as x @ W.T, as in the model's parameter dict; blocks and groups run
+along the last (input) axis.
+"""
