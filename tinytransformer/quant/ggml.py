@@ -106,9 +106,15 @@ def pack_nibbles(q: np.ndarray) -> np.ndarray:
 
 
 def reciprocal(d: np.ndarray) -> np.ndarray:
-    """1/d in float32, and 0 where d is 0 (an all-zero block stores zeros)."""
+    """1/d in float32, and 0 where d is 0 or 1/d overflows (an all-zero block stores zeros).
+
+    Blocks with max|x| below ~1e-36 overflow 1/d; their float16 scale is 0 anyway, and ggml's C
+    code leaves their q undefined (it converts infinity to an integer), so we store q = 0 there.
+    """
     safe = np.where(d == 0, np.float32(1), d)
-    return np.where(d == 0, np.float32(0), np.float32(1) / safe).astype(np.float32)
+    with np.errstate(over="ignore"):
+        inverse = np.float32(1) / safe
+    return np.where((d == 0) | ~np.isfinite(inverse), np.float32(0), inverse).astype(np.float32)
 
 
 def round_half_away(v: np.ndarray) -> np.ndarray:
