@@ -186,8 +186,12 @@ def test_double_quantisation_equals_bitsandbytes(x, kind):
     mine = normal_float.quantize_blockwise(absmax, code=code, block_size=256)
     np.testing.assert_array_equal(mine.codes, reference[0].numpy())
     np.testing.assert_array_equal(mine.absmax, reference[1].numpy())
-    theirs = bnb.functional.dequantize_4bit(packed, state).numpy()
-    assert_close(ours.dequantize(), theirs.reshape(x.shape), rtol=1e-2, atol=1e-6 * np.abs(x).max())
+    # bitsandbytes' CPU kernel (what quantize_4bit ran) searches its table approximately: at most one code off
+    cpu_codes = state.absmax.numpy().astype(int)
+    assert np.all(np.abs(cpu_codes - ours.double_quant.codes.astype(int)) <= 1)
+    same = np.repeat(cpu_codes == ours.double_quant.codes, 64)[:x.size].reshape(x.shape)  # blocks coded alike
+    theirs = bnb.functional.dequantize_4bit(packed, state).numpy().reshape(x.shape)
+    assert_close(ours.dequantize()[same], theirs[same], rtol=1e-5, atol=1e-6 * np.abs(x).max())
 
 
 def test_nf4_values_are_normal_quantiles_and_the_dynamic_code_is_bitsandbytes():

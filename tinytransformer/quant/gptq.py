@@ -27,8 +27,12 @@ columns after the block in one matrix product.
 
 With group_size g, each group of g input columns gets its own zero-point scale
 (`uniform.zero_point_params`), computed from the group's weights as they are
-when the group's first column is reached (after earlier updates). act_order
+when the group's first column is reached (after earlier updates), or, with
+static_groups, from the original weights before anything moves. act_order
 quantises the columns with the largest H_jj (the busiest inputs) first.
+At 2 bits the first way can lose to round-to-nearest: later groups absorb
+the earlier errors, their range grows, and their 4-level grid gets coarser;
+static grids do not have that problem.
 
 With H = I nothing is moved (the off-diagonal of U is zero) and GPTQ is
 exactly round-to-nearest; on real activations its output error is smaller.
@@ -94,8 +98,8 @@ class GPTQResult:
         return self.bits + (32 + self.bits) * self.scale.shape[1] / self.codes.shape[1]
 
 
-def gptq_quantize(weight, hessian_matrix, *, bits: int = 4, group_size: int | None = 128,
-                  block_size: int = 128, damp: float = 0.01, act_order: bool = False) -> GPTQResult:
+def gptq_quantize(weight, hessian_matrix, *, bits: int = 4, group_size: int | None = 128, block_size: int = 128,
+                  damp: float = 0.01, act_order: bool = False, static_groups: bool = False) -> GPTQResult:
     """Quantise weight [C_out, C_in] to `bits`-bit zero-point groups, minimising the output error under H."""
     W = finite_array(weight, "weight").copy()  # float32 [C_out, C_in], updated in place
     H = finite_array(hessian_matrix, "hessian_matrix", dtype=np.float64).copy()
@@ -111,25 +115,30 @@ def gptq_quantize(weight, hessian_matrix, *, bits: int = 4, group_size: int | No
     dead = np.diag(H) == 0  # inputs that are always zero: any weight is exact; set it to 0
     H[dead, dead] = 1
     W[:, dead] = 0
+    n_groups = n_in // group
+    scales = np.zeros((n_out, n_groups), dtype=np.float32)
+    zeros = np.zeros((n_out, n_groups), dtype=np.float32)
+    if static_groups:  # every grid from the original weights, in the original column order
+        s, z = zero_point_params(W.reshape(-1, group), bits)  # [C_out * n_groups, 1]
+        scales, zeros = s.reshape(n_out, n_groups), z.reshape(n_out, n_groups)
     perm = np.argsort(-np.diag(H), kind="stable") if act_order else np.arange(n_in)
     W, H = W[:, perm], H[perm][:, perm]
+    column_group = perm // group if static_groups else np.arange(n_in) // group  # the group of position j
     H[np.diag_indices(n_in)] += damp * np.mean(np.diag(H))  # lambda I
     U = np.linalg.cholesky(np.linalg.inv(H)).T.astype(np.float32)  # upper: H^-1 = U^T U
 
     Q = np.zeros_like(W)
     codes = np.zeros(W.shape, dtype=np.uint8)
-    scales = np.zeros((n_out, n_in // group), dtype=np.float32)
-    zeros = np.zeros((n_out, n_in // group), dtype=np.float32)
     for i1 in range(0, n_in, block):
         i2 = min(i1 + block, n_in)
         W1 = W[:, i1:i2].copy()  # this block, with the updates of earlier columns applied as we go
         Err1 = np.zeros_like(W1)
         for i in range(i2 - i1):
             j = i1 + i
-            if j % group == 0:  # a new group: its grid from its weights as they are now
-                g = j // group
+            if j % group == 0 and not static_groups:  # a new group: its grid from its weights as they are now
                 s, z = zero_point_params(W1[:, i:i + group], bits)  # [C_out, 1] each
-                scales[:, g], zeros[:, g] = s[:, 0], z[:, 0]
+                scales[:, j // group], zeros[:, j // group] = s[:, 0], z[:, 0]
+            s, z = scales[:, column_group[j], None], zeros[:, column_group[j], None]  # [C_out, 1]
             w = W1[:, i:i + 1]  # [C_out, 1]
             q = round_to_grid(w, s, z, bits)
             codes[:, j] = q[:, 0]
@@ -140,5 +149,5 @@ def gptq_quantize(weight, hessian_matrix, *, bits: int = 4, group_size: int | No
         W[:, i2:] -= Err1 @ U[i1:i2, i2:]  # ... and, lazily, onto every column after the block
 
     inverse = np.argsort(perm)
-    group_index = (np.arange(n_in) // group)[inverse]
+    group_index = column_group[inverse]
     return GPTQResult(Q[:, inverse], codes[:, inverse], scales, zeros.astype(np.uint8), group_index, bits)

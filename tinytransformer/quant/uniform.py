@@ -47,7 +47,7 @@ import numpy as np
 
 from tinytransformer._validate import finite_array, positive_int
 
-__all__ = ["UniformQuantized", "quantize_absmax", "quantize_zero_point", "groups", "absmax_params",
+__all__ = ["UniformQuantized", "quantize_absmax", "quantize_zero_point", "groups",
            "zero_point_params", "round_to_grid"]
 
 SCALE_BITS = 32  # scales are stored as float32
@@ -67,11 +67,6 @@ def groups(x: np.ndarray, group) -> np.ndarray:
     return x.reshape(-1, size)
 
 
-def absmax_params(blocks: np.ndarray, bits: int) -> np.ndarray:
-    """The absmax scale of every row of blocks [n, g]: s = max|x| / (2^(b-1) - 1), [n, 1]."""
-    return np.abs(blocks).max(axis=1, keepdims=True) / blocks.dtype.type((1 << (bits - 1)) - 1)
-
-
 def zero_point_params(blocks: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
     """(scale [n, 1], zero point [n, 1]) of every row of blocks [n, g], with min <= 0 <= max."""
     lo = np.minimum(blocks.min(axis=1, keepdims=True), 0)
@@ -82,13 +77,10 @@ def zero_point_params(blocks: np.ndarray, bits: int) -> tuple[np.ndarray, np.nda
     return scale, zero
 
 
-def round_to_grid(x: np.ndarray, scale: np.ndarray, zero, bits: int) -> np.ndarray:
-    """Integer codes round(x / s) + z, clipped to the grid (signed when zero is None), as float."""
+def round_to_grid(x: np.ndarray, scale: np.ndarray, zero: np.ndarray, bits: int) -> np.ndarray:
+    """Zero-point codes round(x / s) + z clipped to 0 .. 2^b - 1, as float (0 where s is 0)."""
     with np.errstate(divide="ignore", invalid="ignore"):
         q = np.where(scale > 0, np.rint(x / scale), 0)
-    if zero is None:
-        qmax = (1 << (bits - 1)) - 1
-        return np.clip(q, -qmax, qmax)
     return np.clip(q + zero, 0, (1 << bits) - 1)
 
 
@@ -126,9 +118,12 @@ def quantize_absmax(x, *, bits: int = 8, group="row") -> UniformQuantized:
     bits = _check_bits(bits)
     x = finite_array(x, "x")
     blocks = groups(x, group)  # [n_groups, group_len]
-    scale = absmax_params(blocks, bits)
-    q = round_to_grid(blocks, scale, None, bits)
-    return UniformQuantized(q.astype(np.int8), scale.astype(np.float32), None, bits, x.shape)
+    qmax = blocks.dtype.type((1 << (bits - 1)) - 1)
+    amax = np.abs(blocks).max(axis=1, keepdims=True)  # [n_groups, 1]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        inverse_scale = (blocks.dtype.type(1) / amax) * qmax  # qmax / max|x|, in bitsandbytes' float order
+        q = np.where(amax > 0, np.rint(blocks * inverse_scale), 0)
+    return UniformQuantized(np.clip(q, -qmax, qmax).astype(np.int8), amax / qmax, None, bits, x.shape)
 
 
 def quantize_zero_point(x, *, bits: int = 8, group="row") -> UniformQuantized:
