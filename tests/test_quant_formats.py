@@ -187,9 +187,11 @@ def test_double_quantisation_equals_bitsandbytes(x, kind):
     np.testing.assert_array_equal(mine.codes, reference[0].numpy())
     np.testing.assert_array_equal(mine.absmax, reference[1].numpy())
     # bitsandbytes' CPU kernel (what quantize_4bit ran) searches its table approximately: at most one code off
+    # (a block of scales that are all equal to their mean is 0 / 0 there: any code decodes to the mean)
     cpu_codes = state.absmax.numpy().astype(int)
-    assert np.all(np.abs(cpu_codes - ours.double_quant.codes.astype(int)) <= 1)
-    same = np.repeat(cpu_codes == ours.double_quant.codes, 64)[:x.size].reshape(x.shape)  # blocks coded alike
+    defined = np.repeat(mine.absmax > normal_float.CLAMP, 256)[:cpu_codes.size]
+    assert np.all(np.abs(cpu_codes - ours.double_quant.codes.astype(int))[defined] <= 1)
+    same = np.repeat((cpu_codes == ours.double_quant.codes) | ~defined, 64)[:x.size].reshape(x.shape)
     theirs = bnb.functional.dequantize_4bit(packed, state).numpy().reshape(x.shape)
     assert_close(ours.dequantize()[same], theirs[same], rtol=1e-5, atol=1e-6 * np.abs(x).max())
 
