@@ -46,10 +46,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from tinytransformer._validate import finite_array, positive_int
-from tinytransformer.quant.gptq import output_error
+from tinytransformer.quant.gptq import gram_error
 from tinytransformer.quant.uniform import quantize_zero_point
 
-__all__ = ["activation_scales", "awq_scales", "awq_search", "AWQSearch", "fake_quantize"]
+__all__ = ["activation_scales", "awq_scales", "awq_search", "awq_search_statistics", "AWQSearch", "fake_quantize"]
 
 MIN_SCALE = 1e-4  # channels that never activate get this scale instead of 0
 
@@ -93,18 +93,28 @@ class AWQSearch:
 
 def awq_search(weights, x, *, bits: int = 4, group_size: int = 128, n_grid: int = 20) -> AWQSearch:
     """Grid-search alpha for the layers `weights` (each [C_out_k, C_in]) that all read the input x [n, C_in]."""
-    n_grid = positive_int(n_grid, "n_grid")
     x = finite_array(x, "x")
-    rows = x.reshape(-1, x.shape[-1])  # [n, C_in]
+    rows = x.reshape(-1, x.shape[-1]).astype(np.float64)  # [n, C_in]
+    return awq_search_statistics(weights, rows.T @ rows / rows.shape[0], activation_scales(rows),
+                                 bits=bits, group_size=group_size, n_grid=n_grid)
+
+
+def awq_search_statistics(weights, gram, s_x, *, bits: int = 4, group_size: int = 128,
+                          n_grid: int = 20) -> AWQSearch:
+    """`awq_search` from the input's statistics: gram = x^T x / n [C_in, C_in] and s_x = mean |x| [C_in].
+
+    The output error of a layer needs no more: || x D^T ||^2 / n = sum over rows of d^T gram d.
+    """
+    n_grid = positive_int(n_grid, "n_grid")
+    gram = np.asarray(gram, dtype=np.float64)
     weights = [finite_array(w, f"weights[{i}]") for i, w in enumerate(weights)]
     for i, w in enumerate(weights):
-        if w.ndim != 2 or w.shape[1] != rows.shape[1]:
-            raise ValueError(f"weights[{i}]: expected shape [C_out, {rows.shape[1]}] (x's C_in), got {w.shape}")
-    s_x = activation_scales(rows)
+        if w.ndim != 2 or w.shape[1] != gram.shape[0]:
+            raise ValueError(f"weights[{i}]: expected shape [C_out, {gram.shape[0]}] (the input's C_in), got {w.shape}")
     alphas = np.arange(n_grid) / n_grid
     errors = np.zeros(n_grid)
     for a, alpha in enumerate(alphas):
         search = AWQSearch(float(alpha), awq_scales(s_x, alpha), alphas, errors, bits, group_size)
-        errors[a] = sum(output_error(rows, w, w_hat) for w, w_hat in zip(weights, search.effective_weights(weights)))
+        errors[a] = sum(gram_error(gram, w, w_hat) for w, w_hat in zip(weights, search.effective_weights(weights)))
     best = int(np.argmin(errors))  # the first of equal errors: alpha = 0 (RTN) wins ties
     return AWQSearch(float(alphas[best]), awq_scales(s_x, alphas[best]), alphas, errors, bits, group_size)

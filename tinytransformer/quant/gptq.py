@@ -64,7 +64,7 @@ import numpy as np
 from tinytransformer._validate import finite_array, positive_int
 from tinytransformer.quant.uniform import round_to_grid, zero_point_params
 
-__all__ = ["hessian", "gptq_quantize", "GPTQResult", "output_error"]
+__all__ = ["hessian", "gptq_quantize", "GPTQResult", "output_error", "gram_error"]
 
 
 def hessian(x) -> np.ndarray:
@@ -79,6 +79,12 @@ def output_error(x, weight, weight_hat) -> float:
     rows = np.asarray(x, dtype=np.float64).reshape(-1, np.shape(weight)[1])
     diff = np.asarray(weight, np.float64) - np.asarray(weight_hat, np.float64)  # [C_out, C_in]
     return float(np.sum((rows @ diff.T) ** 2) / rows.shape[0])
+
+
+def gram_error(gram, weight, weight_hat) -> float:
+    """The same error from the input statistics alone: sum over rows of d^T G d, G = x^T x / n, d = w - w_hat."""
+    diff = np.asarray(weight, np.float64) - np.asarray(weight_hat, np.float64)  # [C_out, C_in]
+    return float(np.sum((diff @ gram) * diff))
 
 
 @dataclass(frozen=True)

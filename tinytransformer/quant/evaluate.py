@@ -1,0 +1,216 @@
+"""Quantising a whole model, and measuring what it cost: perplexity, KL divergence, same top token.
+
+Every format in `tinytransformer.quant` is applied to the seven projection
+matrices of every block (attn_q, attn_k, attn_v, attn_output, ffn_gate,
+ffn_up, ffn_down); embeddings and norms keep their values. For accuracy only
+the values matter, so each weight is replaced by its dequantised values ("fake
+quantisation"), except LLM.int8, whose product depends on the activations and
+stays an `Int8Linear`. Methods that look at activations (GPTQ, AWQ) first run
+calibration text through the model and keep, per projection, the statistics
+of its input x [n, C_in]: G = x^T x / n and mean |x|.
+
+The measurement people trust compares the quantised model with the one it came
+from, on held-out text, token by token (position t predicts token t+1):
+
+    perplexity   exp(mean_t -log q(x_{t+1} | x_<=t))
+    KL           mean_t sum_v p(v | x_<=t) log(p(v | x_<=t) / q(v | x_<=t))    (p: the reference model)
+    same top     fraction of positions where argmax q = argmax p
+
+    >>> import numpy as np
+    >>> from tinytransformer.model import TinyTransformer, TransformerConfig
+    >>> model = TinyTransformer(TransformerConfig(vocab_size=40, d_model=64, n_layers=1, n_heads=2, d_ff=64))
+    >>> windows = np.arange(24).reshape(2, 12) % 40
+    >>> reference = reference_log_probs(model, windows)
+    >>> same = compare(model, windows, reference)
+    >>> abs(same.kl) < 1e-6, same.same_top               # the reference is stored in float32
+    (True, 1.0)
+    >>> q8, bits = quantize_model(model, "Q8_0")
+    >>> r = compare(q8, windows, reference)
+    >>> bits, bool(0 < r.kl < 1e-3)
+    (8.5, True)
+
+Does not handle: quantising embeddings or the output head, quantising the
+blocks one after the other with calibration inputs from the quantised blocks
+before (GPTQ's sequential mode), AWQ's scale for attention's v -> o pair.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from tinytransformer import gguf
+from tinytransformer.model import TinyTransformer
+from tinytransformer.quant import normal_float, uniform
+from tinytransformer.quant.awq import awq_search_statistics
+from tinytransformer.quant.gptq import gptq_quantize
+from tinytransformer.quant.int8_matmul import Int8Linear
+
+__all__ = ["PROJECTIONS", "METHODS", "projection_names", "calibration_statistics", "quantize_model",
+           "reference_log_probs", "compare", "Comparison", "log_softmax"]
+
+PROJECTIONS = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
+GGUF_TYPES = ("Q8_0", "Q6_K", "Q5_K", "Q5_0", "Q4_K", "Q4_1", "Q4_0")
+METHODS = GGUF_TYPES + ("int8-row", "llm.int8", "int4-row", "rtn-g128", "gptq-g128", "awq-g128", "nf4", "nf4-dq",
+                        "fp4")
+NEEDS_CALIBRATION = ("gptq-g128", "awq-g128")
+
+
+def projection_names(config) -> list[str]:
+    return [f"blk.{i}.{p}.weight" for i in range(config.n_layers) for p in PROJECTIONS]
+
+
+# --- calibration ---------------------------------------------------------------------------
+
+@dataclass
+class InputStatistics:
+    """What GPTQ and AWQ need to know about the inputs x [n, C_in] of one projection."""
+
+    gram: np.ndarray  # x^T x summed, float64 [C_in, C_in]
+    abs_sum: np.ndarray  # |x| summed over tokens, float64 [C_in]
+    n: int = 0
+
+    @property
+    def mean_gram(self) -> np.ndarray:
+        return self.gram / max(self.n, 1)
+
+    @property
+    def mean_abs(self) -> np.ndarray:
+        return self.abs_sum / max(self.n, 1)
+
+
+class _Recorder:
+    """A weight that records the statistics of what it is applied to (it has .shape and .linear)."""
+
+    def __init__(self, weight):
+        self.weight, self.shape = weight, weight.shape
+        self.stats = InputStatistics(np.zeros((weight.shape[1],) * 2), np.zeros(weight.shape[1]))
+
+    def linear(self, x):
+        rows = np.asarray(x, np.float64).reshape(-1, self.shape[1])  # [n, C_in]
+        self.stats.gram += rows.T @ rows
+        self.stats.abs_sum += np.abs(rows).sum(axis=0)
+        self.stats.n += rows.shape[0]
+        return x @ self.weight.T
+
+
+def calibration_statistics(model: TinyTransformer, windows) -> dict[str, InputStatistics]:
+    """Run the token windows [B, T] through the model; the input statistics of every projection."""
+    recorders = {name: _Recorder(model.params[name]) for name in projection_names(model.config)}
+    probe = TinyTransformer(model.config, {**model.params, **recorders}, attention=model.attention)
+    for ids in np.asarray(windows):
+        probe.forward(ids)
+    return {name: r.stats for name, r in recorders.items()}
+
+
+# --- quantising every projection ----------------------------------------------------------
+
+def _fake(method: str, w: np.ndarray) -> tuple[np.ndarray, float]:
+    """(dequantised values, bits per weight) of one matrix in a format that needs no calibration."""
+    if method in GGUF_TYPES:
+        kind = getattr(gguf, method)
+        info = gguf.GGML_TYPES[kind]
+        return gguf.dequantize(gguf.quantize(w, kind), kind, w.shape), 8 * info.type_size / info.block_size
+    if method in ("int8-row", "int4-row"):
+        q = uniform.quantize_absmax(w, bits=int(method[3]), group="row")
+    elif method == "rtn-g128":
+        q = uniform.quantize_zero_point(w, bits=4, group=128)
+    elif method in ("nf4", "nf4-dq", "fp4"):
+        q = normal_float.quantize_4bit(w, method[:3], double_quant=method == "nf4-dq")
+    else:
+        raise ValueError(f"method: expected one of {METHODS}, got {method!r}")
+    return q.dequantize(), q.bits_per_weight
+
+
+def quantize_model(model: TinyTransformer, method: str, statistics: dict | None = None,
+                   *, n_grid: int = 20) -> tuple[TinyTransformer, float]:
+    """A copy of the model with every projection quantised by `method`; and the bits per weight of those.
+
+    GPTQ and AWQ take `statistics` from `calibration_statistics`. AWQ's scales are folded into
+    attn_norm (for q, k, v), ffn_norm (for gate, up) and the rows of ffn_up (for down).
+    """
+    if method not in METHODS:
+        raise ValueError(f"method: expected one of {METHODS}, got {method!r}")
+    if method in NEEDS_CALIBRATION and statistics is None:
+        raise ValueError(f"statistics: {method} needs calibration_statistics(model, windows), got None")
+    params, config = dict(model.params), model.config
+    names = projection_names(config)
+    bits, count = 0.0, 0
+    if method == "awq-g128":
+        params = _awq_scale(params, config, statistics, n_grid)
+    for name in names:
+        w = np.asarray(params[name], dtype=np.float32)
+        if method == "llm.int8":
+            params[name] = Int8Linear(w)
+            b = params[name].bits_per_weight
+        elif method == "gptq-g128":
+            q = gptq_quantize(w, 2 * statistics[name].mean_gram, bits=4, group_size=128)
+            params[name], b = q.weight, q.bits_per_weight
+        elif method == "awq-g128":
+            q = uniform.quantize_zero_point(w, bits=4, group=128)  # the weights were scaled by s already
+            params[name], b = q.dequantize(), q.bits_per_weight
+        else:
+            params[name], b = _fake(method, w)
+        bits, count = bits + b * w.size, count + w.size
+    quantized = TinyTransformer(config, params, attention=model.attention, tokenizer=model._tokenizer)
+    return quantized, bits / count
+
+
+def _awq_scale(params: dict, config, statistics: dict, n_grid: int) -> dict:
+    """AWQ's search per group of projections sharing an input, scales folded into what comes before."""
+    params = dict(params)
+    for i in range(config.n_layers):
+        b = f"blk.{i}."
+        for norm, group in ((b + "attn_norm.weight", ("attn_q", "attn_k", "attn_v")),
+                            (b + "ffn_norm.weight", ("ffn_gate", "ffn_up")),
+                            (b + "ffn_up.weight", ("ffn_down",))):
+            names = [b + p + ".weight" for p in group]
+            stats = statistics[names[0]]
+            if norm.endswith("ffn_up.weight"):  # down's input is silu(gate) * up: fold 1/s into up's rows
+                stats = statistics[b + "ffn_down.weight"]
+            search = awq_search_statistics([params[n] for n in names], stats.mean_gram, stats.mean_abs,
+                                           bits=4, group_size=128, n_grid=n_grid)
+            s = search.scales  # [C_in of the group]
+            for n in names:
+                params[n] = np.asarray(params[n], np.float32) * s  # W diag(s)
+            if norm.endswith("ffn_up.weight"):
+                params[norm] = np.asarray(params[norm], np.float32) / s[:, None]  # up's rows / s
+            else:
+                params[norm] = np.asarray(params[norm], np.float32) / s  # gamma / s
+    return params
+
+
+# --- measuring ------------------------------------------------------------------------------
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """log softmax over the last axis, in float64, without overflow."""
+    z = np.asarray(logits, dtype=np.float64)
+    z = z - z.max(axis=-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+
+
+def reference_log_probs(model: TinyTransformer, windows) -> np.ndarray:
+    """The reference model's log-probabilities for every window and position: [B, T, V] float32."""
+    return np.stack([log_softmax(model.forward(ids)).astype(np.float32) for ids in np.asarray(windows)])
+
+
+@dataclass(frozen=True)
+class Comparison:
+    perplexity: float
+    kl: float  # mean KL(reference || model), nats per token
+    same_top: float  # fraction of positions whose most likely next token agrees with the reference's
+    n_tokens: int
+
+
+def compare(model: TinyTransformer, windows, reference: np.ndarray) -> Comparison:
+    """Perplexity on the windows' next tokens, and agreement with the reference log-probabilities."""
+    windows = np.asarray(windows)
+    nll, kl, same, n = 0.0, 0.0, 0, 0
+    for ids, ref in zip(windows, reference):
+        logq = log_softmax(model.forward(ids))[:-1]  # [T-1, V]: position t predicts token t+1
+        logp = ref[:-1].astype(np.float64)
+        nll -= logq[np.arange(len(ids) - 1), ids[1:]].sum()
+        kl += np.sum(np.exp(logp) * (logp - logq))
+        same += int(np.sum(logq.argmax(-1) == logp.argmax(-1)))
+        n += len(ids) - 1
+    return Comparison(float(np.exp(nll / n)), float(kl / n), same / n, n)
