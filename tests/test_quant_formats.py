@@ -14,7 +14,7 @@ from tinytransformer.quant import ggml, kquants, normal_float, uniform
 from tinytransformer.quant.kquants import unpack_scales_mins
 from tinytransformer.testing import assert_close
 
-LEGACY = ("Q8_0", "Q4_0", "Q4_1", "Q5_0")
+LEGACY = ("Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1")
 K_QUANTS = ("Q4_K", "Q5_K", "Q6_K")
 # A block whose max |x| is below ~1e-36 overflows ggml's 1/d; its q are undefined in the C code.
 DEFINED_FOR_LEGACY = tuple(k for k in QUANT_VALUE_KINDS if k != "subnormal")
@@ -105,13 +105,14 @@ def test_legacy_dequantize_of_quantize_is_within_half_a_step(x, name):
     y = ggml.DEQUANTIZERS[name](ggml.QUANTIZERS[name](x)).reshape(-1, 32)
     amax = np.abs(blocks).max(axis=1, keepdims=True)
     step, q_max = {"Q8_0": (amax / 127, 127), "Q4_0": (amax / 8, 8), "Q5_0": (amax / 16, 16),
-                   "Q4_1": (np.ptp(blocks, axis=1, keepdims=True) / 15, 15)}[name]
+                   "Q4_1": (np.ptp(blocks, axis=1, keepdims=True) / 15, 15),
+                   "Q5_1": (np.ptp(blocks, axis=1, keepdims=True) / 31, 31)}[name]
     if name in ("Q4_0", "Q5_0"):  # -8d..7d: the side opposite the largest magnitude clips by one step
         step = 2 * step
-    # half a step, plus the float16 rounding of the scale (and of the minimum for Q4_1),
+    # half a step, plus the float16 rounding of the scale (and of the minimum for Q4_1, Q5_1),
     # relative 2^-11 or absolute 2^-25 (float16's smallest step), times the largest q
     fp16 = lambda v: 2.0 ** -11 * np.abs(v) + 2.0 ** -25  # noqa: E731
-    bound = step / 2 + q_max * fp16(step) + (fp16(blocks.min(1, keepdims=True)) if name == "Q4_1" else 0)
+    bound = step / 2 + q_max * fp16(step) + (fp16(blocks.min(1, keepdims=True)) if name in ("Q4_1", "Q5_1") else 0)
     assert np.all(np.abs(y - blocks) <= bound * (1 + 1e-6) + 1e-30)
 
 

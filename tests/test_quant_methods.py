@@ -11,7 +11,7 @@ from strategies import calibration_layers, quant_values, seeds
 from tinytransformer.quant.awq import awq_search, fake_quantize
 from tinytransformer.quant.gptq import gptq_quantize, hessian, output_error
 from tinytransformer.quant.int8_matmul import Int8Linear, int8_matmul, outlier_columns
-from tinytransformer.quant.uniform import quantize_zero_point
+from tinytransformer.quant.uniform import quantize_zero_point, round_to_nearest
 from tinytransformer.testing import assert_close
 
 
@@ -72,15 +72,18 @@ def test_int8_without_outliers_is_vector_wise_absmax():
 # --- GPTQ -----------------------------------------------------------------------------------
 
 @given(seed=seeds(), n_out=st.integers(1, 8), groups=st.integers(1, 3), group=st.sampled_from([32, 64, 128]),
-       bits=st.sampled_from([2, 3, 4, 8]), act_order=st.booleans(), static=st.booleans(),
-       kind=st.sampled_from(["normal", "heavy-tailed", "outliers", "ties", "constant"]))
-def test_gptq_with_an_identity_hessian_is_round_to_nearest(seed, n_out, groups, group, bits, act_order, static, kind):
-    w = quant_values(kind, (n_out, groups * group), seed)
+       tail=st.sampled_from([0, 0, 16, 40]), bits=st.sampled_from([2, 3, 4, 8]), act_order=st.booleans(),
+       static=st.booleans(), kind=st.sampled_from(["normal", "heavy-tailed", "outliers", "ties", "constant"]))
+def test_gptq_with_an_identity_hessian_is_round_to_nearest(seed, n_out, groups, group, tail, bits, act_order, static,
+                                                           kind):
+    w = quant_values(kind, (n_out, groups * group + tail), seed)  # a tail: each row's last group is shorter
     q = gptq_quantize(w, np.eye(w.shape[1]), bits=bits, group_size=group, act_order=act_order, static_groups=static)
-    rtn = quantize_zero_point(w, bits=bits, group=group)
-    np.testing.assert_array_equal(q.weight, rtn.dequantize())
-    if not act_order:  # (with act_order equal diagonals keep their order, but the groups are the same)
-        np.testing.assert_array_equal(q.codes.reshape(rtn.q.shape), rtn.q)
+    rtn, rtn_bits = round_to_nearest(w, bits=bits, group_size=group)
+    np.testing.assert_array_equal(q.weight, rtn)
+    assert q.bits_per_weight == rtn_bits
+    if not tail:
+        codes = quantize_zero_point(w, bits=bits, group=group).q
+        np.testing.assert_array_equal(q.codes.reshape(codes.shape), codes)
 
 
 @given(layer=calibration_layers(), bits=st.sampled_from([2, 3, 4]), act_order=st.booleans(), static=st.booleans())
@@ -88,7 +91,7 @@ def test_gptq_output_error_on_the_calibration_set_is_never_above_round_to_neares
     w, x, group = layer
     static = static or bits == 2  # at 2 bits, grids from the updated weights can lose (see gptq's docstring)
     q = gptq_quantize(w, hessian(x), bits=bits, group_size=group, act_order=act_order, static_groups=static)
-    rtn = quantize_zero_point(w, bits=bits, group=group).dequantize()
+    rtn, _ = round_to_nearest(w, bits=bits, group_size=group)
     assert output_error(x, w, q.weight) <= output_error(x, w, rtn)
 
 
@@ -105,8 +108,8 @@ def test_gptq_refuses_bad_shapes_and_non_finite_input():
     w = np.ones((4, 64), np.float32)
     with pytest.raises(ValueError, match="hessian_matrix: expected shape"):
         gptq_quantize(w, np.eye(32))
-    with pytest.raises(ValueError, match="group_size: expected a divisor"):
-        gptq_quantize(w, np.eye(64), group_size=48)
+    with pytest.raises(ValueError, match="group_size: expected an integer >= 1"):
+        gptq_quantize(w, np.eye(64), group_size=0)
     with pytest.raises(ValueError, match="weight: expected finite values"):
         gptq_quantize(np.full((4, 64), np.nan, np.float32), np.eye(64))
     with pytest.raises(ValueError, match="x: expected finite values"):
@@ -120,7 +123,7 @@ def test_awq_with_exponent_zero_is_round_to_nearest(layer, bits):
     w, x, group = layer
     search = awq_search([w], x, bits=bits, group_size=group, n_grid=1)  # the grid is {0}
     assert search.alpha == 0.0 and np.all(search.scales == 1.0)
-    rtn = quantize_zero_point(w, bits=bits, group=group).dequantize()
+    rtn, _ = round_to_nearest(w, bits=bits, group_size=group)
     np.testing.assert_array_equal(search.effective_weights([w])[0], rtn)
     np.testing.assert_array_equal(search.scaled_weights([w])[0], fake_quantize(w, bits, group))
 
@@ -130,7 +133,7 @@ def test_awq_search_is_never_worse_than_round_to_nearest_and_reports_its_choice(
     w, x, group = layer
     w2 = w[::-1].copy()  # two layers reading the same input share one scale
     search = awq_search([w, w2], x, bits=4, group_size=group)
-    rtn = [quantize_zero_point(v, bits=4, group=group).dequantize() for v in (w, w2)]
+    rtn = [round_to_nearest(v, bits=4, group_size=group)[0] for v in (w, w2)]
     chosen = sum(output_error(x, v, e) for v, e in zip((w, w2), search.effective_weights([w, w2])))
     assert_close(chosen, search.errors.min(), rtol=1e-6)
     assert chosen <= sum(output_error(x, v, r) for v, r in zip((w, w2), rtn)) * (1 + 1e-6)

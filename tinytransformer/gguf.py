@@ -21,7 +21,7 @@ projection stored with dims [in, out] is therefore the NumPy array [out, in].
 
 Quantised tensors are stored in blocks of 32 consecutive values (along ne[0]),
 or super-blocks of 256 for the k-quants; the block layouts, drawn byte by byte,
-and the quantisers are in `tinytransformer.quant.ggml` (Q8_0, Q4_0, Q4_1, Q5_0)
+and the quantisers are in `tinytransformer.quant.ggml` (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1)
 and `tinytransformer.quant.kquants` (Q4_K, Q5_K, Q6_K).
 
     >>> import os, tempfile, numpy as np
@@ -40,7 +40,7 @@ that remain before anything is allocated, so a corrupt file raises GGUFError
 memory it does not contain. Tensor data is memory-mapped, not read.
 
 Does not handle: GGUF version 1 (pre-2023 files with 32-bit counts), the
-i-quants (IQ*), Q2_K, Q3_K, Q5_1, big-endian files, and split (multi-file) models.
+i-quants (IQ*), Q2_K, Q3_K, big-endian files, and split (multi-file) models.
 """
 from __future__ import annotations
 
@@ -85,7 +85,7 @@ VALUE_TYPES: dict[int, tuple[str, str | None]] = {
 _VALUE_DTYPES = {t: np.dtype(fmt) for t, (_, fmt) in VALUE_TYPES.items() if fmt and t != BOOL}
 
 # --- tensor (ggml) types ---------------------------------------------------------------
-F32, F16, Q4_0, Q4_1, Q5_0, Q8_0, Q4_K, Q5_K, Q6_K, BF16 = 0, 1, 2, 3, 6, 8, 12, 13, 14, 30
+F32, F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K, BF16 = 0, 1, 2, 3, 6, 7, 8, 12, 13, 14, 30
 
 
 @dataclass(frozen=True)
@@ -101,15 +101,16 @@ GGML_TYPES: dict[int, GGMLType] = {
     Q4_0: GGMLType("Q4_0", 32, 18),
     Q4_1: GGMLType("Q4_1", 32, 20),
     Q5_0: GGMLType("Q5_0", 32, 22),
+    Q5_1: GGMLType("Q5_1", 32, 24),
     Q8_0: GGMLType("Q8_0", 32, 34),
     Q4_K: GGMLType("Q4_K", 256, 144),
     Q5_K: GGMLType("Q5_K", 256, 176),
     Q6_K: GGMLType("Q6_K", 256, 210),
     BF16: GGMLType("BF16", 1, 2),
 }
-_BLOCK_TYPES = (Q4_0, Q4_1, Q5_0, Q8_0, Q4_K, Q5_K, Q6_K)  # quantised in blocks by tinytransformer.quant
+_BLOCK_TYPES = (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K)  # quantised in blocks by tinytransformer.quant
 # Types we recognise by id but cannot dequantise (named in the error message).
-_KNOWN_UNSUPPORTED = {7: "Q5_1", 9: "Q8_1", 10: "Q2_K", 11: "Q3_K", 15: "Q8_K", 24: "I8", 25: "I16", 26: "I32",
+_KNOWN_UNSUPPORTED = {9: "Q8_1", 10: "Q2_K", 11: "Q3_K", 15: "Q8_K", 24: "I8", 25: "I16", 26: "I32",
                       27: "I64", 28: "F64"}
 
 

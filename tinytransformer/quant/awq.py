@@ -24,13 +24,13 @@ alpha = 0 gives s = 1: exactly round-to-nearest. (The paper also searches a
 clipping range per group; we stop at the scales.)
 
     >>> import numpy as np
-    >>> from tinytransformer.quant.uniform import quantize_zero_point
+    >>> from tinytransformer.quant.uniform import round_to_nearest
     >>> from tinytransformer.quant.gptq import output_error
     >>> rng = np.random.default_rng(0)
     >>> w = rng.standard_normal((32, 256)).astype(np.float32)
     >>> x = rng.standard_normal((256, 256)).astype(np.float32) * np.exp(rng.standard_normal(256)).astype(np.float32)
     >>> search = awq_search([w], x, bits=4, group_size=128)
-    >>> rtn = quantize_zero_point(w, bits=4, group=128).dequantize()
+    >>> rtn, _ = round_to_nearest(w, bits=4, group_size=128)
     >>> bool(search.alpha > 0 and output_error(x, w, search.effective_weights([w])[0]) < output_error(x, w, rtn))
     True
 
@@ -47,7 +47,7 @@ import numpy as np
 
 from tinytransformer._validate import finite_array, positive_int
 from tinytransformer.quant.gptq import gram_error
-from tinytransformer.quant.uniform import quantize_zero_point
+from tinytransformer.quant.uniform import round_to_nearest
 
 __all__ = ["activation_scales", "awq_scales", "awq_search", "awq_search_statistics", "AWQSearch", "fake_quantize"]
 
@@ -68,7 +68,7 @@ def awq_scales(s_x: np.ndarray, alpha: float) -> np.ndarray:
 
 def fake_quantize(weight: np.ndarray, bits: int, group_size: int) -> np.ndarray:
     """Round-to-nearest with zero points in groups, dequantised: the Q of the equations above."""
-    return quantize_zero_point(weight, bits=bits, group=group_size).dequantize()
+    return round_to_nearest(weight, bits=bits, group_size=group_size)[0]
 
 
 @dataclass(frozen=True)

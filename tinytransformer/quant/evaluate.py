@@ -2,7 +2,9 @@
 
 Every format in `tinytransformer.quant` is applied to the seven projection
 matrices of every block (attn_q, attn_k, attn_v, attn_output, ffn_gate,
-ffn_up, ffn_down); embeddings and norms keep their values. For accuracy only
+ffn_up, ffn_down); embeddings and norms keep their values. A k-quant needs
+rows that are whole super-blocks of 256; other matrices fall back to the type
+llama.cpp's llama-quantize uses (Q4_K -> Q5_0, Q5_K -> Q5_1, Q6_K -> Q8_0). For accuracy only
 the values matter, so each weight is replaced by its dequantised values ("fake
 quantisation"), except LLM.int8, whose product depends on the activations and
 stays an `Int8Linear`. Methods that look at activations (GPTQ, AWQ) first run
@@ -46,7 +48,7 @@ from tinytransformer.quant.awq import awq_search_statistics
 from tinytransformer.quant.gptq import gptq_quantize
 from tinytransformer.quant.int8_matmul import Int8Linear
 
-__all__ = ["PROJECTIONS", "METHODS", "projection_names", "calibration_statistics", "quantize_model",
+__all__ = ["PROJECTIONS", "METHODS", "awq_fold_scales", "K_QUANT_FALLBACK", "gguf_type_for", "projection_names", "calibration_statistics", "quantize_model",
            "reference_log_probs", "compare", "Comparison", "log_softmax"]
 
 PROJECTIONS = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
@@ -54,6 +56,16 @@ GGUF_TYPES = ("Q8_0", "Q6_K", "Q5_K", "Q5_0", "Q4_K", "Q4_1", "Q4_0")
 METHODS = GGUF_TYPES + ("int8-row", "llm.int8", "int4-row", "rtn-g128", "gptq-g128", "awq-g128", "nf4", "nf4-dq",
                         "fp4")
 NEEDS_CALIBRATION = ("gptq-g128", "awq-g128")
+# A row that is not a whole number of 256-weight super-blocks cannot be a k-quant; llama.cpp's
+# llama-quantize then uses these instead (SmolLM2's d_model 576 = 2.25 x 256: every matrix but ffn_down).
+K_QUANT_FALLBACK = {"Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0"}
+
+
+def gguf_type_for(method: str, in_features: int) -> str:
+    """The ggml type a GGUF method stores a matrix with rows of `in_features` as (llama.cpp's fallback)."""
+    if method in K_QUANT_FALLBACK and in_features % 256:
+        return K_QUANT_FALLBACK[method]
+    return method
 
 
 def projection_names(config) -> list[str]:
@@ -108,13 +120,13 @@ def calibration_statistics(model: TinyTransformer, windows) -> dict[str, InputSt
 def _fake(method: str, w: np.ndarray) -> tuple[np.ndarray, float]:
     """(dequantised values, bits per weight) of one matrix in a format that needs no calibration."""
     if method in GGUF_TYPES:
-        kind = getattr(gguf, method)
+        kind = getattr(gguf, gguf_type_for(method, w.shape[1]))
         info = gguf.GGML_TYPES[kind]
         return gguf.dequantize(gguf.quantize(w, kind), kind, w.shape), 8 * info.type_size / info.block_size
     if method in ("int8-row", "int4-row"):
         q = uniform.quantize_absmax(w, bits=int(method[3]), group="row")
     elif method == "rtn-g128":
-        q = uniform.quantize_zero_point(w, bits=4, group=128)
+        return uniform.round_to_nearest(w, bits=4, group_size=128)
     elif method in ("nf4", "nf4-dq", "fp4"):
         q = normal_float.quantize_4bit(w, method[:3], double_quant=method == "nf4-dq")
     else:
@@ -137,7 +149,7 @@ def quantize_model(model: TinyTransformer, method: str, statistics: dict | None 
     names = projection_names(config)
     bits, count = 0.0, 0
     if method == "awq-g128":
-        params = _awq_scale(params, config, statistics, n_grid)
+        params = awq_fold_scales(params, config, statistics, n_grid)
     for name in names:
         w = np.asarray(params[name], dtype=np.float32)
         if method == "llm.int8":
@@ -146,9 +158,8 @@ def quantize_model(model: TinyTransformer, method: str, statistics: dict | None 
         elif method == "gptq-g128":
             q = gptq_quantize(w, 2 * statistics[name].mean_gram, bits=4, group_size=128)
             params[name], b = q.weight, q.bits_per_weight
-        elif method == "awq-g128":
-            q = uniform.quantize_zero_point(w, bits=4, group=128)  # the weights were scaled by s already
-            params[name], b = q.dequantize(), q.bits_per_weight
+        elif method == "awq-g128":  # the weights were scaled by s already
+            params[name], b = uniform.round_to_nearest(w, bits=4, group_size=128)
         else:
             params[name], b = _fake(method, w)
         bits, count = bits + b * w.size, count + w.size
@@ -156,8 +167,9 @@ def quantize_model(model: TinyTransformer, method: str, statistics: dict | None 
     return quantized, bits / count
 
 
-def _awq_scale(params: dict, config, statistics: dict, n_grid: int) -> dict:
-    """AWQ's search per group of projections sharing an input, scales folded into what comes before."""
+def awq_fold_scales(params: dict, config, statistics: dict, n_grid: int = 20) -> dict:
+    """AWQ's search per group of projections sharing an input; W <- W diag(s), and 1/s folded into what
+    comes before (attn_norm, ffn_norm, the rows of ffn_up). The function of the float model is unchanged."""
     params = dict(params)
     for i in range(config.n_layers):
         b = f"blk.{i}."

@@ -1,4 +1,4 @@
-"""GGUF's original block formats: Q8_0, Q4_0, Q4_1 and Q5_0, byte for byte as llama.cpp writes them.
+"""GGUF's original block formats: Q8_0, Q4_0, Q4_1, Q5_0 and Q5_1, byte for byte as llama.cpp writes them.
 
 ggml (the tensor library under llama.cpp) quantises a weight row in blocks of
 32 consecutive values. Each block stores one float16 scale `d` (and for the
@@ -10,6 +10,8 @@ self-contained and a matrix row can be dequantised one block at a time:
     Q4_1   x = d * q + m        q in 0..15       d = (max - min) / 15,     5.0
                                                  m = min
     Q5_0   x = d * (q - 16)     q in 0..31       d = x_maxabs / -16        5.5
+    Q5_1   x = d * q + m        q in 0..31       d = (max - min) / 31,     6.0
+                                                 m = min
 
 (`x_maxabs` is the value of largest magnitude with its sign: Q4_0 and Q5_0 map
 it exactly onto q = 0, the end of the range that has one more step.)
@@ -28,10 +30,12 @@ Block layouts, byte offsets on top, one block of 32 weights x_0 .. x_31:
 
     Q5_0 (22 bytes)   0     2          6                          22
                       | d   | qh (u32) | qs[16]  (low 4 bits, as Q4_0)  |
+    Q5_1 (24 bytes)   0     2     4          8                          24
+                      | d   | m   | qh (u32) | qs[16]                   |
         bit i of the little-endian uint32 qh is bit 4 (the fifth bit) of q_i.
 
 Rounding, which decides whether two implementations agree byte for byte:
-Q8_0 rounds x/d half away from zero (C `roundf`); Q4_0, Q4_1 and Q5_0
+Q8_0 rounds x/d half away from zero (C `roundf`); Q4_0, Q4_1, Q5_0 and Q5_1
 truncate x/d + 0.5 (+ the offset), so ties round up; the reciprocal 1/d is
 taken in float32 before d is rounded to float16, and dequantisation uses the
 float16 d. These match the reference quantisers of ggml (`quantize_row_q8_0_ref`
@@ -48,7 +52,7 @@ and friends in ggml-quants.c) and the `gguf` Python package.
 The k-quants (Q4_K, Q5_K, Q6_K: super-blocks of 256 with quantised scales)
 are in `tinytransformer.quant.kquants`.
 
-Does not handle: Q5_1, Q8_1 (an internal type for activations), the i-quants,
+Does not handle: Q8_1 (an internal type for activations), the i-quants,
 importance-weighted quantisation (llama.cpp's imatrix), or rows whose length
 is not a multiple of 32.
 """
@@ -59,11 +63,12 @@ import numpy as np
 from tinytransformer._validate import finite_array
 
 __all__ = ["BLOCK", "quantize_q8_0", "dequantize_q8_0", "quantize_q4_0", "dequantize_q4_0",
-           "quantize_q4_1", "dequantize_q4_1", "quantize_q5_0", "dequantize_q5_0",
+           "quantize_q4_1", "dequantize_q4_1", "quantize_q5_0", "dequantize_q5_0", "quantize_q5_1",
+           "dequantize_q5_1",
            "TYPE_SIZES", "QUANTIZERS", "DEQUANTIZERS"]
 
 BLOCK = 32  # values per block
-TYPE_SIZES = {"Q8_0": 34, "Q4_0": 18, "Q4_1": 20, "Q5_0": 22}  # bytes per block
+TYPE_SIZES = {"Q8_0": 34, "Q4_0": 18, "Q4_1": 20, "Q5_0": 22, "Q5_1": 24}  # bytes per block
 
 
 # --- shared pieces: blocks, float16 fields, nibbles ------------------------------------
@@ -176,34 +181,63 @@ def dequantize_q4_0(raw) -> np.ndarray:
     return (d * q.astype(np.float32)).reshape(-1)
 
 
+def _pack_fifth_bits(q: np.ndarray) -> np.ndarray:
+    """[n, 32] 5-bit values -> [n, 4] bytes of the uint32 qh (bit i = q_i's fifth bit) and [n, 16] nibbles."""
+    high = ((q >> 4) & 1).astype(np.uint32)  # [n, 32]
+    qh = (high << np.arange(BLOCK, dtype=np.uint32)).sum(axis=1, dtype=np.uint32)
+    return np.concatenate([qh.astype("<u4")[:, None].view(np.uint8), pack_nibbles(q & 0x0F)], axis=1)
+
+
+def _unpack_fifth_bits(qh_and_qs: np.ndarray) -> np.ndarray:
+    """[n, 4 + 16] bytes (qh, qs) -> [n, 32] 5-bit values q = low nibble | fifth bit << 4 (uint8)."""
+    qh = np.ascontiguousarray(qh_and_qs[:, :4]).view("<u4")  # [n, 1]
+    high = ((qh >> np.arange(BLOCK, dtype=np.uint32)) & 1).astype(np.uint8)  # [n, 32]
+    return unpack_nibbles(qh_and_qs[:, 4:]) | (high << 4)
+
+
 def quantize_q5_0(x) -> np.ndarray:
     """float values -> Q5_0 bytes: d = x_maxabs / -16, q = trunc(x/d + 16.5) in 0..31."""
     d, q = _quantize_offset_binary(as_blocks(x, BLOCK), 5)
-    high = ((q >> 4) & 1).astype(np.uint32)  # [n, 32]: the fifth bit of each q
-    qh = (high << np.arange(BLOCK, dtype=np.uint32)).sum(axis=1, dtype=np.uint32)  # bit i = q_i's fifth bit
-    qh_bytes = qh.astype("<u4")[:, None].view(np.uint8)  # [n, 4]
-    return np.concatenate([f16_bytes(d), qh_bytes, pack_nibbles(q & 0x0F)], axis=1).reshape(-1)
+    return np.concatenate([f16_bytes(d), _pack_fifth_bits(q)], axis=1).reshape(-1)
 
 
 def dequantize_q5_0(raw) -> np.ndarray:
     """Q5_0 bytes -> float32 values: x = d * (q - 16), q = low nibble | fifth bit << 4."""
     blocks = raw_blocks(raw, TYPE_SIZES["Q5_0"], "Q5_0")
     d = f16_field(blocks, 0)  # [n, 1]
-    qh = np.ascontiguousarray(blocks[:, 2:6]).view("<u4")  # [n, 1]
-    high = ((qh >> np.arange(BLOCK, dtype=np.uint32)) & 1).astype(np.uint8)  # [n, 32]
-    q = (unpack_nibbles(blocks[:, 6:]) | (high << 4)).astype(np.int8) - np.int8(16)  # [n, 32] in -16..15
+    q = _unpack_fifth_bits(blocks[:, 2:]).astype(np.int8) - np.int8(16)  # [n, 32] in -16..15
     return (d * q.astype(np.float32)).reshape(-1)
 
 
-# --- Q4_1: scale and minimum ------------------------------------------------------------
+# --- Q4_1 and Q5_1: scale and minimum ----------------------------------------------------
+
+def _quantize_min_scale(blocks: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """d = (max - min) / (2^bits - 1), m = min, q = trunc((x - min)/d + 0.5) clipped to 0..2^bits - 1."""
+    top = (1 << bits) - 1
+    lo = blocks.min(axis=1, keepdims=True)  # [n, 1]
+    d = (blocks.max(axis=1, keepdims=True) - lo) / np.float32(top)
+    q = np.clip(np.trunc((blocks - lo) * reciprocal(d) + np.float32(0.5)), 0, top).astype(np.uint8)
+    return d, lo, q
+
 
 def quantize_q4_1(x) -> np.ndarray:
     """float values -> Q4_1 bytes: d = (max - min)/15, m = min, q = trunc((x - min)/d + 0.5)."""
-    blocks = as_blocks(x, BLOCK)
-    lo = blocks.min(axis=1, keepdims=True)  # [n, 1]
-    d = (blocks.max(axis=1, keepdims=True) - lo) / np.float32(15)
-    q = np.clip(np.trunc((blocks - lo) * reciprocal(d) + np.float32(0.5)), 0, 15).astype(np.uint8)
+    d, lo, q = _quantize_min_scale(as_blocks(x, BLOCK), 4)
     return np.concatenate([f16_bytes(d), f16_bytes(lo), pack_nibbles(q)], axis=1).reshape(-1)
+
+
+def quantize_q5_1(x) -> np.ndarray:
+    """float values -> Q5_1 bytes: d = (max - min)/31, m = min, q = trunc((x - min)/d + 0.5)."""
+    d, lo, q = _quantize_min_scale(as_blocks(x, BLOCK), 5)
+    return np.concatenate([f16_bytes(d), f16_bytes(lo), _pack_fifth_bits(q)], axis=1).reshape(-1)
+
+
+def dequantize_q5_1(raw) -> np.ndarray:
+    """Q5_1 bytes -> float32 values: x = d * q + m."""
+    blocks = raw_blocks(raw, TYPE_SIZES["Q5_1"], "Q5_1")
+    d, m = f16_field(blocks, 0), f16_field(blocks, 2)  # [n, 1] each
+    q = _unpack_fifth_bits(blocks[:, 4:]).astype(np.float32)  # [n, 32] in 0..31
+    return (d * q + m).reshape(-1)
 
 
 def dequantize_q4_1(raw) -> np.ndarray:
@@ -214,6 +248,7 @@ def dequantize_q4_1(raw) -> np.ndarray:
     return (d * q + m).reshape(-1)
 
 
-QUANTIZERS = {"Q8_0": quantize_q8_0, "Q4_0": quantize_q4_0, "Q4_1": quantize_q4_1, "Q5_0": quantize_q5_0}
+QUANTIZERS = {"Q8_0": quantize_q8_0, "Q4_0": quantize_q4_0, "Q4_1": quantize_q4_1, "Q5_0": quantize_q5_0,
+              "Q5_1": quantize_q5_1}
 DEQUANTIZERS = {"Q8_0": dequantize_q8_0, "Q4_0": dequantize_q4_0, "Q4_1": dequantize_q4_1,
-                "Q5_0": dequantize_q5_0}
+                "Q5_0": dequantize_q5_0, "Q5_1": dequantize_q5_1}

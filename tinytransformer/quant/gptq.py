@@ -38,11 +38,11 @@ With H = I nothing is moved (the off-diagonal of U is zero) and GPTQ is
 exactly round-to-nearest; on real activations its output error is smaller.
 
     >>> import numpy as np
-    >>> from tinytransformer.quant.uniform import quantize_zero_point
+    >>> from tinytransformer.quant.uniform import round_to_nearest
     >>> rng = np.random.default_rng(0)
     >>> w = rng.standard_normal((16, 256)).astype(np.float32)
     >>> x = (rng.standard_normal((512, 256)) @ rng.standard_normal((256, 256)) / 16).astype(np.float32)
-    >>> rtn = quantize_zero_point(w, bits=4, group=128).dequantize()
+    >>> rtn, _ = round_to_nearest(w, bits=4, group_size=128)
     >>> q = gptq_quantize(w, hessian(x), bits=4, group_size=128)
     >>> bool(output_error(x, w, q.weight) < 0.5 * output_error(x, w, rtn))
     True
@@ -114,19 +114,18 @@ def gptq_quantize(weight, hessian_matrix, *, bits: int = 4, group_size: int | No
         raise ValueError(f"hessian_matrix: expected shape [C_in, C_in] = [{n_in}, {n_in}] for weight "
                          f"{weight.shape}, got {H.shape}")
     group = n_in if group_size is None else positive_int(group_size, "group_size")
-    if n_in % group:
-        raise ValueError(f"group_size: expected a divisor of C_in = {n_in}, got {group}")
     block = group * max(1, positive_int(block_size, "block_size") // group)  # whole groups per lazy block
 
     dead = np.diag(H) == 0  # inputs that are always zero: any weight is exact; set it to 0
     H[dead, dead] = 1
     W[:, dead] = 0
-    n_groups = n_in // group
+    n_groups = -(-n_in // group)  # the last group of a row is shorter when group does not divide C_in
     scales = np.zeros((n_out, n_groups), dtype=np.float32)
     zeros = np.zeros((n_out, n_groups), dtype=np.float32)
     if static_groups:  # every grid from the original weights, in the original column order
-        s, z = zero_point_params(W.reshape(-1, group), bits)  # [C_out * n_groups, 1]
-        scales, zeros = s.reshape(n_out, n_groups), z.reshape(n_out, n_groups)
+        for g in range(n_groups):
+            s, z = zero_point_params(W[:, g * group:(g + 1) * group], bits)  # [C_out, 1] each
+            scales[:, g], zeros[:, g] = s[:, 0], z[:, 0]
     perm = np.argsort(-np.diag(H), kind="stable") if act_order else np.arange(n_in)
     W, H = W[:, perm], H[perm][:, perm]
     column_group = perm // group if static_groups else np.arange(n_in) // group  # the group of position j

@@ -48,7 +48,7 @@ import numpy as np
 from tinytransformer._validate import finite_array, positive_int
 
 __all__ = ["UniformQuantized", "quantize_absmax", "quantize_zero_point", "groups",
-           "zero_point_params", "round_to_grid"]
+           "zero_point_params", "round_to_grid", "round_to_nearest"]
 
 SCALE_BITS = 32  # scales are stored as float32
 
@@ -134,3 +134,20 @@ def quantize_zero_point(x, *, bits: int = 8, group="row") -> UniformQuantized:
     scale, zero = zero_point_params(blocks, bits)
     q = round_to_grid(blocks, scale, zero, bits)
     return UniformQuantized(q.astype(np.uint8), scale.astype(np.float32), zero.astype(np.uint8), bits, x.shape)
+
+
+def round_to_nearest(weight, *, bits: int = 4, group_size: int = 128) -> tuple[np.ndarray, float]:
+    """Zero-point round-to-nearest of a matrix [out, in] in groups of `group_size` along each row, the
+    last group of a row shorter when group_size does not divide `in` (as GPTQ's and AWQ's groups are):
+    (dequantised values, bits per weight). The baseline that GPTQ and AWQ are measured against."""
+    weight = finite_array(weight, "weight")
+    if weight.ndim != 2:
+        raise ValueError(f"weight: expected a matrix [out, in], got shape {weight.shape}")
+    group_size = positive_int(group_size, "group_size")
+    full = weight.shape[1] - weight.shape[1] % group_size
+    parts = [quantize_zero_point(weight[:, :full], bits=bits, group=group_size)] if full else []
+    if full < weight.shape[1]:
+        parts.append(quantize_zero_point(weight[:, full:], bits=bits, group="row"))
+    n_groups = sum(p.scale.size for p in parts)
+    bits_per_weight = bits + (SCALE_BITS + bits) * n_groups / weight.size
+    return np.concatenate([p.dequantize() for p in parts], axis=1), bits_per_weight
