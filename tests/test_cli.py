@@ -30,7 +30,7 @@ def test_generate_prints_the_prompt_its_continuation_and_the_speed(tiny_path, ca
 
 
 @pytest.mark.parametrize("flags", [["--temperature", "0.8", "--top-k", "20", "--top-p", "0.9", "--seed", "5"],
-                                   ["--no-cache"], ["--chat", "--system", "Be brief."]])
+                                   ["--no-cache"], ["--chat", "--system", "Be brief."], ["--keep-quantized"]])
 def test_generate_options_run_and_are_reproducible(tiny_path, capsys, flags):
     argv = ["generate", "hello", "--model", str(tiny_path), "--max-new-tokens", "5"] + flags
     assert cli.main(argv) == 0
@@ -38,6 +38,14 @@ def test_generate_options_run_and_are_reproducible(tiny_path, capsys, flags):
     assert cli.main(argv) == 0
     assert capsys.readouterr().out == first
     assert first.startswith("hello") != ("--chat" in flags)
+
+
+def test_generate_with_the_weights_kept_quantised_says_what_the_float_model_says(tiny_path, capsys):
+    argv = ["generate", "the cat", "--model", str(tiny_path), "--max-new-tokens", "6"]
+    assert cli.main(argv) == 0
+    dense = capsys.readouterr().out
+    assert cli.main(argv + ["--keep-quantized"]) == 0
+    assert capsys.readouterr().out == dense
 
 
 def _chat(tiny_path, capsys, monkeypatch, lines, *flags):
