@@ -173,12 +173,16 @@ def quantize_q4_0(x) -> np.ndarray:
     return np.concatenate([f16_bytes(d), pack_nibbles(q)], axis=1).reshape(-1)
 
 
+def _offset_binary_values(blocks: np.ndarray, q: np.ndarray, half: int) -> np.ndarray:
+    """x = d * (q - half) for codes q [n, 32] (uint8) and the float16 d at the start of each block."""
+    signed = q.astype(np.int8) - np.int8(half)  # [n, 32] in -half..half-1
+    return (f16_field(blocks, 0) * signed.astype(np.float32)).reshape(-1)
+
+
 def dequantize_q4_0(raw) -> np.ndarray:
     """Q4_0 bytes -> float32 values: x = d * (q - 8)."""
     blocks = raw_blocks(raw, TYPE_SIZES["Q4_0"], "Q4_0")
-    d = f16_field(blocks, 0)  # [n, 1]
-    q = unpack_nibbles(blocks[:, 2:]).astype(np.int8) - np.int8(8)  # [n, 32] in -8..7
-    return (d * q.astype(np.float32)).reshape(-1)
+    return _offset_binary_values(blocks, unpack_nibbles(blocks[:, 2:]), 8)
 
 
 def _pack_fifth_bits(q: np.ndarray) -> np.ndarray:
@@ -204,9 +208,7 @@ def quantize_q5_0(x) -> np.ndarray:
 def dequantize_q5_0(raw) -> np.ndarray:
     """Q5_0 bytes -> float32 values: x = d * (q - 16), q = low nibble | fifth bit << 4."""
     blocks = raw_blocks(raw, TYPE_SIZES["Q5_0"], "Q5_0")
-    d = f16_field(blocks, 0)  # [n, 1]
-    q = _unpack_fifth_bits(blocks[:, 2:]).astype(np.int8) - np.int8(16)  # [n, 32] in -16..15
-    return (d * q.astype(np.float32)).reshape(-1)
+    return _offset_binary_values(blocks, _unpack_fifth_bits(blocks[:, 2:]), 16)
 
 
 # --- Q4_1 and Q5_1: scale and minimum ----------------------------------------------------
