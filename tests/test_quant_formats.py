@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from conftest import require
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from strategies import QUANT_VALUE_KINDS, quant_tensors, quant_values, seeds
 
@@ -152,6 +152,7 @@ def _bitsandbytes():
     return require("bitsandbytes", "the NF4/FP4 reference (its CPU backend)")
 
 
+@settings(max_examples=settings.default.max_examples // 2)  # each example quantises many blocks
 @given(x=quant_tensors(multiple_of=2, max_blocks=150, kinds=DEFINED_FOR_LEGACY),
        kind=st.sampled_from(["nf4", "fp4"]), block_size=st.sampled_from([32, 64, 128, 256]))
 def test_four_bit_codes_and_values_equal_bitsandbytes(x, kind, block_size):
@@ -166,6 +167,7 @@ def test_four_bit_codes_and_values_equal_bitsandbytes(x, kind, block_size):
     np.testing.assert_array_equal(ours.dequantize(), theirs.reshape(x.shape))
 
 
+@settings(max_examples=settings.default.max_examples // 2)  # each example quantises many blocks
 @given(x=quant_tensors(multiple_of=64, max_rows=8, max_blocks=40, kinds=("normal", "heavy-tailed", "outliers")),
        kind=st.sampled_from(["nf4", "fp4"]))
 def test_double_quantisation_equals_bitsandbytes(x, kind):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from conftest import require
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from strategies import calibration_layers, quant_values, seeds
 
@@ -71,6 +71,7 @@ def test_int8_without_outliers_is_vector_wise_absmax():
 
 # --- GPTQ -----------------------------------------------------------------------------------
 
+@settings(max_examples=settings.default.max_examples // 2)  # each example quantises many blocks
 @given(seed=seeds(), n_out=st.integers(1, 8), groups=st.integers(1, 3), group=st.sampled_from([32, 64, 128]),
        tail=st.sampled_from([0, 0, 16, 40]), bits=st.sampled_from([2, 3, 4, 8]), act_order=st.booleans(),
        static=st.booleans(), kind=st.sampled_from(["normal", "heavy-tailed", "outliers", "ties", "constant"]))
@@ -86,6 +87,7 @@ def test_gptq_with_an_identity_hessian_is_round_to_nearest(seed, n_out, groups, 
         np.testing.assert_array_equal(q.codes.reshape(codes.shape), codes)
 
 
+@settings(max_examples=settings.default.max_examples // 2)  # each example quantises many blocks
 @given(layer=calibration_layers(), bits=st.sampled_from([2, 3, 4]), act_order=st.booleans(), static=st.booleans())
 def test_gptq_output_error_on_the_calibration_set_is_never_above_round_to_nearest(layer, bits, act_order, static):
     w, x, group = layer
@@ -95,6 +97,7 @@ def test_gptq_output_error_on_the_calibration_set_is_never_above_round_to_neares
     assert output_error(x, w, q.weight) <= output_error(x, w, rtn)
 
 
+@settings(max_examples=settings.default.max_examples // 2)  # each example quantises many blocks
 @given(layer=calibration_layers(), static=st.booleans())
 def test_gptq_weights_lie_on_their_group_grids(layer, static):
     w, x, group = layer
@@ -128,6 +131,7 @@ def test_awq_with_exponent_zero_is_round_to_nearest(layer, bits):
     np.testing.assert_array_equal(search.scaled_weights([w])[0], fake_quantize(w, bits, group))
 
 
+@settings(max_examples=settings.default.max_examples // 2)  # each example quantises many blocks
 @given(layer=calibration_layers())
 def test_awq_search_is_never_worse_than_round_to_nearest_and_reports_its_choice(layer):
     w, x, group = layer

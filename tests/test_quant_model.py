@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from conftest import require
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from strategies import quant_values, seeds
 
@@ -27,6 +27,7 @@ def tiny_file(tmp_path_factory):
                               n_kv_heads=2, hidden_dim=256, weight_type=gguf.Q4_1, embedding_type=gguf.Q8_0)
 
 
+@settings(max_examples=settings.default.max_examples // 2)  # each example quantises many blocks
 @given(name=st.sampled_from(BLOCK_TYPES), rows=st.integers(1, 9), blocks=st.integers(1, 2), seed=seeds(),
        chunk_bytes=st.sampled_from([1, 1000, 1 << 21]), batch=st.sampled_from([(), (3,), (2, 2)]))
 def test_kept_quantised_weight_multiplies_as_its_dequantised_matrix(name, rows, blocks, seed, chunk_bytes, batch):
@@ -37,7 +38,7 @@ def test_kept_quantised_weight_multiplies_as_its_dequantised_matrix(name, rows, 
     dense = gguf.dequantize(gguf.quantize(w, kind), kind, w.shape)
     np.testing.assert_array_equal(q.dequantize(), dense)
     x = quant_values("normal", batch + (width,), seed + 1)
-    assert_close(q.linear(x), x @ dense.T)
+    assert_close(q.linear(x), x @ dense.T, atol=1e-6 * (np.abs(x) @ np.abs(dense).T).max())  # sums that cancel
     ids = np.random.default_rng(seed).integers(0, rows, (2, 3))
     np.testing.assert_array_equal(q.rows(ids), dense[ids])
     assert q.bits_per_weight == 8 * gguf.GGML_TYPES[kind].type_size / gguf.GGML_TYPES[kind].block_size
