@@ -18,7 +18,7 @@ windows. Measured in one run:
     llama.cpp  Q8_0, Q6_K, Q4_K, Q4_0 quantised by llama.cpp's C code (the libgguf package): bytes
                compared with ours, and perplexity on the same tokens (goal: within 0.5%)
     GPTQ, AWQ  4-bit g128 against round-to-nearest 4-bit g128, in perplexity
-    memory     peak resident memory (ru_maxrss) of a fresh process that loads the model and decodes
+    memory     peak resident memory (VmHWM, Linux) of a fresh process that loads the model and decodes
                --new-tokens tokens after a 7-token prompt: float32 against kept-quantised Q4_1/Q8_0
                (goal: at most 40%), and decode tokens/s of each (best of --repeats)
 """
@@ -43,7 +43,7 @@ from tinytransformer.threads import blas_description, blas_threads
 LLAMA_CPP_TYPES = ("Q8_0", "Q6_K", "Q4_K", "Q4_0")
 
 _MEMORY_PROBE = """
-import json, resource, sys, time
+import json, sys, time
 from tinytransformer.llama import load_model
 from tinytransformer.threads import blas_threads
 keep, n, repeats = sys.argv[1] == "quantized", int(sys.argv[2]), int(sys.argv[3])
@@ -55,8 +55,10 @@ with blas_threads(1):
         start = time.perf_counter()
         model.generate(ids, n, stop_at_eos=False)
         best = min(best, time.perf_counter() - start)
-print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                  "tokens_per_s": n / best}))
+# VmHWM: this process's peak resident memory. (ru_maxrss would not do: Linux keeps the parent's
+# high-water mark across fork and exec, so a child started by a large parent reports the parent's peak.)
+peak_kb = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+print(json.dumps({"peak_rss_mb": peak_kb / 1024, "tokens_per_s": n / best}))
 """
 
 
@@ -92,6 +94,8 @@ def memory_probe(mode: str, new_tokens: int, repeats: int) -> dict:
 
 
 def run(args) -> dict:
+    if args.memory_only:
+        return {"memory": {mode: memory_probe(mode, args.new_tokens, args.repeats) for mode in ("float32", "quantized")}}
     start = time.perf_counter()
     model = load_model(args.model)
     tokenizer = model.tokenizer
@@ -144,6 +148,8 @@ def run(args) -> dict:
 
 
 def report(results: dict) -> None:
+    if "rows" not in results:
+        return _report_memory(results["memory"])
     print(f"\nSmolLM2-135M-Instruct, {results['tokens']} held-out next tokens; BLAS {results['blas']}")
     print("reference = the file's own Q4_1/Q8_0 weights dequantised (re-quantising an already 4-bit model)\n")
     print(f"| method | bits/weight | perplexity | vs reference | KL (nats/token) | same top token |")
@@ -162,10 +168,14 @@ def report(results: dict) -> None:
         print("\n" + ", ".join(f"{m}: {100 * v:+.2f}% perplexity vs rtn-g128"
                                for m, v in results["gptq_awq_vs_rtn"].items()))
     if "memory" in results:
-        f, q = results["memory"]["float32"], results["memory"]["quantized"]
-        print(f"\npeak RSS: float32 {f['peak_rss_mb']:.0f} MB, kept quantised {q['peak_rss_mb']:.0f} MB "
-              f"({100 * q['peak_rss_mb'] / f['peak_rss_mb']:.0f}%, goal <= 40%); decode tokens/s: "
-              f"float32 {f['tokens_per_s']:.2f}, kept quantised {q['tokens_per_s']:.2f}")
+        _report_memory(results["memory"])
+
+
+def _report_memory(memory: dict) -> None:
+    f, q = memory["float32"], memory["quantized"]
+    print(f"\npeak RSS: float32 {f['peak_rss_mb']:.0f} MB, kept quantised {q['peak_rss_mb']:.0f} MB "
+          f"({100 * q['peak_rss_mb'] / f['peak_rss_mb']:.0f}%, goal <= 40%); decode tokens/s: "
+          f"float32 {f['tokens_per_s']:.2f}, kept quantised {q['tokens_per_s']:.2f}")
 
 
 def figure(results: dict, path) -> None:
@@ -203,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1, help="BLAS threads (default 1)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    parser.add_argument("--memory-only", action="store_true", help="only the peak-memory and decode-speed probes")
     parser.add_argument("--json", help="write the results here")
     parser.add_argument("--figure", help="save perplexity against bits per weight here (needs matplotlib)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, to check that it runs")
@@ -217,6 +228,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)
-    if args.figure:
+    if args.figure and "rows" in results:
         figure(results, args.figure)
     return 0
