@@ -11,6 +11,7 @@ Chapters (module -> idea):
     tokenizer   BPE, SentencePiece, byte-level BPE of a real model
     ngram       count-based language models and Kneser-Ney
     gguf        the GGUF file format and dequantisation
+    quant       quantisation: absmax, NF4, LLM.int8, GGUF blocks and k-quants, GPTQ, AWQ
     llama       a real pretrained model (SmolLM2) built from the modules above
     paged_cache the paged KV cache (vLLM) and decode attention over it
     cuda        CUDA kernels through CuPy (CuPy itself is imported only when a kernel runs)
