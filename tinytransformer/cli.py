@@ -80,7 +80,7 @@ def _sampling_options(parser: argparse.ArgumentParser) -> None:
                         help="BLAS threads (default 1: decoding is a chain of small matrix-vector products, "
                              "where more threads tend to cost more than they give)")
     parser.add_argument("--keep-quantized", action="store_true",
-                        help="keep the quantised weights in their GGUF blocks (about a fifth of the memory, "
+                        help="keep the quantised weights in their GGUF blocks (a fifth of the memory for the weights, "
                              "slower decoding)")
 
 

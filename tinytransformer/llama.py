@@ -22,7 +22,7 @@ Llama-shaped ones) reads.
 
 With keep_quantized=True the quantised matrices stay in their GGUF blocks
 (`quant.weights.QuantizedWeight`, dequantised a chunk at a time as they
-multiply): about a fifth of the memory, slower decoding.
+multiply): the weights take about a fifth of the memory, decoding is slower.
 
 Does not handle: architectures other than "llama" and our own "tinytransformer"
 (no Mistral sliding window, no biases, no MoE), RoPE scaling for long contexts.

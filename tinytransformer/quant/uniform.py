@@ -120,9 +120,10 @@ def quantize_absmax(x, *, bits: int = 8, group="row") -> UniformQuantized:
     blocks = groups(x, group)  # [n_groups, group_len]
     qmax = blocks.dtype.type((1 << (bits - 1)) - 1)
     amax = np.abs(blocks).max(axis=1, keepdims=True)  # [n_groups, 1]
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         inverse_scale = (blocks.dtype.type(1) / amax) * qmax  # qmax / max|x|, in bitsandbytes' float order
-        q = np.where(amax > 0, np.rint(blocks * inverse_scale), 0)
+        scaled = np.where(np.isfinite(inverse_scale), blocks * inverse_scale, blocks / (amax / qmax))  # 1/max|x|
+        q = np.where(amax > 0, np.rint(scaled), 0)  # overflows for a subnormal max|x|: divide instead
     return UniformQuantized(np.clip(q, -qmax, qmax).astype(np.int8), amax / qmax, None, bits, x.shape)
 
 
