@@ -465,3 +465,22 @@ def calibration_layers(draw, *, group_sizes=(32, 64)):
     channel_scale = np.exp(rng.standard_normal(n_in))  # some channels much larger than others
     x = (rng.standard_normal((2 * n_in, n_in)) @ mixing) * channel_scale
     return weight, x.astype(np.float32), group
+
+
+# --- serving chapter ------------------------------------------------------------------
+
+
+@st.composite
+def serving_models(draw):
+    """A small random TinyTransformer of any architecture, in float64 so that batching cannot
+    flip a greedy choice through rounding (the laws compare token ids)."""
+    from tinytransformer.model import TinyTransformer, init_params
+
+    config = draw(model_configs())
+    return TinyTransformer(config, init_params(config, seed=draw(seeds()), dtype=np.float64))
+
+
+def serving_prompts(vocab_size: int, *, max_prompts: int = 5, max_len: int = 8):
+    """A few prompts (lists of token ids) of ragged lengths."""
+    prompt = st.lists(st.integers(0, vocab_size - 1), min_size=1, max_size=max_len)
+    return st.lists(prompt, min_size=1, max_size=max_prompts)

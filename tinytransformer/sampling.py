@@ -31,7 +31,7 @@ import numpy as np
 from tinytransformer._validate import positive_int
 from tinytransformer.attention import softmax
 
-__all__ = ["greedy", "filter_top_k", "filter_top_p", "sample_next", "generate"]
+__all__ = ["greedy", "filter_top_k", "filter_top_p", "probabilities", "sample_next", "generate"]
 
 
 def greedy(logits) -> int:
@@ -66,23 +66,34 @@ def filter_top_p(logits, p: float) -> np.ndarray:
     return out
 
 
+def probabilities(logits, *, temperature: float = 0.0, top_k: int | None = None,
+                  top_p: float | None = None) -> np.ndarray:
+    """The distribution [V] (float64) that `sample_next` draws from: temperature, then top-k,
+    then top-p, then softmax. Temperature 0 is greedy: all the mass on the argmax."""
+    logits = _logits(logits)
+    if not isinstance(temperature, (int, float, np.floating)) or not temperature >= 0:
+        raise ValueError(f"temperature: expected a number >= 0, got {temperature!r}")
+    if temperature == 0:
+        probs = np.zeros(logits.size)
+        probs[greedy(logits)] = 1.0
+        return probs
+    z = logits.astype(np.float64) / temperature  # z / tau
+    if top_k is not None:
+        z = filter_top_k(z, top_k)
+    if top_p is not None:
+        z = filter_top_p(z, top_p)
+    return softmax(z)
+
+
 def sample_next(logits, *, temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
                 rng=None) -> int:
     """One token id from next-token logits [V]. temperature 0 (the default) is greedy.
 
     rng: a numpy Generator, an int seed, or None (a fresh unseeded generator).
     """
-    logits = _logits(logits)
-    if not isinstance(temperature, (int, float, np.floating)) or not temperature >= 0:
-        raise ValueError(f"temperature: expected a number >= 0, got {temperature!r}")
+    probs = probabilities(logits, temperature=temperature, top_k=top_k, top_p=top_p)
     if temperature == 0:
-        return greedy(logits)
-    z = logits.astype(np.float64) / temperature  # z / tau
-    if top_k is not None:
-        z = filter_top_k(z, top_k)
-    if top_p is not None:
-        z = filter_top_p(z, top_p)
-    probs = softmax(z)
+        return int(np.argmax(probs))  # no draw: greedy leaves the generator untouched
     rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
     return int(rng.choice(probs.size, p=probs))
 

@@ -1,0 +1,289 @@
+"""The engine: a scheduler and the one model, stepping many requests through a paged cache.
+
+Each step is three moves:
+
+    plan = scheduler.schedule(now)        which requests, how many tokens each (see `scheduler`)
+    run the model on the plan             one forward [B, 1] for every request that needs one token
+                                          (decode), one forward [1, n] per request that needs n > 1
+                                          (a prefill, or a chunk of one); sample where a request
+                                          completed its pending tokens, with its own generator
+    scheduler.update(plan, sampled, now)  append the tokens; finished requests free their blocks
+
+The model is `model.TinyTransformer` and nothing else: its forward takes the
+paged cache's ragged batch view (`PagedKVCache.view`) as its cache, exactly as
+`TinyTransformer.generate_many` does. Offline serving is `Engine.generate`:
+give it all the prompts, step until none is left. Online serving
+(`serving.server`) runs the same `step` in a background thread and adds and
+aborts requests between steps (`BackgroundEngine`).
+
+    >>> from tinytransformer.model import TinyTransformer, TransformerConfig
+    >>> model = TinyTransformer(TransformerConfig(vocab_size=11, d_model=8, n_layers=1, n_heads=2, max_seq_len=32))
+    >>> engine = Engine(model, n_blocks=6, block_size=4, max_seqs=2)
+    >>> outputs = engine.generate([[1, 2, 3], [4, 5], [6]], max_tokens=4)
+    >>> outputs == [model.generate(p, 4) for p in ([1, 2, 3], [4, 5], [6])]
+    True
+    >>> engine.cache.n_free_blocks           # every request finished and gave its blocks back
+    6
+
+Does not handle: mixing the prefills of several requests into one forward (vLLM
+flattens all of a step's tokens into one ragged batch with variable-length
+attention; our forward takes a rectangular [B, T]), CUDA graphs, sampling
+penalties, logprobs.
+"""
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from tinytransformer import sampling
+from tinytransformer._validate import positive_int
+from tinytransformer.serving.scheduler import Plan, Request, Scheduler
+
+__all__ = ["Engine", "StepResult", "StepRecord", "BackgroundEngine", "run_plan"]
+
+
+@dataclass
+class StepResult:
+    """What one step did: its plan, the (request, token) pairs it produced, the requests that
+    finished, and when it started and how long it took (seconds)."""
+
+    plan: Plan
+    emitted: list[tuple[Request, int]] = field(default_factory=list)
+    finished: list[Request] = field(default_factory=list)
+    start: float = 0.0
+    duration: float = 0.0
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """A line of the engine's log, for plots: the batch after the step was planned."""
+
+    start: float
+    duration: float
+    n_running: int  # requests holding cache blocks (the occupied slots)
+    n_waiting: int
+    n_scheduled: int  # requests computed in this step
+    n_tokens: int  # tokens computed in this step
+    n_free_blocks: int
+    n_preempted: int
+
+
+def run_plan(model, cache, plan: Plan) -> dict[Request, int]:
+    """Run the model on one step's plan; return the token sampled for every request that
+    completed its pending tokens. Requests with one pending token share one forward [B, 1]."""
+    sampled = {}
+
+    def sample(request, logits):
+        sampled[request] = sampling.sample_next(logits, temperature=request.temperature, top_k=request.top_k,
+                                                top_p=request.top_p, rng=request.rng)
+
+    singles = [r for r, n in plan.items if n == 1]
+    for request, n in plan.items:
+        if n == 1:
+            continue
+        start = request.n_computed
+        ids = np.array([request.tokens[start:start + n]])  # [1, n]: a prefill, or one chunk of it
+        hidden = model.hidden_states(ids, cache.view([request.seq_id]))  # [1, n, C]
+        if start + n == request.n_tokens:
+            sample(request, model.logits(hidden[0, -1]))
+    if singles:
+        ids = np.array([[r.tokens[r.n_computed]] for r in singles])  # [B, 1]
+        hidden = model.hidden_states(ids, cache.view([r.seq_id for r in singles]))  # [B, 1, C]
+        rows = [i for i, r in enumerate(singles) if r.n_computed + 1 == r.n_tokens]
+        logits = model.logits(hidden[rows, -1])  # [B', V]
+        for row, i in enumerate(rows):
+            sample(singles[i], logits[row])
+    return sampled
+
+
+class Engine:
+    """The scheduler and the model, one step at a time.
+
+    model: a TinyTransformer. n_blocks, block_size: the paged cache (by default
+    enough blocks for max_seqs sequences of the full context). policy, max_seqs,
+    max_tokens_per_step, max_wait: the scheduler's (see `Scheduler`).
+    clock: the time source for arrival and token times (seconds).
+    timer: what measures a step's duration (wall time by default; time.process_time
+    counts only this process's CPU time, steadier on a shared machine).
+    record: keep a StepRecord per step in .history (for plots).
+    """
+
+    def __init__(self, model, *, n_blocks: int | None = None, block_size: int = 16, policy: str = "continuous",
+                 max_seqs: int = 8, max_tokens_per_step: int = 256, max_wait: float = 0.0,
+                 clock: Callable[[], float] = time.perf_counter, timer: Callable[[], float] = time.perf_counter,
+                 record: bool = False):
+        self.model = model
+        block_size = positive_int(block_size, "block_size")
+        max_seqs = positive_int(max_seqs, "max_seqs")
+        if n_blocks is None:
+            n_blocks = max_seqs * -(-model.config.max_seq_len // block_size)
+        self.cache = model.new_paged_cache(n_blocks, block_size)
+        self.scheduler = Scheduler(self.cache.blocks, policy=policy, max_seqs=max_seqs,
+                                   max_tokens_per_step=max_tokens_per_step, max_wait=max_wait,
+                                   max_seq_len=model.config.max_seq_len)
+        self.clock, self.timer = clock, timer
+        self.record = record
+        self.history: list[StepRecord] = []
+
+    @property
+    def has_work(self) -> bool:
+        return self.scheduler.has_work
+
+    def add_request(self, prompt_ids, max_tokens: int, **options) -> Request:
+        """Queue a request; returns it (its .output grows as the engine steps). Options as in make_request."""
+        return self.scheduler.add(self.make_request(prompt_ids, max_tokens, **options))
+
+    def make_request(self, prompt_ids, max_tokens: int, *, temperature: float = 0.0, top_k: int | None = None,
+                     top_p: float | None = None, seed=None, stop_at_eos: bool = True, arrival: float | None = None,
+                     request_id=None) -> Request:
+        """A checked Request for this engine's model (not queued yet)."""
+        vocab = self.model.config.vocab_size
+        if isinstance(prompt_ids, (str, bytes)):
+            raise ValueError("prompt_ids: expected a sequence of token ids, got text; encode it with the tokenizer")
+        prompt = list(prompt_ids)
+        if not prompt or any(isinstance(t, (bool, np.bool_)) or not isinstance(t, (int, np.integer))
+                             or not 0 <= t < vocab for t in prompt):
+            raise ValueError(f"prompt_ids: expected a non-empty sequence of token ids in [0, {vocab}), "
+                             f"got {str(prompt)[:80]}")
+        sampling.probabilities(np.zeros(2), temperature=temperature, top_k=top_k, top_p=top_p)  # checks them
+        extra = {} if request_id is None else {"request_id": request_id}
+        return Request(prompt=prompt, max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                       seed=seed, eos_id=self.model.config.eos_id if stop_at_eos else None,
+                       arrival=self.clock() if arrival is None else arrival, **extra)
+
+    def abort(self, request: Request) -> bool:
+        """Stop a request now and free its blocks (False if it had already finished)."""
+        return self.scheduler.abort(request)
+
+    def step(self, now: float | None = None) -> StepResult:
+        """Plan, run, record one step. now: the time it starts (default: the clock)."""
+        start = self.clock() if now is None else now
+        plan = self.scheduler.schedule(start)
+        if not plan:
+            return StepResult(plan, start=start)
+        sampled, duration = self._execute(plan)
+        end = start + duration
+        if self.record:
+            s = self.scheduler
+            self.history.append(StepRecord(start, duration, len(s.running), len(s.waiting), len(plan.items),
+                                           plan.n_tokens, s.blocks.n_free_blocks, len(plan.preempted)))
+        finished = self.scheduler.update(plan, sampled, end)
+        emitted = [(r, r.output[-1]) for r, _ in plan.items if r in sampled and r.output]
+        return StepResult(plan, emitted, finished, start, duration)
+
+    def _execute(self, plan: Plan) -> tuple[dict[Request, int], float]:
+        """Run the plan; (sampled tokens, seconds it took)."""
+        start = self.timer()
+        sampled = run_plan(self.model, self.cache, plan)
+        return sampled, self.timer() - start
+
+    def generate(self, prompts, max_tokens: int, **options) -> list[list[int]]:
+        """Offline serving: every prompt's new ids, with the options of `add_request`."""
+        requests = [self.add_request(p, max_tokens, **options) for p in prompts]
+        while self.has_work:
+            result = self.step()
+            if not result.plan and result.plan.wait_until is not None:  # dynamic batching waits
+                time.sleep(max(0.0, result.plan.wait_until - self.clock()))
+        return [r.output for r in requests]
+
+
+class BackgroundEngine:
+    """An Engine stepping in its own thread, for a server: requests are added and aborted from
+    other threads between steps; each request's listener is called from the engine thread.
+
+        listener(request, token)   for each new token
+        listener(request, None)    once, when the request has finished (see request.finish_reason)
+    """
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self._commands: queue.SimpleQueue = queue.SimpleQueue()
+        self._wake = threading.Event()
+        self._listeners: dict[Request, Callable] = {}
+        self._stopped = False
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._loop, name="tinytransformer-engine", daemon=True)
+        self._thread.start()
+
+    def submit(self, listener: Callable, prompt_ids, max_tokens: int, **options) -> Request:
+        """Check and queue a request (ValueError if it is bad); it starts at the next step."""
+        # Checked here, in the caller's thread, so that bad input raises there; only the engine
+        # thread touches the scheduler's queues.
+        request = self.engine.make_request(prompt_ids, max_tokens, **options)
+        self.engine.scheduler.check(request)
+        self._commands.put(("add", request, listener))
+        self._wake.set()
+        return request
+
+    def abort(self, request: Request) -> None:
+        """Ask the engine to stop a request and free its blocks (at the next step boundary)."""
+        self._commands.put(("abort", request, None))
+        self._wake.set()
+
+    def call(self, function: Callable):
+        """Run function(engine) in the engine thread, between steps, and return its result."""
+        done = threading.Event()
+        box = []
+        self._commands.put(("call", (function, box, done), None))
+        self._wake.set()
+        if not done.wait(timeout=30):
+            raise TimeoutError("the engine thread did not answer within 30 s")
+        if isinstance(box[0], BaseException):
+            raise box[0]
+        return box[0]
+
+    def stop(self) -> None:
+        self._stopped = True
+        self._wake.set()
+        self._thread.join(timeout=10)
+
+    def _loop(self) -> None:
+        engine = self.engine
+        try:
+            while not self._stopped:
+                self._run_commands()
+                if not engine.has_work:
+                    self._wake.wait()
+                    self._wake.clear()
+                    continue
+                result = engine.step()
+                if not result.plan:
+                    if result.plan.wait_until is not None:
+                        self._wake.wait(max(0.0, result.plan.wait_until - engine.clock()))
+                        self._wake.clear()
+                    continue
+                for request, token in result.emitted:
+                    self._listeners[request](request, token)
+                for request in result.finished:
+                    self._listeners.pop(request)(request, None)
+        except BaseException as e:  # report to every waiting client rather than hang them
+            self.error = e
+            for request, listener in list(self._listeners.items()):
+                request.finish_reason = "error"
+                listener(request, None)
+            raise
+
+    def _run_commands(self) -> None:
+        while True:
+            try:
+                kind, item, listener = self._commands.get_nowait()
+            except queue.Empty:
+                return
+            if kind == "add":
+                self.engine.scheduler.add(item)
+                self._listeners[item] = listener
+            elif kind == "abort":
+                if self.engine.abort(item):
+                    self._listeners.pop(item)(item, None)
+            else:
+                function, box, done = item
+                try:
+                    box.append(function(self.engine))
+                except BaseException as e:
+                    box.append(e)
+                done.set()
