@@ -20,6 +20,7 @@ from tinytransformer import __version__
 from tinytransformer.chat import chat_prompt, default_system_prompt
 from tinytransformer.gguf import GGUFError, GGUFFile
 from tinytransformer.llama import ModelNotFoundError, default_model_path, load_model
+from tinytransformer.serving import cli as serving_cli
 from tinytransformer.threads import blas_threads
 
 EXAMPLES = """examples:
@@ -27,6 +28,7 @@ EXAMPLES = """examples:
   tinytransformer generate "Write a haiku about the sea." --chat --temperature 0.7 --top-p 0.9 --seed 1
   tinytransformer chat
   tinytransformer info
+  tinytransformer serve --port 8000     (an OpenAI-compatible HTTP endpoint, chapter 12)
 """
 
 
@@ -103,6 +105,7 @@ def _parser() -> argparse.ArgumentParser:
     info = commands.add_parser("info", help="print a GGUF model's metadata and structure",
                                description="Print a GGUF file's metadata, tensor types and the model.")
     info.add_argument("path", nargs="?", default=None, help="a GGUF file (default: SmolLM2-135M-Instruct)")
+    serving_cli.add_serve_command(commands)  # chapter 12, in its own module
     return parser
 
 
@@ -322,7 +325,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
-    command = {"generate": cmd_generate, "chat": cmd_chat, "info": cmd_info}[args.command]
+    command = {"generate": cmd_generate, "chat": cmd_chat, "info": cmd_info,
+               "serve": lambda a: serving_cli.cmd_serve(a, load=_load)}[args.command]
     try:
         threads = getattr(args, "threads", None)
         if threads is not None and threads < 1:

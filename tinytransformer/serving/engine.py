@@ -32,6 +32,7 @@ penalties, logprobs.
 """
 from __future__ import annotations
 
+import collections
 import queue
 import threading
 import time
@@ -203,6 +204,8 @@ class BackgroundEngine:
 
         listener(request, token)   for each new token
         listener(request, None)    once, when the request has finished (see request.finish_reason)
+
+    .finished holds the last 1,000 finished requests (for monitoring and tests).
     """
 
     def __init__(self, engine: Engine):
@@ -211,6 +214,7 @@ class BackgroundEngine:
         self._wake = threading.Event()
         self._listeners: dict[Request, Callable] = {}
         self._stopped = False
+        self.finished: collections.deque[Request] = collections.deque(maxlen=1000)
         self.error: BaseException | None = None
         self._thread = threading.Thread(target=self._loop, name="tinytransformer-engine", daemon=True)
         self._thread.start()
@@ -265,6 +269,7 @@ class BackgroundEngine:
                 for request, token in result.emitted:
                     self._listeners[request](request, token)
                 for request in result.finished:
+                    self.finished.append(request)
                     self._listeners.pop(request)(request, None)
         except BaseException as e:  # report to every waiting client rather than hang them
             self.error = e
@@ -284,6 +289,7 @@ class BackgroundEngine:
                 self._listeners[item] = listener
             elif kind == "abort":
                 if self.engine.abort(item):
+                    self.finished.append(item)
                     self._listeners.pop(item)(item, None)
             else:
                 function, box, done = item
