@@ -347,8 +347,7 @@ def create_app(model, *, engine=None, model_name: str | None = None, max_body_by
     from tinytransformer.chat import chat_prompt, default_system_prompt
     from tinytransformer.serving.engine import BackgroundEngine, Engine
 
-    if getattr(model, "tokenizer", None) is None:
-        raise ValueError("model: expected a model with a tokenizer (e.g. from llama.load_model), got none")
+    model.tokenizer  # noqa: B018  (a model without one raises ValueError here, not at the first request)
     background = engine if engine is not None else BackgroundEngine(Engine(model, **engine_options))
     name = model_name or model.config.name or "tinytransformer"
     system = default_system_prompt(model.metadata) if "tokenizer.chat_template" in model.metadata else None

@@ -1,0 +1,347 @@
+"""Benchmark: serving SmolLM2 — continuous vs static batching, prompt-lookup speculative decoding next
+to transformers', and the cost-model simulation checked against a measured run.
+
+    python -m tinytransformer.bench serve                    # everything (long on 2 busy cores)
+    python -m tinytransformer.bench serve --only batching    # or: speculative, simulate
+    python -m tinytransformer.bench serve --quick            # a tiny random model, seconds, to check it runs
+    python -m tinytransformer.bench serve --json out.json
+
+Measured in this one run:
+1. batching: --requests requests with skewed output lengths (most short, one in eight long;
+   EOS ignored so that the lengths are the workload's) through the engine under the static
+   and the continuous policy, same model, same block budget, same slots (--max-seqs).
+   All requests arrive at once (offline serving); `simulate.replay` runs them in virtual time.
+   Reported: output tokens per second, p50 time to first token (TTFT) and time per output
+   token (TPOT), preemptions. The run checks that both policies give every request the same ids.
+2. speculative: greedy decoding of chat prompts whose answers copy from the prompt (repeat a
+   code block, rename a variable in it) and of one that does not (a poem): ours with and
+   without the prompt-lookup draft, and transformers' generate with and without
+   prompt_lookup_num_tokens, same k and n-gram size, same prompts, same threads. Reported:
+   time, speed-up, acceptance rate, tokens per target forward. The run checks that
+   speculation did not change the ids.
+3. simulate: a cost model of one step fitted to steps measured here (`simulate.measure_steps`),
+   its prediction for workload 1 next to what was measured, then its prediction for
+   thousands of requests with a KV cache the size of an 80 GB GPU.
+
+Timing: every time is CPU time of this process (time.process_time) with one BLAS thread
+and one torch thread (--threads), which a shared machine disturbs far less than wall time;
+wall time would be at least as long. Each timing is the best of --repeats.
+
+Does not handle: timing on a GPU, HTTP overhead (the engine is timed directly).
+"""
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+
+from tinytransformer.threads import blas_description, blas_threads
+
+CLOCK = time.process_time
+
+
+def _load(args):
+    if args.quick:
+        from tinytransformer.model import TinyTransformer, TransformerConfig, init_params
+
+        config = TransformerConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=256,
+                                   name="tiny random")
+        return TinyTransformer(config, init_params(config, seed=0))
+    from tinytransformer.llama import load_model
+
+    return load_model(args.model)
+
+
+def _has_tokenizer(model) -> bool:
+    try:
+        return model.tokenizer is not None
+    except ValueError:  # the model came without one
+        return False
+
+
+def _prompts_from_corpus(model, n: int, lengths, seed: int) -> list[list[int]]:
+    """n prompts of real text (the built-in corpus), lengths drawn from `lengths` tokens."""
+    rng = np.random.default_rng(seed)
+    if not _has_tokenizer(model):
+        return [rng.integers(0, model.config.vocab_size, int(rng.integers(*lengths) + 1)).tolist() for _ in range(n)]
+    from tinytransformer.corpus import load_corpus
+
+    text = load_corpus()
+    ids = model.tokenizer.encode(text[:200_000])
+    out = []
+    for _ in range(n):
+        length = int(rng.integers(lengths[0], lengths[1] + 1))
+        start = int(rng.integers(0, len(ids) - length))
+        out.append(ids[start:start + length])
+    return out
+
+
+def batching_workload(model, args):
+    """(prompt ids, output length) pairs: skewed_workload's lengths, prompts of real text."""
+    from tinytransformer.serving.simulate import skewed_workload
+
+    lengths = skewed_workload(args.requests, seed=args.seed, vocab_size=model.config.vocab_size,
+                              prompt_lengths=(args.prompt_min, args.prompt_max), short=(args.short_min, args.short_max),
+                              long=(args.long_min, args.long_max), long_fraction=args.long_fraction)
+    prompts = _prompts_from_corpus(model, len(lengths), (args.prompt_min, args.prompt_max), args.seed)
+    return [(p, n) for p, (_, n) in zip(prompts, lengths)]
+
+
+def block_budget(work, args) -> int:
+    """Blocks for max_seqs of the workload's longest requests: the same for every policy."""
+    longest = max(len(p) + n for p, n in work)
+    return args.max_seqs * -(-longest // args.block_size)
+
+
+def run_batching(model, args) -> dict:
+    from tinytransformer.serving.engine import Engine
+    from tinytransformer.serving.simulate import replay, summarize
+
+    work = batching_workload(model, args)
+    n_blocks = block_budget(work, args)
+    results, outputs = {}, {}
+    for policy in ("static", "continuous"):
+        best = None
+        for _ in range(args.repeats):
+            engine = Engine(model, n_blocks=n_blocks, block_size=args.block_size, policy=policy,
+                            max_seqs=args.max_seqs, max_tokens_per_step=args.max_tokens_per_step, timer=CLOCK,
+                            record=True)
+            requests = [engine.make_request(p, n, stop_at_eos=False, arrival=0.0) for p, n in work]
+            summary = summarize(replay(engine, requests))
+            if best is None or summary["throughput"] > best["throughput"]:
+                best = summary
+                best["mean_batch"] = float(np.mean([s.n_scheduled for s in engine.history]))
+                best["steps"] = len(engine.history)
+            outputs[policy] = [r.output for r in requests]
+        results[policy] = best
+        print(f"  {policy:10s} {best['throughput']:7.1f} tokens/s  TTFT p50 {best['ttft_p50']:6.2f} s  "
+              f"TPOT p50 {best['tpot_p50'] * 1e3:6.1f} ms  {best['steps']} steps, mean batch "
+              f"{best['mean_batch']:.1f}, {best['preemptions']} preemptions", flush=True)
+    if outputs["static"] != outputs["continuous"]:
+        raise AssertionError("the two policies gave different ids to some request")
+    results["speedup"] = results["continuous"]["throughput"] / results["static"]["throughput"]
+    results["workload"] = {"requests": len(work), "output_tokens": sum(n for _, n in work),
+                           "long": sum(1 for _, n in work if n >= args.long_min), "n_blocks": n_blocks,
+                           "block_size": args.block_size, "max_seqs": args.max_seqs,
+                           "prompt_tokens": sum(len(p) for p, _ in work)}
+    print(f"  continuous / static throughput: {results['speedup']:.2f}x", flush=True)
+    return results
+
+
+# --- speculative decoding ------------------------------------------------------------------------
+
+def copy_prompts(model) -> dict[str, str]:
+    """Chat prompts: two whose answers copy a code block from the prompt, one that copies nothing."""
+    from tinytransformer.chat import chat_prompt
+    from tinytransformer.sampling import filter_top_k
+
+    code = inspect.getsource(filter_top_k).strip()
+    asks = {"repeat code": f"Repeat this Python function exactly, in a code block:\n\n```python\n{code}\n```",
+            "rename variable": "Rewrite this Python function with the variable `keep` renamed to `kept`. "
+                               f"Answer with the code only.\n\n```python\n{code}\n```",
+            "poem (no copy)": "Write a short poem about the sea."}
+    system = None
+    if "tokenizer.chat_template" in model.metadata:
+        from tinytransformer.chat import default_system_prompt
+
+        system = default_system_prompt(model.metadata)
+    return {name: chat_prompt([{"role": "user", "content": text}], default_system=system)
+            for name, text in asks.items()}
+
+
+def _hf_model(path):
+    import torch
+    import transformers
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
+                                                              dtype=torch.float32).eval()
+    return model, f"transformers {transformers.__version__}, torch {torch.__version__}"
+
+
+def run_speculative(model, args) -> dict:
+    from tinytransformer.serving.speculative import PromptLookupDraft, SpeculationStats, speculative_generate
+
+    if not _has_tokenizer(model):  # --quick: random ids that repeat
+        rng = np.random.default_rng(0)
+        block = rng.integers(0, model.config.vocab_size, 24).tolist()
+        prompts = {"repeat": block * 3, "random": rng.integers(0, model.config.vocab_size, 72).tolist()}
+    else:
+        prompts = {name: model.tokenizer.encode(text) for name, text in copy_prompts(model).items()}
+    hf = None
+    if not args.no_hf and not args.quick:
+        try:
+            from pathlib import Path
+
+            from tinytransformer.llama import default_model_path
+
+            hf, label = _hf_model(Path(args.model or default_model_path()))
+            print(f"  competitor: {label}", flush=True)
+        except ImportError as e:
+            print(f"  transformers skipped: {e}", flush=True)
+    n, k = args.new_tokens, args.k
+    rows = {}
+    for name, ids in prompts.items():
+        draft = PromptLookupDraft(model.config.vocab_size, max_ngram=args.ngram)
+        stats = SpeculationStats()
+
+        def ours_lookup():
+            stats.__init__()  # counts of the last run only
+            return speculative_generate(model, draft, ids, n, k=k, stats=stats)
+
+        tasks = {"ours": lambda: model.generate(ids, n), "ours + lookup": ours_lookup}
+        if hf is not None:
+            import torch
+
+            tensor = torch.tensor([ids])
+
+            def hf_generate(lookup):
+                extra = {"prompt_lookup_num_tokens": k, "max_matching_ngram_size": args.ngram} if lookup else {}
+                with torch.inference_mode():
+                    out = hf.generate(tensor, attention_mask=torch.ones_like(tensor), max_new_tokens=n,
+                                      do_sample=False, **extra)
+                return out[0, len(ids):].tolist()
+
+            tasks["transformers"] = lambda: hf_generate(False)
+            tasks["transformers + lookup"] = lambda: hf_generate(True)
+        best, outs = {}, {}
+        for _ in range(args.repeats):
+            for task, fn in tasks.items():  # alternate, so that load changes hit all alike
+                start = CLOCK()
+                outs[task] = fn()
+                best[task] = min(best.get(task, float("inf")), CLOCK() - start)
+        if outs["ours + lookup"] != outs["ours"]:
+            raise AssertionError(f"{name}: speculative decoding changed our greedy ids")
+        row = {"tokens": len(outs["ours"]), "seconds": best, "acceptance_rate": stats.acceptance_rate,
+               "tokens_per_forward": stats.tokens_per_round, "speedup_ours": best["ours"] / best["ours + lookup"]}
+        if hf is not None:
+            row["speedup_transformers"] = best["transformers"] / best["transformers + lookup"]
+            row["transformers_same_ids"] = outs["transformers"] == outs["ours"]
+            row["transformers_lookup_unchanged"] = outs["transformers + lookup"] == outs["transformers"]
+        rows[name] = row
+        theirs = f", transformers {row['speedup_transformers']:.2f}x" if hf is not None else ""
+        print(f"  {name:16s} {row['tokens']:3d} tokens: ours {row['speedup_ours']:.2f}x{theirs}; acceptance "
+              f"{row['acceptance_rate']:.0%}, {row['tokens_per_forward']:.2f} tokens per target forward", flush=True)
+    return rows
+
+
+# --- simulation ------------------------------------------------------------------------------------
+
+def run_simulate(model, args, measured: dict | None) -> dict:
+    from tinytransformer.paged_cache import PagedKVCache  # noqa: F401  (the geometry below is the model's)
+    from tinytransformer.serving.scheduler import Request
+    from tinytransformer.serving.simulate import (CostModel, SimulatedEngine, blocks_in_memory, measure_steps,
+                                                  poisson_arrivals, replay, skewed_workload, summarize)
+
+    contexts = (16, 64) if args.quick else (32, 128, 256)
+    X, y = measure_steps(model, batch_sizes=(1, 2, 4, 8), contexts=contexts,
+                         prefill_lengths=(8, 32) if args.quick else (16, 48, 96), repeats=args.repeats, timer=CLOCK)
+    cost = CostModel.fit(X, y)
+    print(f"  fitted: {cost}", flush=True)
+    residual = float(np.max(np.abs(X @ cost.coefficients - y) / y))
+    out = {"cost_model": cost.__dict__, "fit_max_relative_error": residual, "checks": {}}
+    if measured:
+        work = batching_workload(model, args)
+        n_blocks = block_budget(work, args)
+        for policy in ("static", "continuous"):
+            engine = SimulatedEngine(cost, n_blocks=n_blocks, block_size=args.block_size, policy=policy,
+                                     max_seqs=args.max_seqs, max_tokens_per_step=args.max_tokens_per_step)
+            predicted = summarize(replay(engine, [Request(prompt=p, max_tokens=n) for p, n in work]))
+            real = measured[policy]
+            error = predicted["throughput"] / real["throughput"] - 1
+            out["checks"][policy] = {"predicted": predicted["throughput"], "measured": real["throughput"],
+                                     "relative_error": error, "predicted_ttft_p50": predicted["ttft_p50"],
+                                     "measured_ttft_p50": real["ttft_p50"]}
+            print(f"  {policy:10s} predicted {predicted['throughput']:7.1f} tokens/s, measured "
+                  f"{real['throughput']:7.1f} ({error:+.0%}); TTFT p50 predicted {predicted['ttft_p50']:.2f} s, "
+                  f"measured {real['ttft_p50']:.2f} s", flush=True)
+    # What this machine cannot hold: thousands of requests, a cache the size of an 80 GB GPU.
+    n = 300 if args.quick else 3000
+    weights = 4 * model.n_parameters
+    gpu_blocks = blocks_in_memory(80e9, model.config, block_size=16, bytes_per_element=2, weight_bytes=weights)
+    out["gpu"] = {"n_blocks": gpu_blocks, "requests": n, "rows": []}
+    print(f"  80 GB cache: {gpu_blocks:,} blocks of 16 positions (fp16 K and V); {n} requests, Poisson arrivals",
+          flush=True)
+    work = skewed_workload(n, seed=1, vocab_size=model.config.vocab_size, prompt_lengths=(32, 256), short=(8, 64),
+                           long=(256, 512), long_fraction=0.125)
+    capacity = summarize(replay(SimulatedEngine(cost, n_blocks=gpu_blocks, max_seqs=64, max_tokens_per_step=2048),
+                                [Request(prompt=p, max_tokens=m) for p, m in work]))["throughput"]
+    mean_out = np.mean([m for _, m in work])
+    for load in (0.25, 0.5, 0.9, 1.5):
+        rate = load * capacity / mean_out  # requests per second
+        arrivals = poisson_arrivals(n, rate, seed=2)
+        for policy in ("static", "continuous"):
+            engine = SimulatedEngine(cost, n_blocks=gpu_blocks, policy=policy, max_seqs=64, max_tokens_per_step=2048)
+            s = summarize(replay(engine, [Request(prompt=p, max_tokens=m, arrival=t)
+                                          for (p, m), t in zip(work, arrivals)]))
+            out["gpu"]["rows"].append({"load": load, "rate": rate, "policy": policy, **s})
+            print(f"  load {load:4.2f} ({rate:6.2f} req/s) {policy:10s} {s['throughput']:8.1f} tokens/s, TTFT p50 "
+                  f"{s['ttft_p50']:8.2f} s, TPOT p50 {s['tpot_p50'] * 1e3:6.1f} ms", flush=True)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tinytransformer.bench serve", description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default=None, help="GGUF file (default: SmolLM2-135M-Instruct)")
+    parser.add_argument("--only", choices=("batching", "speculative", "simulate"), action="append")
+    parser.add_argument("--quick", action="store_true", help="a tiny random model and small sizes")
+    parser.add_argument("--threads", type=int, default=1, help="BLAS and torch threads (default 1)")
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--requests", type=int, default=32)
+    parser.add_argument("--max-seqs", type=int, default=8)
+    parser.add_argument("--block-size", type=int, default=16)
+    parser.add_argument("--max-tokens-per-step", type=int, default=512)
+    parser.add_argument("--prompt-min", type=int, default=8)
+    parser.add_argument("--prompt-max", type=int, default=24)
+    parser.add_argument("--short-min", type=int, default=2)
+    parser.add_argument("--short-max", type=int, default=8)
+    parser.add_argument("--long-min", type=int, default=160)
+    parser.add_argument("--long-max", type=int, default=224)
+    parser.add_argument("--long-fraction", type=float, default=0.125)
+    parser.add_argument("--new-tokens", type=int, default=96, help="speculative: new tokens per prompt")
+    parser.add_argument("-k", type=int, default=10, help="speculative: drafted tokens per round (default 10)")
+    parser.add_argument("--ngram", type=int, default=2, help="speculative: longest n-gram to look up (default 2)")
+    parser.add_argument("--no-hf", action="store_true", help="skip transformers")
+    parser.add_argument("--json", default=None, help="write the results here")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.requests, args.long_min, args.long_max, args.new_tokens = 16, 40, 60, 24
+    only = set(args.only or ("batching", "speculative", "simulate"))
+    try:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    except ImportError:
+        pass
+    with blas_threads(args.threads):
+        model = _load(args)
+        print(f"{model.config.name or 'model'}: {model.n_parameters / 1e6:.1f}M parameters; {platform.machine()}, "
+              f"{os.cpu_count()} CPUs; NumPy {np.__version__}, {blas_description()}; CPU time of this process",
+              flush=True)
+        results = {"model": model.config.name, "threads": args.threads, "blas": blas_description(),
+                   "argv": sys.argv[1:] if argv is None else argv}
+        if "batching" in only:
+            print("\n1. batching: static vs continuous, same blocks and slots", flush=True)
+            results["batching"] = run_batching(model, args)
+        if "speculative" in only:
+            print(f"\n2. prompt-lookup speculative decoding, greedy, k = {args.k}, n-gram <= {args.ngram}", flush=True)
+            results["speculative"] = run_speculative(model, args)
+        if "simulate" in only:
+            print("\n3. simulation: a cost model calibrated on measured steps", flush=True)
+            results["simulate"] = run_simulate(model, args, results.get("batching"))
+    if args.json:
+        tmp = args.json + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(results, f, indent=1, default=float)
+        os.replace(tmp, args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
