@@ -213,8 +213,9 @@ def blocks_in_memory(memory_bytes: float, config, *, block_size: int = 16, bytes
 def measure_steps(model, *, batch_sizes=(1, 2, 4, 8), contexts=(16, 64, 128), prefill_lengths=(8, 32, 64),
                   repeats: int = 2, block_size: int = 16, timer=time.perf_counter) -> tuple[np.ndarray, np.ndarray]:
     """Time real steps (run_plan on the model) of known shape: decode steps of every batch size at
-    every context, and single prefills (sizes beyond the model's context are left out), each the
-    best of `repeats` by `timer`. Returns (features [n, 5], best seconds [n]).
+    every context, and prefills alone and beside the largest decode batch (sizes beyond the
+    model's context are left out), each the best of `repeats` by `timer`.
+    Returns (features [n, 5], best seconds [n]).
 
     The cache is filled by extending the sequences without computing them: a step's time
     does not depend on the values in the cache."""
@@ -222,35 +223,41 @@ def measure_steps(model, *, batch_sizes=(1, 2, 4, 8), contexts=(16, 64, 128), pr
     contexts = [c for c in contexts if c < limit]
     prefill_lengths = [n for n in prefill_lengths if 1 < n <= limit]
     longest = max(max(contexts) + 1, max(prefill_lengths))
-    cache = model.new_paged_cache(max(batch_sizes) * -(-longest // block_size) + 1, block_size)
+    cache = model.new_paged_cache((max(batch_sizes) + 1) * -(-longest // block_size) + 1, block_size)
     features, seconds = [], []
 
-    def time_plan(requests, n):
-        plan = Plan(items=[(r, n) for r in requests])
+    def time_plan(plan):
         best = float("inf")
         for _ in range(repeats):
             start = timer()
             run_plan(model, cache, plan)
             best = min(best, timer() - start)
-            for r in requests:
+            for r, _ in plan.items:
                 cache.truncate(r.seq_id, r.n_computed)
         features.append(step_features(plan))
         seconds.append(best)
 
+    def sequences(n, context):  # n requests whose cache holds `context` positions (never computed)
+        requests = [Request(prompt=[0] * (context + 1), max_tokens=1) for _ in range(n)]
+        for r in requests:
+            r.seq_id = cache.add_sequence()
+            if context:
+                cache.extend(r.seq_id, context)
+            r.n_computed = context
+        return requests
+
     for context in contexts:
         for batch in batch_sizes:
-            requests = [Request(prompt=[0] * (context + 1), max_tokens=1) for _ in range(batch)]
-            for r in requests:
-                r.seq_id = cache.add_sequence()
-                if context:
-                    cache.extend(r.seq_id, context)
-                r.n_computed = context
-            time_plan(requests, 1)
-            for r in requests:
+            plan = Plan(items=[(r, 1) for r in sequences(batch, context)])
+            time_plan(plan)
+            for r, _ in plan.items:
                 cache.free(r.seq_id)
-    for length in prefill_lengths:
-        request = Request(prompt=[0] * length, max_tokens=1)
-        request.seq_id = cache.add_sequence()
-        time_plan([request], length)
-        cache.free(request.seq_id)
+    for length in prefill_lengths:  # a prefill alone, and beside a decode batch (two forwards)
+        for batch in (0, max(batch_sizes)):
+            request = Request(prompt=[0] * length, max_tokens=1)
+            request.seq_id = cache.add_sequence()
+            plan = Plan(items=[(r, 1) for r in sequences(batch, contexts[0])] + [(request, length)])
+            time_plan(plan)
+            for r, _ in plan.items:
+                cache.free(r.seq_id)
     return np.array(features), np.array(seconds)
