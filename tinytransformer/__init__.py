@@ -15,6 +15,7 @@ Chapters (module -> idea):
     llama       a real pretrained model (SmolLM2) built from the modules above
     paged_cache the paged KV cache (vLLM) and decode attention over it
     cuda        CUDA kernels through CuPy (CuPy itself is imported only when a kernel runs)
+    serving     batching schedulers, speculative decoding, an OpenAI-compatible server
 
 Every public module is reachable from the package and is imported on first use,
 so `import tinytransformer` stays cheap:

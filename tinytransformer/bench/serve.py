@@ -19,6 +19,8 @@ Measured in this one run:
    prompt_lookup_num_tokens, same k and n-gram size, same prompts, same threads. Reported:
    time, speed-up, acceptance rate, tokens per target forward. The run checks that
    speculation did not change the ids.
+2b. model draft: the same kind of run with the target's own first n layers (and its final norm and
+   head) as the draft, for the acceptance rate such a free draft gets.
 3. simulate: a cost model of one step fitted to steps measured here (`simulate.measure_steps`),
    its prediction for workload 1 next to what was measured, then its prediction for
    thousands of requests with a KV cache the size of an 80 GB GPU.
@@ -230,6 +232,39 @@ def run_speculative(model, args) -> dict:
     return rows
 
 
+def run_model_draft(model, args) -> dict:
+    """A draft made from the model itself: its first n layers with its norm and head (greedy)."""
+    from tinytransformer.serving.speculative import ModelDraft, SpeculationStats, layer_draft, speculative_generate
+
+    if not _has_tokenizer(model):
+        prompts = {"random": np.random.default_rng(0).integers(0, model.config.vocab_size, 40).tolist()}
+    else:
+        texts = copy_prompts(model)
+        prompts = {name: model.tokenizer.encode(texts[name]) for name in ("repeat code", "poem (no copy)")}
+    n, rows = args.new_tokens, {}
+    for name, ids in prompts.items():
+        start = CLOCK()
+        plain = model.generate(ids, n)
+        plain_time = CLOCK() - start
+        for layers in args.draft_layers:
+            if layers >= model.config.n_layers:
+                continue
+            stats = SpeculationStats()
+            start = CLOCK()
+            out = speculative_generate(model, ModelDraft(layer_draft(model, layers)), ids, n, k=args.draft_k,
+                                       stats=stats)
+            seconds = CLOCK() - start
+            if out != plain:
+                raise AssertionError(f"{name}: speculation with a {layers}-layer draft changed the greedy ids")
+            rows[f"{name}, {layers} layers"] = {"acceptance_rate": stats.acceptance_rate,
+                                                "tokens_per_forward": stats.tokens_per_round,
+                                                "speedup": plain_time / seconds}
+            print(f"  {name:16s} first {layers:2d} of {model.config.n_layers} layers, k = {args.draft_k}: acceptance "
+                  f"{stats.acceptance_rate:.0%}, {stats.tokens_per_round:.2f} tokens per target forward, speed-up "
+                  f"{plain_time / seconds:.2f}x", flush=True)
+    return rows
+
+
 # --- simulation ------------------------------------------------------------------------------------
 
 def run_simulate(model, args, measured: dict | None) -> dict:
@@ -260,13 +295,14 @@ def run_simulate(model, args, measured: dict | None) -> dict:
             print(f"  {policy:10s} predicted {predicted['throughput']:7.1f} tokens/s, measured "
                   f"{real['throughput']:7.1f} ({error:+.0%}); TTFT p50 predicted {predicted['ttft_p50']:.2f} s, "
                   f"measured {real['ttft_p50']:.2f} s", flush=True)
-    # What this machine cannot hold: thousands of requests, a cache the size of an 80 GB GPU.
-    n = 300 if args.quick else 3000
-    weights = 4 * model.n_parameters
-    gpu_blocks = blocks_in_memory(80e9, model.config, block_size=16, bytes_per_element=2, weight_bytes=weights)
-    out["gpu"] = {"n_blocks": gpu_blocks, "requests": n, "rows": []}
-    print(f"  80 GB cache: {gpu_blocks:,} blocks of 16 positions (fp16 K and V); {n} requests, Poisson arrivals",
-          flush=True)
+    # What this machine cannot hold: thousands of requests, a cache the size of an 80 GB GPU
+    # (--quick: 100 MB, for a tiny model whose blocks are tiny).
+    n, memory = (300, 1e8) if args.quick else (3000, 80e9)
+    weights = 2 * model.n_parameters  # fp16 weights
+    gpu_blocks = blocks_in_memory(memory, model.config, block_size=16, bytes_per_element=2, weight_bytes=weights)
+    out["gpu"] = {"memory_bytes": memory, "n_blocks": gpu_blocks, "requests": n, "rows": []}
+    print(f"  {memory / 1e9:g} GB for weights and cache: {gpu_blocks:,} blocks of 16 positions (fp16 K and V); "
+          f"{n} requests, Poisson arrivals", flush=True)
     work = skewed_workload(n, seed=1, vocab_size=model.config.vocab_size, prompt_lengths=(32, 256), short=(8, 64),
                            long=(256, 512), long_fraction=0.125)
     capacity = summarize(replay(SimulatedEngine(cost, n_blocks=gpu_blocks, max_seqs=64, max_tokens_per_step=2048),
@@ -288,7 +324,7 @@ def run_simulate(model, args, measured: dict | None) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tinytransformer.bench serve", description=__doc__.split("\n")[0])
     parser.add_argument("--model", default=None, help="GGUF file (default: SmolLM2-135M-Instruct)")
-    parser.add_argument("--only", choices=("batching", "speculative", "simulate"), action="append")
+    parser.add_argument("--only", choices=("batching", "speculative", "model-draft", "simulate"), action="append")
     parser.add_argument("--quick", action="store_true", help="a tiny random model and small sizes")
     parser.add_argument("--threads", type=int, default=1, help="BLAS and torch threads (default 1)")
     parser.add_argument("--repeats", type=int, default=1)
@@ -307,12 +343,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--new-tokens", type=int, default=96, help="speculative: new tokens per prompt")
     parser.add_argument("-k", type=int, default=10, help="speculative: drafted tokens per round (default 10)")
     parser.add_argument("--ngram", type=int, default=2, help="speculative: longest n-gram to look up (default 2)")
+    parser.add_argument("--draft-layers", type=int, nargs="+", default=[8, 16],
+                        help="model draft: the target's first n layers (default 8 16)")
+    parser.add_argument("--draft-k", type=int, default=4, help="model draft: drafted tokens per round (default 4)")
     parser.add_argument("--no-hf", action="store_true", help="skip transformers")
     parser.add_argument("--json", default=None, help="write the results here")
     args = parser.parse_args(argv)
     if args.quick:
-        args.requests, args.long_min, args.long_max, args.new_tokens = 16, 40, 60, 24
-    only = set(args.only or ("batching", "speculative", "simulate"))
+        args.requests, args.long_min, args.long_max, args.new_tokens, args.draft_layers = 16, 40, 60, 24, [1]
+    only = set(args.only or ("batching", "speculative", "model-draft", "simulate"))
     try:
         import torch
 
@@ -332,6 +371,9 @@ def main(argv: list[str] | None = None) -> int:
         if "speculative" in only:
             print(f"\n2. prompt-lookup speculative decoding, greedy, k = {args.k}, n-gram <= {args.ngram}", flush=True)
             results["speculative"] = run_speculative(model, args)
+        if "model-draft" in only:
+            print("\n2b. a model draft made from the target: its first layers and its head", flush=True)
+            results["model_draft"] = run_model_draft(model, args)
         if "simulate" in only:
             print("\n3. simulation: a cost model calibrated on measured steps", flush=True)
             results["simulate"] = run_simulate(model, args, results.get("batching"))

@@ -1,0 +1,16 @@
+"""The serving benchmark runs (quick mode, tiny random model) and checks its own laws as it goes."""
+from __future__ import annotations
+
+import json
+
+from tinytransformer.bench import serve
+
+
+def test_the_serving_benchmark_runs_and_both_policies_give_the_same_ids(tmp_path, capsys):
+    out = tmp_path / "serve.json"
+    assert serve.main(["--quick", "--only", "batching", "--only", "speculative", "--json", str(out)]) == 0
+    results = json.loads(out.read_text())
+    batching = results["batching"]
+    assert batching["workload"]["requests"] == 16 and batching["speedup"] > 0
+    assert set(results["speculative"]) == {"repeat", "random"}
+    assert "continuous / static throughput" in capsys.readouterr().out
