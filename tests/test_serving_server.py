@@ -7,6 +7,8 @@ import threading
 import time
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from conftest import require
 from tinytransformer.attention import scaled_dot_product_attention
@@ -16,7 +18,10 @@ from tinytransformer.testing import write_random_llama
 require("starlette", "the serve extra")
 require("uvicorn", "the serve extra")
 openai = require("openai", "the official client the server is tested with")
-httpx = require("httpx2", "the HTTP client the openai client is built on")
+try:  # the HTTP client under the openai client: httpx2 in its newer releases, httpx before
+    import httpx2 as httpx
+except ImportError:
+    httpx = require("httpx", "the HTTP client of the openai client")
 
 from tinytransformer.llama import load_model  # noqa: E402
 from tinytransformer.serving.server import BackgroundServer, TextStream, create_app  # noqa: E402
@@ -175,6 +180,26 @@ def test_bad_requests_get_a_4xx_with_a_clear_message(served, path, body, status,
     assert response.status_code == status
     error = response.json()["error"]
     assert message in error["message"] and error["type"]
+    assert _idle(engine) == (N_BLOCKS, 0)
+
+
+JSON_VALUES = st.recursive(st.none() | st.booleans() | st.integers(-3, 300) | st.floats(-3, 3) | st.text(max_size=8),
+                           lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner,
+                                                                                         max_size=3), max_leaves=6)
+FIELDS = ("prompt", "max_tokens", "temperature", "top_p", "seed", "stop", "stream", "n", "messages", "logprobs")
+
+
+@settings(max_examples=15, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=st.dictionaries(st.sampled_from(FIELDS), JSON_VALUES, max_size=6),
+       path=st.sampled_from(["/v1/completions", "/v1/chat/completions"]))
+def test_any_json_body_gets_an_answer_or_a_4xx_never_a_server_error(served, body, path):
+    _, engine, server, _ = served
+    body.setdefault("max_tokens", 4)
+    with httpx.Client(timeout=TIMEOUT) as http:
+        response = http.post(server.url + path, json=body)
+    assert response.status_code in (200, 400), response.text
+    if response.status_code == 400:
+        assert response.json()["error"]["message"]
     assert _idle(engine) == (N_BLOCKS, 0)
 
 
