@@ -27,8 +27,8 @@ EXAMPLES = """examples:
   tinytransformer generate "The capital city of Korea is" --max-new-tokens 32
   tinytransformer generate "Write a haiku about the sea." --chat --temperature 0.7 --top-p 0.9 --seed 1
   tinytransformer chat
+  tinytransformer serve --port 8000
   tinytransformer info
-  tinytransformer serve --port 8000     (an OpenAI-compatible HTTP endpoint, chapter 12)
 """
 
 
