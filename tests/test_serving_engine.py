@@ -110,7 +110,8 @@ def test_bad_requests_are_refused_with_a_clear_message():
     engine = Engine(_model(), n_blocks=4, block_size=2)
     for call, message in [
         (lambda: engine.add_request("hello", 3), "prompt_ids: expected a sequence of token ids"),
-        (lambda: engine.add_request([1, 99], 3), r"prompt_ids: expected a non-empty sequence of token ids in \[0, 16\)"),
+        (lambda: engine.add_request([1, 99], 3), r"prompt_ids: expected a non-empty sequence of integer token ids in "
+                                                 r"\[0, 16\)"),
         (lambda: engine.add_request([1], 0), "max_tokens: expected an integer >= 1"),
         (lambda: engine.add_request([1] * 8, 4), "exceed the whole cache"),
         (lambda: engine.add_request([1] * 20, 20), "exceed the context length"),

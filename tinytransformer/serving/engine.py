@@ -45,19 +45,7 @@ from tinytransformer import sampling
 from tinytransformer._validate import positive_int
 from tinytransformer.serving.scheduler import Plan, Request, Scheduler
 
-__all__ = ["Engine", "StepResult", "StepRecord", "BackgroundEngine", "run_plan", "check_prompt"]
-
-
-def check_prompt(prompt_ids, vocab_size: int) -> list[int]:
-    """prompt_ids as a list of ints, or ValueError unless it is a non-empty sequence of ids in [0, V)."""
-    if isinstance(prompt_ids, (str, bytes)):
-        raise ValueError("prompt_ids: expected a sequence of token ids, got text; encode it with the tokenizer")
-    prompt = list(prompt_ids) if isinstance(prompt_ids, (list, tuple, np.ndarray, range)) else None
-    if not prompt or any(isinstance(t, (bool, np.bool_)) or not isinstance(t, (int, np.integer))
-                         or not 0 <= t < vocab_size for t in prompt):
-        raise ValueError(f"prompt_ids: expected a non-empty sequence of token ids in [0, {vocab_size}), "
-                         f"got {str(prompt_ids)[:80]}")
-    return [int(t) for t in prompt]
+__all__ = ["Engine", "StepResult", "StepRecord", "BackgroundEngine", "run_plan"]
 
 
 @dataclass
@@ -155,7 +143,7 @@ class Engine:
                      top_p: float | None = None, seed=None, stop_at_eos: bool = True, arrival: float | None = None,
                      request_id=None) -> Request:
         """A checked Request for this engine's model (not queued yet)."""
-        prompt = check_prompt(prompt_ids, self.model.config.vocab_size)
+        prompt = self.model._prompt(prompt_ids)  # the model's own check: ids in [0, V)
         sampling.probabilities(np.zeros(2), temperature=temperature, top_k=top_k, top_p=top_p)  # checks them
         extra = {} if request_id is None else {"request_id": request_id}
         return Request(prompt=prompt, max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,

@@ -134,10 +134,8 @@ def speculative_stream(target, draft, prompt_ids, max_new_tokens: int, *, k: int
                        top_k: int | None = None, top_p: float | None = None, seed=None, randomness=None,
                        stop_at_eos: bool = True, stats: SpeculationStats | None = None):
     """As speculative_generate, yielding each round's new ids (a list of 1 to k + 1 ids)."""
-    from tinytransformer.serving.engine import check_prompt
-
     c = target.config
-    prompt = check_prompt(prompt_ids, c.vocab_size)
+    prompt = target._prompt(prompt_ids)  # the model's own check: ids in [0, V)
     k = positive_int(k, "k")
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens: expected an integer >= 0, got {max_new_tokens!r}")
