@@ -27,7 +27,7 @@ CHAPTER = "12_serving"
 CLOCK = time.process_time  # CPU seconds of this process: steadier than wall time on a shared machine
 config = TransformerConfig(vocab_size=96, d_model=32 if QUICK else 64, n_layers=4, n_heads=4,
                            n_kv_heads=2, max_seq_len=160, tie_embeddings=False, name="random decoder")
-model = TinyTransformer(config, init_params(config, seed=0))
+model = TinyTransformer(config, init_params(config, seed=0), attention="sdpa-batched")  # a paged batch in one call
 threads = blas_threads(1)  # small matrices: one BLAS thread is fastest and steadiest
 threads.__enter__()
 print(f"{config.name}: {model.n_parameters:,} parameters; {blas_description()}; times are CPU seconds")
@@ -138,7 +138,8 @@ for policy in ("static", "continuous"):
     simulated = SimulatedEngine(cost, n_blocks=n_blocks, block_size=BLOCK, policy=policy, max_seqs=MAX_SEQS)
     predicted = summarize(replay(simulated, [Request(prompt=p, max_tokens=n) for p, n in work]))["throughput"]
     measured = runs[policy][2]["throughput"]
-    print(f"{policy:10s}: predicted {predicted:7.0f} tokens/s, measured {measured:7.0f} ({predicted / measured - 1:+.0%})")
+    print(f"{policy:10s}: predicted {predicted:7.0f} tokens/s, measured {measured:7.0f} "
+          f"({predicted / measured - 1:+.0%})")
     assert 0.5 < predicted / measured < 2.0, "the cost model should land near the measured run"
 
 # %% [markdown]

@@ -8,7 +8,8 @@ from hypothesis import strategies as st
 
 from strategies import PagedCase, build_paged_cache, paged_cases
 from tinytransformer.attention import scaled_dot_product_attention
-from tinytransformer.paged_cache import CacheFullError, PagedKVCache, paged_decode_attention
+from tinytransformer.paged_cache import (CacheFullError, PagedKVCache, paged_decode_attention,
+                                         paged_decode_attention_batched)
 from tinytransformer.positional import alibi_bias, alibi_slopes
 from tinytransformer.testing import assert_close
 
@@ -112,6 +113,17 @@ def test_paged_decode_equals_attention_over_the_contiguous_cache(case, causal, a
     out = paged_decode_attention(q, cache.k_pool[0], cache.v_pool[0], tables, lengths, causal=causal,
                                  alibi_slopes=slopes)
     assert_close(out, _decode_reference(case, ks, vs, q, causal, slopes))
+
+
+@given(paged_cases(), st.booleans(), st.booleans())
+def test_batched_paged_decode_equals_the_reference(case, causal, alibi):
+    cache, ids, _, _ = build_paged_cache(case)
+    tables, lengths = cache.batch(ids)
+    Hq = case.n_kv_heads * case.group
+    q = np.random.default_rng(case.seed + 2).standard_normal((len(ids), Hq, case.q_len, case.head_dim))
+    options = dict(causal=causal, alibi_slopes=alibi_slopes(Hq) if alibi else None)
+    assert_close(paged_decode_attention_batched(q, cache.k_pool[0], cache.v_pool[0], tables, lengths, **options),
+                 paged_decode_attention(q, cache.k_pool[0], cache.v_pool[0], tables, lengths, **options))
 
 
 @given(paged_cases(), st.tuples(st.integers(0, 2**31), st.integers(0, 2**31)))

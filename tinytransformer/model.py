@@ -23,7 +23,7 @@ weights in the checkpoint's layout [out, in], applied as x @ W.T (`layers.linear
 
 Three parts are swappable, each with one signature, and give the same logits:
 
-    attention  "sdpa" | "flash" | "cuda" | a function f(q, k, v, *, causal, scale, alibi_slopes) -> out
+    attention  "sdpa" | "flash" | "cuda" | "sdpa-batched" | a function f(q, k, v, *, causal, scale, alibi_slopes) -> out
     cache      None (recompute everything), a `KVCache`, or a ragged batch of a `PagedKVCache`
     weights    float arrays, or quantised weights with .linear(x) (see `layers.linear`)
 
@@ -55,7 +55,7 @@ from tinytransformer.flash import flash_attention
 from tinytransformer.kv_cache import KVCache
 from tinytransformer.layers import (embedding, ffn, gelu, layer_norm, linear, post_ln_block, pre_ln_block, rms_norm,
                                     swiglu)
-from tinytransformer.paged_cache import PagedKVCache, paged_decode_attention
+from tinytransformer.paged_cache import PagedKVCache, paged_decode_attention, paged_decode_attention_batched
 from tinytransformer.positional import alibi_slopes, apply_rope, sinusoidal_encoding
 
 __all__ = ["TransformerConfig", "init_params", "TinyTransformer", "CausalAttention", "ATTENTION_IMPLEMENTATIONS"]
@@ -190,6 +190,7 @@ ATTENTION_IMPLEMENTATIONS: dict[str, tuple[Callable, Callable]] = {
     "sdpa": (scaled_dot_product_attention, paged_decode_attention),
     "flash": (flash_attention, functools.partial(paged_decode_attention, attention=flash_attention)),
     "cuda": (_cuda_flash, _cuda_paged),  # NumPy arrays are copied to the GPU and back on every call
+    "sdpa-batched": (scaled_dot_product_attention, paged_decode_attention_batched),  # a paged batch in one call
 }
 
 

@@ -46,7 +46,7 @@ from tinytransformer._validate import attention_scale, positive_int, query_key_h
 from tinytransformer.attention import scaled_dot_product_attention
 
 __all__ = ["BlockManager", "PagedKVCache", "PagedBatch", "CacheFullError", "paged_decode_attention",
-           "check_paged_decode_inputs"]
+           "paged_decode_attention_batched", "check_paged_decode_inputs"]
 
 
 class CacheFullError(RuntimeError):
@@ -399,3 +399,36 @@ def paged_decode_attention(q, k_pool, v_pool, block_tables, context_lens, *, cau
         v = v_pool[blocks].transpose(1, 0, 2, 3).reshape(Hkv, n_used * block_size, D)[None, :, :L]
         out[b] = attention(q[b:b + 1], k, v, causal=causal, scale=scale, alibi_slopes=alibi_slopes)[0]
     return out
+
+
+def paged_decode_attention_batched(q, k_pool, v_pool, block_tables, context_lens, *, causal=True, scale=None,
+                                   alibi_slopes=None):
+    """paged_decode_attention for the whole batch in one attention call (same arguments, same result).
+
+    The reference calls attention once per sequence, a Python loop that a server
+    decoding many sequences pays in every layer. Here every sequence's blocks are
+    gathered into one padded [B, Hkv, S, D] (S: the longest sequence, in whole
+    blocks); the padding, and keys in a query's future, are masked per row, and
+    scaled_dot_product_attention runs once on the batch.
+    """
+    q, k_pool, v_pool = np.asarray(q), np.asarray(k_pool), np.asarray(v_pool)
+    B, Hq, T, D, Hkv, block_size = check_paged_decode_inputs(q, k_pool, v_pool, block_tables,
+                                                             context_lens, alibi_slopes)
+    if B == 0:
+        return np.zeros((0, Hq, T, D), dtype=np.result_type(q, k_pool, v_pool))
+    lengths = np.asarray(context_lens).astype(np.int64)  # [B]
+    n_used = -(-int(lengths.max()) // block_size)
+    # [B, n_used] physical blocks; the -1 padding of shorter tables reads block 0, masked below
+    blocks = np.maximum(np.asarray(block_tables)[:, :n_used], 0).astype(np.int64)
+    S = n_used * block_size
+    k = k_pool[blocks].transpose(0, 2, 1, 3, 4).reshape(B, Hkv, S, D)  # [B, n_used, Hkv, bs, D] -> [B, Hkv, S, D]
+    v = v_pool[blocks].transpose(0, 2, 1, 3, 4).reshape(B, Hkv, S, D)
+    j = np.arange(S)  # key positions
+    p = lengths[:, None] - T + np.arange(T)  # [B, T]: the position of each query
+    mask = j[None, None, :] < lengths[:, None, None]  # [B, T or 1, S]: keys this sequence holds
+    if causal:
+        mask = mask & (j[None, None, :] <= p[:, :, None])  # [B, T, S]
+    bias = None
+    if alibi_slopes is not None:  # slope_h * (j - p), as the reference adds it
+        bias = np.asarray(alibi_slopes)[None, :, None, None] * (j[None, None, None, :] - p[:, None, :, None])
+    return scaled_dot_product_attention(q, k, v, scale=attention_scale(scale, D), mask=mask[:, None], bias=bias)

@@ -327,6 +327,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", choices=("batching", "speculative", "model-draft", "simulate"), action="append")
     parser.add_argument("--quick", action="store_true", help="a tiny random model and small sizes")
     parser.add_argument("--threads", type=int, default=1, help="BLAS and torch threads (default 1)")
+    parser.add_argument("--attention", default="sdpa-batched",
+                        help="the model's attention (default sdpa-batched: a paged batch in one call)")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--requests", type=int, default=32)
@@ -360,10 +362,11 @@ def main(argv: list[str] | None = None) -> int:
         pass
     with blas_threads(args.threads):
         model = _load(args)
-        print(f"{model.config.name or 'model'}: {model.n_parameters / 1e6:.1f}M parameters; {platform.machine()}, "
-              f"{os.cpu_count()} CPUs; NumPy {np.__version__}, {blas_description()}; CPU time of this process",
-              flush=True)
-        results = {"model": model.config.name, "threads": args.threads, "blas": blas_description(),
+        model.attention = args.attention
+        print(f"{model.config.name or 'model'}: {model.n_parameters / 1e6:.1f}M parameters, attention "
+              f"{args.attention!r}; {platform.machine()}, {os.cpu_count()} CPUs; NumPy {np.__version__}, "
+              f"{blas_description()}; CPU time of this process", flush=True)
+        results = {"model": model.config.name, "threads": args.threads, "attention": args.attention, "blas": blas_description(),
                    "argv": sys.argv[1:] if argv is None else argv}
         if "batching" in only:
             print("\n1. batching: static vs continuous, same blocks and slots", flush=True)

@@ -77,7 +77,8 @@ class TextStream:
     ...     token_bytes = staticmethod(lambda i: bytes([i]))
     >>> stream = TextStream(Bytes(), stops=["\\n\\n"])
     >>> [stream.add(t) for t in b"hi\\nyo\\n\\nno"]   # "\\n" is held back until the next byte
-    [('h', False), ('i', False), ('', False), ('\\ny', False), ('o', False), ('', False), ('', True), ('', True), ('', True)]
+    [('h', False), ('i', False), ('', False), ('\\ny', False), ('o', False), ('', False), ('', True),
+     ('', True), ('', True)]
     >>> stream.text
     'hi\\nyo'
     """

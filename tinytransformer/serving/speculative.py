@@ -56,7 +56,8 @@ import numpy as np
 from tinytransformer import sampling
 from tinytransformer._validate import positive_int
 
-__all__ = ["Randomness", "accept_or_resample", "speculative_generate", "speculative_stream", "SpeculationStats", "PromptLookupDraft",
+__all__ = ["Randomness", "accept_or_resample", "speculative_generate", "speculative_stream", "SpeculationStats",
+           "PromptLookupDraft",
            "ModelDraft", "layer_draft", "exact_distribution"]
 
 
