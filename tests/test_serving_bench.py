@@ -3,9 +3,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from tinytransformer.bench import serve
 
 
+@pytest.mark.slow
 def test_the_serving_benchmark_runs_and_both_policies_give_the_same_ids(tmp_path, capsys):
     out = tmp_path / "serve.json"
     assert serve.main(["--quick", "--only", "batching", "--only", "speculative", "--json", str(out)]) == 0

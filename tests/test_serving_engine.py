@@ -17,11 +17,11 @@ from tinytransformer.serving.simulate import CostModel, SimulatedEngine, replay
 
 @settings(max_examples=max(20, settings.default.max_examples // 2))  # each example runs every request twice
 @given(model=serving_models(), policy=st.sampled_from(POLICIES),
-       max_tokens=st.integers(1, 8), block_size=st.integers(1, 5), max_seqs=st.integers(1, 4),
+       max_tokens=st.integers(1, 6), block_size=st.integers(1, 5), max_seqs=st.integers(1, 4),
        budget=st.integers(1, 12), temperature=st.sampled_from([0.0, 1.0]), seed=seeds(), data=st.data())
 def test_every_policy_gives_each_request_its_output_run_alone_with_preemption_forced(
         model, policy, max_tokens, block_size, max_seqs, budget, temperature, seed, data):
-    prompts = data.draw(serving_prompts(model.config.vocab_size))
+    prompts = data.draw(serving_prompts(model.config.vocab_size, max_prompts=4))
     longest = max(len(p) for p in prompts) + max_tokens
     n_blocks = -(-longest // block_size) + data.draw(st.integers(0, 3))  # as few as one request needs
     engine = Engine(model, n_blocks=n_blocks, block_size=block_size, policy=policy, max_seqs=max_seqs,
