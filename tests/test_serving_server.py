@@ -165,6 +165,8 @@ def test_a_client_that_hangs_up_mid_stream_frees_its_blocks(served):
     ("/v1/completions", {"prompt": "hi", "stream": "yes"}, 400, "stream: expected true or false"),
     ("/v1/completions", {"prompt": "x" * 200}, 400, "prompt: 200 tokens, but the model's context length is 128"),
     ("/v1/completions", {"prompt": "hi", "max_tokens": 127}, 400, "max_tokens: the prompt's 2 tokens plus 127"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi " * 80}]}, 400,
+     "tokens, but the model's context length is 128 tokens"),
     ("/v1/completions", {"prompt": "hi " * 2000}, 413, "bytes is over this server's limit of 4096 bytes"),
     ("/v1/chat/completions", {"messages": []}, 400, "messages: expected a non-empty list"),
     ("/v1/chat/completions", {"messages": [{"role": "robot", "content": "hi"}]}, 400, "messages[0]: expected"),

@@ -248,15 +248,18 @@ class _Handler:
     def sampling(self, body, prompt: list[int], default_max_tokens: int | None) -> dict:
         _unsupported(body)
         context = self.model.config.max_seq_len
-        if len(prompt) >= context:
-            raise APIError(f"prompt: {len(prompt)} tokens, but the model's context length is {context} tokens; "
-                           "shorten the prompt", param="prompt")
-        room = context - len(prompt)
+        blocks = self.engine.engine.scheduler.blocks
+        limit = min(context, blocks.n_blocks * blocks.block_size)  # a request must fit the context and the cache
+        where = (f"the model's context length is {context} tokens" if limit == context else
+                 f"this server's KV cache holds {limit} positions")
+        if len(prompt) >= limit:
+            raise APIError(f"prompt: {len(prompt)} tokens, but {where}; shorten the prompt", param="prompt")
+        room = limit - len(prompt)
         name = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
         max_tokens = _integer(body, name, default_max_tokens if default_max_tokens is not None else room, 1)
         if max_tokens > room:
-            raise APIError(f"{name}: the prompt's {len(prompt)} tokens plus {max_tokens} new tokens exceed the "
-                           f"model's context length of {context} tokens; ask for at most {room}", param=name)
+            raise APIError(f"{name}: the prompt's {len(prompt)} tokens plus {max_tokens} new tokens exceed {limit} "
+                           f"tokens ({where}); ask for at most {room}", param=name)
         top_p = _number(body, "top_p", 1.0, 0.0, 1.0, low_open=True)
         options = dict(max_tokens=max_tokens, temperature=_number(body, "temperature", 1.0, 0.0, 2.0),
                        top_p=None if top_p == 1.0 else top_p, seed=_integer(body, "seed", None, -2**63, 2**64 - 1))
