@@ -41,6 +41,8 @@ def add_serve_command(commands) -> argparse.ArgumentParser:
     serve.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES,
                        help=f"largest request body accepted (default {DEFAULT_MAX_BODY_BYTES})")
     serve.add_argument("--threads", type=int, default=1, metavar="N", help="BLAS threads (default 1)")
+    serve.add_argument("--attention", choices=("sdpa", "sdpa-batched", "flash", "cuda"), default="sdpa-batched",
+                       help="the model's attention (default sdpa-batched: one call per layer for the whole batch)")
     return serve
 
 
@@ -66,6 +68,7 @@ def cmd_serve(args, load=None) -> int:
             return load_model(args.model)
 
     model = load(args)
+    model.attention = args.attention
     app = create_app(model, model_name=args.name, max_body_bytes=args.max_body_bytes, n_blocks=args.blocks,
                      block_size=args.block_size, policy=args.policy, max_seqs=args.max_seqs,
                      max_tokens_per_step=args.max_tokens_per_step, max_wait=args.max_wait)
