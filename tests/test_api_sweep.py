@@ -31,7 +31,7 @@ from tinytransformer.attention import causal_mask, scaled_dot_product_attention,
 from tinytransformer.attention import softmax  # noqa: E402
 from tinytransformer.flash import flash_attention  # noqa: E402
 from tinytransformer.gguf import GGUFFile, dequantize, quantize, write_gguf  # noqa: E402
-from tinytransformer.layers import ffn, gelu, layer_norm, rms_norm, silu, swiglu  # noqa: E402
+from tinytransformer.layers import embedding, ffn, gelu, layer_norm, linear, rms_norm, silu, swiglu  # noqa: E402
 from tinytransformer.sampling import filter_top_k, filter_top_p, generate, greedy, sample_next  # noqa: E402
 from tinytransformer.testing import assert_close, tolerance  # noqa: E402
 
@@ -81,10 +81,10 @@ def namespace(folder: str) -> dict:
     rng = np.random.default_rng(0)
     return dict(np=np, os=os, gguf=gguf, good=good, fifo=fifo, folder=folder, out=os.path.join(folder, "out.gguf"),
                 x=rng.standard_normal((2, 3)), w=np.ones(3), b=np.zeros(3), x16=np.full((2, 3), 300, np.float16),
-                w16=np.ones(3, np.float16), b16=np.zeros(3, np.float16), w1=np.ones((3, 4)), b1=np.zeros(4),
-                w2=np.ones((4, 3)), q=rng.standard_normal((1, 2, 3, 4)), kv=rng.standard_normal((1, 1, 3, 4)),
+                w16=np.ones(3, np.float16), b16=np.zeros(3, np.float16), w1=np.ones((4, 3)), b1=np.zeros(4),
+                w2=np.ones((3, 4)), q=rng.standard_normal((1, 2, 3, 4)), kv=rng.standard_normal((1, 1, 3, 4)),
                 big=np.full((1, 1, 2, 4), 1e20, np.float32), inf=np.inf, nan=np.nan, z=np.array([1.0, 2.0, 3.0]),
-                **{f.__name__: f for f in (GGUFFile, dequantize, quantize, write_gguf, rms_norm, layer_norm, gelu,
+                **{f.__name__: f for f in (GGUFFile, dequantize, quantize, write_gguf, rms_norm, layer_norm, gelu, linear, embedding,
                                            silu, ffn, swiglu, greedy, filter_top_k, filter_top_p, sample_next,
                                            generate, assert_close, tolerance, softmax, causal_mask,
                                            sliding_window_mask, scaled_dot_product_attention, flash_attention)},
@@ -94,9 +94,9 @@ def namespace(folder: str) -> dict:
 E = "expected"  # shorthand: a ValueError whose message says what was expected
 CASES = {  # module -> [(call text, a regex the ValueError must match | a result check | AssertionError)]
     "gguf": [
-        ("GGUFFile(fifo)", "not a regular file"),
-        ("GGUFFile(folder)", "not a regular file"),
-        ("GGUFFile(os.path.join(folder, 'missing.gguf'))", "cannot open"),
+        ("GGUFFile(fifo)", "fifo.gguf: expected a regular file, got a FIFO"),
+        ("GGUFFile(folder)", "expected a regular file, got a directory"),
+        ("GGUFFile(os.path.join(folder, 'missing.gguf'))", "missing.gguf cannot be opened"),
         ("GGUFFile(good).metadata['numbers']", is_array(dtype=np.int32, equal=[0, 1, 2])),
         ("GGUFFile(good).tensor('nope')", KeyError),  # a lookup by name, as in a dict
         ("write_gguf(out, {}, {}, alignment=0)", "alignment: expected"),
@@ -142,7 +142,7 @@ CASES = {  # module -> [(call text, a regex the ValueError must match | a result
         ("dequantize(np.zeros(4, np.float64), gguf.F32)", "raw: expected"),
         ("dequantize('abcd', gguf.F32)", "raw: expected"),
         ("quantize(np.ones(32) * 1j, gguf.Q8_0)", "x: expected a real-valued array"),
-        ("quantize(np.ones(31), gguf.Q8_0)", "x: last axis must be a multiple of 32"),
+        ("quantize(np.ones(31), gguf.Q8_0)", "x: expected a last axis that is a multiple of 32"),
         ("quantize(np.ones(32), 99)", "kind: expected a ggml type"),
         ("quantize(np.ones(32), True)", "kind: expected a ggml type"),
         ("quantize('abc', gguf.F32)", "x: expected a real-valued array"),
@@ -178,18 +178,30 @@ CASES = {  # module -> [(call text, a regex the ValueError must match | a result
         ("silu(np.ones(2, int))", "x: expected a floating-point array"),
         ("silu(np.array([1e300, -1e300, inf, -inf]))", is_array(finite=False, equal=[1e300, -0.0, np.inf, -0.0])),
         ("gelu(np.array([-inf, inf]), approximate='tanh')", is_array(finite=False, equal=[-0.0, np.inf])),
-        ("ffn(x, np.ones((4, 5)), np.ones(5), np.ones((5, 3)), b)", "w1: expected shape \\[3, F\\]"),
-        ("ffn(x, w1, np.ones(3), w2, b)", "b1: expected shape \\[4\\]"),
-        ("ffn(x, w1, b1, np.ones((4, 2)), b)", "w2: expected shape \\[4, 3\\]"),
-        ("ffn(x, w1, b1, w2, np.ones(2))", "b2: expected shape \\[3\\]"),
-        ("ffn(x, w1 * 1j, b1, w2, b)", "w1: expected a real-valued array"),
+        ("ffn(x, np.ones((5, 4)), np.ones(5), np.ones((3, 5)), b)", "w_up: expected shape \\[F, 3\\]"),
+        ("ffn(x, w1, np.ones(3), w2, b)", "b_up: expected shape \\[4\\]"),
+        ("ffn(x, w1, b1, np.ones((2, 4)), b)", "w_down: expected shape \\[3, 4\\]"),
+        ("ffn(x, w1, b1, w2, np.ones(2))", "b_down: expected shape \\[3\\]"),
+        ("ffn(x, w1 * 1j, b1, w2, b)", "w_up: expected a real-valued array"),
+        ("ffn(x, w1, None, w2, None)", is_array(shape=(2, 3))),
         ("ffn(x, w1, b1, w2, b, activation=None)", "activation: expected a function"),
         ("ffn(x * 1j, w1, b1, w2, b)", "x: expected a floating-point array"),
-        ("swiglu(x, w1, np.ones((3, 5)), w2)", "w_up: expected shape \\[3, 4\\]"),
-        ("swiglu(x, w1, w1, np.ones((5, 3)))", "w_down: expected shape \\[4, 3\\]"),
-        ("swiglu(x, np.ones(3), w1, w2)", "w_gate: expected shape \\[3, F\\]"),
+        ("swiglu(x, w1, np.ones((5, 3)), w2)", "w_up: expected shape \\[4, 3\\]"),
+        ("swiglu(x, w1, w1, np.ones((3, 5)))", "w_down: expected shape \\[3, 4\\]"),
+        ("swiglu(x, np.ones(3), w1, w2)", "w_gate: expected shape \\[F, 3\\]"),
         ("swiglu(x, w1, w1, w2 * 1j)", "w_down: expected a real-valued array"),
         ("swiglu(np.float64(1.0), w1, w1, w2)", "x: expected an array \\[..., C\\]"),
+        ("linear(x, w1)", is_array(shape=(2, 4))),
+        ("linear(x, w2)", "weight: expected shape \\[out, 3\\]"),
+        ("linear(x, np.ones(3))", "weight: expected shape \\[out, 3\\]"),
+        ("linear(x, w1, np.ones(3))", "bias: expected shape \\[4\\]"),
+        ("linear(x, w1 * 1j)", "weight: expected a real-valued array"),
+        ("linear(x * 1j, w1)", "x: expected a floating-point array"),
+        ("embedding(np.array([0, 2]), w1)", is_array(shape=(2, 3))),
+        ("embedding(np.array([0, 4]), w1)", "ids: expected token ids in \\[0, 4\\)"),
+        ("embedding(np.array([-1]), w1)", "ids: expected token ids in \\[0, 4\\)"),
+        ("embedding(np.array([0.5]), w1)", "ids: expected integer token ids"),
+        ("embedding(np.array([True]), w1)", "ids: expected integer token ids"),
     ],
     "sampling": [
         ("greedy([0.0, nan, 5.0])", "logits: expected numbers, got NaN at id 1"),

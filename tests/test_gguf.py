@@ -190,7 +190,7 @@ def test_malformed_headers_raise_gguf_error_naming_the_problem(tmp_path, data, p
 
 
 def test_missing_file_raises_gguf_error(tmp_path):
-    with pytest.raises(GGUFError, match="cannot open"):
+    with pytest.raises(GGUFError, match="nope.gguf cannot be opened: No such file"):
         GGUFFile(tmp_path / "nope.gguf")
 
 
@@ -283,14 +283,14 @@ def test_a_long_string_array_reads_back_in_order(tmp_path):
 
 def test_every_user_of_metadata_arrays_reads_a_written_llama(tmp_path, capsys):
     from tinytransformer import cli
-    from tinytransformer.llama import LlamaConfig
+    from tinytransformer.llama import config_from_gguf
     from tinytransformer.tokenizers.byte_level import ByteLevelBPETokenizer
 
     path = write_random_llama(tmp_path / "tiny.gguf", n_layers=1, dim=32, n_heads=2, n_kv_heads=1, hidden_dim=32)
     with GGUFFile(path) as f:
         types = f.metadata["tokenizer.ggml.token_type"]
         assert isinstance(types, np.ndarray) and types.dtype == np.int32
-        assert LlamaConfig.from_gguf(f).vocab_size == len(types)
+        assert config_from_gguf(f).vocab_size == len(types)
     tokenizer = ByteLevelBPETokenizer.from_gguf(path)
     assert tokenizer.decode(tokenizer.encode("the cat")) == "the cat"
     assert cli.main(["info", str(path)]) == 0
@@ -298,7 +298,7 @@ def test_every_user_of_metadata_arrays_reads_a_written_llama(tmp_path, capsys):
 
 
 def test_integer_tokens_without_a_vocab_size_raise_gguf_error(tmp_path):
-    from tinytransformer.llama import LlamaConfig
+    from tinytransformer.llama import config_from_gguf
 
     path = write_random_llama(tmp_path / "tiny.gguf", n_layers=1, dim=32, n_heads=2, n_kv_heads=1, hidden_dim=32)
     with GGUFFile(path) as f:
@@ -307,7 +307,7 @@ def test_integer_tokens_without_a_vocab_size_raise_gguf_error(tmp_path):
     for tokens in (5, np.arange(265, dtype=np.int32)):
         write_gguf(path, {**metadata, "tokenizer.ggml.tokens": tokens}, tensors)
         with GGUFFile(path) as f, pytest.raises(GGUFError, match="tokenizer.ggml.tokens: expected an array of strings"):
-            LlamaConfig.from_gguf(f)
+            config_from_gguf(f)
 
 
 # --- what is not a regular file --------------------------------------------------------
@@ -316,8 +316,8 @@ def test_a_fifo_or_a_folder_is_refused_not_waited_on(tmp_path):
     fifo = tmp_path / "model.gguf"
     os.mkfifo(fifo)
     outcome = run_bounded(lambda: GGUFFile(fifo), clean=(GGUFError,), seconds=5)
-    assert outcome.kind == "clean error" and "not a regular file (a FIFO)" in outcome.detail, outcome
-    with pytest.raises(GGUFError, match="not a regular file"):
+    assert outcome.kind == "clean error" and f"{fifo}: expected a regular file, got a FIFO" in outcome.detail
+    with pytest.raises(GGUFError, match="expected a regular file, got a directory"):
         GGUFFile(tmp_path)
 
 
@@ -353,7 +353,7 @@ def _folder_listing(path):
     (lambda p: write_gguf(p, {}, {"w": (np.zeros(33, np.uint8), gguf.Q8_0, (1, 32))}), "takes 34 bytes, got 33"),
     (lambda p: write_gguf(p, {}, {"w": (np.zeros(34, np.uint8), gguf.Q8_0, (2, 16))}), "multiple of 32"),
     (lambda p: write_gguf(p, {}, {"w": (np.zeros(34, np.int64), gguf.Q8_0, (1, 32))}), "uint8 array"),
-    (lambda p: write_gguf(p, {}, {"w": (np.zeros(34, np.uint8), 12, (1, 32))}), "expected a ggml type id"),
+    (lambda p: write_gguf(p, {}, {"w": (np.zeros(34, np.uint8), 99, (1, 32))}), "expected a ggml type id"),
     (lambda p: write_gguf(p, {}, {"w": (np.zeros(34, np.uint8), gguf.Q8_0)}), r"expected \(raw uint8 bytes"),
     (lambda p: write_gguf(p, {}, {7: np.ones(2, np.float32)}), "tensor name 7: expected a str"),
 ])

@@ -8,7 +8,8 @@ from hypothesis import strategies as st
 
 from conftest import require
 from strategies import dtypes, seeds
-from tinytransformer.layers import ffn, gelu, layer_norm, post_ln_block, pre_ln_block, rms_norm, silu, swiglu
+from tinytransformer.layers import (embedding, ffn, gelu, layer_norm, linear, post_ln_block, pre_ln_block, rms_norm,
+                                    silu, swiglu)
 from tinytransformer.testing import assert_close
 
 widths = st.integers(2, 64)
@@ -131,20 +132,28 @@ def test_norm_eps_must_be_a_finite_number_at_least_zero(eps):
     (lambda: rms_norm(np.float64(2.0), np.ones(1)), r"x: expected an array \[..., C\] with C >= 1"),
     (lambda: rms_norm(np.ones((2, 0)), np.ones(0)), r"x: expected an array \[..., C\] with C >= 1"),
     (lambda: rms_norm(np.ones(3, complex), np.ones(3)), "x: expected a floating-point array"),
-    (lambda: ffn(np.ones((2, 3)), np.ones((4, 5)), np.ones(5), np.ones((5, 3)), np.ones(3)),
-     r"w1: expected shape \[3, F\] to fit x's last axis 3, got \(4, 5\)"),
-    (lambda: ffn(np.ones((2, 3)), np.ones((3, 5)), np.ones(4), np.ones((5, 3)), np.ones(3)),
-     r"b1: expected shape \[5\]"),
-    (lambda: ffn(np.ones((2, 3)), np.ones((3, 5)), np.ones(5), np.ones((5, 2)), np.ones(3)),
-     r"w2: expected shape \[5, 3\]"),
-    (lambda: ffn(np.ones(3), np.ones((3, 5)), np.ones(5), np.ones((5, 3)), np.ones(3), activation="gelu"),
+    # weights are [out, in]: w_up [F, C], w_down [C, F]
+    (lambda: ffn(np.ones((2, 3)), np.ones((5, 4)), np.ones(5), np.ones((3, 5)), np.ones(3)),
+     r"w_up: expected shape \[F, 3\] \(\[out, in\]; in is x's last axis 3\), got \(5, 4\)"),
+    (lambda: ffn(np.ones((2, 3)), np.ones((5, 3)), np.ones(4), np.ones((3, 5)), np.ones(3)),
+     r"b_up: expected shape \[5\]"),
+    (lambda: ffn(np.ones((2, 3)), np.ones((5, 3)), np.ones(5), np.ones((2, 5)), np.ones(3)),
+     r"w_down: expected shape \[3, 5\]"),
+    (lambda: ffn(np.ones(3), np.ones((5, 3)), np.ones(5), np.ones((3, 5)), np.ones(3), activation="gelu"),
      "activation: expected a function"),
-    (lambda: swiglu(np.ones((2, 3)), np.ones((3, 4)), np.ones((3, 5)), np.ones((4, 3))),
-     r"w_up: expected shape \[3, 4\]"),
-    (lambda: swiglu(np.ones((2, 3)), np.ones((3, 4)), np.ones((3, 4)), np.ones((4, 3, 1))),
-     r"w_down: expected shape \[4, 3\]"),
-    (lambda: swiglu(np.ones((2, 3)), np.ones((3, 4)) * 1j, np.ones((3, 4)), np.ones((4, 3))),
+    (lambda: swiglu(np.ones((2, 3)), np.ones((4, 3)), np.ones((5, 3)), np.ones((3, 4))),
+     r"w_up: expected shape \[4, 3\]"),
+    (lambda: swiglu(np.ones((2, 3)), np.ones((4, 3)), np.ones((4, 3)), np.ones((3, 4, 1))),
+     r"w_down: expected shape \[3, 4\]"),
+    (lambda: swiglu(np.ones((2, 3)), np.ones((4, 3)) * 1j, np.ones((4, 3)), np.ones((3, 4))),
      "w_gate: expected a real-valued array"),
+    (lambda: linear(np.ones((2, 3)), np.ones((3, 4))), r"weight: expected shape \[out, 3\]"),
+    (lambda: linear(np.ones((2, 3)), np.ones((4, 3)), np.ones(3)), r"bias: expected shape \[4\]"),
+    (lambda: linear(np.ones((2, 3)), np.ones((4, 3)) * 1j), "weight: expected a real-valued array"),
+    (lambda: embedding(np.array([0, 4]), np.ones((4, 3))), r"ids: expected token ids in \[0, 4\), got 0 .. 4"),
+    (lambda: embedding(np.array([-1]), np.ones((4, 3))), r"ids: expected token ids in \[0, 4\)"),
+    (lambda: embedding(np.array([True]), np.ones((4, 3))), "ids: expected integer token ids, got dtype bool"),
+    (lambda: embedding([0], [[1.0]]), "weight: expected an array"),
     (lambda: layer_norm(np.ones((2, 3)), np.ones(3), np.ones(2)), r"bias: expected shape \[3\]"),
     (lambda: gelu(np.ones(2), approximate="fast"), "approximate: expected 'none' or 'tanh'"),
     (lambda: silu(np.ones(2, int)), "x: expected a floating-point array"),

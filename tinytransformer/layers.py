@@ -99,6 +99,9 @@ def linear(x, weight, bias=None):
     that returns x W^T; the model calls this function for every projection, so
     such a weight can stand in for an array.
     """
+    x = float_array(x, "x")
+    out = _weight(weight, "weight", _last_axis(x), label="out")
+    _vector(bias, "bias", out, optional=True)
     y = x @ weight.T if isinstance(weight, np.ndarray) else weight.linear(x)  # [..., in] @ [in, out]
     return y if bias is None else y + bias
 
@@ -108,6 +111,15 @@ def embedding(ids, weight):
 
     A quantised weight (anything that is not an array) provides .rows(ids).
     """
+    ids = np.asarray(ids)
+    if ids.dtype.kind not in "iu":
+        raise ValueError(f"ids: expected integer token ids, got dtype {ids.dtype}")
+    if not isinstance(weight, np.ndarray) and not hasattr(weight, "rows"):
+        raise ValueError(f"weight: expected an array [V, C] or a quantised weight with .rows, got "
+                         f"{type(weight).__name__}")
+    V = weight.shape[0]
+    if ids.size and (ids.min() < 0 or ids.max() >= V):
+        raise ValueError(f"ids: expected token ids in [0, {V}), got {ids.min()} .. {ids.max()}")
     return weight[ids] if isinstance(weight, np.ndarray) else weight.rows(ids)  # [...] -> [..., C]
 
 
@@ -171,14 +183,15 @@ def _vector(param, name, size, optional=False):
         raise ValueError(f"{name}: expected shape [{size}], got {np.shape(param)}")
 
 
-def _weight(w, name, inputs, outputs=None) -> int:
+def _weight(w, name, inputs, outputs=None, label="F") -> int:
     """The outputs of a weight W [out, in] (applied as x W^T), or ValueError unless W is
-    [outputs, inputs] (any outputs if None). A quantised weight needs .shape and .linear (see linear)."""
+    [outputs, inputs] (any outputs, called `label`, if None). A quantised weight needs
+    .shape and .linear (see linear)."""
     if isinstance(w, np.ndarray) or not (hasattr(w, "shape") and hasattr(w, "linear")):
         w = _real(w, name)
     shape = tuple(w.shape)
     if len(shape) != 2 or shape[1] != inputs or (outputs is not None and shape[0] != outputs):
-        expected = f"[{'F' if outputs is None else outputs}, {inputs}]"
+        expected = f"[{label if outputs is None else outputs}, {inputs}]"
         raise ValueError(f"{name}: expected shape {expected} ([out, in]; in is x's last axis {inputs}), "
                          f"got {shape}")
     return shape[0]

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tinytransformer._files import atomic_write
+from tinytransformer._files import atomic_writer
 from tinytransformer.bench import best_time
 from tinytransformer.gguf import GGUFFile, write_gguf
 from tinytransformer.threads import blas_description
@@ -120,6 +120,7 @@ def main(argv=None) -> int:
             print(f"{name:20s} {row['file_mb']:7.1f} {row['ours_seconds']:8.3f} {row['ours_mb']:8.1f} "
                   + (f"{row['gguf-py_seconds']:10.3f} {row['gguf-py_mb']:11.1f}" if has_theirs else ""))
     if args.json:
-        with atomic_write(args.json, "w") as f:
-            json.dump({"blas": blas_description(), "repeats": args.repeats, "rows": rows}, f, indent=1)
+        report = {"blas": blas_description(), "repeats": args.repeats, "rows": rows}
+        with atomic_writer(args.json, f"report file {args.json!r}") as f:
+            f.write(json.dumps(report, indent=1).encode())
     return 0
