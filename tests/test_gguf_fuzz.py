@@ -71,8 +71,10 @@ def read_header(path):
 
 
 def load_llama(path):
-    """The whole path of `tinytransformer generate`: load the model, then its tokenizer."""
-    load_model(path).tokenizer.encode("hello world")
+    """The whole path of `tinytransformer generate`: load the model, then its tokenizer (if the file has one)."""
+    model = load_model(path)
+    if model._tokenizer is not None:
+        model.tokenizer.encode("hello world")
 
 
 CLEAN = {read_everything: (GGUFError,), read_header: (GGUFError,),
@@ -161,7 +163,7 @@ LLAMA_CONFIGS = [dict(n_layers=1, dim=32, n_heads=2, n_kv_heads=1, hidden_dim=32
 def write_generated_files(folder: Path) -> list[Path]:
     """Three small Llama files and one with every metadata type and ggml type."""
     paths = [write_random_llama(folder / f"llama{i}.gguf", seed=i, **config) for i, config in enumerate(LLAMA_CONFIGS)]
-    w = np.random.default_rng(0).standard_normal((2, 32)).astype(np.float32)
+    w = np.random.default_rng(0).standard_normal((2, 256)).astype(np.float32)  # k-quants: rows of 256
     metadata = {"general.name": "every type", "u8": np.uint8(7), "i8": np.int8(-7), "u16": np.uint16(7),
                 "i16": np.int16(-7), "u32": np.uint32(7), "i32": np.int32(-7), "f32": np.float32(0.5),
                 "flag": True, "u64": np.uint64(2**63), "i64": np.int64(-2**40), "f64": np.float64(1e-300),
