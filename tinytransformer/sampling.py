@@ -11,9 +11,9 @@ Given logits z over the vocabulary for the next position:
 Filters apply in the order temperature, top-k, top-p (as Hugging Face does),
 then one draw from the seeded generator. Non-finite logits: -inf means never
 (a filtered-out token); +inf tokens share all the probability equally; a NaN
-logit, or logits that are all -inf, raise ValueError. `generate` runs a model step by step
-with its KV cache: the prompt is processed once (prefill), then each step feeds
-only the newest token (decode).
+logit, or logits that are all -inf, raise ValueError. `generate` runs a model
+step by step with its KV cache: the prompt is processed once (prefill), then
+each step feeds only the newest token (decode).
 
     >>> import numpy as np
     >>> sample_next(np.array([0.1, 2.0, 0.3]))            # temperature 0: greedy
