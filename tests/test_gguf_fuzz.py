@@ -347,9 +347,9 @@ def corpus(folder: Path):
     llamas = generated[:-1]
     load_llama(llamas[0])  # compile the tokenizer's regexes here, once, not in every forked child
     groups["generated", "read"] = [(name, path, read_everything, None) for name, path in
-                                   mutated_cases(generated, 240 * SCALE, seed=1, folder=_mkdir(folder / "gen"))]
+                                   mutated_cases(generated, 160 * SCALE, seed=1, folder=_mkdir(folder / "gen"))]
     groups["generated", "load"] = [(name, path, load_llama, None) for name, path in
-                                   mutated_cases(llamas, 60 * SCALE, seed=2, folder=_mkdir(folder / "load"))]
+                                   mutated_cases(llamas, 40 * SCALE, seed=2, folder=_mkdir(folder / "load"))]
     crafted = _mkdir(folder / "crafted")
     groups["crafted", "read"] = []
     for i, (name, data) in enumerate(crafted_files().items()):
@@ -363,7 +363,7 @@ def corpus(folder: Path):
     real = _smollm2_file()
     if real is not None:
         groups["real", "read"] = [(name, path, read_header, None) for name, path in
-                                  mutated_cases([real], 24 * SCALE, seed=3, folder=_mkdir(folder / "real"),
+                                  mutated_cases([real], 12 * SCALE, seed=3, folder=_mkdir(folder / "real"),
                                                 sparse_tail=True)]
     return groups
 
