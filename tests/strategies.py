@@ -6,6 +6,7 @@ Chapters add their own strategies below, each under a heading.
 """
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 
 import numpy as np
@@ -271,14 +272,49 @@ def gguf_metadata():
 
 
 def gguf_python_value(value):
-    """What the reader should return for a value given to the writer: plain Python values."""
+    """What the reader should return for a value given to the writer: a Python scalar, a NumPy
+    array for an array of numbers or bools (an empty list is written as an empty int32 array),
+    a list of str, or a list of such values."""
     if isinstance(value, np.ndarray):
-        return value.tolist()
+        return value
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, list):
+        if not value:
+            return np.zeros(0, np.int32)
+        if all(isinstance(v, bool) for v in value):
+            return np.array(value, dtype=np.bool_)
         return [gguf_python_value(v) for v in value]
     return value
+
+
+def gguf_same(a, b) -> bool:
+    """Exact equality of two metadata values as the reader returns them, types and dtypes included."""
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        return isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and a.dtype == b.dtype \
+            and a.shape == b.shape and bool(np.all(a == b))
+    if isinstance(a, list) or isinstance(b, list):
+        return isinstance(a, list) and isinstance(b, list) and len(a) == len(b) and all(map(gguf_same, a, b))
+    return type(a) is type(b) and a == b
+
+
+def gguf_header(version: int = 3, n_tensors: int = 0, n_kv: int = 0, magic: bytes = b"GGUF") -> bytes:
+    """The fixed GGUF header, for crafting files by hand (any counts, true or not)."""
+    return magic + struct.pack("<IQQ", version, n_tensors, n_kv)
+
+
+def gguf_string(text) -> bytes:
+    data = text.encode("utf-8") if isinstance(text, str) else bytes(text)
+    return struct.pack("<Q", len(data)) + data
+
+
+def gguf_kv(key, value_type: int, body: bytes) -> bytes:
+    """One metadata entry: key, value type, and the value's bytes as given."""
+    return gguf_string(key) + struct.pack("<I", value_type) + body
+
+
+def gguf_tensor_info(name, dims, kind: int, offset: int) -> bytes:
+    return gguf_string(name) + struct.pack(f"<I{len(dims)}Q", len(dims), *dims) + struct.pack("<IQ", kind, offset)
 
 
 @st.composite

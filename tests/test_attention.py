@@ -255,3 +255,66 @@ def test_causal_attention_in_query_blocks_equals_one_causal_call(shape, seed, bl
     slopes = alibi_slopes(shape.n_heads) if alibi else None
     blocked = causal_attention_in_query_blocks(scaled_dot_product_attention, q, k, v, block=block, alibi_slopes=slopes)
     assert_close(blocked, scaled_dot_product_attention(q, k, v, causal=True, alibi_slopes=slopes))
+
+
+# --- non-finite edges -----------------------------------------------------------------
+
+@given(st.lists(st.floats(-50, 50), min_size=1, max_size=12), st.data())
+def test_softmax_puts_all_the_mass_on_infinite_entries_equally(values, data):
+    x = np.array(values)
+    top = np.array(data.draw(st.lists(st.booleans(), min_size=x.size, max_size=x.size)))
+    x[top] = np.inf
+    expected = top / top.sum() if top.any() else softmax(x)  # the limit of softmax as those entries grow
+    assert_close(softmax(x), expected)
+    assert_close(softmax(np.where(top, 1e300, x)), expected)  # and what a huge finite logit gives
+
+
+def test_softmax_rows_keep_nan_and_ignore_masked_nan():
+    p = softmax(np.array([[np.inf, 0.0, 0.0], [np.nan, 0.0, 1.0], [np.nan, 0.0, 0.0]]),
+                mask=np.array([[True] * 3, [True] * 3, [False, True, True]]))
+    assert p[0].tolist() == [1.0, 0.0, 0.0] and np.isnan(p[1]).all() and p[2].tolist() == [0.0, 0.5, 0.5]
+
+
+def _flash(q, k, v, **kwargs):
+    from tinytransformer.flash import flash_attention
+
+    return flash_attention(q, k, v, **kwargs)
+
+
+@pytest.mark.parametrize("attend", [scaled_dot_product_attention, _flash], ids=["sdpa", "flash"])
+@pytest.mark.parametrize("big, problem", [
+    (1e20, "q, k: the scores q k\\^T \\* scale overflow float32"),
+    (np.nan, "q: expected finite values, got NaN or inf"),
+    (np.inf, "q: expected finite values, got NaN or inf"),
+])
+def test_scores_that_are_not_finite_raise_a_clear_error(attend, big, problem):
+    q = np.full((1, 1, 2, 4), big, np.float32)
+    k = np.full((1, 1, 2, 4), 1e20 if np.isnan(big) or np.isinf(big) else big, np.float32)
+    with pytest.raises(ValueError, match=problem):
+        attend(q, k, np.ones((1, 1, 2, 4), np.float32), causal=True)
+
+
+def test_masked_keys_may_hold_anything():
+    q = np.ones((1, 1, 1, 2))
+    k = np.array([[1.0, 0.0], [np.nan, np.inf]]).reshape(1, 1, 2, 2)  # key 1 is masked out
+    mask = np.array([True, False]).reshape(1, 1, 1, 2)
+    v = np.array([[3.0, 4.0], [5.0, 6.0]]).reshape(1, 1, 2, 2)
+    assert scaled_dot_product_attention(q, k, v, mask=mask)[0, 0, 0].tolist() == [3.0, 4.0]
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: softmax(np.array([1 + 1j, 2])), "x: expected a real-valued array, got dtype complex128"),
+    (lambda: softmax(np.array([True, False])), "x: expected a real-valued array, got dtype bool"),
+    (lambda: softmax(np.ones(2), mask=np.ones(2)), "mask: expected a boolean array"),
+    (lambda: causal_mask(2**63, 5), "T, S: a \\[T, S\\] mask of 9223372036854775808 x 5 entries"),
+    (lambda: sliding_window_mask(5, 2**62, 2), "T, S: a \\[T, S\\] mask"),
+    (lambda: scaled_dot_product_attention(np.ones((1, 1, 2, 2)), np.ones((1, 1, 2, 2)), np.ones((1, 1, 2, 2)),
+                                          bias=np.ones((2, 2)) * 1j), "bias: expected a real-valued array"),
+])
+def test_complex_bool_and_oversized_inputs_raise_a_clear_value_error(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
+
+
+def test_softmax_of_an_empty_array_is_empty():
+    assert softmax(np.zeros((3, 0))).shape == (3, 0) and softmax([]).shape == (0,)

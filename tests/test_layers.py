@@ -8,7 +8,8 @@ from hypothesis import strategies as st
 
 from conftest import require
 from strategies import dtypes, seeds
-from tinytransformer.layers import ffn, gelu, layer_norm, post_ln_block, pre_ln_block, rms_norm, silu, swiglu
+from tinytransformer.layers import (embedding, ffn, gelu, layer_norm, linear, post_ln_block, pre_ln_block, rms_norm,
+                                    silu, swiglu)
 from tinytransformer.testing import assert_close
 
 widths = st.integers(2, 64)
@@ -39,6 +40,14 @@ def test_silu_is_x_times_sigmoid_and_never_overflows(seed, dtype):
     small = np.abs(x) < 30
     xs = x[small].astype(np.float64)
     assert_close(y[small], xs / (1 + np.exp(-xs)), dtype=dtype)
+
+
+@pytest.mark.parametrize("activation", [silu, gelu, lambda x: gelu(x, approximate="tanh")],
+                         ids=["silu", "gelu", "gelu_tanh"])
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_activations_at_infinity_take_their_limits(activation, dtype):
+    y = activation(np.array([-np.inf, np.inf, np.nan], dtype))  # runtime warnings are errors in this suite
+    assert y.dtype == dtype and y[:2].tolist() == [0.0, np.inf] and np.isnan(y[2])
 
 
 def test_gelu_values_at_known_points():
@@ -96,8 +105,55 @@ def test_norms_and_activations_agree_with_torch(C, seed, eps):
     assert_close(silu(x), F.silu(t(x)).numpy())
 
 
+@given(widths, seeds(), st.floats(256, 60000))
+def test_float16_norms_are_computed_in_float32_and_returned_in_float16(C, seed, magnitude):
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal((3, C)) * magnitude).clip(-65000, 65000).astype(np.float16)
+    w, b = rng.standard_normal(C).astype(np.float16), rng.standard_normal(C).astype(np.float16)
+    x64, w64, b64 = x.astype(np.float64), w.astype(np.float64), b.astype(np.float64)
+    rms, layer = rms_norm(x, w), layer_norm(x, w, b)
+    assert rms.dtype == layer.dtype == np.float16
+    assert_close(rms, rms_norm(x64, w64))  # zeros before: x^2 overflowed float16 above |x| ~ 256
+    assert_close(layer, layer_norm(x64, w64, b64))
+
+
+@pytest.mark.parametrize("eps", [-1e-5, float("nan"), float("inf"), None, True, "1e-5", 1j])
+def test_norm_eps_must_be_a_finite_number_at_least_zero(eps):
+    with pytest.raises(ValueError, match="eps: expected a finite number >= 0"):
+        rms_norm(np.ones(3), np.ones(3), eps=eps)
+    with pytest.raises(ValueError, match="eps: expected a finite number >= 0"):
+        layer_norm(np.ones(3), np.ones(3), np.zeros(3), eps=eps)
+
+
 @pytest.mark.parametrize("call, message", [
     (lambda: rms_norm(np.ones((2, 3)), np.ones(4)), r"weight: expected shape \[3\]"),
+    (lambda: rms_norm(np.ones(3), np.ones(3) * 1j), "weight: expected a real-valued array, got dtype complex128"),
+    (lambda: layer_norm(np.ones(3), np.ones(3), np.ones(3, bool)), "bias: expected a real-valued array"),
+    (lambda: rms_norm(np.float64(2.0), np.ones(1)), r"x: expected an array \[..., C\] with C >= 1"),
+    (lambda: rms_norm(np.ones((2, 0)), np.ones(0)), r"x: expected an array \[..., C\] with C >= 1"),
+    (lambda: rms_norm(np.ones(3, complex), np.ones(3)), "x: expected a floating-point array"),
+    # weights are [out, in]: w_up [F, C], w_down [C, F]
+    (lambda: ffn(np.ones((2, 3)), np.ones((5, 4)), np.ones(5), np.ones((3, 5)), np.ones(3)),
+     r"w_up: expected shape \[F, 3\] \(\[out, in\]; in is x's last axis 3\), got \(5, 4\)"),
+    (lambda: ffn(np.ones((2, 3)), np.ones((5, 3)), np.ones(4), np.ones((3, 5)), np.ones(3)),
+     r"b_up: expected shape \[5\]"),
+    (lambda: ffn(np.ones((2, 3)), np.ones((5, 3)), np.ones(5), np.ones((2, 5)), np.ones(3)),
+     r"w_down: expected shape \[3, 5\]"),
+    (lambda: ffn(np.ones(3), np.ones((5, 3)), np.ones(5), np.ones((3, 5)), np.ones(3), activation="gelu"),
+     "activation: expected a function"),
+    (lambda: swiglu(np.ones((2, 3)), np.ones((4, 3)), np.ones((5, 3)), np.ones((3, 4))),
+     r"w_up: expected shape \[4, 3\]"),
+    (lambda: swiglu(np.ones((2, 3)), np.ones((4, 3)), np.ones((4, 3)), np.ones((3, 4, 1))),
+     r"w_down: expected shape \[3, 4\]"),
+    (lambda: swiglu(np.ones((2, 3)), np.ones((4, 3)) * 1j, np.ones((4, 3)), np.ones((3, 4))),
+     "w_gate: expected a real-valued array"),
+    (lambda: linear(np.ones((2, 3)), np.ones((3, 4))), r"weight: expected shape \[out, 3\]"),
+    (lambda: linear(np.ones((2, 3)), np.ones((4, 3)), np.ones(3)), r"bias: expected shape \[4\]"),
+    (lambda: linear(np.ones((2, 3)), np.ones((4, 3)) * 1j), "weight: expected a real-valued array"),
+    (lambda: embedding(np.array([0, 4]), np.ones((4, 3))), r"ids: expected token ids in \[0, 4\), got 0 .. 4"),
+    (lambda: embedding(np.array([-1]), np.ones((4, 3))), r"ids: expected token ids in \[0, 4\)"),
+    (lambda: embedding(np.array([True]), np.ones((4, 3))), "ids: expected integer token ids, got dtype bool"),
+    (lambda: embedding([0], [[1.0]]), "weight: expected an array"),
     (lambda: layer_norm(np.ones((2, 3)), np.ones(3), np.ones(2)), r"bias: expected shape \[3\]"),
     (lambda: gelu(np.ones(2), approximate="fast"), "approximate: expected 'none' or 'tanh'"),
     (lambda: silu(np.ones(2, int)), "x: expected a floating-point array"),

@@ -32,21 +32,31 @@ def test_top_k_keeps_exactly_the_k_largest(logits, k):
         assert logits[kept].min() >= logits[~kept].max()
 
 
-@given(vocab_logits, st.floats(0.01, 1.0))
+@given(vocab_logits, st.one_of(st.floats(0.01, 1.0), st.just(1.0)))
 def test_top_p_keeps_the_smallest_set_whose_mass_reaches_p(logits, p):
     kept = np.isfinite(filter_top_p(logits, p))
+    if p == 1.0:
+        assert kept.all()  # p = 1 keeps every token, whatever the rounding
+        return
     probs = softmax(logits)
     mass = np.sort(probs[kept])[::-1]
-    assert mass.sum() >= p - 1e-12 or kept.all()  # the kept set reaches p ...
-    assert mass[:-1].sum() < p  # ... and is the smallest that does: without its least token it falls short
+    rounding = 1e-12  # sums of up to 60 float64 probabilities, in two different orders
+    assert mass.sum() >= p - rounding  # the kept set reaches p ...
+    assert mass[:-1].sum() < p + rounding  # ... and is the smallest that does: without its least token it falls short
     if not kept.all():
         assert probs[kept].min() >= probs[~kept].max()  # and it is made of the most likely tokens
+
+
+def test_top_p_one_keeps_a_token_whose_probability_is_lost_in_rounding():
+    logits = np.array([0.0, -40.0])  # probabilities 1 - 4e-18 and 4e-18: the running sum reaches 1.0 early
+    assert np.isfinite(filter_top_p(logits, 1.0)).all()
 
 
 @given(vocab_logits, seeds(), st.floats(0.2, 3.0), st.integers(1, 5), st.floats(0.1, 1.0))
 def test_samples_come_only_from_the_filtered_set(logits, seed, temperature, k, p):
     token = sample_next(logits, temperature=temperature, top_k=k, top_p=p, rng=seed)
-    allowed = np.isfinite(filter_top_p(filter_top_k(logits / temperature, k), p))
+    z = (logits - logits.max()) / temperature  # softmax(z) = softmax(logits / temperature)
+    allowed = np.isfinite(filter_top_p(filter_top_k(z, k), p))
     assert allowed[token]
 
 
@@ -72,7 +82,31 @@ def test_generate_stops_after_the_end_of_sequence_token():
 
 
 @pytest.mark.parametrize("call, message", [
-    (lambda: sample_next(np.ones(3), temperature=-1.0), "temperature: expected a number >= 0"),
+    (lambda: sample_next(np.ones(3), temperature=-1.0), "temperature: expected a finite number >= 0"),
+    (lambda: sample_next(np.ones(3), temperature=True), "temperature: expected a finite number >= 0"),
+    (lambda: sample_next(np.ones(3), temperature=float("inf")), "temperature: expected a finite number >= 0"),
+    (lambda: sample_next(np.ones(3), temperature="1"), "temperature: expected a finite number >= 0"),
+    (lambda: sample_next(np.ones(3), temperature=0.0, top_k=-1), "top_k: expected an integer >= 1"),
+    (lambda: sample_next(np.ones(3), temperature=1.0, top_k=True), "top_k: expected an integer >= 1"),
+    (lambda: sample_next(np.ones(3), temperature=1.0, top_p=True), r"top_p: expected a number in \(0, 1\]"),
+    (lambda: sample_next(np.ones(3), temperature=1.0, rng="x"), "rng: expected a numpy Generator, an integer seed"),
+    (lambda: sample_next(np.ones(3), temperature=1.0, rng=-1), "rng: expected a numpy Generator"),
+    (lambda: sample_next(np.ones(3), temperature=1.0, rng=True), "rng: expected a numpy Generator"),
+    (lambda: sample_next(np.array([1 + 2j, 3])), "logits: expected a non-empty 1-D real-valued array"),
+    (lambda: sample_next(np.array([0.0, np.nan, 5.0])), "logits: expected numbers, got NaN at id 1"),
+    (lambda: greedy([0.0, np.nan, 5.0]), "logits: expected numbers, got NaN at id 1"),
+    (lambda: greedy([-np.inf, -np.inf]), "every one of the 2 logits is -inf"),
+    (lambda: sample_next([-np.inf] * 3, temperature=1.0), "every one of the 3 logits is -inf"),
+    (lambda: generate(lambda ids: np.ones(3), [1.7, "3", -5], 3), r"prompt_ids\[0\]: expected an integer token id"),
+    (lambda: generate(lambda ids: np.ones(3), [1, -5], 3), r"prompt_ids\[1\]: expected an integer token id >= 0"),
+    (lambda: generate(lambda ids: np.ones(3), [True], 3), r"prompt_ids\[0\]: expected an integer token id"),
+    (lambda: generate(lambda ids: np.ones(3), "12", 3), "prompt_ids: expected a sequence of integer token ids"),
+    (lambda: generate(lambda ids: np.ones(3), 5, 3), "prompt_ids: expected a sequence of integer token ids"),
+    (lambda: generate(lambda ids: np.ones(3), [1], True), "max_new_tokens: expected an integer >= 0"),
+    (lambda: generate(lambda ids: np.ones(3), [1], 2, seed="abc"), "seed: expected a numpy Generator"),
+    (lambda: generate(lambda ids: np.ones(3), [1], 2, eos_id="2"), "eos_id: expected an integer token id"),
+    (lambda: generate(lambda ids: np.ones(3), [1], 2, temperature=-1), "temperature: expected a finite number"),
+    (lambda: generate(None, [1], 2), "step: expected a function"),
     (lambda: sample_next(np.ones(3), temperature=1.0, top_k=0), "top_k: expected an integer >= 1"),
     (lambda: sample_next(np.ones(3), temperature=1.0, top_p=1.5), r"top_p: expected a number in \(0, 1\]"),
     (lambda: sample_next(np.ones((2, 3))), r"logits: expected a non-empty 1-D"),
@@ -81,3 +115,37 @@ def test_generate_stops_after_the_end_of_sequence_token():
 def test_bad_input_raises_a_clear_value_error(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+# --- non-finite logits -----------------------------------------------------------------
+
+@given(seeds(), st.floats(1e-300, 10.0), st.integers(2, 6))
+def test_infinite_logits_share_all_the_probability(seed, temperature, n):
+    logits = np.zeros(n)
+    logits[[0, n - 1]] = np.inf
+    token = sample_next(logits, temperature=temperature, rng=seed)
+    assert token in (0, n - 1)
+
+
+def test_both_infinite_logits_are_drawn():
+    draws = {sample_next([np.inf, 0.0, np.inf], temperature=1.0, rng=seed) for seed in range(40)}
+    assert draws == {0, 2}
+
+
+@given(st.lists(st.floats(-1e12, 1e12), min_size=1, max_size=30), seeds(), st.floats(1e-300, 1e-250))
+def test_a_tiny_temperature_is_greedy(values, seed, temperature):
+    logits = np.array(values)
+    top = np.flatnonzero(logits == logits.max())  # ties share the draw
+    assert sample_next(logits, temperature=temperature, rng=seed) in top
+
+
+def test_generate_checks_its_arguments_before_the_first_step():
+    calls = []
+
+    def step(ids):
+        calls.append(ids)
+        return np.ones(3)
+
+    with pytest.raises(ValueError, match="top_p"):
+        generate(step, [1, 2], 3, temperature=1.0, top_p=2.0)
+    assert calls == []

@@ -115,7 +115,7 @@ def test_bad_requests_are_refused_with_a_clear_message():
         (lambda: engine.add_request([1], 0), "max_tokens: expected an integer >= 1"),
         (lambda: engine.add_request([1] * 8, 4), "exceed the whole cache"),
         (lambda: engine.add_request([1] * 20, 20), "exceed the context length"),
-        (lambda: engine.add_request([1], 2, temperature=-1), "temperature: expected a number >= 0"),
+        (lambda: engine.add_request([1], 2, temperature=-1), "temperature: expected a finite number >= 0"),
         (lambda: Scheduler(BlockManager(2, 2), policy="fifo"), "policy: expected one of"),
     ]:
         with pytest.raises(ValueError, match=message):

@@ -76,8 +76,9 @@ def atomic_writer(path, where: str):
     """Yield a binary handle on a temporary file next to `path`; rename it to `path` on success.
 
     On any exception the temporary file is removed and `path` is left untouched.
+    A symlink is followed: the file it points to is replaced, the link stays.
     """
-    target = Path(_check_path(path, where))
+    target = Path(os.path.realpath(_check_path(path, where)))  # through a symlink: replace its target, keep it
     folder = target.parent
     if not folder.is_dir():
         raise FileNotFoundError(f"{where}: the folder {str(folder)!r} does not exist")

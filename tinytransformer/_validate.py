@@ -22,6 +22,14 @@ def positive_float(value, name: str) -> float:
     return float(value)
 
 
+def nonnegative_float(value, name: str) -> float:
+    """value as a float, or ValueError unless it is a finite number >= 0 (not a bool)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)) \
+            or not math.isfinite(value) or not value >= 0:
+        raise ValueError(f"{name}: expected a finite number >= 0, got {value!r}")
+    return float(value)
+
+
 def float_array(x, name: str) -> np.ndarray:
     """x as a floating-point ndarray, or ValueError naming the dtype it had."""
     x = np.asarray(x)

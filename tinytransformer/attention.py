@@ -57,16 +57,27 @@ def softmax(x, axis: int = -1, mask=None):
 
     Entries equal to -inf, or where `mask` is False, get probability 0. A row
     with nothing allowed is all zeros (not NaN). Subtracting the row maximum
-    keeps exp() from overflowing for large logits.
+    keeps exp() from overflowing for large logits. Entries equal to +inf take
+    all of their row's mass, shared equally (the limit as they grow: softmax
+    of [inf, 0, 0] is [1, 0, 0]). A NaN makes its whole row NaN.
     """
     x = np.asarray(x)
+    if x.dtype.kind not in "fiu":
+        raise ValueError(f"x: expected a real-valued array, got dtype {x.dtype}")
     if x.dtype.kind != "f":
         x = x.astype(np.float64)
     if mask is not None:
+        mask = np.asarray(mask)
+        if mask.dtype != np.bool_:
+            raise ValueError(f"mask: expected a boolean array (True = allowed), got dtype {mask.dtype}")
         x = np.where(mask, x, -np.inf)  # masked entries behave like a score of -inf
     m = np.max(x, axis=axis, keepdims=True, initial=-np.inf)  # row max, -inf for rows with nothing allowed
+    if np.any(m == np.inf):  # rows holding +inf: those entries share the mass, as in the limit
+        x = np.where(m == np.inf, np.where(x == np.inf, x.dtype.type(0), x.dtype.type(-np.inf)), x)
+        m = np.where(m == np.inf, x.dtype.type(0), m)
     m[m == -np.inf] = 0.0  # such rows: exp(-inf - 0) = 0 everywhere, no inf - inf
-    e = x - m  # <= 0 wherever allowed, so exp() cannot overflow; NaN propagates
+    with np.errstate(over="ignore"):  # -1e308 - 1e308 = -inf, whose exp is the right 0
+        e = x - m  # <= 0 wherever allowed, so exp() cannot overflow; NaN propagates
     np.exp(e, out=e)
     total = np.sum(e, axis=axis, keepdims=True)
     total[total == 0] = 1.0  # empty rows stay zeros instead of 0 / 0
@@ -76,7 +87,7 @@ def softmax(x, axis: int = -1, mask=None):
 
 def causal_mask(T: int, S: int) -> np.ndarray:
     """[T, S] bool: query i (at key position S - T + i) may see keys j <= S - T + i."""
-    T, S = _positive_int(T, "T"), _positive_int(S, "S")
+    T, S = _mask_size(T, S)
     query_pos = np.arange(S - T, S)[:, None]  # [T, 1]
     return np.arange(S)[None, :] <= query_pos  # [T, S]
 
@@ -87,7 +98,7 @@ def sliding_window_mask(T: int, S: int, window: int) -> np.ndarray:
     A sliding window is causal too: key j is visible iff pos - window < j <= pos,
     with pos = S - T + i (Mistral's local attention; Beltagy et al., 2020).
     """
-    T, S = _positive_int(T, "T"), _positive_int(S, "S")
+    T, S = _mask_size(T, S)
     window = _positive_int(window, "window")
     query_pos = np.arange(S - T, S)[:, None]  # [T, 1]
     key_pos = np.arange(S)[None, :]  # [1, S]
@@ -117,13 +128,18 @@ def attention_weights(q, k, *, mask=None, bias=None, causal=False, window=None, 
     scale = attention_scale(scale, D)
     dtype = np.result_type(q, k)
 
-    qg = q.reshape(B, Hkv, G, T, D) * dtype.type(scale)  # [B, Hq, T, D] -> [B, Hkv, G, T, D]; scale the
-    # smaller operand: (q * scale) k^T = (q k^T) * scale
-    scores = qg @ k[:, :, None].swapaxes(-1, -2)  # [B, Hkv, G, T, D] @ [B, Hkv, 1, D, S] -> [B, Hkv, G, T, S]
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow is reported by _check_scores below
+        qg = q.reshape(B, Hkv, G, T, D) * dtype.type(scale)  # [B, Hq, T, D] -> [B, Hkv, G, T, D]; scale the
+        # smaller operand: (q * scale) k^T = (q k^T) * scale
+        scores = qg @ k[:, :, None].swapaxes(-1, -2)  # [B, Hkv, G, T, D] @ [B, Hkv, 1, D, S] -> [B, Hkv, G, T, S]
     scores = scores.reshape(B, Hq, T, S)  # head h = kv head h // G, member h % G
+    allowed = _combined_mask(mask, causal, window, (B, Hq, T, S))
+    _check_scores(scores, q, k, allowed)
 
     if bias is not None:
         bias = np.asarray(bias)
+        if bias.dtype.kind not in "fiu":
+            raise ValueError(f"bias: expected a real-valued array, got dtype {bias.dtype}")
         _check_broadcast(bias, (B, Hq, T, S), "bias")
         scores = scores + bias.astype(dtype, copy=False)
     if alibi_slopes is not None:
@@ -132,7 +148,6 @@ def attention_weights(q, k, *, mask=None, bias=None, causal=False, window=None, 
             raise ValueError(f"alibi_slopes: expected shape [Hq] = [{Hq}], got {slopes.shape}")
         distance = np.arange(S)[None, :] - np.arange(S - T, S)[:, None]  # j - p_i, end-aligned, [T, S]
         scores = scores + (slopes[:, None, None] * distance).astype(dtype)  # + slope_h (j - p_i), [Hq, T, S]
-    allowed = _combined_mask(mask, causal, window, (B, Hq, T, S))
     return softmax(scores, axis=-1, mask=allowed)  # [B, Hq, T, S]
 
 
@@ -148,6 +163,11 @@ def scaled_dot_product_attention(q, k, v, *, causal=False, scale=None, alibi_slo
     bias: additive, broadcastable to [B, Hq, T, S] (relative positions, any other bias).
     window: each query sees only its `window` most recent keys (implies causal).
     Returns [B, Hq, T, Dv] in the common dtype of q, k, v (float16 is computed in float32).
+
+    Non-finite values: every score q k^T * scale that a query may attend to must
+    be finite. A NaN or inf in q or k, or scores that overflow (float32 q = k =
+    1e20), raise ValueError rather than give NaN. A bias of -inf masks; +inf
+    entries share the row's weight (see softmax); NaN in v or bias propagates.
 
     Where this differs from torch.nn.functional.scaled_dot_product_attention:
     - causal is end-aligned (query i sees keys j <= S - T + i), the convention of
@@ -246,6 +266,28 @@ def multi_head_attention(x, params, n_heads: int, n_kv_heads: int | None = None,
 
 
 # --- validation helpers (the public boundary) ---------------------------------------
+
+
+def _mask_size(T, S) -> tuple[int, int]:
+    """(T, S) as ints >= 1 whose [T, S] mask NumPy can index (T * S < 2**63)."""
+    T, S = _positive_int(T, "T"), _positive_int(S, "S")
+    if T * S > np.iinfo(np.intp).max:
+        raise ValueError(f"T, S: a [T, S] mask of {T} x {S} entries is larger than any array; got T={T}, S={S}")
+    return T, S
+
+
+def _check_scores(scores, q, k, allowed=None):
+    """ValueError unless every allowed score q k^T * scale is finite (see scaled_dot_product_attention)."""
+    bad = ~np.isfinite(scores)
+    if allowed is not None:
+        bad &= allowed
+    if not bad.any():
+        return
+    for x, name in ((q, "q"), (k, "k")):
+        if not np.isfinite(x).all():
+            raise ValueError(f"{name}: expected finite values, got NaN or inf; attention needs finite scores")
+    raise ValueError(f"q, k: the scores q k^T * scale overflow {scores.dtype} (largest |q| {np.abs(q).max():.3g}, "
+                     f"largest |k| {np.abs(k).max():.3g}); scale the inputs down or compute in float64")
 
 
 def _project(x, params, name):

@@ -295,7 +295,7 @@ def cmd_chat(args, stdin=None) -> int:
 
 def _describe(value) -> str:
     if isinstance(value, (list, tuple)) or (hasattr(value, "ndim") and getattr(value, "ndim", 0) > 0):
-        items = list(value[:5])
+        items = value[:5].tolist() if hasattr(value, "tolist") else list(value[:5])  # NumPy: plain numbers
         head = ", ".join(repr(v) for v in items)
         return f"[{head}{', ...' if len(value) > 5 else ''}] ({len(value)} items)"
     text = repr(value)  # repr escapes control characters: nothing in the file reaches the terminal raw

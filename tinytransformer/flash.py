@@ -45,7 +45,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tinytransformer._validate import attention_scale, attention_shapes, float_array, positive_int
-from tinytransformer.attention import _as_float
+from tinytransformer.attention import _as_float, _check_scores
 
 __all__ = ["flash_attention", "flash_attention_with_lse", "flash_attention_states", "TileState"]
 
@@ -96,9 +96,11 @@ def flash_attention_states(q, k, v, *, causal=False, scale=None, alibi_slopes=No
             c1 = min(c0 + Bc, S)
             Kj = k[:, :, None, c0:c1]  # [B, Hkv, 1, Bc, D]
             Vj = v[:, :, None, c0:c1]  # [B, Hkv, 1, Bc, Dv]
-            Sij = (Qi @ Kj.swapaxes(-1, -2)) * scale  # [B, Hkv, G, Br, D] @ [B, Hkv, 1, D, Bc] -> [.., Br, Bc]
+            with np.errstate(over="ignore", invalid="ignore"):  # overflow is reported by _check_scores
+                Sij = (Qi @ Kj.swapaxes(-1, -2)) * scale  # [B, Hkv, G, Br, D] @ [B, Hkv, 1, D, Bc] -> [.., Br, Bc]
             rows = offset + np.arange(r0, r1)[:, None]  # key position of each query row, [Br, 1]
             cols = np.arange(c0, c1)[None, :]  # [1, Bc]
+            _check_scores(Sij, q, k, (cols <= rows) if causal else None)  # finite, as in attention
             if alibi_slopes is not None:
                 slopes = alibi_slopes.reshape(1, Hkv, G, 1, 1)
                 Sij = Sij + slopes * (cols - rows).astype(dtype)  # + slope_h * (j - p_i)
@@ -151,6 +153,7 @@ def flash_attention(q, k, v, *, causal=False, scale=None, alibi_slopes=None, blo
     alibi_slopes: optional [Hq] slopes; adds slope_h * (j - (S - T + i)) to the scores.
     block_q (Br) and block_k (Bc) are the tile sizes; T and S need not be multiples.
     Returns out [B, Hq, T, Dv] in the inputs' dtype; a row that sees no key is zeros.
+    Scores that are not finite raise ValueError, as in scaled_dot_product_attention.
     """
     return flash_attention_with_lse(q, k, v, causal=causal, scale=scale, alibi_slopes=alibi_slopes,
                                     block_q=block_q, block_k=block_k)[0]

@@ -25,7 +25,9 @@ Normalisations act on the last axis.
     >>> rms_norm(np.array([3.0, 4.0]), np.ones(2), eps=0.0).round(4).tolist()
     [0.8485, 1.1314]
 
-Does not handle: dropout, biasless LayerNorm variants, mixture-of-experts FFNs.
+Does not handle: dropout, biasless LayerNorm variants, mixture-of-experts FFNs,
+float32 or float64 inputs so large that their squares overflow (|x| above ~1e19
+or ~1e154; float16 is computed in float32, so it never does).
 """
 from __future__ import annotations
 
@@ -33,7 +35,7 @@ import math
 
 import numpy as np
 
-from tinytransformer._validate import float_array
+from tinytransformer._validate import float_array, nonnegative_float
 
 __all__ = ["layer_norm", "rms_norm", "gelu", "silu", "linear", "embedding", "ffn", "swiglu", "pre_ln_block", "post_ln_block"]
 
@@ -41,40 +43,52 @@ _erf = np.vectorize(math.erf, otypes=[np.float64])
 
 
 def layer_norm(x, weight, bias, eps: float = 1e-5):
-    """(x - mean) / sqrt(var + eps) * weight + bias over the last axis (biased variance)."""
-    x = float_array(x, "x")
-    _check_last_axis(x, weight, "weight")
-    _check_last_axis(x, bias, "bias")
-    mean = x.mean(axis=-1, keepdims=True)  # [..., 1]
-    var = ((x - mean) ** 2).mean(axis=-1, keepdims=True)  # E[(x - mean)^2], [..., 1]
-    return (x - mean) / np.sqrt(var + eps) * weight + bias
+    """(x - mean) / sqrt(var + eps) * weight + bias over the last axis (biased variance).
+
+    eps: a finite number >= 0. Returns the common dtype of x, weight and bias;
+    float16 is computed in float32 (its squares overflow above |x| ~ 256).
+    """
+    h, out_dtype = _norm_input(x, ("weight", weight), ("bias", bias))
+    eps = nonnegative_float(eps, "eps")
+    mean = h.mean(axis=-1, keepdims=True)  # [..., 1]
+    var = ((h - mean) ** 2).mean(axis=-1, keepdims=True)  # E[(x - mean)^2], [..., 1]
+    return ((h - mean) / np.sqrt(var + h.dtype.type(eps)) * weight + bias).astype(out_dtype, copy=False)
 
 
 def rms_norm(x, weight, eps: float = 1e-6):
-    """x / sqrt(mean(x^2) + eps) * weight over the last axis; no centring, no bias."""
-    x = float_array(x, "x")
-    _check_last_axis(x, weight, "weight")
-    ms = np.mean(np.square(x), axis=-1, keepdims=True)  # mean(x^2), [..., 1]
-    return x / np.sqrt(ms + np.asarray(eps, dtype=x.dtype)) * weight
+    """x / sqrt(mean(x^2) + eps) * weight over the last axis; no centring, no bias.
+
+    eps: a finite number >= 0. Returns the common dtype of x and weight;
+    float16 is computed in float32 (its squares overflow above |x| ~ 256).
+    """
+    h, out_dtype = _norm_input(x, ("weight", weight))
+    eps = nonnegative_float(eps, "eps")
+    ms = np.mean(np.square(h), axis=-1, keepdims=True)  # mean(x^2), [..., 1]
+    return (h / np.sqrt(ms + h.dtype.type(eps)) * weight).astype(out_dtype, copy=False)
 
 
 def gelu(x, approximate: str = "none"):
     """GELU(x) = x * Phi(x). approximate="tanh" uses GPT-2's
     0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))."""
     x = float_array(x, "x")
-    if approximate == "none":
-        return (0.5 * x * (1.0 + _erf(x / math.sqrt(2.0)))).astype(x.dtype)  # x/2 (1 + erf(x/sqrt 2))
-    if approximate == "tanh":
-        inner = math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3)
-        return 0.5 * x * (1.0 + np.tanh(inner))
-    raise ValueError(f"approximate: expected 'none' or 'tanh', got {approximate!r}")
+    if approximate not in ("none", "tanh"):
+        raise ValueError(f"approximate: expected 'none' or 'tanh', got {approximate!r}")
+    with np.errstate(over="ignore", invalid="ignore"):  # x^3 may overflow to inf; -inf gives NaN, fixed below
+        if approximate == "none":
+            y = (0.5 * x * (1.0 + _erf(x / math.sqrt(2.0)))).astype(x.dtype)  # x/2 (1 + erf(x/sqrt 2))
+        else:
+            inner = math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3)
+            y = 0.5 * x * (1.0 + np.tanh(inner))
+    return np.where(x == -np.inf, y.dtype.type(0), y)  # -inf * 0 is NaN; the limit is 0
 
 
 def silu(x):
     """SiLU(x) = x * sigmoid(x), with sigmoid(x) = (1 + tanh(x/2)) / 2, which never overflows."""
     x = float_array(x, "x")
     half = x * x.dtype.type(0.5)
-    return half + half * np.tanh(half)  # x/2 (1 + tanh(x/2)) = x sigmoid(x)
+    with np.errstate(invalid="ignore"):  # -inf: -inf + inf is NaN; the limit is 0, set below
+        y = half + half * np.tanh(half)  # x/2 (1 + tanh(x/2)) = x sigmoid(x)
+    return np.where(x == -np.inf, x.dtype.type(0), y)
 
 
 def linear(x, weight, bias=None):
@@ -85,6 +99,9 @@ def linear(x, weight, bias=None):
     that returns x W^T; the model calls this function for every projection, so
     such a weight can stand in for an array.
     """
+    x = float_array(x, "x")
+    out = _weight(weight, "weight", _last_axis(x), label="out")
+    _vector(bias, "bias", out, optional=True)
     y = x @ weight.T if isinstance(weight, np.ndarray) else weight.linear(x)  # [..., in] @ [in, out]
     return y if bias is None else y + bias
 
@@ -94,17 +111,39 @@ def embedding(ids, weight):
 
     A quantised weight (anything that is not an array) provides .rows(ids).
     """
+    ids = np.asarray(ids)
+    if ids.dtype.kind not in "iu":
+        raise ValueError(f"ids: expected integer token ids, got dtype {ids.dtype}")
+    if not isinstance(weight, np.ndarray) and not hasattr(weight, "rows"):
+        raise ValueError(f"weight: expected an array [V, C] or a quantised weight with .rows, got "
+                         f"{type(weight).__name__}")
+    V = weight.shape[0]
+    if ids.size and (ids.min() < 0 or ids.max() >= V):
+        raise ValueError(f"ids: expected token ids in [0, {V}), got {ids.min()} .. {ids.max()}")
     return weight[ids] if isinstance(weight, np.ndarray) else weight.rows(ids)  # [...] -> [..., C]
 
 
 def ffn(x, w_up, b_up, w_down, b_down, activation=gelu):
     """act(x Wu^T + bu) Wd^T + bd: [..., C] -> [..., F] -> [..., C]; Wu [F, C], Wd [C, F]."""
+    x = float_array(x, "x")
+    C = _last_axis(x)
+    F = _weight(w_up, "w_up", C)
+    _vector(b_up, "b_up", F, optional=True)
+    _weight(w_down, "w_down", F, C)
+    _vector(b_down, "b_down", C, optional=True)
+    if not callable(activation):
+        raise ValueError(f"activation: expected a function of one array, got {activation!r}")
     h = activation(linear(x, w_up, b_up))  # [..., C] -> [..., F]
     return linear(h, w_down, b_down)  # [..., F] -> [..., C]
 
 
 def swiglu(x, w_gate, w_up, w_down):
     """(SiLU(x Wg^T) * (x Wu^T)) Wd^T: the gated FFN of Llama; Wg, Wu [F, C], Wd [C, F]."""
+    x = float_array(x, "x")
+    C = _last_axis(x)
+    F = _weight(w_gate, "w_gate", C)
+    _weight(w_up, "w_up", C, F)
+    _weight(w_down, "w_down", F, C)
     return linear(silu(linear(x, w_gate)) * linear(x, w_up), w_down)  # [..., F] * [..., F] -> [..., C]
 
 
@@ -120,7 +159,49 @@ def post_ln_block(x, attention, feed_forward, norm1, norm2):
     return norm2(x + feed_forward(x))
 
 
-def _check_last_axis(x, param, name):
+# --- validation helpers (the public boundary) ---------------------------------------
+
+
+def _last_axis(x) -> int:
+    """C, the size of x's last axis, or ValueError unless x has one of size >= 1."""
+    if x.ndim == 0 or x.shape[-1] == 0:
+        raise ValueError(f"x: expected an array [..., C] with C >= 1, got shape {x.shape}")
+    return x.shape[-1]
+
+
+def _real(param, name) -> np.ndarray:
     param = np.asarray(param)
-    if param.ndim != 1 or param.shape[0] != x.shape[-1]:
-        raise ValueError(f"{name}: expected shape [{x.shape[-1]}] to match x's last axis, got {param.shape}")
+    if param.dtype.kind not in "fiu":
+        raise ValueError(f"{name}: expected a real-valued array, got dtype {param.dtype}")
+    return param
+
+
+def _vector(param, name, size, optional=False):
+    if param is None and optional:
+        return
+    if _real(param, name).shape != (size,):
+        raise ValueError(f"{name}: expected shape [{size}], got {np.shape(param)}")
+
+
+def _weight(w, name, inputs, outputs=None, label="F") -> int:
+    """The outputs of a weight W [out, in] (applied as x W^T), or ValueError unless W is
+    [outputs, inputs] (any outputs, called `label`, if None). A quantised weight needs
+    .shape and .linear (see linear)."""
+    if isinstance(w, np.ndarray) or not (hasattr(w, "shape") and hasattr(w, "linear")):
+        w = _real(w, name)
+    shape = tuple(w.shape)
+    if len(shape) != 2 or shape[1] != inputs or (outputs is not None and shape[0] != outputs):
+        expected = f"[{label if outputs is None else outputs}, {inputs}]"
+        raise ValueError(f"{name}: expected shape {expected} ([out, in]; in is x's last axis {inputs}), "
+                         f"got {shape}")
+    return shape[0]
+
+
+def _norm_input(x, *params):
+    """(x to compute with, output dtype): float16 becomes float32; each (name, param) is [C]."""
+    x = float_array(x, "x")
+    C = _last_axis(x)
+    for name, param in params:
+        _vector(param, name, C)
+    out_dtype = np.result_type(x, *(np.asarray(param) for _, param in params))
+    return (x.astype(np.float32) if x.dtype == np.float16 else x), out_dtype

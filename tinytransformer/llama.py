@@ -121,6 +121,9 @@ def config_from_gguf(f: GGUFFile) -> TransformerConfig:
     if embed is None:
         raise GGUFError(f"{f.path}: tensor 'token_embd.weight' is missing")
     tokens = meta.get("tokenizer.ggml.tokens")
+    if tokens is not None and (not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens)):
+        kind = f"an array of {tokens.dtype}" if isinstance(tokens, np.ndarray) else type(tokens).__name__
+        raise GGUFError(f"{f.path}: tokenizer.ggml.tokens: expected an array of strings, got {kind}")
     fields["vocab_size"] = get("vocab_size", default=len(tokens) if tokens is not None else embed.shape[0])
     if fields["vocab_size"] != embed.shape[0]:
         raise GGUFError(f"{f.path}: vocab_size is {fields['vocab_size']} but token_embd.weight has "

@@ -9,9 +9,11 @@ Given logits z over the vocabulary for the next position:
                  (nucleus sampling, Holtzman et al., 2020)
 
 Filters apply in the order temperature, top-k, top-p (as Hugging Face does),
-then one draw from the seeded generator. `generate` runs a model step by step
-with its KV cache: the prompt is processed once (prefill), then each step feeds
-only the newest token (decode).
+then one draw from the seeded generator. Non-finite logits: -inf means never
+(a filtered-out token); +inf tokens share all the probability equally; a NaN
+logit, or logits that are all -inf, raise ValueError. `generate` runs a model
+step by step with its KV cache: the prompt is processed once (prefill), then
+each step feeds only the newest token (decode).
 
     >>> import numpy as np
     >>> sample_next(np.array([0.1, 2.0, 0.3]))            # temperature 0: greedy
@@ -28,7 +30,7 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
-from tinytransformer._validate import positive_int
+from tinytransformer._validate import nonnegative_float, positive_int
 from tinytransformer.attention import softmax
 
 __all__ = ["greedy", "filter_top_k", "filter_top_p", "probabilities", "sample_next", "generate"]
@@ -53,10 +55,13 @@ def filter_top_k(logits, k: int) -> np.ndarray:
 
 def filter_top_p(logits, p: float) -> np.ndarray:
     """Logits outside the nucleus set to -inf: the smallest prefix of tokens, most
-    likely first, whose probability mass reaches p (always at least one token)."""
+    likely first, whose probability mass (summed in float64) reaches p; always at
+    least one token. p = 1 keeps every token, as Hugging Face does, whatever the
+    rounding of the running sum."""
     logits = _logits(logits)
-    if not isinstance(p, (int, float, np.floating)) or not 0.0 < p <= 1.0:
-        raise ValueError(f"top_p: expected a number in (0, 1], got {p!r}")
+    p = _top_p(p)
+    if p == 1.0:
+        return logits.copy()
     order = np.argsort(-logits, kind="stable")  # most likely first
     probs = softmax(logits.astype(np.float64))[order]
     mass_before = np.cumsum(probs) - probs  # mass of the tokens ranked above each one
@@ -69,15 +74,26 @@ def filter_top_p(logits, p: float) -> np.ndarray:
 def probabilities(logits, *, temperature: float = 0.0, top_k: int | None = None,
                   top_p: float | None = None) -> np.ndarray:
     """The distribution [V] (float64) that `sample_next` draws from: temperature, then top-k,
-    then top-p, then softmax. Temperature 0 is greedy: all the mass on the argmax."""
+    then top-p, then softmax. Temperature 0 is greedy: all the mass on the argmax.
+
+    The logits are shifted by their maximum before dividing by the temperature (softmax
+    does not change), so a tiny temperature gives -inf, never NaN, for all but the top ones.
+    """
     logits = _logits(logits)
-    if not isinstance(temperature, (int, float, np.floating)) or not temperature >= 0:
-        raise ValueError(f"temperature: expected a number >= 0, got {temperature!r}")
+    temperature = nonnegative_float(temperature, "temperature")
+    top_k = None if top_k is None else positive_int(top_k, "top_k")
+    top_p = None if top_p is None else _top_p(top_p)
     if temperature == 0:
         probs = np.zeros(logits.size)
         probs[greedy(logits)] = 1.0
         return probs
-    z = logits.astype(np.float64) / temperature  # z / tau
+    z = logits.astype(np.float64)
+    top = z.max()
+    if top == np.inf:  # +inf logits take all the probability, shared equally (softmax's limit)
+        z = np.where(z == np.inf, 0.0, -np.inf)
+    else:
+        with np.errstate(over="ignore"):  # -1e308 - 1e308, or / 1e-300: -inf, which is right
+            z = (z - top) / temperature  # (z - max) / tau <= 0
     if top_k is not None:
         z = filter_top_k(z, top_k)
     if top_p is not None:
@@ -87,32 +103,46 @@ def probabilities(logits, *, temperature: float = 0.0, top_k: int | None = None,
 
 def sample_next(logits, *, temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
                 rng=None) -> int:
-    """One token id from next-token logits [V]. temperature 0 (the default) is greedy.
+    """One token id from next-token logits [V], drawn from `probabilities`. temperature 0
+    (the default) is greedy and leaves the generator untouched.
 
-    rng: a numpy Generator, an int seed, or None (a fresh unseeded generator).
+    temperature: a finite number >= 0 (not a bool). rng: a numpy Generator, an
+    integer seed >= 0, or None (a fresh unseeded generator).
     """
+    rng = _generator(rng, "rng")
     probs = probabilities(logits, temperature=temperature, top_k=top_k, top_p=top_p)
     if temperature == 0:
-        return int(np.argmax(probs))  # no draw: greedy leaves the generator untouched
-    rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+        return int(np.argmax(probs))  # no draw
     return int(rng.choice(probs.size, p=probs))
 
 
 def generate(step: Callable[[list[int]], np.ndarray], prompt_ids, max_new_tokens: int, *,
              temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
              seed=None, eos_id: int | None = None) -> Iterator[int]:
-    """Yield up to max_new_tokens new ids, stopping after eos_id.
+    """An iterator over up to max_new_tokens new ids, stopping after eos_id.
 
     step(new_ids) must return the logits [V] for the position after new_ids,
     remembering what it was given before (a model with a KV cache): it is called
     once with the whole prompt (prefill), then with one token at a time (decode).
+    Every argument is checked here, before the first step runs.
     """
-    prompt_ids = [int(i) for i in prompt_ids]
-    if not prompt_ids:
-        raise ValueError("prompt_ids: expected at least one token id, got an empty prompt")
-    if not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 0:
+    if not callable(step):
+        raise ValueError(f"step: expected a function new_ids -> logits [V], got {step!r}")
+    prompt_ids = _token_ids(prompt_ids)
+    if isinstance(max_new_tokens, (bool, np.bool_)) or not isinstance(max_new_tokens, (int, np.integer)) \
+            or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens: expected an integer >= 0, got {max_new_tokens!r}")
-    rng = np.random.default_rng(seed)
+    temperature = nonnegative_float(temperature, "temperature")
+    top_k = None if top_k is None else positive_int(top_k, "top_k")
+    top_p = None if top_p is None else _top_p(top_p)
+    rng = _generator(seed, "seed")
+    if eos_id is not None and (isinstance(eos_id, (bool, np.bool_)) or not isinstance(eos_id, (int, np.integer))):
+        raise ValueError(f"eos_id: expected an integer token id or None, got {eos_id!r}")
+    return _decode(step, prompt_ids, int(max_new_tokens), temperature, top_k, top_p, rng, eos_id)
+
+
+def _decode(step, prompt_ids, max_new_tokens, temperature, top_k, top_p, rng, eos_id) -> Iterator[int]:
+    """The loop of `generate`: prefill with the prompt, then one token at a time."""
     new = prompt_ids
     for _ in range(max_new_tokens):
         token = sample_next(step(new), temperature=temperature, top_k=top_k, top_p=top_p, rng=rng)
@@ -122,9 +152,48 @@ def generate(step: Callable[[list[int]], np.ndarray], prompt_ids, max_new_tokens
         new = [token]
 
 
+# --- validation helpers (the public boundary) ---------------------------------------
+
+
 def _logits(logits) -> np.ndarray:
+    """logits as a 1-D float array with at least one token that can be chosen."""
     logits = np.asarray(logits)
     if logits.ndim != 1 or logits.size == 0 or logits.dtype.kind not in "fiu":
-        raise ValueError(f"logits: expected a non-empty 1-D numeric array [V], got dtype {logits.dtype} "
+        raise ValueError(f"logits: expected a non-empty 1-D real-valued array [V], got dtype {logits.dtype} "
                          f"shape {logits.shape}")
-    return logits if logits.dtype.kind == "f" else logits.astype(np.float64)
+    logits = logits if logits.dtype.kind == "f" else logits.astype(np.float64)
+    nan = np.flatnonzero(np.isnan(logits))
+    if nan.size:
+        raise ValueError(f"logits: expected numbers, got NaN at id {nan[0]} ({nan.size} NaN in all)")
+    if np.all(logits == -np.inf):
+        raise ValueError(f"logits: every one of the {logits.size} logits is -inf, so no token can be chosen")
+    return logits
+
+
+def _top_p(p) -> float:
+    if isinstance(p, (bool, np.bool_)) or not isinstance(p, (int, float, np.integer, np.floating)) \
+            or not 0.0 < p <= 1.0:
+        raise ValueError(f"top_p: expected a number in (0, 1], got {p!r}")
+    return float(p)
+
+
+def _generator(rng, name: str) -> np.random.Generator:
+    if isinstance(rng, np.random.Generator):
+        return rng
+    if rng is None:
+        return np.random.default_rng()
+    if isinstance(rng, (bool, np.bool_)) or not isinstance(rng, (int, np.integer)) or rng < 0:
+        raise ValueError(f"{name}: expected a numpy Generator, an integer seed >= 0, or None, got {rng!r}")
+    return np.random.default_rng(int(rng))
+
+
+def _token_ids(ids) -> list[int]:
+    if isinstance(ids, (str, bytes)) or not hasattr(ids, "__iter__"):
+        raise ValueError(f"prompt_ids: expected a sequence of integer token ids, got {type(ids).__name__}")
+    ids = list(ids)
+    if not ids:
+        raise ValueError("prompt_ids: expected at least one token id, got an empty prompt")
+    for i, token in enumerate(ids):
+        if isinstance(token, (bool, np.bool_)) or not isinstance(token, (int, np.integer)) or token < 0:
+            raise ValueError(f"prompt_ids[{i}]: expected an integer token id >= 0, got {token!r}")
+    return [int(token) for token in ids]

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from tinytransformer._validate import nonnegative_float
+
 # dtype name -> (rtol, atol)
 TOLERANCES: dict[str, tuple[float, float]] = {
     "float64": (1e-10, 1e-12),
@@ -26,40 +28,63 @@ TOLERANCES: dict[str, tuple[float, float]] = {
 
 
 def tolerance(dtype) -> tuple[float, float]:
-    """(rtol, atol) for a dtype, or for a dtype name such as "bfloat16"."""
-    name = dtype if isinstance(dtype, str) else np.dtype(dtype).name
+    """(rtol, atol) for a dtype, or for a dtype name such as "bfloat16" (complex: its real part's)."""
+    try:
+        name = dtype if isinstance(dtype, str) else np.dtype(dtype).name
+    except TypeError:
+        name = repr(dtype)
+    name = _REAL_PART.get(name, name)
     if name not in TOLERANCES:
         raise ValueError(f"dtype: expected one of {sorted(TOLERANCES)}, got {name!r}")
     return TOLERANCES[name]
 
 
-def assert_close(actual, expected, *, dtype=None, rtol=None, atol=None, err_msg=""):
+def assert_close(actual, expected, *, dtype=None, rtol=None, atol=None, equal_nan=False, err_msg=""):
     """Assert |actual - expected| <= atol + rtol * |expected| elementwise.
 
-    dtype defaults to the lower precision of the two arrays; rtol/atol given
-    explicitly override the table. Arrays from CuPy are moved to the host.
+    The shapes must be equal (a scalar broadcasts). dtype defaults to the lower
+    precision of the two arrays; rtol/atol given explicitly override the table.
+    Complex values are compared as complex numbers (|a - b| is the modulus),
+    with the tolerance of their real part's dtype. NaN is close to nothing:
+    with equal_nan=True, NaN must sit at exactly the same places in both.
+    Infinities must match in place and sign. Arrays from CuPy and tensors from
+    torch (any device; bfloat16 too, with bfloat16's tolerance) are moved to the host.
     """
-    actual, expected = _to_numpy(actual), _to_numpy(expected)
+    (actual, actual_precision), (expected, expected_precision) = _to_numpy(actual, "actual"), \
+        _to_numpy(expected, "expected")
     if dtype is None:
-        kinds = [a.dtype for a in (actual, expected) if a.dtype.kind == "f"]
-        dtype = max(kinds, key=lambda d: tolerance(d)[0]) if kinds else np.float64
+        precisions = [p for p in (actual_precision, expected_precision) if p is not None]
+        dtype = max(precisions, key=lambda p: tolerance(p)[0]) if precisions else "float64"
     table_rtol, table_atol = tolerance(dtype)
-    np.testing.assert_allclose(
-        np.asarray(actual, dtype=np.float64),
-        np.asarray(expected, dtype=np.float64),
-        rtol=table_rtol if rtol is None else rtol,
-        atol=table_atol if atol is None else atol,
-        err_msg=err_msg,
-    )
+    rtol = table_rtol if rtol is None else nonnegative_float(rtol, "rtol")
+    atol = table_atol if atol is None else nonnegative_float(atol, "atol")
+    kind = np.complex128 if "c" in (actual.dtype.kind, expected.dtype.kind) else np.float64
+    np.testing.assert_allclose(actual.astype(kind), expected.astype(kind), rtol=rtol, atol=atol,
+                               equal_nan=bool(equal_nan), err_msg=err_msg)
 
 
-def _to_numpy(x) -> np.ndarray:
-    if hasattr(x, "get") and type(x).__module__.startswith("cupy"):
+_REAL_PART = {"complex64": "float32", "complex128": "float64"}
+
+
+def _to_numpy(x, name: str) -> tuple[np.ndarray, str | None]:
+    """(x as a NumPy array of exact values, the name of its precision, or None for integers and bools)."""
+    module = type(x).__module__
+    precision = None
+    if module.startswith("cupy") and hasattr(x, "get"):
         x = x.get()
+    elif module.startswith("torch") and hasattr(x, "detach"):  # torch.Tensor, without importing torch
+        x = x.detach().cpu()
+        if str(x.dtype) == "torch.bfloat16":  # NumPy has no bfloat16; float32 holds every value exactly
+            x, precision = x.float(), "bfloat16"
+        x = x.numpy()
     x = np.asarray(x)
-    if x.dtype.name == "bfloat16":  # ml_dtypes/torch-style bfloat16 arrays
-        x = x.astype(np.float32)
-    return x
+    if x.dtype.name == "bfloat16":  # ml_dtypes bfloat16 arrays
+        x, precision = x.astype(np.float32), "bfloat16"
+    if x.dtype.kind not in "biufc":
+        raise ValueError(f"{name}: expected a numeric array, got dtype {x.dtype}")
+    if precision is None and x.dtype.kind in "fc":
+        precision = _REAL_PART.get(x.dtype.name, x.dtype.name)
+    return x, precision
 
 
 # --- a tiny random Llama, written as a GGUF file (a fixture for tests and lectures) -------------

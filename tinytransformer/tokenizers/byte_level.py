@@ -46,6 +46,8 @@ import os
 import re
 from pathlib import Path
 
+import numpy as np
+
 from tinytransformer.tokenizers import read_json
 from tinytransformer.tokenizers.bpe import apply_merges
 from tinytransformer.tokenizers.unicode_regex import GPT2_PATTERN, compile_pattern
@@ -238,7 +240,7 @@ class ByteLevelBPETokenizer:
         if not isinstance(merges, list) or not all(isinstance(m, str) and m.count(" ") == 1 for m in merges):
             raise TokenizerFileError(f"{source}: tokenizer.ggml.merges is missing or not a list of 'a b' strings")
         types = meta.get("tokenizer.ggml.token_type", [1] * len(tokens))
-        if not isinstance(types, list) or len(types) != len(tokens):
+        if not isinstance(types, (list, np.ndarray)) or len(types) != len(tokens):  # GGUF: an int32 array
             raise TokenizerFileError(f"{source}: tokenizer.ggml.token_type has {len(types)} entries "
                                      f"but there are {len(tokens)} tokens")
         pre = meta.get("tokenizer.ggml.pre", "gpt2")
