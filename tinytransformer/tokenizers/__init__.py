@@ -1,7 +1,21 @@
-"""Tokenizers, one idea per module: see tinytransformer.tokenizer for the overview."""
+"""Tokenizers, one idea per module: see tinytransformer.tokenizer for the overview.
+
+This file holds the few pieces that every tokenizer class shares: reading an
+untrusted file, writing one safely, cutting special tokens out of the text, and
+the bounded cache of encoded pieces.
+"""
 
 import json
+import os
+import re
+import sys
+import tempfile
 from pathlib import Path
+
+__all__ = ["read_untrusted", "read_json", "write_atomic", "special_tokens_regex", "split_special", "PieceCache"]
+
+# JSON nested deeper than this is refused before Python's recursion limit turns it into a RecursionError.
+MAX_JSON_DEPTH = 200
 
 
 def read_untrusted(file: Path, where: str, max_bytes: int, error=ValueError) -> bytes:
@@ -18,8 +32,125 @@ def read_untrusted(file: Path, where: str, max_bytes: int, error=ValueError) -> 
 
 
 def read_json(file: Path, where: str, max_bytes: int, error=ValueError):
-    """A JSON tokenizer file, parsed; bad UTF-8 or bad JSON raises `error` naming the file."""
+    """A JSON tokenizer file, parsed; bad UTF-8, bad JSON or too deep nesting raises `error` naming the file."""
     try:
-        return json.loads(read_untrusted(file, where, max_bytes, error).decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        text = read_untrusted(file, where, max_bytes, error).decode("utf-8")
+    except UnicodeDecodeError as e:
         raise error(f"{where} is not valid UTF-8 JSON: {e}") from None
+    return parse_json(text, where, error)
+
+
+_BRACKETS_AND_STRINGS = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]')
+
+
+def parse_json(text: str, where: str, error=ValueError):
+    """json.loads, but JSON nested more than MAX_JSON_DEPTH deep is a clear error, not a RecursionError."""
+    depth = deepest = 0
+    for match in _BRACKETS_AND_STRINGS.finditer(text):  # strings are skipped whole: their brackets do not count
+        token = match.group()
+        if token in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+            if deepest > MAX_JSON_DEPTH:
+                raise error(f"{where} is nested more than {MAX_JSON_DEPTH} levels deep")
+        elif token in "]}":
+            depth -= 1
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise error(f"{where} is not valid UTF-8 JSON: {e}") from None
+
+
+def write_atomic(path: str | os.PathLike, data: bytes, where: str) -> None:
+    """Write data to path through a temporary file in the same folder, renamed into place.
+
+    A reader never sees a half-written file, and when anything fails the file that was
+    there before is left as it was.
+    """
+    target = Path(path)
+    folder = target.parent
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{where}: folder {str(folder)!r} does not exist")
+    if target.is_dir():
+        raise IsADirectoryError(f"{where}: {str(target)!r} is a folder")
+    handle, temporary = tempfile.mkstemp(dir=folder, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, target)
+    except BaseException:
+        os.unlink(temporary)
+        raise
+
+
+def special_tokens_regex(tokens) -> re.Pattern | None:
+    """A regex that finds any of the special tokens; None when there are none.
+
+    Alternatives are tried in order, so the longest token comes first: where two
+    tokens start at the same place ("<s>" and "<s>x"), the longer one wins.
+    """
+    tokens = sorted(tokens, key=len, reverse=True)
+    return re.compile("|".join(re.escape(t) for t in tokens)) if tokens else None
+
+
+def split_special(text: str, regex: re.Pattern | None):
+    """Yield (segment, is_special) in order: the special tokens and the text between them.
+
+    >>> list(split_special("a<s>b", special_tokens_regex(["<s>"])))
+    [('a', False), ('<s>', True), ('b', False)]
+    """
+    if regex is None:
+        if text:
+            yield text, False
+        return
+    last = 0
+    for match in regex.finditer(text):
+        if match.start() > last:
+            yield text[last:match.start()], False
+        yield match.group(), True
+        last = match.end()
+    if last < len(text):
+        yield text[last:], False
+
+
+class PieceCache:
+    """The ids of pieces already encoded, bounded by the memory they take.
+
+    Natural text repeats the same few thousand words, so after pre-tokenization
+    most pieces are one dictionary lookup (`cache.get(piece)`). Text from outside
+    need not repeat, so the cache is bounded by size, not by count: each entry is
+    charged what it holds in memory (the key, the list of ids, its slot in the
+    dictionary), pieces longer than max_piece_chars are not kept (they rarely
+    repeat), and an entry that would take the total past max_bytes empties the
+    cache first. Every tokenizer class that caches uses this one policy.
+
+    >>> cache = PieceCache(max_bytes=1000)
+    >>> cache.put("hello", [1, 2])
+    >>> cache.get("hello"), cache.get("world")
+    ([1, 2], None)
+    """
+
+    ENTRY_OVERHEAD = 104  # a dictionary slot with its share of the hash table, in bytes (CPython 3.11, 64-bit)
+
+    def __init__(self, max_bytes: int = 32 * 2**20, max_piece_chars: int = 256):
+        self.max_bytes = max_bytes
+        self.max_piece_chars = max_piece_chars
+        self.nbytes = 0
+        self._entries: dict[str, list[int]] = {}
+        self.get = self._entries.get  # a hit costs one dictionary lookup, no method call of ours
+
+    def put(self, piece: str, ids: list[int]) -> None:
+        if len(piece) > self.max_piece_chars:
+            return
+        cost = sys.getsizeof(piece) + sys.getsizeof(ids) + self.ENTRY_OVERHEAD
+        if self.nbytes + cost > self.max_bytes:
+            self._entries.clear()
+            self.nbytes = 0
+        if cost <= self.max_bytes:
+            self._entries[piece] = ids
+            self.nbytes += cost
+
+    def __len__(self) -> int:
+        return len(self._entries)
