@@ -12,7 +12,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-__all__ = ["read_untrusted", "read_json", "write_atomic", "special_tokens_regex", "split_special", "PieceCache"]
+import numpy as np
+
+__all__ = ["read_untrusted", "read_json", "parse_json", "json_depth", "write_atomic", "special_tokens_regex", "split_special", "PieceCache"]
 
 # JSON nested deeper than this is refused before Python's recursion limit turns it into a RecursionError.
 MAX_JSON_DEPTH = 200
@@ -40,21 +42,32 @@ def read_json(file: Path, where: str, max_bytes: int, error=ValueError):
     return parse_json(text, where, error)
 
 
-_BRACKETS_AND_STRINGS = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]')
+_STRINGS = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')
+_NOT_BRACKETS = re.compile(r"[^\[\]{}]+")
+
+
+def json_depth(text: str) -> int:
+    """How deeply the arrays and objects of a JSON text nest (brackets inside strings do not count).
+
+    The running count of open brackets, taken with NumPy a few megabytes at a time: linear
+    time, bounded memory, no recursion.
+
+    >>> json_depth('[{"a": "]]"}, 1]')
+    2
+    """
+    brackets = _NOT_BRACKETS.sub("", _STRINGS.sub("", text)).encode("ascii")
+    depth = deepest = 0
+    for start in range(0, len(brackets), 1 << 22):
+        chunk = np.frombuffer(brackets, dtype=np.uint8, count=min(1 << 22, len(brackets) - start), offset=start)
+        running = depth + np.cumsum(np.where((chunk == ord("[")) | (chunk == ord("{")), 1, -1), dtype=np.int64)
+        deepest, depth = max(deepest, int(running.max())), int(running[-1])
+    return deepest
 
 
 def parse_json(text: str, where: str, error=ValueError):
     """json.loads, but JSON nested more than MAX_JSON_DEPTH deep is a clear error, not a RecursionError."""
-    depth = deepest = 0
-    for match in _BRACKETS_AND_STRINGS.finditer(text):  # strings are skipped whole: their brackets do not count
-        token = match.group()
-        if token in "[{":
-            depth += 1
-            deepest = max(deepest, depth)
-            if deepest > MAX_JSON_DEPTH:
-                raise error(f"{where} is nested more than {MAX_JSON_DEPTH} levels deep")
-        elif token in "]}":
-            depth -= 1
+    if json_depth(text) > MAX_JSON_DEPTH:
+        raise error(f"{where} is nested more than {MAX_JSON_DEPTH} levels deep")
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:

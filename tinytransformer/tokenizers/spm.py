@@ -42,6 +42,8 @@ NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 UNIGRAM, BPE = 1, 2
 SPACE = "\u2581"
 UNK_PENALTY = 10.0
+# An UNUSED piece reached after this many splits is kept whole, as sentencepiece 0.2.3 does (measured).
+MAX_RESEGMENT_DEPTH = 101
 FLT_MIN = 1.1754943508222875e-38  # the library starts max_score at FLT_MIN, not at -inf
 MAX_FILE_BYTES = 256 * 1024 * 1024
 
@@ -381,6 +383,9 @@ class SentencePieceTokenizer:
                 bytes_found.add(value)
         if self.unk_id < 0:
             raise SentencePieceError(f"{where}: no unknown piece (<unk>) is defined")
+        if self.model_type == UNIGRAM and not self._normal:
+            raise SentencePieceError(f"{where}: a unigram model needs a NORMAL, USER_DEFINED or UNUSED piece "
+                                     "and this one has none")
         if self.byte_fallback and len(bytes_found) != 256:
             raise SentencePieceError(f"{where}: byte_fallback is on but only {len(bytes_found)} of the 256 "
                                      "byte pieces are defined")
@@ -422,7 +427,9 @@ class SentencePieceTokenizer:
         """Viterbi: best[end] = max over pieces s[start:end] of best[start] + score(piece).
 
         Scores are float32 in the file and the library adds them in float32, so every sum
-        here is rounded to float32 too (_f32) and near-ties break the same way.
+        here is rounded to float32 too (_f32) and near-ties break the same way. (Sums past
+        the float32 range become -inf or +inf; where several paths tie there, the library
+        can break the tie differently.)
         """
         n = len(s)
         best_score = [0.0] * (n + 1)
@@ -442,7 +449,7 @@ class SentencePieceTokenizer:
                 end += len(label)
                 if i is None or types[i] == UNUSED:
                     continue
-                if types[i] == USER_DEFINED:  # a bonus so that user-defined pieces always win (double precision)
+                if types[i] == USER_DEFINED:  # a bonus so that user-defined pieces always win
                     n_bytes = len(s[start:end].encode("utf-8"))
                     candidate = _f32(n_bytes * self.max_score) - 0.1 + base
                 else:
@@ -508,13 +515,13 @@ class SentencePieceTokenizer:
         out = []
         k = 0 if n else -1
         while k != -1:
-            stack = [symbols[k]]  # an UNUSED piece is spelled as the two pieces it was made from
+            stack = [(symbols[k], 0)]  # an UNUSED piece is spelled as the two pieces it was made from
             while stack:  # (a stack, not recursion: a chain of UNUSED pieces can be long)
-                piece = stack.pop()
+                piece, depth = stack.pop()
                 i = self.piece_to_id(piece)
-                if types[i] == UNUSED and piece in unused_parts:
+                if types[i] == UNUSED and piece in unused_parts and depth < MAX_RESEGMENT_DEPTH:
                     left, right = unused_parts[piece]
-                    stack += [right, left]
+                    stack += [(right, depth + 1), (left, depth + 1)]
                 else:
                     out.append((piece, i))
             k = nxt[k]
