@@ -243,6 +243,9 @@ def crafted_json_cases() -> dict[str, bytes]:
         "nested-quantifier.json": edited(pre_tokenizer={"type": "Sequence", "pretokenizers": [
             {"type": "Split", "pattern": {"Regex": "(\\s+)+$"}, "behavior": "Isolated"},
             {"type": "ByteLevel", "use_regex": False}]}),
+        "deeply-nested-groups.json": edited(pre_tokenizer={"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": "(?=" * 2000 + "a" + ")" * 2000}, "behavior": "Isolated"},
+            {"type": "ByteLevel", "use_regex": False}]}),
         "alternation-in-star.json": edited(pre_tokenizer={"type": "Sequence", "pretokenizers": [
             {"type": "Split", "pattern": {"Regex": "(a|a)*b"}, "behavior": "Isolated"},
             {"type": "ByteLevel", "use_regex": False}]}),

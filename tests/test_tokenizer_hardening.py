@@ -204,6 +204,16 @@ def test_save_replaces_the_file_whole(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tok.json"]
 
 
+def test_save_gives_the_permissions_that_a_plain_write_would(tmp_path):
+    plain, saved = tmp_path / "plain.json", tmp_path / "saved.json"
+    plain.write_text("{}")
+    BPETokenizer([]).save(saved)
+    assert saved.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777
+    saved.chmod(0o600)
+    BPETokenizer([(104, 105)]).save(saved)  # replacing a file keeps its permissions
+    assert saved.stat().st_mode & 0o777 == 0o600
+
+
 @pytest.mark.parametrize("where, problem", [("missing_folder/tok.json", FileNotFoundError),
                                             (".", IsADirectoryError)])
 def test_saving_to_a_path_that_cannot_be_a_file_is_a_clear_error(tmp_path, where, problem):

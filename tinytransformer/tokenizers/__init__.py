@@ -86,8 +86,15 @@ def write_atomic(path: str | os.PathLike, data: bytes, where: str) -> None:
         raise FileNotFoundError(f"{where}: folder {str(folder)!r} does not exist")
     if target.is_dir():
         raise IsADirectoryError(f"{where}: {str(target)!r} is a folder")
+    if target.exists():
+        mode = target.stat().st_mode & 0o777  # keep the permissions of the file it replaces
+    else:
+        umask = os.umask(0)
+        os.umask(umask)
+        mode = 0o666 & ~umask  # what open() would have given a new file
     handle, temporary = tempfile.mkstemp(dir=folder, prefix=f".{target.name}.", suffix=".tmp")
     try:
+        os.fchmod(handle, mode)
         with os.fdopen(handle, "wb") as f:
             f.write(data)
             f.flush()

@@ -84,6 +84,8 @@ class PieceTrie:
     """
 
     def __init__(self, pieces: dict):
+        if not all(pieces):
+            raise ValueError("PieceTrie: every piece must be non-empty")
         self.root: dict = {}  # first character -> (label, child node, value or None where no piece ends)
         stack = [(self.root, sorted(pieces.items()), 0)]  # (node, pieces below it, characters consumed)
         while stack:

@@ -247,11 +247,13 @@ def compile_pattern(pattern: str) -> UnicodePattern:
     """Compile an Oniguruma-style pre-tokenization pattern for Python's `re`."""
     if not isinstance(pattern, str):
         raise TypeError(f"pattern must be a str, got {type(pattern).__name__}")
+    shown = repr(pattern) if len(pattern) <= 80 else repr(pattern[:77]) + "..."
     try:
         return UnicodePattern(pattern)
     except re.error as error:
-        shown = repr(pattern) if len(pattern) <= 80 else repr(pattern[:77]) + "..."
         raise ValueError(f"pattern {shown} does not compile: {error}") from None
+    except RecursionError:  # Python's regex parser and compiler recurse once per nested group
+        raise ValueError(f"pattern {shown}: groups are nested too deeply") from None
 
 
 def split(text: str, pattern: str) -> list[str]:
