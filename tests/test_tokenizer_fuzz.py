@@ -42,11 +42,11 @@ from tinytransformer.corpus import load_corpus
 from tinytransformer.tokenizer import (GPT2_PATTERN, LLAMA3_PATTERN, BPETokenizer, ByteLevelBPETokenizer, SentencePieceError,
                                        SentencePieceTokenizer, TokenizerFileError)
 from tinytransformer.tokenizers.byte_level import bytes_to_unicode
+from tinytransformer.tokenizers.spm import BYTE, CONTROL, NORMAL, UNKNOWN, UNUSED, USER_DEFINED
 from tinytransformer.tokenizers.unicode_regex import compile_pattern
 
 SECONDS, MEGABYTES = 10, 400
 PROBE = "Hello wörld, 2024! 漢字 ｆｕｌｌ <|endoftext|> hi hi\n\n  x" + "a" * 26 + "!"
-NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 FILE_ERRORS = {"tokenizer.json": TokenizerFileError, "sentencepiece": SentencePieceError}
 fuzz_settings = settings(suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 

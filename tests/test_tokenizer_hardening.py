@@ -26,9 +26,8 @@ from tinytransformer.tokenizer import (BPETokenizer, ByteLevelBPETokenizer, Sent
                                        SentencePieceTokenizer, TokenizerFileError)
 from tinytransformer.tokenizers import PieceCache
 from tinytransformer.tokenizers.byte_level import bytes_to_unicode
+from tinytransformer.tokenizers.spm import BPE, CONTROL, NORMAL, UNIGRAM, UNKNOWN, UNUSED, USER_DEFINED
 
-NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED = 1, 2, 3, 4, 5
-UNIGRAM, BPE = 1, 2
 BASE_PIECES = [("<unk>", 0.0, UNKNOWN), ("a", -2.0, NORMAL), ("b", -2.5, NORMAL), ("▁", -1.0, NORMAL)]
 
 

@@ -135,6 +135,9 @@ def split_special(text: str, regex: re.Pattern | None):
         yield text[last:], False
 
 
+_getsizeof = sys.getsizeof
+
+
 class PieceCache:
     """The ids of pieces already encoded, bounded by the memory they take.
 
@@ -164,7 +167,7 @@ class PieceCache:
     def put(self, piece: str, ids: list[int]) -> None:
         if len(piece) > self.max_piece_chars:
             return
-        cost = sys.getsizeof(piece) + sys.getsizeof(ids) + self.ENTRY_OVERHEAD
+        cost = _getsizeof(piece) + _getsizeof(ids) + self.ENTRY_OVERHEAD
         if self.nbytes + cost > self.max_bytes:
             self._entries.clear()
             self.nbytes = 0
