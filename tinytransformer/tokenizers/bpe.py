@@ -16,13 +16,13 @@ byte-level BPE with a regex pre-tokenizer is GPT-2 (Radford et al. 2019).
     >>> encode("aaabdaaabac", merges)
     [258, 100, 258, 97, 99]
 
-The file reads in three steps, each tested equal to the one before: the
-reference (`get_stats`, `merge`, `train`, `encode`: minbpe's loop, which
-recounts everything after every merge); the incremental trainer
+The file reads in order. First the reference (`get_stats`, `merge`, `train`,
+`encode`: minbpe's loop, which recounts everything after every merge). Then the
+fast versions, each tested equal to the reference: the incremental trainer
 (`train_incremental`, which updates only the counts around each merged
-position); the fast encoder (`apply_merges`, a heap of candidate pairs); and
-the tokenizer class that uses them (`BPETokenizer`: pre-tokenization, special
-tokens, a cache, files).
+position) and the fast encoder (`apply_merges`, a heap of candidate pairs).
+Last the tokenizer class that uses them (`BPETokenizer`: pre-tokenization,
+special tokens, a cache, files).
 
 Does not handle: training on more text than fits in memory, frequency
 thresholds, dropout, or vocabularies over a few hundred thousand tokens.
@@ -39,7 +39,8 @@ from pathlib import Path
 from tinytransformer.tokenizers import PieceCache, read_json, special_tokens_regex, split_special, write_atomic
 from tinytransformer.tokenizers.unicode_regex import compile_pattern
 
-__all__ = ["get_stats", "merge", "train", "encode", "train_incremental", "apply_merges", "BPETokenizer"]
+__all__ = ["get_stats", "merge", "pretokenize", "train", "encode", "train_incremental", "apply_merges",
+           "BPETokenizer"]
 
 FORMAT_NAME = "tinytransformer-bpe"
 MAX_FILE_BYTES = 64 * 1024 * 1024
