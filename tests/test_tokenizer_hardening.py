@@ -216,7 +216,7 @@ def test_save_gives_the_permissions_that_a_plain_write_would(tmp_path):
 @pytest.mark.parametrize("where, problem", [("missing_folder/tok.json", FileNotFoundError),
                                             (".", IsADirectoryError)])
 def test_saving_to_a_path_that_cannot_be_a_file_is_a_clear_error(tmp_path, where, problem):
-    with pytest.raises(problem, match="does not exist|is a folder"):
+    with pytest.raises(problem, match="does not exist|is a directory"):
         BPETokenizer([]).save(tmp_path / where)
 
 

@@ -31,11 +31,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from tinytransformer._files import atomic_writer
 from tinytransformer.bench import best_time
 from tinytransformer.corpus import load_corpus
 from tinytransformer.threads import blas_description
 from tinytransformer.tokenizer import GPT2_PATTERN, BPETokenizer, ByteLevelBPETokenizer, SentencePieceTokenizer
-from tinytransformer.tokenizers import bpe, write_atomic
+from tinytransformer.tokenizers import bpe
 
 CLOCKS = {"cpu": time.process_time, "wall": time.perf_counter}
 ORACLES = ("tokenizers", "transformers", "sentencepiece", "gguf")
@@ -211,7 +212,8 @@ def main(argv: list[str] | None = None) -> int:
             ratio = f"{row['ours'] / row['competitor']:.2f}x the throughput"
         print(f"| {row['what']} | {row['ours']:.3g} {unit} | {theirs} | {ratio} |")
     if args.json:
-        write_atomic(args.json, (json.dumps(rows, indent=2) + "\n").encode(), f"--json {str(args.json)!r}")
+        with atomic_writer(args.json, f"--json {str(args.json)!r}") as handle:
+            handle.write((json.dumps(rows, indent=2) + "\n").encode())
     return 0
 
 

@@ -1,36 +1,43 @@
 """Tokenizers, one idea per module: see tinytransformer.tokenizer for the overview.
 
 This file holds the few pieces that every tokenizer class shares: reading an
-untrusted file, writing one safely, cutting special tokens out of the text, and
-the bounded cache of encoded pieces.
+untrusted file, cutting special tokens out of the text, and the bounded cache of
+encoded pieces. (Files are written through tinytransformer._files.atomic_writer.)
 """
 
 import json
 import os
 import re
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["read_untrusted", "read_json", "parse_json", "json_depth", "write_atomic", "special_tokens_regex", "split_special", "PieceCache"]
+from tinytransformer._files import open_regular_file
+
+__all__ = ["read_untrusted", "read_json", "parse_json", "json_depth", "special_tokens_regex", "split_special",
+           "PieceCache"]
 
 # JSON nested deeper than this is refused before Python's recursion limit turns it into a RecursionError.
 MAX_JSON_DEPTH = 200
 
 
 def read_untrusted(file: Path, where: str, max_bytes: int, error=ValueError) -> bytes:
-    """The bytes of a tokenizer file, once it is known to exist and to hold at most max_bytes.
+    """The bytes of a tokenizer file, once it is known to be a regular file of at most max_bytes.
 
     `where` names the file in messages ("SentencePiece model 'x.model'"); `error` is the
-    format's exception class.
+    format's exception class. A FIFO or a folder given as the path is refused, not waited on.
     """
-    if not file.is_file():
-        raise FileNotFoundError(f"{where} does not exist")
-    if file.stat().st_size > max_bytes:
+    try:
+        handle = open_regular_file(file, where)
+    except ValueError as e:  # a FIFO, a folder, a device
+        raise error(str(e)) from None
+    with handle:
+        size = os.fstat(handle.fileno()).st_size
+        data = b"" if size > max_bytes else handle.read(size + 1)  # read(n) allocates n bytes first
+    if size > max_bytes or len(data) > size:  # too large, or growing while we read
         raise error(f"{where} is larger than {max_bytes} bytes")
-    return file.read_bytes()
+    return data
 
 
 def read_json(file: Path, where: str, max_bytes: int, error=ValueError):
@@ -72,37 +79,6 @@ def parse_json(text: str, where: str, error=ValueError):
         return json.loads(text)
     except json.JSONDecodeError as e:
         raise error(f"{where} is not valid UTF-8 JSON: {e}") from None
-
-
-def write_atomic(path: str | os.PathLike, data: bytes, where: str) -> None:
-    """Write data to path through a temporary file in the same folder, renamed into place.
-
-    A reader never sees a half-written file, and when anything fails the file that was
-    there before is left as it was.
-    """
-    target = Path(path)
-    folder = target.parent
-    if not folder.is_dir():
-        raise FileNotFoundError(f"{where}: folder {str(folder)!r} does not exist")
-    if target.is_dir():
-        raise IsADirectoryError(f"{where}: {str(target)!r} is a folder")
-    if target.exists():
-        mode = target.stat().st_mode & 0o777  # keep the permissions of the file it replaces
-    else:
-        umask = os.umask(0)
-        os.umask(umask)
-        mode = 0o666 & ~umask  # what open() would have given a new file
-    handle, temporary = tempfile.mkstemp(dir=folder, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        os.fchmod(handle, mode)
-        with os.fdopen(handle, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temporary, target)
-    except BaseException:
-        os.unlink(temporary)
-        raise
 
 
 def special_tokens_regex(tokens) -> re.Pattern | None:

@@ -36,7 +36,8 @@ import os
 from collections import Counter
 from pathlib import Path
 
-from tinytransformer.tokenizers import PieceCache, read_json, special_tokens_regex, split_special, write_atomic
+from tinytransformer._files import atomic_writer
+from tinytransformer.tokenizers import PieceCache, read_json, special_tokens_regex, split_special
 from tinytransformer.tokenizers.unicode_regex import compile_pattern
 
 __all__ = ["get_stats", "merge", "pretokenize", "train", "encode", "train_incremental", "apply_merges",
@@ -401,7 +402,8 @@ class BPETokenizer:
         except UnicodeEncodeError as error:
             raise ValueError(f"{where}: cannot be written as UTF-8 ({error.reason} in "
                              f"{error.object[max(error.start - 20, 0):error.end + 20]!r})") from None
-        write_atomic(path, encoded, where)
+        with atomic_writer(path, where) as handle:
+            handle.write(encoded)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "BPETokenizer":

@@ -36,7 +36,7 @@ from pathlib import Path
 from tinytransformer.tokenizers import protobuf as pb
 from tinytransformer.tokenizers import read_untrusted
 
-__all__ = ["SentencePieceTokenizer", "SentencePieceError", "Normalizer"]
+__all__ = ["SentencePieceTokenizer", "SentencePieceError", "Normalizer", "PieceTrie"]
 
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 UNIGRAM, BPE = 1, 2
