@@ -202,14 +202,8 @@ def byte_mutations(draw, size: int):
 
 def apply_byte_mutation(data: bytes, mutation) -> bytes:
     kind, arg = mutation
-    if kind == "truncate":
-        return data[:arg]
-    if kind == "flip":
-        out = bytearray(data)
-        for position, xor in arg:
-            if position < len(out):
-                out[position] ^= xor
-        return bytes(out)
+    if kind in ("truncate", "flip"):  # the same two as for GGUF files
+        return apply_gguf_mutation(data, mutation)
     position, value = arg
     if kind == "insert":
         return data[:position] + value + data[position:]
