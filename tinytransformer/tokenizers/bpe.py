@@ -1,46 +1,28 @@
 """Byte-pair encoding (BPE), trained from scratch on bytes.
 
-Concept: start from the 256 byte values, so that any UTF-8 text is
-representable and there is never an unknown token. Repeatedly find the most
-frequent adjacent pair of tokens in the training text and give it a new id;
-the ordered list of merges *is* the tokenizer. Encoding replays the merges:
-among the adjacent pairs of a sequence, merge the one that was learned first
-(lowest rank), until no learned pair is left.
+Start from the 256 byte values, so that any UTF-8 text is representable and no
+token is ever unknown. Training repeatedly finds the most frequent adjacent pair
+of tokens and gives it the next id; the ordered list of merges *is* the
+tokenizer. Encoding replays the merges: among the adjacent pairs of a sequence,
+join the one learned first, until no learned pair is left. Sennrich, Haddow &
+Birch (2016), "Neural Machine Translation of Rare Words with Subword Units";
+byte-level BPE with a regex pre-tokenizer is GPT-2 (Radford et al. 2019).
 
-Paper: Sennrich, Haddow & Birch (2016), "Neural Machine Translation of Rare
-Words with Subword Units"; byte-level BPE with a regex pre-tokenizer is GPT-2
-(Radford et al. 2019).
+    merge t:  (a, b) = argmax_{(x, y)} count(x, y)   (ties: the smallest pair),   new id 256 + t
 
-    merge t:  (a, b) = argmax_{(x, y)} count(x, y),   new id 256 + t
-
-Training keeps, for every pair, its count and the positions where it occurs,
-and after each merge updates only the neighbours of the merged positions
-(-1 for (prev, a), (a, b), (b, next); +1 for (prev, ab), (ab, next)), so a merge
-costs time proportional to how often its pair occurs, not to the corpus size.
-Ties between equally frequent pairs go to the smallest (a, b).
-
-    >>> tok = BPETokenizer.train("aaabdaaabac", 259)
-    >>> tok.merges
+    >>> merges = train("aaabdaaabac", 3)
+    >>> merges                                  # "aa" -> 256, "ab" -> 257, "aa"+"ab" -> 258
     [(97, 97), (97, 98), (256, 257)]
-    >>> tok.encode("aaabdaaabac")
+    >>> encode("aaabdaaabac", merges)
     [258, 100, 258, 97, 99]
-    >>> tok.decode([258, 100])
-    'aaabd'
 
-Pre-tokenization: with a `pattern` (e.g. GPT2_PATTERN) the text is first cut
-into pieces by the regex and merges never cross a piece boundary; without one
-the text is a single sequence. Special tokens are cut out of the text before
-training and before encoding, and get the last ids.
-
-Decoding joins the bytes of the tokens and decodes them as UTF-8 with
-`errors="replace"`: a token sequence that ends inside a multi-byte character
-decodes to U+FFFD (one per maximal invalid subsequence), as the Hugging Face
-byte-level decoder does.
-
-File format (`save`/`load`), JSON, no pickle:
-    {"format": "tinytransformer-bpe", "version": 1, "pattern": str or null,
-     "merges": [[a, b], ...],            # merge t creates id 256 + t
-     "special_tokens": {"<|endoftext|>": id, ...}}
+The file reads in order. First the reference (`get_stats`, `merge`, `train`,
+`encode`: minbpe's loop, which recounts everything after every merge). Then the
+fast versions, each tested equal to the reference: the incremental trainer
+(`train_incremental`, which updates only the counts around each merged
+position) and the fast encoder (`apply_merges`, a heap of candidate pairs).
+Last the tokenizer class that uses them (`BPETokenizer`: pre-tokenization,
+special tokens, a cache, files).
 
 Does not handle: training on more text than fits in memory, frequency
 thresholds, dropout, or vocabularies over a few hundred thousand tokens.
@@ -49,68 +31,102 @@ from __future__ import annotations
 
 import heapq
 import json
+import math
 import os
-import re
 from collections import Counter
 from pathlib import Path
 
-from tinytransformer.tokenizers import read_json
+from tinytransformer._files import atomic_writer
+from tinytransformer.tokenizers import PieceCache, read_json, special_tokens_regex, split_special
 from tinytransformer.tokenizers.unicode_regex import compile_pattern
 
-__all__ = ["BPETokenizer", "apply_merges"]
+__all__ = ["get_stats", "merge", "pretokenize", "train", "encode", "train_incremental", "apply_merges",
+           "BPETokenizer"]
 
 FORMAT_NAME = "tinytransformer-bpe"
 MAX_FILE_BYTES = 64 * 1024 * 1024
 MAX_VOCAB_SIZE = 1 << 20
 
 
-def apply_merges(ids: list[int], ranks: dict[tuple[int, int], tuple[int, int]]) -> list[int]:
-    """Replay merges on one sequence: repeatedly merge the adjacent pair of lowest rank.
+# ---- 1. the reference: count, merge, repeat -------------------------------------------------
+def get_stats(ids: list[int], counts: dict | None = None) -> dict[tuple[int, int], int]:
+    """How often each adjacent pair occurs in ids (added into `counts` when it is given).
 
-    ranks maps a pair (a, b) to (rank, new_id). Equal ranks merge left to right.
-    A heap of (rank, position) with lazy invalidation makes this O(n log n).
+    >>> get_stats([1, 2, 3, 1, 2])
+    {(1, 2): 2, (2, 3): 1, (3, 1): 1}
     """
-    n = len(ids)
-    if n < 2:
-        return list(ids)
-    token = list(ids)
-    nxt = list(range(1, n + 1))
-    nxt[-1] = -1
-    prv = list(range(-1, n - 1))
-    heap = []
-    for i in range(n - 1):
-        rank = ranks.get((token[i], token[i + 1]))
-        if rank is not None:
-            heap.append((rank[0], i, token[i], token[i + 1]))
-    heapq.heapify(heap)
-    while heap:
-        rank, i, a, b = heapq.heappop(heap)
-        j = nxt[i]
-        if token[i] != a or j == -1 or token[j] != b:
-            continue  # stale: i was merged away or its neighbour changed since the push
-        token[i] = ranks[(a, b)][1]
-        token[j] = -1
-        k = nxt[j]
-        nxt[i] = k
-        if k != -1:
-            prv[k] = i
-            right = ranks.get((token[i], token[k]))
-            if right is not None:
-                heapq.heappush(heap, (right[0], i, token[i], token[k]))
-        p = prv[i]
-        if p != -1:
-            left = ranks.get((token[p], token[i]))
-            if left is not None:
-                heapq.heappush(heap, (left[0], p, token[p], token[i]))
+    counts = {} if counts is None else counts
+    for pair in zip(ids, ids[1:]):
+        counts[pair] = counts.get(pair, 0) + 1
+    return counts
+
+
+def merge(ids: list[int], pair: tuple[int, int], new_id: int) -> list[int]:
+    """ids with every occurrence of pair, left to right, replaced by new_id ("aaa" -> "(aa) a").
+
+    >>> merge([1, 2, 3, 1, 2], (1, 2), 4)
+    [4, 3, 4]
+    """
     out, i = [], 0
-    while i != -1:
-        out.append(token[i])
-        i = nxt[i]
+    while i < len(ids):
+        if i + 1 < len(ids) and (ids[i], ids[i + 1]) == pair:
+            out.append(new_id)
+            i += 2
+        else:
+            out.append(ids[i])
+            i += 1
     return out
 
 
+def pretokenize(text: str, pattern: str | None) -> list[str]:
+    """The pieces that merges stay inside: the regex's matches, or the whole text without a pattern."""
+    return compile_pattern(pattern).findall(text) if pattern is not None else [text]
+
+
+def train(text: str, n_merges: int, pattern: str | None = None) -> list[tuple[int, int]]:
+    """The reference trainer: up to n_merges merges, fewer when the text runs out of pairs.
+
+    Every round counts all pairs again, so it costs O(len(text)) per merge.
+    """
+    chunks = [list(piece.encode("utf-8")) for piece in pretokenize(text, pattern)]
+    merges: list[tuple[int, int]] = []
+    for t in range(n_merges):
+        counts: dict = {}
+        for ids in chunks:
+            get_stats(ids, counts)
+        if not counts:
+            break
+        pair = min(counts, key=lambda p: (-counts[p], p))  # the most frequent; ties: the smallest pair
+        chunks = [merge(ids, pair, 256 + t) for ids in chunks]
+        merges.append(pair)
+    return merges
+
+
+def encode(text: str, merges: list[tuple[int, int]], pattern: str | None = None) -> list[int]:
+    """The reference encoder: in each piece, join the pair learned first until no learned pair is left."""
+    rank = {pair: t for t, pair in enumerate(merges)}
+    out: list[int] = []
+    for piece in pretokenize(text, pattern):
+        ids = list(piece.encode("utf-8"))
+        while len(ids) >= 2:
+            pair = min(get_stats(ids), key=lambda p: rank.get(p, math.inf))
+            if pair not in rank:
+                break
+            ids = merge(ids, pair, 256 + rank[pair])
+        out.extend(ids)
+    return out
+
+
+# ---- 2. the incremental trainer -------------------------------------------------------------
 class _PairIndex:
-    """All sequences laid end to end as a linked list, with per-pair counts and positions."""
+    """All pieces laid end to end as one linked list, with the count and positions of every pair.
+
+    Merging (a, b) at a position changes only its neighbours' pairs: with x before and
+    y after, count(x, a), count(a, b) and count(b, y) drop by the piece's weight and
+    count(x, ab), count(ab, y) rise by it. So a merge costs time proportional to how
+    often its pair occurs, not to the size of the text. A heap of (-count, pair), with
+    entries that went stale skipped when they surface, gives the next pair.
+    """
 
     def __init__(self, words: list[bytes], weights: list[int]):
         token, weight, nxt, prv = [], [], [], []
@@ -182,6 +198,71 @@ class _PairIndex:
                 self.where.pop(changed_pair, None)
 
 
+def train_incremental(pieces: Counter, n_merges: int) -> list[tuple[int, int]]:
+    """The merges that `train` learns, from {piece as UTF-8 bytes: how often it occurs}.
+
+    Equal to train(text, n_merges, pattern) when pieces counts pretokenize(text, pattern);
+    a piece that occurs w times is stored once, with weight w.
+    """
+    index = _PairIndex(list(pieces), list(pieces.values()))
+    merges: list[tuple[int, int]] = []
+    for t in range(n_merges):
+        pair = index.best_pair()
+        if pair is None:
+            break
+        index.merge(pair, 256 + t)
+        merges.append(pair)
+    return merges
+
+
+# ---- 3. the fast encoder ---------------------------------------------------------------------
+def apply_merges(ids: list[int], ranks: dict[tuple[int, int], tuple[int, int]]) -> list[int]:
+    """What `encode` does to one piece's ids: repeatedly join the adjacent pair of lowest rank.
+
+    ranks maps a pair (a, b) to (rank, new_id). Equal ranks join left to right. A heap of
+    (rank, position), with entries that went stale skipped, makes this O(n log n) where
+    the reference loop is O(n^2).
+    """
+    n = len(ids)
+    if n < 2:
+        return list(ids)
+    token = list(ids)
+    nxt = list(range(1, n + 1))
+    nxt[-1] = -1
+    prv = list(range(-1, n - 1))
+    heap = []
+    for i in range(n - 1):
+        rank = ranks.get((token[i], token[i + 1]))
+        if rank is not None:
+            heap.append((rank[0], i, token[i], token[i + 1]))
+    heapq.heapify(heap)
+    while heap:
+        rank, i, a, b = heapq.heappop(heap)
+        j = nxt[i]
+        if token[i] != a or j == -1 or token[j] != b:
+            continue  # stale: i was merged away or its neighbour changed since the push
+        token[i] = ranks[(a, b)][1]
+        token[j] = -1
+        k = nxt[j]
+        nxt[i] = k
+        if k != -1:
+            prv[k] = i
+            right = ranks.get((token[i], token[k]))
+            if right is not None:
+                heapq.heappush(heap, (right[0], i, token[i], token[k]))
+        p = prv[i]
+        if p != -1:
+            left = ranks.get((token[p], token[i]))
+            if left is not None:
+                heapq.heappush(heap, (left[0], p, token[p], token[i]))
+    out, i = [], 0
+    while i != -1:
+        out.append(token[i])
+        i = nxt[i]
+    return out
+
+
+# ---- 4. the tokenizer ------------------------------------------------------------------------
 def _check_special_tokens(special_tokens) -> list[str]:
     if special_tokens is None:
         return []
@@ -194,7 +275,14 @@ def _check_special_tokens(special_tokens) -> list[str]:
 
 
 class BPETokenizer:
-    """A byte-level BPE tokenizer: 256 byte tokens, then merges, then special tokens."""
+    """A byte-level BPE tokenizer: 256 byte tokens, then merges, then special tokens.
+
+    Special tokens are cut out of the text before training and before encoding, and
+    get the last ids. With a `pattern` (e.g. GPT2_PATTERN) the rest is cut into pieces
+    that merges never cross. Decoding joins the tokens' bytes and decodes them as UTF-8
+    with errors="replace": one U+FFFD per maximal invalid subsequence, as the Hugging
+    Face byte-level decoder does.
+    """
 
     def __init__(self, merges, *, pattern: str | None = None, special_tokens: dict[str, int] | None = None):
         merges = [tuple(m) for m in merges]
@@ -213,16 +301,13 @@ class BPETokenizer:
         if sorted(self.special_tokens.values()) != list(range(n_base, n_base + len(self.special_tokens))):
             raise ValueError(f"special token ids must be {n_base}..{n_base + len(self.special_tokens) - 1}, "
                              f"got {sorted(self.special_tokens.values())}")
-        self._special_regex = (
-            re.compile("|".join(re.escape(s) for s in sorted(self.special_tokens, key=len, reverse=True)))
-            if self.special_tokens else None
-        )
+        self._special_regex = special_tokens_regex(self.special_tokens)
         self._special_by_id = {i: s for s, i in self.special_tokens.items()}
         # The bytes each id stands for: bytes for 0..255, then concatenations.
         self.vocab: list[bytes] = [bytes([i]) for i in range(256)]
         for a, b in merges:
             self.vocab.append(self.vocab[a] + self.vocab[b])
-        self._cache: dict[str, list[int]] = {}
+        self._cache = PieceCache()
 
     @property
     def vocab_size(self) -> int:
@@ -232,7 +317,7 @@ class BPETokenizer:
     @classmethod
     def train(cls, text: str, vocab_size: int, *, pattern: str | None = None,
               special_tokens: list[str] | None = None) -> "BPETokenizer":
-        """Learn vocab_size - 256 - len(special_tokens) merges from text.
+        """Learn vocab_size - 256 - len(special_tokens) merges from text (train_incremental).
 
         Raises ValueError when the text runs out of pairs before that many merges.
         """
@@ -245,32 +330,25 @@ class BPETokenizer:
         if n_merges < 0 or vocab_size > MAX_VOCAB_SIZE:
             raise ValueError(f"vocab_size must be between {256 + len(special)} (256 bytes + "
                              f"{len(special)} special tokens) and {MAX_VOCAB_SIZE}, got {vocab_size}")
-        regex = compile_pattern(pattern) if pattern is not None else None
-        chunks = Counter()
-        for segment in _split_special(text, special):
-            for piece in (regex.findall(segment) if regex is not None else [segment]):
-                if piece:
-                    chunks[piece.encode("utf-8")] += 1
-        index = _PairIndex(list(chunks), list(chunks.values()))
-        merges = []
-        for t in range(n_merges):
-            pair = index.best_pair()
-            if pair is None:
-                raise ValueError(f"the text supports only {t} merges (vocab_size {256 + t + len(special)}), "
-                                 f"not the {n_merges} that vocab_size={vocab_size} needs; "
-                                 "give more text or a smaller vocab_size")
-            index.merge(pair, 256 + t)
-            merges.append(pair)
+        pieces: Counter = Counter()
+        for segment, is_special in split_special(text, special_tokens_regex(special)):
+            if not is_special:
+                pieces.update(piece.encode("utf-8") for piece in pretokenize(segment, pattern) if piece)
+        merges = train_incremental(pieces, n_merges)
+        if len(merges) < n_merges:
+            t = len(merges)
+            raise ValueError(f"the text supports only {t} merges (vocab_size {256 + t + len(special)}), "
+                             f"not the {n_merges} that vocab_size={vocab_size} needs; "
+                             "give more text or a smaller vocab_size")
         n_base = 256 + len(merges)
         return cls(merges, pattern=pattern, special_tokens={s: n_base + i for i, s in enumerate(special)})
 
     # ---- encoding and decoding ---------------------------------------------------------
-    def _encode_chunk(self, chunk: str) -> list[int]:
-        ids = self._cache.get(chunk)
+    def _encode_piece(self, piece: str) -> list[int]:
+        ids = self._cache.get(piece)
         if ids is None:
-            ids = apply_merges(list(chunk.encode("utf-8")), self.ranks)
-            if len(chunk) <= 64:  # cache short, repeated pre-tokens only
-                self._cache[chunk] = ids
+            ids = apply_merges(list(piece.encode("utf-8")), self.ranks)
+            self._cache.put(piece, ids)
         return ids
 
     def encode(self, text: str) -> list[int]:
@@ -278,14 +356,14 @@ class BPETokenizer:
         if not isinstance(text, str):
             raise TypeError(f"text must be a str, got {type(text).__name__}")
         ids: list[int] = []
-        for segment, special in _split_special_keep(text, self._special_regex):
+        for segment, special in split_special(text, self._special_regex):
             if special:
                 ids.append(self.special_tokens[segment])
             elif self._regex is None:
                 ids.extend(apply_merges(list(segment.encode("utf-8")), self.ranks))
             else:
                 for piece in self._regex.findall(segment):
-                    ids.extend(self._encode_chunk(piece))
+                    ids.extend(self._encode_piece(piece))
         return ids
 
     def decode_bytes(self, ids) -> bytes:
@@ -309,10 +387,23 @@ class BPETokenizer:
         return self.decode_bytes(ids).decode("utf-8", errors="replace")
 
     # ---- files ---------------------------------------------------------------------------
+    # JSON, no pickle: {"format": "tinytransformer-bpe", "version": 1, "pattern": str or null,
+    #                   "merges": [[a, b], ...] (merge t creates id 256 + t),
+    #                   "special_tokens": {"<|endoftext|>": id, ...}}
     def save(self, path: str | os.PathLike) -> None:
+        """Write the tokenizer as JSON; the file is replaced whole or, on any error, left as it was."""
+        if not isinstance(path, (str, os.PathLike)):
+            raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
+        where = f"tokenizer file {os.fspath(path)!r}"
         data = {"format": FORMAT_NAME, "version": 1, "pattern": self.pattern,
                 "merges": [list(m) for m in self.merges], "special_tokens": self.special_tokens}
-        Path(path).write_text(json.dumps(data, ensure_ascii=False) + "\n", encoding="utf-8")
+        try:
+            encoded = (json.dumps(data, ensure_ascii=False) + "\n").encode("utf-8")
+        except UnicodeEncodeError as error:
+            raise ValueError(f"{where}: cannot be written as UTF-8 ({error.reason} in "
+                             f"{error.object[max(error.start - 20, 0):error.end + 20]!r})") from None
+        with atomic_writer(path, where) as handle:
+            handle.write(encoded)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "BPETokenizer":
@@ -338,27 +429,3 @@ class BPETokenizer:
     def __repr__(self) -> str:
         return (f"BPETokenizer(vocab_size={self.vocab_size}, pattern={'None' if self.pattern is None else 'set'}, "
                 f"special_tokens={list(self.special_tokens)})")
-
-
-def _split_special(text: str, special: list[str]) -> list[str]:
-    """text with the special tokens cut out, as the list of segments between them."""
-    if not special:
-        return [text]
-    regex = re.compile("|".join(re.escape(s) for s in sorted(special, key=len, reverse=True)))
-    return regex.split(text)
-
-
-def _split_special_keep(text: str, regex):
-    """Yield (segment, is_special) in order; the longest special token wins at a position."""
-    if regex is None:
-        if text:
-            yield text, False
-        return
-    last = 0
-    for match in regex.finditer(text):
-        if match.start() > last:
-            yield text[last:match.start()], False
-        yield match.group(), True
-        last = match.end()
-    if last < len(text):
-        yield text[last:], False

@@ -1,40 +1,26 @@
 """Byte-level BPE of a real model (GPT-2 style), loaded from GGUF or tokenizer.json.
 
-A pretrained model's tokenizer is the BPE of tinytransformer.tokenizers.bpe
-plus the conventions its authors chose, and each must be matched exactly:
+A pretrained model's tokenizer is the BPE of tinytransformer.tokenizers.bpe plus
+conventions its authors chose, and each must be matched exactly to get the
+model's ids. Added tokens ("<|im_start|>") are cut out of the text first and map
+straight to their ids. A pre-tokenizer, a list of regex splits, cuts the rest
+into pieces that merges never cross. Each piece's UTF-8 bytes are written as
+printable characters (GPT-2's byte-to-unicode table: a space is "Ġ"), because
+the vocabulary and the merges are stored as such strings. Then merges by rank,
+exactly as bpe.apply_merges does.
 
-1. Added tokens. Special tokens such as "<|im_start|>" are cut out of the
-   text first (leftmost, longest match) and map straight to their ids.
-2. Pre-tokenization. A sequence of regex splits cuts the rest into pieces;
-   merges never cross a piece boundary. SmolLM2 first isolates every number
-   character (\\p{N}, so "2024" is four pieces), then applies the GPT-2 regex.
-3. Byte-to-unicode. Each piece's UTF-8 bytes are written as printable
-   characters (GPT-2's table: printable Latin-1 bytes map to themselves, the
-   other 68 bytes to U+0100.. in order; a space becomes "Ġ", a newline "Ċ"),
-   because the vocabulary and merges are stored as such strings. (In a
-   tokenizer.json this is the ByteLevel step; steps after it see mapped text.)
-4. Merges by rank: repeatedly join the adjacent pair that appears earliest in
-   the merges list (ties: leftmost), exactly as bpe.apply_merges does. A byte
-   with no token of its own (SmolLM2 lacks 21, e.g. the control byte 0x04) is
-   dropped, as Hugging Face does for a model without an unk_token.
+    ids(text) = added tokens, and for every piece p:  apply_merges(chars(utf8(p)), ranks)
 
-Decoding maps each token back to bytes and decodes UTF-8 with replacement
-characters (U+FFFD per maximal invalid subsequence), as the Hugging Face
-ByteLevel decoder does; added tokens decode to their text.
+    >>> table = bytes_to_unicode()
+    >>> vocab = {table[b]: b for b in range(256)} | {"hi": 256, "Ġhi": 257}
+    >>> tok = ByteLevelBPETokenizer(vocab, [("h", "i"), ("Ġ", "hi")])
+    >>> tok.encode_as_tokens("hi hi!")
+    ['hi', 'Ġhi', '!']
+    >>> tok.decode(tok.encode("hi hi!"))
+    'hi hi!'
 
-Encoding caches the ids of each distinct piece: natural text repeats the same
-few thousand words, so most pieces are a dictionary lookup.
-
-    tok = ByteLevelBPETokenizer.from_gguf(smollm2_path)
-    tok.encode("Hello world")            # [19556, 905], as the model's own tokenizer
-    tok.encode_as_tokens("Hello world")  # ['Hello', 'Ġworld']
-
-Two sources, one tokenizer:
-- GGUF (`tokenizer.ggml.*` metadata): tokens, merges ("a b" strings), token
-  types (CONTROL and USER_DEFINED tokens are added tokens) and `pre`, the name
-  of llama.cpp's pre-tokenizer, looked up in PRE_TOKENIZERS below.
-- tokenizer.json (Hugging Face `tokenizers`): model.vocab, model.merges,
-  added_tokens and the pre_tokenizer (ByteLevel, Digits, Split, Sequence).
+Two sources, one tokenizer: `from_gguf` (the `tokenizer.ggml.*` metadata) and
+`from_tokenizer_json` (a Hugging Face `tokenizers` file).
 
 Does not handle: normalizers (tokenizer.json must have "normalizer": null),
 added tokens with lstrip/rstrip/single_word, BPE dropout, byte_fallback,
@@ -48,14 +34,14 @@ from pathlib import Path
 
 import numpy as np
 
-from tinytransformer.tokenizers import read_json
+from tinytransformer.tokenizers import PieceCache, read_json, special_tokens_regex, split_special
 from tinytransformer.tokenizers.bpe import apply_merges
 from tinytransformer.tokenizers.unicode_regex import GPT2_PATTERN, compile_pattern
 
 __all__ = ["ByteLevelBPETokenizer", "bytes_to_unicode", "PRE_TOKENIZERS", "TokenizerFileError"]
 
 MAX_FILE_BYTES = 512 * 1024 * 1024
-MAX_CACHE_ENTRIES = 200_000
+MAX_SEQUENCE_DEPTH = 32  # pre_tokenizer Sequences inside Sequences, at most this deep
 
 # llama.cpp's regexes (src/llama-vocab.cpp) per `tokenizer.ggml.pre` value; each is applied in turn.
 _GPT2_LLAMA_CPP = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"
@@ -73,6 +59,15 @@ PRE_TOKENIZERS: dict[str, list[str]] = {
 
 class TokenizerFileError(ValueError):
     """A tokenizer.json or GGUF tokenizer that is corrupt or uses something we do not support."""
+
+
+def _brief(value) -> str:
+    """A value from an untrusted file, short enough for an error message (no deep repr)."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        text = repr(value)
+        return text if len(text) <= 60 else text[:57] + "..."
+    size = f" of {len(value)}" if isinstance(value, (list, dict)) else ""
+    return f"a {type(value).__name__}{size}"
 
 
 def bytes_to_unicode() -> dict[int, str]:
@@ -164,7 +159,7 @@ class ByteLevelBPETokenizer:
         for table in (self.vocab, self.added_tokens):
             for token, i in table.items():
                 if not isinstance(token, str) or isinstance(i, bool) or not isinstance(i, int) or i < 0:
-                    raise TokenizerFileError(f"{source}: token {token!r} has id {i!r}; "
+                    raise TokenizerFileError(f"{source}: token {_brief(token)} has id {_brief(i)}; "
                                              "expected a string token and an int id >= 0")
         size = max([*self.vocab.values(), *self.added_tokens.values()], default=-1) + 1
         if size > 2 * (len(self.vocab) + len(self.added_tokens)) + 1024:  # bounded allocation
@@ -173,6 +168,9 @@ class ByteLevelBPETokenizer:
         self.id_to_token: list[str | None] = [None] * size
         for table in (self.vocab, self.added_tokens):
             for token, i in table.items():
+                if self.id_to_token[i] not in (None, token):  # an added token may repeat its vocab entry
+                    raise TokenizerFileError(f"{source}: id {i} is given to two tokens, "
+                                             f"{_brief(self.id_to_token[i])} and {_brief(token)}")
                 self.id_to_token[i] = token
         # A byte without a token becomes unk_id, or is dropped when there is none (as HF does).
         # SmolLM2 lacks 21: six ASCII controls (0x04 0x06 0x13 0x14 0x16 0x1d) and bytes rare in UTF-8.
@@ -183,8 +181,8 @@ class ByteLevelBPETokenizer:
         for rank, (left, right) in enumerate(merges):
             ids = self.vocab.get(left), self.vocab.get(right), self.vocab.get(left + right)
             if None in ids:
-                raise TokenizerFileError(f"{source}: merge {rank} ({left!r} {right!r}) uses a token "
-                                         "that is not in the vocabulary")
+                raise TokenizerFileError(f"{source}: merge {rank} ({_brief(left)} {_brief(right)}) uses a "
+                                         "token that is not in the vocabulary")
             self.ranks.setdefault((ids[0], ids[1]), (rank, ids[2]))
         steps = list(pre_tokenizer) if pre_tokenizer is not None else [("byte_level", False, True)]
         if not any(step[0] == "byte_level" for step in steps):
@@ -196,7 +194,8 @@ class ByteLevelBPETokenizer:
         for step in steps:
             if step[0] == "split":
                 if step[2] not in _BEHAVIOURS:
-                    raise TokenizerFileError(f"{source}: split behaviour {step[2]!r} is not one of {_BEHAVIOURS}")
+                    raise TokenizerFileError(f"{source}: split behaviour {_brief(step[2])} is not one of "
+                                             f"{_BEHAVIOURS}")
                 try:
                     regex = compile_pattern(step[1])
                 except (TypeError, ValueError) as error:
@@ -205,13 +204,10 @@ class ByteLevelBPETokenizer:
             elif step[0] == "byte_level":
                 self._steps.append(("byte_level", bool(step[1]), bool(step[2])))
             else:
-                raise TokenizerFileError(f"{source}: unknown pre-tokenizer step {step!r}")
+                raise TokenizerFileError(f"{source}: unknown pre-tokenizer step {_brief(step)}")
         self.ignore_merges = ignore_merges
-        self._added_regex = None
-        if self.added_tokens:
-            ordered = sorted(self.added_tokens, key=len, reverse=True)  # longest first = leftmost-longest
-            self._added_regex = re.compile("|".join(re.escape(t) for t in ordered))
-        self._cache: dict[str, list[int]] = {}
+        self._added_regex = special_tokens_regex(self.added_tokens)  # leftmost, then longest
+        self._cache = PieceCache()  # the ids of each distinct piece: natural text repeats its words
 
     @property
     def vocab_size(self) -> int:
@@ -232,7 +228,7 @@ class ByteLevelBPETokenizer:
             meta = gguf.metadata
         model = meta.get("tokenizer.ggml.model")
         if model != "gpt2":
-            raise TokenizerFileError(f"{source}: tokenizer.ggml.model is {model!r}; only 'gpt2' "
+            raise TokenizerFileError(f"{source}: tokenizer.ggml.model is {_brief(model)}; only 'gpt2' "
                                      "(byte-level BPE) is supported here")
         tokens, merges = meta.get("tokenizer.ggml.tokens"), meta.get("tokenizer.ggml.merges")
         if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
@@ -245,13 +241,13 @@ class ByteLevelBPETokenizer:
                                      f"but there are {len(tokens)} tokens")
         pre = meta.get("tokenizer.ggml.pre", "gpt2")
         if pre not in PRE_TOKENIZERS:
-            raise TokenizerFileError(f"{source}: unsupported pre-tokenizer tokenizer.ggml.pre = {pre!r}; "
+            raise TokenizerFileError(f"{source}: unsupported pre-tokenizer tokenizer.ggml.pre = {_brief(pre)}; "
                                      f"supported: {', '.join(sorted(PRE_TOKENIZERS))}")
         vocab, added = {}, {}
         for i, (token, kind) in enumerate(zip(tokens, types)):
             table = added if kind in (3, 4) else vocab  # 3 CONTROL, 4 USER_DEFINED: matched in the text
             if token in vocab or token in added:
-                raise TokenizerFileError(f"{source}: token {token!r} appears twice")
+                raise TokenizerFileError(f"{source}: token {_brief(token)} appears twice")
             table[token] = i
         pairs = [tuple(m.split(" ")) for m in merges]
         steps = [("split", pattern, "isolated", False) for pattern in PRE_TOKENIZERS[pre]]
@@ -272,15 +268,15 @@ class ByteLevelBPETokenizer:
             raise TokenizerFileError(f"{source} has no 'model' object; not a tokenizer.json file")
         model = data["model"]
         if model.get("type", "BPE") != "BPE":
-            raise TokenizerFileError(f"{source}: model type is {model.get('type')!r}; only BPE is supported")
+            raise TokenizerFileError(f"{source}: model type is {_brief(model.get('type'))}; only BPE is supported")
         for key, default in (("dropout", None), ("byte_fallback", False),
                              ("continuing_subword_prefix", ""), ("end_of_word_suffix", "")):
             if model.get(key) not in (default, None):
-                raise TokenizerFileError(f"{source}: model.{key} = {model.get(key)!r} is not supported")
+                raise TokenizerFileError(f"{source}: model.{key} = {_brief(model.get(key))} is not supported")
         normalizer = data.get("normalizer")
         if normalizer is not None:
             kind = normalizer.get("type") if isinstance(normalizer, dict) else normalizer
-            raise TokenizerFileError(f"{source}: a normalizer ({kind!r}) is not supported")
+            raise TokenizerFileError(f"{source}: a normalizer ({_brief(kind)}) is not supported")
         vocab, merges = model.get("vocab"), model.get("merges")
         if not isinstance(vocab, dict) or not isinstance(merges, list):
             raise TokenizerFileError(f"{source}: model.vocab must be an object and model.merges a list")
@@ -291,7 +287,7 @@ class ByteLevelBPETokenizer:
             elif isinstance(merge, list) and len(merge) == 2 and all(isinstance(m, str) for m in merge):
                 pairs.append((merge[0], merge[1]))
             else:
-                raise TokenizerFileError(f"{source}: model.merges[{k}] = {merge!r} is not 'a b' or [a, b]")
+                raise TokenizerFileError(f"{source}: model.merges[{k}] = {_brief(merge)} is not 'a b' or [a, b]")
         added = {}
         added_list = data.get("added_tokens") or []
         if not isinstance(added_list, list):
@@ -302,17 +298,17 @@ class ByteLevelBPETokenizer:
                 raise TokenizerFileError(f"{source}: added_tokens[{k}] needs a string 'content' and an int 'id'")
             for flag in ("lstrip", "rstrip", "single_word"):
                 if entry.get(flag):
-                    raise TokenizerFileError(f"{source}: added token {entry['content']!r} has {flag}=true, "
+                    raise TokenizerFileError(f"{source}: added token {_brief(entry['content'])} has {flag}=true, "
                                              "which is not supported")
             added[entry["content"]] = entry["id"]
         steps = _pre_tokenizer_steps(data.get("pre_tokenizer"), source)
         decoder = data.get("decoder")
         decoder_type = decoder.get("type") if isinstance(decoder, dict) else decoder
         if decoder_type != "ByteLevel":
-            raise TokenizerFileError(f"{source}: decoder is {decoder_type!r}; expected ByteLevel")
+            raise TokenizerFileError(f"{source}: decoder is {_brief(decoder_type)}; expected ByteLevel")
         unk = model.get("unk_token")
         if unk is not None and (not isinstance(unk, str) or unk not in vocab):
-            raise TokenizerFileError(f"{source}: model.unk_token {unk!r} is not in the vocabulary")
+            raise TokenizerFileError(f"{source}: model.unk_token {_brief(unk)} is not in the vocabulary")
         return cls({**vocab}, pairs, pre_tokenizer=steps, added_tokens=added,
                    ignore_merges=bool(model.get("ignore_merges", False)),
                    unk_id=None if unk is None else vocab[unk], source=source)
@@ -344,9 +340,7 @@ class ByteLevelBPETokenizer:
             else:
                 symbols = [self._char_ids[c] for c in chars]
                 ids = apply_merges([i for i in symbols if i is not None], self.ranks)
-            if len(self._cache) >= MAX_CACHE_ENTRIES:
-                self._cache.clear()
-            self._cache[chars] = ids
+            self._cache.put(chars, ids)
         return ids
 
     def encode(self, text: str) -> list[int]:
@@ -354,7 +348,7 @@ class ByteLevelBPETokenizer:
         if not isinstance(text, str):
             raise TypeError(f"text must be a str, got {type(text).__name__}")
         ids: list[int] = []
-        for segment, is_added in self._split_added(text):
+        for segment, is_added in split_special(text, self._added_regex):
             if is_added:
                 ids.append(self.added_tokens[segment])
                 continue
@@ -364,20 +358,6 @@ class ByteLevelBPETokenizer:
 
     def encode_as_tokens(self, text: str) -> list[str]:
         return [self.id_to_token[i] for i in self.encode(text)]
-
-    def _split_added(self, text: str):
-        if self._added_regex is None:
-            if text:
-                yield text, False
-            return
-        last = 0
-        for match in self._added_regex.finditer(text):
-            if match.start() > last:
-                yield text[last:match.start()], False
-            yield match.group(), True
-            last = match.end()
-        if last < len(text):
-            yield text[last:], False
 
     # ---- decoding ------------------------------------------------------------------------
     def token_bytes(self, i: int) -> bytes:
@@ -404,19 +384,28 @@ class ByteLevelBPETokenizer:
 
 
 def _pre_tokenizer_steps(spec, source: str) -> list[tuple]:
-    """Translate a tokenizer.json pre_tokenizer into our list of steps."""
-    steps: list[tuple] = []
+    """Translate a tokenizer.json pre_tokenizer into our list of steps.
 
-    def visit(node):
+    Sequences are flattened with a stack of (node, depth), not by recursion, and may nest
+    at most MAX_SEQUENCE_DEPTH deep.
+    """
+    if spec is None:
+        raise TokenizerFileError(f"{source}: no pre_tokenizer; a byte-level BPE needs a ByteLevel pre-tokenizer")
+    steps: list[tuple] = []
+    stack = [(spec, 0)]
+    while stack:
+        node, depth = stack.pop()
         if not isinstance(node, dict):
-            raise TokenizerFileError(f"{source}: pre_tokenizer entry {node!r} is not an object")
+            raise TokenizerFileError(f"{source}: pre_tokenizer entry {_brief(node)} is not an object")
         kind = node.get("type")
         if kind == "Sequence":
             children = node.get("pretokenizers")
             if not isinstance(children, list):
                 raise TokenizerFileError(f"{source}: a Sequence pre_tokenizer needs a 'pretokenizers' list")
-            for child in children:
-                visit(child)
+            if depth >= MAX_SEQUENCE_DEPTH:
+                raise TokenizerFileError(f"{source}: pre_tokenizer Sequences are nested more than "
+                                         f"{MAX_SEQUENCE_DEPTH} deep")
+            stack.extend((child, depth + 1) for child in reversed(children))  # popped in order
         elif kind == "ByteLevel":
             steps.append(("byte_level", bool(node.get("add_prefix_space", True)), bool(node.get("use_regex", True))))
         elif kind == "Digits":  # HF splits on char::is_numeric, the \p{N} class
@@ -430,18 +419,15 @@ def _pre_tokenizer_steps(spec, source: str) -> list[tuple]:
                 regex = re.escape(pattern["String"])
             else:
                 raise TokenizerFileError(f"{source}: Split pre-tokenizer without a Regex or String pattern")
-            behaviour = str(node.get("behavior", "Isolated"))
-            snake = "".join("_" + c.lower() if c.isupper() else c for c in behaviour).lstrip("_")
+            behaviour = node.get("behavior", "Isolated")
+            snake = ("".join("_" + c.lower() if c.isupper() else c for c in behaviour).lstrip("_")
+                     if isinstance(behaviour, str) else None)
             if snake not in _BEHAVIOURS:
-                raise TokenizerFileError(f"{source}: Split behavior {behaviour!r} is not supported")
+                raise TokenizerFileError(f"{source}: Split behavior {_brief(behaviour)} is not supported")
             steps.append(("split", regex, snake, bool(node.get("invert", False))))
         else:
-            raise TokenizerFileError(f"{source}: pre_tokenizer type {kind!r} is not supported "
+            raise TokenizerFileError(f"{source}: pre_tokenizer type {_brief(kind)} is not supported "
                                      "(supported: Sequence, ByteLevel, Digits, Split)")
-
-    if spec is None:
-        raise TokenizerFileError(f"{source}: no pre_tokenizer; a byte-level BPE needs a ByteLevel pre-tokenizer")
-    visit(spec)
     if sum(step[0] == "byte_level" for step in steps) != 1:
         raise TokenizerFileError(f"{source}: expected exactly one ByteLevel pre-tokenizer; "
                                  "not a byte-level BPE tokenizer")

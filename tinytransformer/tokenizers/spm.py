@@ -1,34 +1,25 @@
 """SentencePiece: read a .model file and encode and decode exactly as the library does.
 
-Concept: SentencePiece (Kudo & Richardson 2018) treats text as a plain
-sequence of Unicode characters, spaces included. A normaliser first rewrites
-the text (NFKC by default), marks every space with "▁" (U+2581) and puts a
-"dummy prefix" "▁" in front, so "Hello world" becomes "▁Hello▁world". Then one
-of two models cuts it into pieces from the vocabulary:
+SentencePiece (Kudo & Richardson 2018) treats text as a plain sequence of
+Unicode characters, spaces included. A normalizer first rewrites the text (NFKC
+by default), marks every space with "▁" (U+2581) and puts a "dummy prefix" "▁"
+in front, so "Hello world" becomes "▁Hello▁world". Then one of two models cuts
+it into pieces from the vocabulary. BPE starts from single characters and
+repeatedly joins the adjacent pair whose joined piece has the highest score
+(ties: leftmost). Unigram (Kudo 2018) gives each piece x a log-probability
+score s(x) and takes the best segmentation, found by Viterbi:
 
-- BPE: start from single characters and repeatedly join the adjacent pair
-  whose joined piece has the highest score (ties: leftmost).
-- Unigram (Kudo 2018): each piece x has a log-probability score s(x); the
-  segmentation is the Viterbi path  argmax_{x1..xk = text} sum_i s(x_i),
-  where a character that no piece covers costs  min_x s(x) - 10  (an unknown).
+    x_1..x_k = argmax_{x_1 ... x_k = text}  sum_i s(x_i)     (a character no piece covers: min_x s(x) - 10)
 
 A character that is not in the vocabulary is <unk>; with byte fallback it is
-spelled instead as its UTF-8 bytes, pieces <0x00>..<0xFF>. Decoding joins the
-pieces, turns "▁" back into spaces, drops the leading dummy space, and
-re-assembles byte pieces (each byte that is not part of a valid UTF-8
-character becomes one U+FFFD, which is what the library does).
+spelled as its UTF-8 bytes instead, pieces <0x00>..<0xFF>. Decoding joins the
+pieces, turns "▁" back into spaces and drops the leading dummy space.
 
-The normaliser's rules live in the model file as a "precompiled charsmap": a
-Darts double-array trie over UTF-8 bytes whose leaves point into a blob of
-replacement strings; at each position the longest matching rule wins.
-
-    sp = SentencePieceTokenizer("m.model")
-    sp.encode("Hello world")          # == sentencepiece.SentencePieceProcessor(model_file="m.model").encode(...)
-    sp.encode_as_pieces("Hello")      # ['▁He', 'llo']
-
-Scores are float32 in the file and the library adds them in float32; the
-unigram Viterbi here rounds every sum to float32 too, so near-ties break the
-same way.
+    >>> Normalizer(b"").normalize("  Hello   world ")      # no charsmap rules: only the whitespace ones
+    '▁Hello▁world'
+    >>> sp = SentencePieceTokenizer("m.model")             # doctest: +SKIP
+    >>> sp.encode_as_pieces("Hello")                       # doctest: +SKIP
+    ['▁He', 'llo']
 
 Does not handle: the WORD and CHAR model types, sampling / n-best encodings,
 the `pretokenization_delimiter` training option, offsets.
@@ -36,6 +27,7 @@ the `pretokenization_delimiter` training option, offsets.
 from __future__ import annotations
 
 import heapq
+import math
 import os
 import re
 import struct
@@ -44,12 +36,14 @@ from pathlib import Path
 from tinytransformer.tokenizers import protobuf as pb
 from tinytransformer.tokenizers import read_untrusted
 
-__all__ = ["SentencePieceTokenizer", "SentencePieceError", "Normalizer"]
+__all__ = ["SentencePieceTokenizer", "SentencePieceError", "Normalizer", "PieceTrie"]
 
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 UNIGRAM, BPE = 1, 2
 SPACE = "\u2581"
 UNK_PENALTY = 10.0
+# An UNUSED piece reached after this many splits is kept whole, as sentencepiece 0.2.3 does (measured).
+MAX_RESEGMENT_DEPTH = 101
 FLT_MIN = 1.1754943508222875e-38  # the library starts max_score at FLT_MIN, not at -inf
 MAX_FILE_BYTES = 256 * 1024 * 1024
 
@@ -62,8 +56,84 @@ _FLOAT32 = struct.Struct("<f")
 
 
 def _f32(x: float, _pack=_FLOAT32.pack, _unpack=_FLOAT32.unpack) -> float:
-    """Round a Python float to the nearest float32 (what `float` arithmetic in C++ keeps)."""
-    return _unpack(_pack(x))[0]
+    """Round a Python float to the nearest float32 (what `float` arithmetic in C++ keeps).
+
+    Past the float32 range the result is +-inf, as in C++ (struct raises OverflowError instead).
+    """
+    try:
+        return _unpack(_pack(x))[0]
+    except OverflowError:
+        return math.copysign(math.inf, x)
+
+
+class PieceTrie:
+    """The pieces that a text starts with at a given position: a common-prefix search, as the
+    library does with its Darts trie.
+
+    A compressed trie: every edge carries a whole string (its label), so a chain of
+    characters that no other piece branches from is one edge, and memory is linear in the
+    total length of the pieces. Walking from a position follows one edge per node and
+    compares its label with str.startswith, so a long piece costs one comparison in C, not
+    one slice per length. Works on str pieces and text, or on bytes pieces and data.
+
+    >>> trie = PieceTrie({"a": 0, "ab": 1, "abcd": 2, "b": 3})
+    >>> list(trie.matches("xabcde", 1))      # (end, value) of every piece at position 1, shortest first
+    [(2, 0), (3, 1), (5, 2)]
+    >>> trie.longest("xabcde", 1)
+    4
+    """
+
+    def __init__(self, pieces: dict):
+        if not all(pieces):
+            raise ValueError("PieceTrie: every piece must be non-empty")
+        self.root: dict = {}  # first character -> (label, child node, value or None where no piece ends)
+        stack = [(self.root, sorted(pieces.items()), 0)]  # (node, pieces below it, characters consumed)
+        while stack:
+            node, items, depth = stack.pop()
+            lo = 0
+            while lo < len(items):  # one group per next character; sorted, so each group is a run
+                key = items[lo][0][depth]
+                hi = lo + 1
+                while hi < len(items) and items[hi][0][depth] == key:
+                    hi += 1
+                first, last = items[lo][0], items[hi - 1][0]
+                cut = len(first) if hi - lo == 1 else depth + _common_prefix_length(first, last, depth)
+                value = items[lo][1] if len(first) == cut else None  # a piece that ends here sorts first
+                child: dict = {}
+                node[key] = (first[depth:cut], child, value)
+                rest = items[lo + (value is not None):hi]
+                if rest:
+                    stack.append((child, rest, cut))
+                lo = hi
+
+    def matches(self, text, pos: int):
+        """(end, value) for every piece that text[pos:] starts with, shortest first."""
+        node, n = self.root, len(text)
+        while pos < n:
+            edge = node.get(text[pos])
+            if edge is None or not text.startswith(edge[0], pos):
+                return
+            label, node, value = edge
+            pos += len(label)
+            if value is not None:
+                yield pos, value
+
+    def longest(self, text, pos: int) -> int:
+        """The length of the longest piece that text[pos:] starts with (0 when there is none)."""
+        end = pos
+        for end, _ in self.matches(text, pos):
+            pass
+        return end - pos
+
+
+def _common_prefix_length(a, b, start: int) -> int:
+    """How many items a and b share from position start on."""
+    n = 0
+    for x, y in zip(a[start:], b[start:]):
+        if x != y:
+            break
+        n += 1
+    return n
 
 
 def _utf8_char_length(data: bytes, pos: int) -> int:
@@ -96,7 +166,12 @@ def decode_bytes_like_sentencepiece(data: bytes) -> str:
 
 
 class Normalizer:
-    """The normalizer of a NormalizerSpec: charsmap rules, whitespace handling, "▁" escaping."""
+    """The normalizer of a NormalizerSpec: charsmap rules, whitespace handling, "▁" escaping.
+
+    The rules live in the model file as a "precompiled charsmap": a Darts double-array
+    trie over UTF-8 bytes whose leaves point into a blob of replacement strings; at each
+    position the longest matching rule wins. User-defined pieces pass through unchanged.
+    """
 
     def __init__(self, charsmap: bytes, *, add_dummy_prefix=True, remove_extra_whitespaces=True,
                  escape_whitespaces=True, treat_whitespace_as_suffix=False, user_defined=(), where="model"):
@@ -105,8 +180,7 @@ class Normalizer:
         self.escape_whitespaces = escape_whitespaces
         self.treat_whitespace_as_suffix = treat_whitespace_as_suffix
         self.where = where
-        self.user_defined = {s.encode("utf-8") for s in user_defined}
-        self.user_defined_max = max((len(s) for s in self.user_defined), default=0)
+        self.user_defined = PieceTrie({s.encode("utf-8"): True for s in user_defined})
         self.units: list[int] = []
         self.replacements = b""
         if charsmap:
@@ -126,7 +200,7 @@ class Normalizer:
 
     def _ascii_safe(self, b: int) -> bool:
         """True when no rule or user-defined symbol starts with b followed by an ASCII byte (or nothing)."""
-        if any(symbol[0] == b for symbol in self.user_defined):
+        if b in self.user_defined.root:  # a user-defined symbol starts with b
             return False
         units = self.units
         if not units:
@@ -163,9 +237,9 @@ class Normalizer:
 
     def normalize_prefix(self, data: bytes, pos: int) -> tuple[bytes, int]:
         """(replacement, bytes consumed) for the text at data[pos:]."""
-        for length in range(min(self.user_defined_max, len(data) - pos), 0, -1):
-            if data[pos:pos + length] in self.user_defined:
-                return data[pos:pos + length], length  # user-defined symbols pass through unchanged
+        length = self.user_defined.longest(data, pos)
+        if length:
+            return data[pos:pos + length], length  # user-defined symbols pass through unchanged
         length, value = self._longest_rule(data, pos)
         if length == 0:
             n = _utf8_char_length(data, pos)
@@ -316,6 +390,9 @@ class SentencePieceTokenizer:
                 bytes_found.add(value)
         if self.unk_id < 0:
             raise SentencePieceError(f"{where}: no unknown piece (<unk>) is defined")
+        if self.model_type == UNIGRAM and not self._normal:
+            raise SentencePieceError(f"{where}: a unigram model needs a NORMAL, USER_DEFINED or UNUSED piece "
+                                     "and this one has none")
         if self.byte_fallback and len(bytes_found) != 256:
             raise SentencePieceError(f"{where}: byte_fallback is on but only {len(bytes_found)} of the 256 "
                                      "byte pieces are defined")
@@ -323,12 +400,8 @@ class SentencePieceTokenizer:
         normal_scores = [s for s, t in zip(self.scores, self.types) if t == NORMAL]
         self.min_score = min(normal_scores, default=3.4028234663852886e38)
         self.max_score = max(normal_scores + [FLT_MIN])
-        self._max_piece_chars = max((len(p) for p in self._normal), default=1)
-        # Every prefix of a piece, to stop extending a lattice edge early (skipped for huge vocabularies).
-        n_prefixes = sum(len(p) for p in self._normal)
-        self._prefixes = ({p[:k] for p in self._normal for k in range(1, len(p) + 1)}
-                          if n_prefixes <= 2_000_000 else None)
-        self._cache: dict[str, list[int]] = {}
+        self._trie = PieceTrie(self._normal)  # the pieces a lattice edge or a BPE symbol can be
+        self._user_trie = PieceTrie({p: self._normal[p] for p in self._user_defined})
 
     # ---- vocabulary -------------------------------------------------------------------
     @property
@@ -358,33 +431,39 @@ class SentencePieceTokenizer:
         return self.normalizer.normalize(text)
 
     def _segment_unigram(self, s: str) -> list[tuple[str, int]]:
-        """Viterbi: best[end] = max over pieces s[start:end] of best[start] + score(piece)."""
+        """Viterbi: best[end] = max over pieces s[start:end] of best[start] + score(piece).
+
+        Scores are float32 in the file and the library adds them in float32, so every sum
+        here is rounded to float32 too (_f32) and near-ties break the same way. (Sums past
+        the float32 range become -inf or +inf; where several paths tie there, the library
+        can break the tie differently.)
+        """
         n = len(s)
         best_score = [0.0] * (n + 1)
         best_start = [-1] * (n + 1)
         best_id = [-1] * (n + 1)
         unk_score = _f32(self.min_score - UNK_PENALTY)
-        normal, types, scores, max_chars = self._normal, self.types, self.scores, self._max_piece_chars
-        prefixes = self._prefixes
+        types, scores, root = self.types, self.scores, self._trie.root
         for start in range(n):
             base = best_score[start]
             has_single = False
-            for length in range(1, min(max_chars, n - start) + 1):
-                candidate_piece = s[start:start + length]
-                if prefixes is not None and candidate_piece not in prefixes:
-                    break  # no piece starts with this: longer ones cannot match either
-                i = normal.get(candidate_piece)
+            node, end = root, start
+            while end < n:  # every piece that starts here (PieceTrie.matches, inlined)
+                edge = node.get(s[end])
+                if edge is None or not s.startswith(edge[0], end):
+                    break
+                label, node, i = edge
+                end += len(label)
                 if i is None or types[i] == UNUSED:
                     continue
-                if types[i] == USER_DEFINED:  # a bonus so that user-defined pieces always win (double precision)
-                    n_bytes = len(s[start:start + length].encode("utf-8"))
+                if types[i] == USER_DEFINED:  # a bonus so that user-defined pieces always win
+                    n_bytes = len(s[start:end].encode("utf-8"))
                     candidate = _f32(n_bytes * self.max_score) - 0.1 + base
                 else:
                     candidate = _f32(scores[i] + base)
-                end = start + length
                 if best_start[end] == -1 or candidate > best_score[end]:
                     best_score[end], best_start[end], best_id[end] = _f32(candidate), start, i
-                if length == 1:
+                if end == start + 1:
                     has_single = True
             if not has_single:  # no piece covers this character: an unknown of score min - 10
                 candidate = _f32(unk_score + base)
@@ -401,11 +480,10 @@ class SentencePieceTokenizer:
         """Join the adjacent pair whose joined piece scores highest (ties: leftmost) until none is left."""
         symbols, pos = [], 0  # initial symbols: characters, or whole user-defined pieces (frozen)
         frozen = []
-        user = self._user_defined
         while pos < len(s):
-            match = max((p for p in user if s.startswith(p, pos)), key=len, default=None)
-            symbols.append(match if match else s[pos])
-            frozen.append(match is not None)
+            length = self._user_trie.longest(s, pos)
+            symbols.append(s[pos:pos + length] if length else s[pos])
+            frozen.append(length > 0)
             pos += len(symbols[-1])
         n = len(symbols)
         nxt, prv = list(range(1, n + 1)), list(range(-1, n - 1))
@@ -442,18 +520,17 @@ class SentencePieceTokenizer:
             push(left, nxt[left])
 
         out = []
-
-        def resegment(piece):  # an UNUSED piece is spelled as the two pieces it was made from
-            i = self.piece_to_id(piece)
-            if types[i] == UNUSED and piece in unused_parts:
-                resegment(unused_parts[piece][0])
-                resegment(unused_parts[piece][1])
-            else:
-                out.append((piece, i))
-
         k = 0 if n else -1
         while k != -1:
-            resegment(symbols[k])
+            stack = [(symbols[k], 0)]  # an UNUSED piece is spelled as the two pieces it was made from
+            while stack:  # (a stack, not recursion: a chain of UNUSED pieces can be long)
+                piece, depth = stack.pop()
+                i = self.piece_to_id(piece)
+                if types[i] == UNUSED and piece in unused_parts and depth < MAX_RESEGMENT_DEPTH:
+                    left, right = unused_parts[piece]
+                    stack += [(right, depth + 1), (left, depth + 1)]
+                else:
+                    out.append((piece, i))
             k = nxt[k]
         return out
 

@@ -16,6 +16,16 @@ Oniguruma (the regex engine inside Hugging Face `tokenizers`) does not.
     >>> split("Hello world's 2024 ☃!!", GPT2_PATTERN)
     ['Hello', ' world', "'s", ' 2024', ' ☃!!']
 
+Patterns come from files (a tokenizer.json `Split`), and Python's `re`
+backtracks: `(a+)+$` on 26 a's and a "!" tries 2**26 ways to cut the a's.
+`compile_pattern` therefore refuses, with a ValueError saying why, what can take
+time exponential (or a high power) in the length of the text: a quantified group
+that contains another quantifier or an alternation (`(a+)+`, `(a|ab)*`,
+`(a?b)+`), backreferences, more than MAX_QUANTIFIERS_IN_A_ROW quantifiers that
+can repeat in one sequence (`a*a*a*b`), and patterns longer than
+MAX_PATTERN_CHARS. Every pre-tokenizer pattern we know (GPT-2, GPT-4, GPT-4o,
+Llama 3, Qwen2, DeepSeek, Mistral) passes.
+
 Does not handle: `\\P{..}`, `\\S` or `\\W` inside a bracket class, nested
 classes, script or binary properties (`\\p{Han}`), and Unicode versions other
 than the one this Python's `unicodedata` carries.
@@ -46,6 +56,9 @@ LLAMA3_PATTERN = (
 )
 
 _WHITESPACE_CONTROLS = "\t\n\x0b\x0c\r\x85"
+
+MAX_PATTERN_CHARS = 10_000
+MAX_QUANTIFIERS_IN_A_ROW = 2
 
 
 _CATEGORY_NAMES = ("Lu", "Ll", "Lt", "Lm", "Lo", "Mn", "Mc", "Me", "Nd", "Nl", "No", "Pc", "Pd", "Ps",
@@ -143,6 +156,55 @@ def _translate(pattern: str, bmp_only: bool = False) -> str:
     return "".join(out)
 
 
+try:
+    from re import _parser as _sre_parse  # Python 3.11+
+except ImportError:  # pragma: no cover  (Python 3.10)
+    import sre_parse as _sre_parse
+
+_REPEATS = {"MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT"}
+
+
+def check_backtracking(pattern: str, translated: str) -> None:
+    """Refuse a pattern on which backtracking can take exponential time (see the module docstring).
+
+    Walks the parse tree of the translated pattern (the one Python's `re` runs).
+    """
+    shown = repr(pattern) if len(pattern) <= 80 else repr(pattern[:77]) + "..."
+
+    def refuse(why):
+        raise ValueError(f"pattern {shown}: {why}; backtracking can take time exponential in (or a high "
+                         "power of) the length of the text on such patterns, and they are not supported")
+
+    def walk(sequence, repeated: bool) -> int:
+        """Check a sequence of nodes; return how many repeating quantifiers it has in a row."""
+        in_a_row = 0
+        for op, value in sequence:
+            name = str(op)
+            if name in _REPEATS:
+                low, high, body = value
+                if repeated:
+                    refuse("a quantifier inside a quantified group")
+                walk(body, repeated or high > 1)
+                in_a_row += high > 1
+            elif name == "BRANCH":
+                if repeated:
+                    refuse("an alternation (|) inside a quantified group")
+                in_a_row += max(walk(alternative, repeated) for alternative in value[1])
+            elif name == "SUBPATTERN":
+                in_a_row += walk(value[-1], repeated)
+            elif name == "ATOMIC_GROUP":
+                in_a_row += walk(value, repeated)
+            elif name in ("ASSERT", "ASSERT_NOT"):
+                walk(value[1], repeated)
+            elif name in ("GROUPREF", "GROUPREF_EXISTS"):
+                refuse("a backreference")
+            if in_a_row > MAX_QUANTIFIERS_IN_A_ROW:
+                refuse(f"more than {MAX_QUANTIFIERS_IN_A_ROW} quantifiers in a row")
+        return in_a_row
+
+    walk(_sre_parse.parse(translated), False)
+
+
 _ASTRAL = re.compile("[\U00010000-\U0010ffff]")
 
 
@@ -157,8 +219,12 @@ class UnicodePattern:
     """
 
     def __init__(self, pattern: str):
+        if len(pattern) > MAX_PATTERN_CHARS:
+            raise ValueError(f"pattern of {len(pattern)} characters; at most {MAX_PATTERN_CHARS} are supported")
         self.pattern = pattern
-        self.full = re.compile(_translate(pattern))
+        translated = _translate(pattern)
+        check_backtracking(pattern, translated)
+        self.full = re.compile(translated)
         try:
             self.bmp = re.compile(_translate(pattern, bmp_only=True))
         except (_EmptyClass, re.error):
@@ -181,10 +247,13 @@ def compile_pattern(pattern: str) -> UnicodePattern:
     """Compile an Oniguruma-style pre-tokenization pattern for Python's `re`."""
     if not isinstance(pattern, str):
         raise TypeError(f"pattern must be a str, got {type(pattern).__name__}")
+    shown = repr(pattern) if len(pattern) <= 80 else repr(pattern[:77]) + "..."
     try:
         return UnicodePattern(pattern)
     except re.error as error:
-        raise ValueError(f"pattern {pattern!r} does not compile: {error}") from None
+        raise ValueError(f"pattern {shown} does not compile: {error}") from None
+    except RecursionError:  # Python's regex parser and compiler recurse once per nested group
+        raise ValueError(f"pattern {shown}: groups are nested too deeply") from None
 
 
 def split(text: str, pattern: str) -> list[str]:
