@@ -52,6 +52,7 @@ from typing import Any
 
 import numpy as np
 
+from tinytransformer.bfloat16 import from_bfloat16_bits
 from tinytransformer.quant.ggml import DEQUANTIZERS as _LEGACY_DEQUANTIZERS
 from tinytransformer.quant.ggml import QUANTIZERS as _LEGACY_QUANTIZERS
 from tinytransformer.quant.kquants import DEQUANTIZERS as _K_DEQUANTIZERS
@@ -369,7 +370,7 @@ def dequantize_f16(raw: np.ndarray) -> np.ndarray:
 
 def dequantize_bf16(raw: np.ndarray) -> np.ndarray:
     """BF16: 2-byte bfloat16, the top 16 bits of a float32; x = bits << 16."""
-    return (raw.view("<u2").astype(np.uint32) << 16).view(np.float32)
+    return from_bfloat16_bits(raw.view("<u2"))
 
 
 DEQUANTIZERS = {F32: dequantize_f32, F16: dequantize_f16, BF16: dequantize_bf16,
