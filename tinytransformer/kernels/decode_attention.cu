@@ -166,7 +166,6 @@ __device__ __forceinline__ void decode_body(
         __syncthreads();  // the tiles are complete before anyone reads them
 
         float s[NJ];
-        float tile_max = NEG_INF;
 #pragma unroll
         for (int jj = 0; jj < NJ; ++jj) {
             const int jl = c + 8 * jj, j = j0 + jl;
@@ -179,25 +178,11 @@ __device__ __forceinline__ void decode_body(
                                 *reinterpret_cast<const float4*>(&Ks[jl][d]));
                 s[jj] = dot * scale + slope * (float)(j - query_position(t, T, L));  // s = q.k scale + alibi
             }
-            tile_max = fmaxf(tile_max, s[jj]);
         }
+        // m, l and p = exp(s - m_new) over the row's 8 lanes; alpha = exp(m_old - m_new)
+        const float alpha = online_softmax_update<NJ, 8>(s, m, l);
 #pragma unroll
-        for (int off = 1; off < 8; off <<= 1)  // max over the 8 lanes of the row
-            tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, off));
-        const float m_new = fmaxf(m, tile_max);               // m_new = max(m, rowmax(s))
-        const float m_safe = m_new == NEG_INF ? 0.0f : m_new;  // nothing seen yet: avoid inf - inf
-        const float alpha = expf(m - m_safe);                 // exp(m - m_new)
-        float row_sum = 0.0f;
-#pragma unroll
-        for (int jj = 0; jj < NJ; ++jj) {
-            const float p = expf(s[jj] - m_safe);  // p = exp(s - m_new); masked -> 0
-            Ps[r][c + 8 * jj] = p;
-            row_sum += p;
-        }
-#pragma unroll
-        for (int off = 1; off < 8; off <<= 1) row_sum += __shfl_xor_sync(0xffffffffu, row_sum, off);
-        l = alpha * l + row_sum;  // l = exp(m - m_new) l + rowsum(p)
-        m = m_new;
+        for (int jj = 0; jj < NJ; ++jj) Ps[r][c + 8 * jj] = s[jj];
         if (c == 0) alpha_s[r] = alpha;
         __syncthreads();  // P and alpha of every row are visible to the output threads
 

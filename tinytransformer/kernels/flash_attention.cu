@@ -173,7 +173,6 @@ __device__ __forceinline__ void flash_v2_body(const float* __restrict__ q, const
 
         // S_ij = Q_i K_j^T * scale + bias, masked to -inf
         float s[NJ];
-        float tile_max = NEG_INF;
 #pragma unroll
         for (int jj = 0; jj < NJ; ++jj) {
             const int jl = c + 4 * jj, j = j0 + jl;
@@ -182,25 +181,11 @@ __device__ __forceinline__ void flash_v2_body(const float* __restrict__ q, const
             for (int d = 0; d < D_PAD; ++d) dot += Qs[r][d] * Ks[jl][d];
             s[jj] = (i < T && key_visible(i, j, T, S, causal))
                         ? dot * scale + alibi(alibi_slopes, h, i, j, T, S) : NEG_INF;
-            tile_max = fmaxf(tile_max, s[jj]);
         }
-        tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 1));  // max over the quad
-        tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 2));
-
-        const float m_new = fmaxf(m, tile_max);               // m_new = max(m, rowmax(S_ij))
-        const float m_safe = m_new == NEG_INF ? 0.0f : m_new;  // nothing seen yet: avoid inf - inf
-        const float alpha = expf(m - m_safe);                 // exp(m - m_new), 0 on the first tile
-        float row_sum = 0.0f;
+        // m, l and P = exp(S_ij - m_new) over the quad; alpha = exp(m_old - m_new)
+        const float alpha = online_softmax_update<NJ, 4>(s, m, l);
 #pragma unroll
-        for (int jj = 0; jj < NJ; ++jj) {
-            const float p = expf(s[jj] - m_safe);  // P = exp(S_ij - m_new); masked -> 0
-            Ps[r][c + 4 * jj] = p;
-            row_sum += p;
-        }
-        row_sum += __shfl_xor_sync(0xffffffffu, row_sum, 1);
-        row_sum += __shfl_xor_sync(0xffffffffu, row_sum, 2);
-        l = alpha * l + row_sum;  // l = exp(m - m_new) l + rowsum(P)
-        m = m_new;
+        for (int jj = 0; jj < NJ; ++jj) Ps[r][c + 4 * jj] = s[jj];
         __syncwarp();  // row r of Ps was written by this quad, which is in this warp
 
 #ifndef PLANTED_BUG_NO_RESCALE
