@@ -91,7 +91,8 @@ fi
 rm -f "$LOG"
 
 step "3. model decode through the paged cache, attention=\"cuda\" against \"sdpa\""
-timeout 300 "$PYTHON" - <<'EOF'
+LOG=$(mktemp)
+timeout 300 "$PYTHON" - <<'EOF' 2>&1 | tee "$LOG"
 import inspect
 import sys
 import tempfile
@@ -142,18 +143,19 @@ with tempfile.TemporaryDirectory() as folder:
         sys.exit(1)
 print("passed: the same greedy ids for 4 ragged prompts, and the same prefill logits")
 EOF
-CODE=$?
+CODE=${PIPESTATUS[0]}
 case $CODE in
     0) record "3. model decode (cuda vs sdpa)" "passed" ;;
-    3) record "3. model decode (cuda vs sdpa)" "SKIPPED (the reason is printed above)" ;;
-    *) record "3. model decode (cuda vs sdpa)" "FAILED (exit $CODE)" ;;
+    3) record "3. model decode (cuda vs sdpa)" "$(grep -m1 '^SKIPPED' "$LOG")" ;;
+    *) record "3. model decode (cuda vs sdpa)" "FAILED (exit $CODE): $(grep -m1 '^FAILED\|Error' "$LOG")" ;;
 esac
+rm -f "$LOG"
 
 step "4. python -m tinytransformer.bench attention --device cuda"
 JSON=""
+mkdir -p "$RESULTS"
 if [[ -n "$GPU_NAME" ]]; then
     SLUG=$(echo "$GPU_NAME" | tr '[:upper:]' '[:lower:]' | tr -cs 'a-z0-9' '-' | sed 's/^-//; s/-$//')
-    mkdir -p "$RESULTS"
     JSON="$RESULTS/attention-$SLUG.json"
     if timeout 420 "$PYTHON" -m tinytransformer.bench attention --device cuda "${QUICK[@]}" --json "$JSON"; then
         record "4. benchmark" "passed: $JSON"
