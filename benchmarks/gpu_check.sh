@@ -131,13 +131,15 @@ with tempfile.TemporaryDirectory() as folder:
     rng = np.random.default_rng(0)
     vocab = reference.config.vocab_size
     prompts = [rng.integers(3, vocab, size=n).tolist() for n in (3, 17, 40, 9)]
-    want = reference.generate_many(prompts, 12)
-    got = on_gpu.generate_many(prompts, 12)
+    want = reference.generate_many(prompts, 12, stop_at_eos=False)
+    got = on_gpu.generate_many(prompts, 12, stop_at_eos=False)
     print(f"greedy ids, sdpa: {want}")
     print(f"greedy ids, cuda: {got}")
     logits_ref, logits_gpu = reference.forward(prompts[2]), on_gpu.forward(prompts[2])
     print(f"prefill logits: max |cuda - sdpa| = {np.abs(logits_gpu - logits_ref).max():.2e}")
-    assert_close(logits_gpu, logits_ref, dtype="float32", err_msg="prefill logits, cuda against sdpa")
+    # a whole forward pass, where the kernel sums each row in another order than NumPy: looser than
+    # the table's float32 entry, which is for one operation
+    assert_close(logits_gpu, logits_ref, rtol=1e-4, atol=1e-4, err_msg="prefill logits, cuda against sdpa")
     if got != want:
         print("FAILED: generate_many gives different ids with attention='cuda'")
         sys.exit(1)

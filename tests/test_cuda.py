@@ -242,6 +242,21 @@ def test_flash_reads_strided_slopes_by_their_values_and_rejects_strided_tensors(
         cuda.flash_attention(q, k[:, :, ::-1], v)
 
 
+@needs_gpu
+@pytest.mark.gpu
+def test_model_decodes_a_ragged_batch_through_the_kernels_as_through_numpy(tmp_path):
+    """attention="cuda" (prefill through cuda.flash_attention, the batched decode through
+    cuda.paged_decode_attention) gives the greedy ids of attention="sdpa", for ragged prompts."""
+    from tinytransformer.llama import load_model
+    from tinytransformer.testing import write_random_llama
+
+    path = write_random_llama(tmp_path / "tiny.gguf", n_layers=1, seed=3)
+    prompts = [[5, 70, 33], list(range(40, 51)), [200, 7, 7, 9, 120, 64]]
+    want = load_model(path, attention="sdpa").generate_many(prompts, 4, stop_at_eos=False)
+    got = load_model(path, attention="cuda").generate_many(prompts, 4, stop_at_eos=False)
+    assert got == want
+
+
 # --- planted bugs: the laws above must reject each broken build ----------------------
 
 PLANTED_FLASH_SHAPE = AttentionShape(batch=1, n_heads=4, n_kv_heads=2, q_len=70, kv_len=150, head_dim=64)

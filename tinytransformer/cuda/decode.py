@@ -77,17 +77,12 @@ def paged_decode_attention(q, k_pool, v_pool, block_tables, context_lens, *, cau
     """
     check_backend(backend)
     if backend == "numpy":
-        from tinytransformer.paged_cache import check_paged_decode_inputs
         from tinytransformer.paged_cache import paged_decode_attention as reference
 
         kind = element_type((q, k_pool, v_pool), ("q", "k_pool", "v_pool"), dtype) if dtype else None
         q, k_pool, v_pool = (host_float(x, dtype) for x in (q, k_pool, v_pool))
-        tables, lens = host(block_tables), host(context_lens)
-        slopes = None if alibi_slopes is None else host(alibi_slopes)
-        B, Hq, T, D, _, _ = check_paged_decode_inputs(q, k_pool, v_pool, tables, lens, slopes)
-        if 0 in (B, T):  # nothing to attend with
-            return like_input(np.zeros((B, Hq, T, D), dtype=q.dtype), q, kind)
-        out = reference(q, k_pool, v_pool, tables, lens, causal=causal, scale=scale, alibi_slopes=slopes)
+        out = reference(q, k_pool, v_pool, host(block_tables), host(context_lens), causal=causal, scale=scale,
+                        alibi_slopes=None if alibi_slopes is None else host(alibi_slopes))
         return like_input(out, q, kind)
 
     version, kind, (B, Hq, Hkv, T, D, block_size, max_blocks) = check_decode_inputs(
