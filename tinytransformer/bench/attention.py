@@ -141,7 +141,6 @@ def copy_bandwidth(cupy, repeats: int) -> float:
     src = cupy.empty(n, dtype=cupy.uint8)
     dst = cupy.empty_like(src)
     seconds = time_gpu(cupy, lambda: dst.data.copy_from_device(src.data, n), repeats)  # cudaMemcpy D2D
-    del src, dst
     return 2 * n / seconds
 
 
@@ -217,41 +216,45 @@ def validate_kernels() -> list[str]:
 
 
 def gpu_prefill(cupy, torch, config: dict, repeats: int, log) -> list[dict]:
-    B, Hq, Hkv, T, S, D, causal = (config[x] for x in ("B", "Hq", "Hkv", "T", "S", "D", "causal"))
-    flops = attention_flops(B, Hq, T, S, D, causal)
-    scale = 1.0 / math.sqrt(D)
-    shapes = ((B, Hq, T, D), (B, Hkv, S, D), (B, Hkv, S, D))
     rows = []
     for kind in ("float16", "bfloat16", "float32"):
-        rng = cupy.random.default_rng(0)
-        if kind == "bfloat16":
-            q, k, v = (cupy.asarray(cuda.to_bfloat16_bits(cupy.asnumpy(rng.standard_normal(shape, dtype=cupy.float32))))
-                       for shape in shapes)
-        else:
-            q, k, v = (rng.standard_normal(shape, dtype=cupy.float32).astype(kind) for shape in shapes)
-        dtype = "bfloat16" if kind == "bfloat16" else None
-        impls = {}
-        for version in ((3,) if kind != "float32" else ((1, 2) if T <= 1024 else (2,))):
-            impls[f"flash_v{version}"] = (lambda version=version: cuda.flash_attention(
-                q, k, v, causal=causal, version=version, dtype=dtype))
-        if kind != "bfloat16" and B * Hq * T * S * 4 <= 8 << 30:  # the naive score matrix must fit
-            impls["naive_cupy"] = lambda: naive_cupy_attention(cupy, q, k, v, causal, scale)
-        if torch is not None:
-            tq, tk, tv = (_as_torch(torch, x, kind) for x in (q, k, v))
-            impls["torch_sdpa"] = lambda: torch.nn.functional.scaled_dot_product_attention(
-                tq, tk, tv, is_causal=causal, enable_gqa=Hkv != Hq)
-        for name, fn in impls.items():
-            try:
-                seconds = time_gpu(cupy, fn, repeats)
-            except Exception as error:  # out of memory or an unsupported combination: record, go on
-                log(f"  {name:11s} {kind:8s} not measured: {type(error).__name__}: {str(error)[:120]}")
-                continue
-            rows.append(dict(config, dtype=kind, impl=name, seconds=seconds, tflops=flops / seconds / 1e12))
-        del q, k, v
-        cupy.get_default_memory_pool().free_all_blocks()
+        rows += _gpu_prefill_rows(cupy, torch, config, kind, repeats, log)
+        cupy.get_default_memory_pool().free_all_blocks()  # that dtype's arrays are gone with the call
     _add_ratio_to_sdpa(rows)
     for r in rows:
         log(_prefill_line(r))
+    return rows
+
+
+def _gpu_prefill_rows(cupy, torch, config: dict, kind: str, repeats: int, log) -> list[dict]:
+    B, Hq, Hkv, T, S, D, causal = (config[x] for x in ("B", "Hq", "Hkv", "T", "S", "D", "causal"))
+    flops = attention_flops(B, Hq, T, S, D, causal)
+    shapes = ((B, Hq, T, D), (B, Hkv, S, D), (B, Hkv, S, D))
+    rng = cupy.random.default_rng(0)
+    if kind == "bfloat16":
+        q, k, v = (cupy.asarray(cuda.to_bfloat16_bits(cupy.asnumpy(rng.standard_normal(shape, dtype=cupy.float32))))
+                   for shape in shapes)
+    else:
+        q, k, v = (rng.standard_normal(shape, dtype=cupy.float32).astype(kind) for shape in shapes)
+    dtype = "bfloat16" if kind == "bfloat16" else None
+    impls = {}
+    for version in ((3,) if kind != "float32" else ((1, 2) if T <= 1024 else (2,))):
+        impls[f"flash_v{version}"] = (lambda version=version: cuda.flash_attention(
+            q, k, v, causal=causal, version=version, dtype=dtype))
+    if kind != "bfloat16" and B * Hq * T * S * 4 <= 8 << 30:  # the naive score matrix must fit
+        impls["naive_cupy"] = lambda: naive_cupy_attention(cupy, q, k, v, causal, 1.0 / math.sqrt(D))
+    if torch is not None:
+        tq, tk, tv = (_as_torch(torch, x, kind) for x in (q, k, v))
+        impls["torch_sdpa"] = lambda: torch.nn.functional.scaled_dot_product_attention(
+            tq, tk, tv, is_causal=causal, enable_gqa=Hkv != Hq)
+    rows = []
+    for name, fn in impls.items():
+        try:
+            seconds = time_gpu(cupy, fn, repeats)
+        except Exception as error:  # out of memory or an unsupported combination: record, go on
+            log(f"  {name:11s} {kind:8s} not measured: {type(error).__name__}: {str(error)[:120]}")
+            continue
+        rows.append(dict(config, dtype=kind, impl=name, seconds=seconds, tflops=flops / seconds / 1e12))
     return rows
 
 
