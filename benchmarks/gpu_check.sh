@@ -41,9 +41,11 @@ START=$SECONDS
 
 step "1. versions"
 "$PYTHON" - <<'EOF'
-import platform, shutil, subprocess
+import importlib.util, platform, shutil, subprocess
 import numpy
 print(f"python {platform.python_version()}, numpy {numpy.__version__}")
+for name in ("threadpoolctl", "hypothesis", "pytest"):
+    print(f"{name}: {'found' if importlib.util.find_spec(name) else 'MISSING (the tests that need it skip or fail)'}")
 try:
     import cupy
     rt = cupy.cuda.runtime

@@ -15,6 +15,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from conftest import require
 from strategies import (AttentionShape, PagedCase, build_paged_cache, encode_dtype, kernel_attention_cases,
                         paged_cases, random_qkv)
 from tinytransformer import cuda
@@ -437,6 +438,8 @@ def test_bench_attention_on_the_cpu_states_threads_and_wall_time_and_writes_json
     import json
 
     from tinytransformer.bench.attention import main, summary
+
+    require("threadpoolctl", "a runtime dependency: the CPU benchmark sets and states BLAS threads through it")
 
     target = tmp_path / "cpu.json"
     assert main(["--device", "cpu", "--quick", "--only", "decode", "--repeats", "2", "--threads", "1",
