@@ -49,7 +49,8 @@ from pathlib import Path
 import numpy as np
 
 from tinytransformer import cuda
-from tinytransformer.bench import best_time, write_json_atomic
+from tinytransformer._files import atomic_writer
+from tinytransformer.bench import best_time
 
 SHORT = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
 GOALS = dict(v3_vs_sdpa=0.5, causal_speedup=1.7, decode_of_copy=0.70)  # what the GPU run is held to
@@ -481,7 +482,9 @@ def main(argv=None) -> int:
     if results is None:
         return 1
     if args.json is not None:
-        write_json_atomic(args.json, results)
+        data = json.dumps(results, indent=1, default=float).encode("utf-8")
+        with atomic_writer(args.json, f"results file {str(args.json)!r}") as handle:  # temporary file, renamed
+            handle.write(data)
         print(f"wrote {args.json}")
     print()
     print("\n".join(summary(results)))
