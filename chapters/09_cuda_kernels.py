@@ -1,10 +1,10 @@
 # %% [markdown]
 # # Chapter 9: CUDA kernels and the paged KV cache
-# How the GPU kernels in `cuda_kernels/` compute what chapters 1 and 4 define, what each
+# How the GPU kernels in `tinytransformer/kernels/` compute what chapters 1 and 4 define, what each
 # kernel version spends in shared memory and registers, and why a server pages its KV cache.
-# Modules: `tinytransformer/cuda.py`, `tinytransformer/paged_cache.py`, `cuda_kernels/*.cu`.
+# Modules: `tinytransformer/cuda/`, `tinytransformer/paged_cache.py`, `tinytransformer/kernels/*.cu`.
 # Run: `python chapters/09_cuda_kernels.py [--quick]` (no GPU needed; the benchmark plot
-# appears once `python -m tinytransformer.bench attention` has stored results).
+# appears once `benchmarks/gpu_check.sh` has stored GPU results under benchmarks/results/).
 
 # %%
 import json
@@ -193,13 +193,14 @@ save(fig, CHAPTER, "paged_cache")
 
 # %%
 heading("benchmark results")
-results = sorted((ROOT / "benchmarks" / "results").glob("attention-*.json"))
+results = [(data["date"], path.name, data) for path in (ROOT / "benchmarks" / "results").glob("attention-*.json")
+           for data in [json.loads(path.read_text())] if data.get("backend") == "cuda"]
 if not results:
-    print("no benchmark results under benchmarks/results/ yet: run `python -m tinytransformer.bench attention`")
+    print("no GPU benchmark results under benchmarks/results/ yet: run `benchmarks/gpu_check.sh`")
     print("on a machine with a CUDA GPU and CuPy; this section then plots the newest file.")
 else:
-    data = json.loads(results[-1].read_text())
-    print(f"{results[-1].name}: {data['device']}, {data['date']}")
+    _, name, data = max(results)
+    print(f"{name}: {data['device']}, {data['date']}")
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     for ax, causal in zip(axes[:2], (False, True)):
         rows = [r for r in data["prefill"] if r["D"] == 128 and r["causal"] == causal and r["Hkv"] == r["Hq"]]

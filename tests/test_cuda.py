@@ -4,15 +4,18 @@ Backends are ("numpy", version None) and ("cuda", version 1, 2, 3) for flash att
 ("numpy",) and ("cuda", 1, 2) for paged decode. The cuda cases skip, with the reason,
 where CuPy or a GPU is missing; the numpy cases and the argument checks run everywhere.
 The planted-bug tests build deliberately broken kernels and assert that the same laws
-reject them (GPU only).
+reject them (GPU, or the CPU emulation of tests/test_cuda_emulated.py).
 """
 from __future__ import annotations
+
+import re
 
 import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from conftest import require
 from strategies import (AttentionShape, PagedCase, build_paged_cache, encode_dtype, kernel_attention_cases,
                         paged_cases, random_qkv)
 from tinytransformer import cuda
@@ -51,12 +54,14 @@ def _atol(dtype, n_heads, length, alibi):
 
 
 def check_flash_law(shape, causal, alibi, dtype, seed, *, backend, version, defines=()):
-    """out equals softmax(q k^T / sqrt(D) + alibi, causal) v; lse equals the reference log-sum-exp."""
+    """out equals softmax(q k^T / sqrt(D) + alibi, causal) v, in the input's storage dtype;
+    lse equals the reference log-sum-exp."""
     q, k, v = random_qkv(shape, seed, np.float64)
     (qx, q64, dt), (kx, k64, _), (vx, v64, _) = (encode_dtype(x, dtype) for x in (q, k, v))
     slopes = alibi_slopes(shape.n_heads) if alibi else None
-    out, lse = cuda.flash_attention(qx, kx, vx, causal=causal, alibi_slopes=slopes, return_lse=True,
-                                    backend=backend, version=version, dtype=dt, defines=defines)
+    out, lse = cuda.flash_attention_with_lse(qx, kx, vx, causal=causal, alibi_slopes=slopes, backend=backend,
+                                             version=version, dtype=dt, defines=defines)
+    assert out.dtype == qx.dtype and out.shape == qx.shape, (out.dtype, out.shape)
     if dtype == "bfloat16":
         out = cuda.from_bfloat16_bits(np.asarray(out))
     bias = alibi_bias(shape.n_heads, shape.q_len, shape.kv_len) if alibi else None
@@ -81,6 +86,7 @@ def check_decode_law(case, causal, alibi, dtype, *, backend, version, split_len=
     if backend == "cuda":
         kwargs.update(version=version, split_len=split_len, defines=defines)
     out = cuda.paged_decode_attention(qx, kx, vx, tables, lengths, **kwargs)
+    assert out.dtype == qx.dtype and out.shape == qx.shape, (out.dtype, out.shape)
     if dtype == "bfloat16":
         out = cuda.from_bfloat16_bits(np.asarray(out))
     expected = []
@@ -113,6 +119,17 @@ def test_flash_attention_equals_reference_at_the_tuned_head_dims(backend, versio
 
 
 @pytest.mark.parametrize("backend, version", FLASH_BACKENDS)
+def test_flash_attention_is_the_output_of_flash_attention_with_lse(backend, version):
+    dtype = flash_dtypes(backend, version)[-1]
+    shape = AttentionShape(batch=1, n_heads=2, n_kv_heads=1, q_len=9, kv_len=11, head_dim=16)
+    (qx, _, dt), (kx, _, _), (vx, _, _) = (encode_dtype(x, dtype) for x in random_qkv(shape, 1, np.float64))
+    kwargs = dict(causal=True, backend=backend, version=version, dtype=dt)
+    out = cuda.flash_attention(qx, kx, vx, **kwargs)
+    np.testing.assert_array_equal(out, cuda.flash_attention_with_lse(qx, kx, vx, **kwargs)[0])
+    assert out.dtype == qx.dtype
+
+
+@pytest.mark.parametrize("backend, version", FLASH_BACKENDS)
 def test_flash_rows_that_see_no_key_give_zeros_and_minus_inf_lse(backend, version):
     """Causal with T > S: the first T - S query rows have no visible key."""
     dtype = flash_dtypes(backend, version)[0]
@@ -138,6 +155,32 @@ def test_paged_decode_long_ragged_contexts_with_many_splits(backend, version):
     check_decode_law(case, True, False, "float16", backend=backend, version=version, split_len=64)
 
 
+def _zeros(shape, dtype):
+    return encode_dtype(np.zeros(shape), dtype)[0]
+
+
+@pytest.mark.parametrize("backend", ["numpy", "cuda"])
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+def test_paged_decode_of_an_empty_batch_is_empty_in_the_input_dtype(backend, dtype):
+    """B = 0: an empty [0, Hq, T, D] of the input's storage dtype, on any machine (nothing is launched)."""
+    q, pool = _zeros((0, 4, 1, 64), dtype), _zeros((3, 2, 4, 64), dtype)
+    out = cuda.paged_decode_attention(q, pool, pool, np.zeros((0, 2), np.int32), np.zeros((0,), np.int32),
+                                      backend=backend, dtype="bfloat16" if dtype == "bfloat16" else None)
+    assert out.shape == (0, 4, 1, 64) and out.dtype == q.dtype
+
+
+@pytest.mark.parametrize("backend, empty", [("numpy", "B"), ("numpy", "T"),
+                                            ("cuda", "B"), ("cuda", "T")])
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+def test_flash_of_an_empty_batch_is_empty_in_the_input_dtype(backend, empty, dtype):
+    """B = 0 or T = 0: out [B, Hq, T, D] in the input's storage dtype, lse [B, Hq, T]; nothing is launched."""
+    B, T = (0, 3) if empty == "B" else (2, 0)
+    q, kv = _zeros((B, 4, T, 64), dtype), _zeros((B, 2, 5, 64), dtype)
+    out, lse = cuda.flash_attention_with_lse(q, kv, kv, backend=backend, version=2 if dtype == "float32" else 3,
+                                             dtype="bfloat16" if dtype == "bfloat16" else None)
+    assert out.shape == q.shape and out.dtype == q.dtype and lse.shape == q.shape[:3]
+
+
 @needs_gpu
 @pytest.mark.gpu
 @pytest.mark.parametrize("version", cuda.DECODE_VERSIONS)
@@ -151,6 +194,63 @@ def test_paged_decode_without_table_checks_gives_the_same_output(version):
     outs = [cuda.paged_decode_attention(q, cache.k_pool[0], cache.v_pool[0], tables, lengths, version=version,
                                         check_tables=check) for check in (True, False)]
     np.testing.assert_array_equal(outs[0], outs[1])
+
+
+@needs_gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("version", cuda.DECODE_VERSIONS)
+def test_paged_decode_reads_strided_index_arrays_by_their_values(version):
+    """Views that are not C-contiguous (a table cut from a wider one, every other length or slope)
+    give the result of their contiguous copies: the launcher hands the kernel C-order copies."""
+    cupy = cuda.require_cuda()
+    case = PagedCase(n_kv_heads=1, group=2, head_dim=64, block_size=4, lengths=(9, 5, 13), q_len=1,
+                     interleave=True, decoy=True, seed=6)
+    cache, ids, _, _ = build_paged_cache(case, dtype=np.float32)
+    tables, lengths = cache.batch(ids)
+    B, width = tables.shape
+    wide = np.zeros((B, width + 3), np.int32)  # the extra columns name block 0: valid, but wrong
+    wide[:, :width] = tables
+    slopes = alibi_slopes(2).astype(np.float32)
+    q = np.random.default_rng(0).standard_normal((B, 2, 1, 64)).astype(np.float32)
+    expected = cuda.paged_decode_attention(q, cache.k_pool[0], cache.v_pool[0], tables, lengths,
+                                           alibi_slopes=slopes, backend="numpy")
+    strided_tables = cupy.asarray(wide)[:, :width]
+    strided_lengths = cupy.asarray(np.stack([lengths, np.ones_like(lengths)], axis=1))[:, 0]
+    strided_slopes = cupy.asarray(np.repeat(slopes, 2))[::2]
+    assert not (strided_tables.flags["C_CONTIGUOUS"] or strided_lengths.flags["C_CONTIGUOUS"]
+                or strided_slopes.flags["C_CONTIGUOUS"])
+    out = cuda.paged_decode_attention(cupy.asarray(q), cupy.asarray(cache.k_pool[0]), cupy.asarray(cache.v_pool[0]),
+                                      strided_tables, strided_lengths, alibi_slopes=strided_slopes, version=version,
+                                      split_len=32)
+    assert_close(out.get(), expected, dtype="float32", err_msg="decode with strided index arrays")
+
+
+@needs_gpu
+@pytest.mark.gpu
+def test_flash_reads_strided_slopes_by_their_values_and_rejects_strided_tensors():
+    cupy = cuda.require_cuda()
+    q, k, v = (cupy.asarray(x) for x in _qkv(Hq=4, Hkv=2, T=5, S=7, D=16))
+    slopes = alibi_slopes(4).astype(np.float32)
+    expected = cuda.flash_attention(q.get(), k.get(), v.get(), alibi_slopes=slopes, backend="numpy")
+    out = cuda.flash_attention(q, k, v, alibi_slopes=cupy.asarray(np.repeat(slopes, 2))[::2], version=2)
+    assert_close(out.get(), expected, dtype="float32", err_msg="flash with strided slopes")
+    with pytest.raises(ValueError, match=r"k: expected a C-contiguous array.*cupy.ascontiguousarray\(k\)"):
+        cuda.flash_attention(q, k[:, :, ::-1], v)
+
+
+@needs_gpu
+@pytest.mark.gpu
+def test_model_decodes_a_ragged_batch_through_the_kernels_as_through_numpy(tmp_path):
+    """attention="cuda" (prefill through cuda.flash_attention, the batched decode through
+    cuda.paged_decode_attention) gives the greedy ids of attention="sdpa", for ragged prompts."""
+    from tinytransformer.llama import load_model
+    from tinytransformer.testing import write_random_llama
+
+    path = write_random_llama(tmp_path / "tiny.gguf", n_layers=1, seed=3)
+    prompts = [[5, 70, 33], list(range(40, 51)), [200, 7, 7, 9, 120, 64]]
+    want = load_model(path, attention="sdpa").generate_many(prompts, 4, stop_at_eos=False)
+    got = load_model(path, attention="cuda").generate_many(prompts, 4, stop_at_eos=False)
+    assert got == want
 
 
 # --- planted bugs: the laws above must reject each broken build ----------------------
@@ -196,8 +296,10 @@ def _qkv(Hq=4, Hkv=2, T=3, S=5, D=8, dtype=np.float32):
 
 
 @pytest.mark.parametrize("call, message", [
-    (lambda: cuda.flash_attention(*_qkv(Hq=7, Hkv=2)), "q has 7 heads but k has 2; n_heads must be a multiple"),
-    (lambda: cuda.flash_attention(*_qkv()[:2], _qkv(S=6)[2]), r"v: expected the shape of k \(1, 2, 5, 8\)"),
+    (lambda: cuda.flash_attention(*_qkv(Hq=7, Hkv=2)), r"k: expected a number of KV heads that divides q's 7 heads"),
+    (lambda: cuda.flash_attention(*_qkv()[:2], _qkv(S=6)[2]), r"v: expected \[B, Hkv, S\] = \[1, 2, 5\]"),
+    (lambda: cuda.flash_attention(*_qkv()[:2], _qkv(D=4)[2]), r"v: expected head dim 8 \(q's; the kernels need Dv"),
+    (lambda: cuda.flash_attention(*_qkv()[:2], _qkv()[2][0]), r"v: expected rank 4 \[B, Hkv, S, Dv\], got shape"),
     (lambda: cuda.flash_attention(*_qkv(dtype=np.float64)), "q: expected float32, float16 or bfloat16"),
     (lambda: cuda.flash_attention(*_qkv(dtype=np.float16), version=2), "q: flash v2 takes float32, got float16"),
     (lambda: cuda.flash_attention(*_qkv(), version=3), "q: flash v3 takes float16 or bfloat16, got float32"),
@@ -205,10 +307,12 @@ def _qkv(Hq=4, Hkv=2, T=3, S=5, D=8, dtype=np.float32):
     (lambda: cuda.flash_attention(*_qkv(), version=4), r"version: expected one of \(1, 2, 3\), got 4"),
     (lambda: cuda.flash_attention(*_qkv(), alibi_slopes=np.ones(3)), r"alibi_slopes: expected shape \[Hq\] = \[4\]"),
     (lambda: cuda.flash_attention(*(x.view(np.uint16) for x in _qkv(dtype=np.float16))),
-     "uint16 arrays are read as bfloat16 only with dtype='bfloat16'"),
-    (lambda: cuda.flash_attention(*_qkv(), dtype="bfloat16"), "dtype='bfloat16' expects uint16 arrays"),
+     "q: expected dtype='bfloat16' with uint16 arrays"),
+    (lambda: cuda.flash_attention(*_qkv(), dtype="bfloat16"), "q: expected uint16 arrays of bf16 bit patterns"),
     (lambda: cuda.flash_attention(*_qkv(), backend="torch"), r"backend: expected one of \('numpy', 'cuda'\)"),
-    (lambda: cuda.flash_attention(*_qkv(), scale=float("nan")), "scale: expected a finite number"),
+    (lambda: cuda.flash_attention_with_lse(*_qkv(), backend="torch"), r"backend: expected one of"),
+    (lambda: cuda.flash_attention(*_qkv(), scale=float("nan")), "scale: expected a finite real number"),
+    (lambda: cuda.flash_attention(*_qkv(), scale=True), "scale: expected a finite real number"),
     (lambda: cuda.flash_attention([[1.0]], *_qkv()[1:]), "q: expected a NumPy or CuPy array, got list"),
 ])
 def test_flash_rejects_bad_arguments_naming_the_argument_before_touching_the_gpu(call, message):
@@ -269,7 +373,7 @@ def test_every_kernel_fits_the_48_kilobyte_static_shared_memory_limit(kernel, he
     assert budget["state_floats"] < 255  # the register file a thread can address
 
 
-# --- the benchmark's own arithmetic, and its behaviour without a GPU --------------------
+# --- the benchmark: its arithmetic, its arguments, its CPU run and its closing table --------
 
 
 def test_benchmark_counts_flops_and_bytes_the_usual_way():
@@ -279,16 +383,86 @@ def test_benchmark_counts_flops_and_bytes_the_usual_way():
     assert attention_flops(4, 16, 4096, 4096, 128, True) == 2 * 4 * 16 * 4096 * 4096 * 128
     assert decode_bytes(8, 8, 16384, 128, 2) == 2 * 8 * 8 * 16384 * 128 * 2
     configs = prefill_configs()
-    assert {c["T"] for c in configs} == {512, 1024, 2048, 4096, 8192, 16384}
+    assert {c["T"] for c in configs} == {1024, 4096, 16384}
+    assert {(c["D"], c["causal"]) for c in configs} == {(64, False), (64, True), (128, False), (128, True)}
     assert {(c["Hq"], c["Hkv"]) for c in configs} == {(16, 16), (16, 4)}
-    assert all(4 <= c["B"] <= 16 for c in configs)
+    assert {c["B"] * c["T"] for c in configs} == {16384}  # the same tokens per call at every length
     assert max(c["L"] for c in decode_configs()) == 16384
+    assert max(c["T"] for c in prefill_configs(device="cpu")) <= 1024  # the CPU table stays small
+
+
+def test_bench_attention_dry_run_prints_the_plan_and_measures_nothing(tmp_path, capsys):
+    from tinytransformer.bench.attention import main
+
+    target = tmp_path / "results.json"
+    assert main(["--device", "cuda", "--dry-run", "--json", str(target)]) == 0
+    out = capsys.readouterr().out
+    assert "14 prefill and 6 decode configurations" in out and str(target) in out
+    assert "B=1 Hq=16 Hkv=16 T=16384" in out and "L=16384" in out
+    assert not target.exists() and list(tmp_path.iterdir()) == []
+    assert main(["--device", "cpu", "--quick", "--only", "decode", "--dry-run"]) == 0
+    assert "0 prefill and 2 decode configurations" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--repeats", "0"], "--repeats: expected an integer >= 1, got 0"),
+    (["--threads", "-2"], "--threads: expected an integer >= 1, got -2"),
+    (["--max-seq", "10", "--device", "cuda"], "--max-seq: expected at least 1024"),
+    (["--json", "/nonexistent-folder/r.json"], "--json: expected a file in an existing folder"),
+    (["--device", "tpu"], "argument --device: invalid choice"),
+    (["--summary", "/nonexistent-folder/r.json"], "--summary: expected a results file written by --json"),
+])
+def test_bench_attention_rejects_bad_arguments_before_measuring(argv, message, capsys):
+    from tinytransformer.bench.attention import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(argv + ["--dry-run"])
+    assert stop.value.code == 2 and message in capsys.readouterr().err
 
 
 @pytest.mark.skipif(GPU_OK, reason="this machine has a CUDA backend; the message is for machines without one")
-def test_bench_attention_without_a_gpu_exits_nonzero_with_the_reason(capsys):
+def test_bench_attention_on_cuda_without_a_gpu_exits_nonzero_with_the_reason(capsys):
     from tinytransformer.bench.attention import main
 
-    assert main([]) == 2
+    assert main(["--device", "cuda"]) == 2
     err = capsys.readouterr().err
     assert "needs a CUDA GPU and CuPy" in err and "Nothing was measured" in err
+
+
+def test_bench_attention_on_the_cpu_states_threads_and_wall_time_and_writes_json(tmp_path, capsys):
+    import json
+
+    from tinytransformer.bench.attention import main, summary
+
+    require("threadpoolctl", "a runtime dependency: the CPU benchmark sets and states BLAS threads through it")
+
+    target = tmp_path / "cpu.json"
+    assert main(["--device", "cpu", "--quick", "--only", "decode", "--repeats", "2", "--threads", "1",
+                 "--json", str(target)]) == 0
+    out = capsys.readouterr().out
+    assert "1 thread" in out and "wall time, best of 2" in out
+    results = json.loads(target.read_text())
+    assert results["backend"] == "cpu" and "1 thread" in results["blas"]
+    assert {r["impl"] for r in results["decode"]} == {"numpy_paged", "numpy_contiguous"}
+    assert all(r["seconds"] > 0 and r["gbps"] > 0 for r in results["decode"])
+    assert [p.name for p in tmp_path.iterdir()] == ["cpu.json"]  # no temporary file left behind
+    assert out.rstrip().endswith(summary(results)[-1])  # the table comes last
+
+
+def test_bench_summary_holds_each_gpu_goal_to_its_measured_figure():
+    from tinytransformer.bench.attention import summary
+
+    base = dict(B=4, Hq=16, Hkv=16, T=4096, S=4096, D=128, dtype="float16")
+    prefill = [dict(base, causal=False, impl="flash_v3", seconds=2.0, tflops=50.0, ratio_to_sdpa=0.4),
+               dict(base, causal=True, impl="flash_v3", seconds=1.0, tflops=50.0, ratio_to_sdpa=0.6),
+               dict(base, causal=False, impl="torch_sdpa", seconds=0.8, tflops=125.0, ratio_to_sdpa=1.0)]
+    decode = [dict(B=1, Hq=32, Hkv=8, D=128, L=16384, block_size=16, dtype="float16", impl="decode_v2",
+                   seconds=1e-4, gbps=3000.0, fraction_of_copy=0.75)]
+    lines = summary(dict(device="GPU", backend="cuda", date="now", timing="CUDA events", copy_gbps=4000.0,
+                         prefill=prefill, decode=decode))
+    text = "\n".join(lines)
+    assert re.search(r"v3 / torch SDPA, not causal\s+0.40x\s+goal >= 0.50x\s+MISSED", text)
+    assert re.search(r"v3 causal speed-up over not causal\s+2.00x\s+goal >= 1.70x\s+met", text)
+    assert re.search(r"decode v2 share of copy, B = 1\s+75.0%\s+goal >= 70%\s+met", text)
+    lines = summary(dict(device="GPU", backend="cuda", date="now", timing="CUDA events", prefill=[], decode=[]))
+    assert "not measured" in "\n".join(lines)

@@ -5,31 +5,23 @@ so the C++ front end runs once) with ptxas -v, whose report
 (registers, spills, shared memory per kernel) the tests then read; one more run per
 file compiles both planted-bug defines to PTX (they are independent #ifdefs, so one
 build covers both code paths). The four runs start together in a module fixture.
-CuPy compiles the same text with NVRTC at run time; the sources include only the
-CUDA headers that NVRTC provides, so what nvcc accepts here NVRTC accepts there.
+CuPy compiles the same text with NVRTC at run time (with common.cuh pasted in by
+cuda.kernel_source, and the same -D tile defines); after that the sources include
+only the CUDA headers that NVRTC provides, so what nvcc accepts here NVRTC accepts there.
 """
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 
 from tinytransformer import cuda
+from tinytransformer.cuda.build import ARCHS, nvcc_command, nvcc_path, ptxas_report
 
 SOURCES = ("flash_attention", "decode_attention")
-ARCHS = ("sm_80", "sm_90")
-
-
-def _nvcc() -> str | None:
-    return shutil.which("nvcc") or next(
-        (str(p) for p in (Path("/usr/local/cuda/bin/nvcc"),) if p.is_file()), None)
-
-
-NVCC = _nvcc()
+NVCC = nvcc_path()
 
 
 @pytest.fixture(scope="module")
@@ -40,15 +32,10 @@ def builds(tmp_path_factory):
     out = tmp_path_factory.mktemp("cuda_builds")
     jobs = {}
     for name in SOURCES:
-        src = str(cuda.KERNEL_DIR / f"{name}.cu")
-        # one front-end pass (compute_80 PTX), then ptxas for each of sm_80 and sm_90
-        gencode = [f"-gencode=arch=compute_80,code=[{','.join(ARCHS)}]"]
-        full = out / f"{name}.fatbin"
-        jobs[(name, "full")] = ([NVCC, *cuda.compile_options(include_dirs=[]), "--fatbin", *gencode,
-                                 "-Xptxas", "-v", "-o", str(full), src], full)
+        full = out / f"{name}.fatbin"  # one front-end pass (compute_80 PTX), then ptxas for sm_80 and sm_90
+        jobs[(name, "full")] = (nvcc_command(NVCC, name, full), full)
         planted = out / f"{name}_planted.ptx"
-        jobs[(name, "planted")] = ([NVCC, *cuda.compile_options(cuda.PLANTED_BUGS, include_dirs=[]), "-ptx",
-                                    "-arch=compute_80", "-o", str(planted), src], planted)
+        jobs[(name, "planted")] = (nvcc_command(NVCC, name, planted, defines=cuda.PLANTED_BUGS, ptx=True), planted)
     start = time.perf_counter()
     running = {key: subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
                for key, (cmd, _) in jobs.items()}
@@ -57,21 +44,6 @@ def builds(tmp_path_factory):
         text, _ = proc.communicate(timeout=600)
         results[key] = (proc.returncode, text, jobs[key][1], time.perf_counter() - start)
     return results
-
-
-def _ptxas_report(text: str, arch: str) -> dict:
-    """{kernel name: {"registers", "spill_bytes", "smem"}} from ptxas -v output for one arch."""
-    report = {}
-    for chunk in text.split("Compiling entry function")[1:]:
-        m = re.match(r" '(\w+)' for '(\w+)'", chunk)
-        if not m or m.group(2) != arch:
-            continue
-        regs = re.search(r"Used (\d+) registers", chunk)
-        smem = re.search(r"(\d+) bytes smem", chunk)
-        spills = re.findall(r"(\d+) bytes spill (?:stores|loads)", chunk)
-        report[m.group(1)] = {"registers": int(regs.group(1)), "smem": int(smem.group(1)) if smem else 0,
-                              "spill_bytes": sum(map(int, spills))}
-    return report
 
 
 def expected_kernels(name: str) -> set:
@@ -89,7 +61,7 @@ def test_every_cu_file_compiles_for_sm80_and_sm90_with_every_launched_kernel(bui
     assert code == 0, f"nvcc failed on {name}.cu:\n{text[-4000:]}"
     assert path.stat().st_size > 0
     for arch in ARCHS:
-        assert set(_ptxas_report(text, arch)) == expected_kernels(name), f"kernels built for {arch}"
+        assert set(ptxas_report(text, arch)) == expected_kernels(name), f"kernels built for {arch}"
     assert seconds < 300, f"compiling {name}.cu took {seconds:.0f} s"
 
 
@@ -107,7 +79,7 @@ def test_no_kernel_spills_registers_to_local_memory(builds, name):
     code, text, _, _ = builds[(name, "full")]
     assert code == 0
     for arch in ARCHS:
-        spilled = {k: r["spill_bytes"] for k, r in _ptxas_report(text, arch).items() if r["spill_bytes"]}
+        spilled = {k: r["spill_bytes"] for k, r in ptxas_report(text, arch).items() if r["spill_bytes"]}
         assert not spilled, f"{arch}: kernels spill registers: {spilled}"
 
 
@@ -116,7 +88,7 @@ def test_shared_memory_reported_by_ptxas_equals_the_budget_table(builds, name):
     """cuda.kernel_budget (used by the lecture) computes the same bytes as the compiler."""
     code, text, _, _ = builds[(name, "full")]
     assert code == 0
-    for kernel, report in _ptxas_report(text, "sm_90").items():
+    for kernel, report in ptxas_report(text, "sm_90").items():
         if kernel.startswith("decode_combine"):
             assert report["smem"] == 0
             continue
@@ -133,28 +105,53 @@ def test_tensor_core_version_issues_mma_for_fp16_and_bf16(builds):
     assert "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32" in ptx
 
 
-@pytest.mark.parametrize("name", SOURCES)
-def test_tile_constants_in_python_match_the_cu_defines(name):
-    text = (cuda.KERNEL_DIR / f"{name}.cu").read_text()
-    defines = dict(re.findall(r"^#define (\w+) (\d+)\b", text, flags=re.M))
-    expected = ({"V2_THREADS": cuda.THREADS, "V2_BR": cuda.V2_BR, "V3_THREADS": cuda.THREADS,
-                 "V3_BR": cuda.V3_BR, "V3_PAD": cuda.V3_PAD} if name == "flash_attention"
-                else {"DEC_THREADS": cuda.THREADS, "DEC_ROWS": cuda.DEC_ROWS, "DEC_BC": cuda.DEC_BC})
-    assert {k: int(defines[k]) for k in expected} == expected
-    if name == "flash_attention":  # the head-dim dependent key tiles, V2_BC(D) and V3_BC(D)
-        assert "#define V2_BC(D_PAD) ((D_PAD) >= 128 ? 16 : 32)" in text
-        assert "#define V3_BC(D_PAD) ((D_PAD) >= 128 ? 32 : 64)" in text
-        assert [cuda.v2_block_k(d) for d in (64, 128)] == [32, 16]
-        assert [cuda.v3_block_k(d) for d in (64, 128)] == [64, 32]
+def test_tile_constants_come_only_from_the_python_defines():
+    """One source: no kernel file #defines a tile constant, each source that reads one stops with
+    #error when it is missing, and every define cuda.tile_defines() passes is read somewhere."""
+    tiles = {d.split("=")[0] for d in cuda.tile_defines()}
+    for path in cuda.KERNEL_DIR.glob("*.cu*"):
+        defined = set(re.findall(r"^\s*#\s*define\s+(\w+)", path.read_text(), flags=re.M))
+        assert not defined & tiles, f"{path.name} #defines tile constants {defined & tiles}"
+    guarded_anywhere = set()
+    for name in SOURCES:
+        text = cuda.kernel_source(name)  # with common.cuh pasted in
+        guarded = set(re.findall(r"!defined\((\w+)\)", text))
+        read = {t for t in tiles if re.search(rf"\b{t}\b", text) or f"{t.rsplit('_D', 1)[0]}_D##" in text}
+        assert read <= guarded, f"{name}.cu reads tile constants without an #error guard: {read - guarded}"
+        guarded_anywhere |= guarded
+    assert tiles <= guarded_anywhere, f"defines no source reads: {tiles - guarded_anywhere}"
 
 
 @pytest.mark.parametrize("name", SOURCES)
 def test_sources_include_only_headers_that_nvrtc_provides(name):
-    text = (cuda.KERNEL_DIR / f"{name}.cu").read_text()
-    includes = set(re.findall(r"^#include <([^>]+)>", text, flags=re.M))
-    assert includes <= {"cuda_fp16.h", "cuda_bf16.h"}, includes
+    """After kernel_source pastes common.cuh in, only cuda_fp16.h and cuda_bf16.h are left to find."""
+    raw = (cuda.KERNEL_DIR / f"{name}.cu").read_text()
+    assert re.findall(r'^#include "([^"]+)"', raw, flags=re.M) == ["common.cuh"]
+    text = cuda.kernel_source(name)
+    assert not re.findall(r'^#include "', text, flags=re.M), "a local header was not pasted in"
+    assert set(re.findall(r"^#include <([^>]+)>", text, flags=re.M)) <= {"cuda_fp16.h", "cuda_bf16.h"}
+    assert text.count("#define NEG_INF") == 1 and "last_visible_key" in text  # the shared helpers, once
     for planted in cuda.PLANTED_BUGS:
         assert f"#ifdef {planted}" in text or f"#ifndef {planted}" in text
+
+
+def test_kernel_sources_are_package_data_next_to_the_package():
+    """The sources sit inside the package, and setup.cfg ships every file kernel_source reads."""
+    import configparser
+    from pathlib import Path
+
+    import tinytransformer
+
+    package = Path(tinytransformer.__file__).resolve().parent
+    assert cuda.KERNEL_DIR == package / "kernels"
+    config = configparser.ConfigParser()
+    config.read(package.parent / "setup.cfg")
+    patterns = [p.strip() for p in config["options.package_data"]["tinytransformer"].split(",")]
+    shipped = {path for pattern in patterns for path in package.glob(pattern)}
+    needed = {cuda.KERNEL_DIR / f"{name}.cu" for name in SOURCES}
+    needed |= {cuda.KERNEL_DIR / h for name in SOURCES
+               for h in re.findall(r'^#include "([^"]+)"', (cuda.KERNEL_DIR / f"{name}.cu").read_text(), flags=re.M)}
+    assert needed <= shipped, f"not in package_data: {sorted(p.name for p in needed - shipped)}"
 
 
 @pytest.mark.parametrize("defines", [(), cuda.PLANTED_BUGS], ids=["kernels", "planted"])

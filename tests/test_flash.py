@@ -99,3 +99,10 @@ def test_no_keys_give_zeros_in_flash_and_in_sdpa_alike():
     for attend in (flash_attention, scaled_dot_product_attention):
         out = attend(q, k, v)
         assert out.shape == (1, 2, 3, 4) and not out.any()
+
+
+def test_an_empty_batch_gives_empty_outputs():
+    """B = 0 used to fail in a reshape with -1 (ambiguous when the batch is empty)."""
+    q, k = np.zeros((0, 4, 3, 8)), np.zeros((0, 2, 5, 8))
+    out, lse = flash_attention_with_lse(q, k, k, causal=True)
+    assert out.shape == (0, 4, 3, 8) and lse.shape == (0, 4, 3)

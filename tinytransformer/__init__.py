@@ -16,6 +16,7 @@ Chapters (module -> idea):
     paged_cache the paged KV cache (vLLM) and decode attention over it
     cuda        CUDA kernels through CuPy (CuPy itself is imported only when a kernel runs)
     serving     batching schedulers, speculative decoding, an OpenAI-compatible server
+    bfloat16    bfloat16 as uint16 bit patterns (GGUF's BF16 tensors, the kernels' bf16 inputs)
 
 Every public module is reachable from the package and is imported on first use,
 so `import tinytransformer` stays cheap:

@@ -115,7 +115,7 @@ def flash_attention_states(q, k, v, *, causal=False, scale=None, alibi_slopes=No
             m = m_new
             # m, l and o are new arrays at every step (never updated in place), so the
             # state can hand out views of them without copying.
-            yield TileState(i, j, (r0, r1), (c0, c1), m.reshape(B, Hq, -1), l.reshape(B, Hq, -1),
+            yield TileState(i, j, (r0, r1), (c0, c1), m.reshape(B, Hq, r1 - r0), l.reshape(B, Hq, r1 - r0),
                             o.reshape(B, Hq, r1 - r0, Dv))
 
 

@@ -60,6 +60,7 @@ from typing import Any
 import numpy as np
 
 from tinytransformer._files import atomic_writer, open_regular_file
+from tinytransformer.bfloat16 import from_bfloat16_bits, to_bfloat16_bits
 from tinytransformer.quant.ggml import DEQUANTIZERS as _LEGACY_DEQUANTIZERS
 from tinytransformer.quant.ggml import QUANTIZERS as _LEGACY_QUANTIZERS
 from tinytransformer.quant.kquants import DEQUANTIZERS as _K_DEQUANTIZERS
@@ -428,7 +429,7 @@ def dequantize_f16(raw: np.ndarray) -> np.ndarray:
 
 def dequantize_bf16(raw: np.ndarray) -> np.ndarray:
     """BF16: 2-byte bfloat16, the top 16 bits of a float32; x = bits << 16."""
-    return (raw.view("<u2").astype(np.uint32) << 16).view(np.float32)
+    return from_bfloat16_bits(raw.view("<u2"))
 
 
 DEQUANTIZERS = {F32: dequantize_f32, F16: dequantize_f16, BF16: dequantize_bf16,
@@ -481,9 +482,7 @@ def quantize(x: np.ndarray, kind: int) -> np.ndarray:
     if kind == F16:
         return x.astype("<f2").reshape(-1).view(np.uint8)
     if kind == BF16:  # round to nearest even on the dropped 16 bits
-        bits = x.reshape(-1).view(np.uint32).astype(np.uint64)
-        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
-        return bits.astype("<u2").view(np.uint8)
+        return to_bfloat16_bits(x.reshape(-1)).astype("<u2").view(np.uint8)
     return _BLOCK_QUANTIZERS[GGML_TYPES[kind].name](x)  # every other type is quantised in blocks
 
 

@@ -1,32 +1,47 @@
-"""Benchmark the attention kernels against each other, a naive CuPy attention and torch SDPA.
+"""Benchmark attention: the CUDA kernels next to torch SDPA on a GPU, the NumPy references on a CPU.
 
-    python -m tinytransformer.bench attention [--json PATH] [--quick] [--only flash|decode]
-                                               [--max-seq N] [--repeats N]
+    python -m tinytransformer.bench attention [--device auto|cuda|cpu] [--json PATH] [--quick]
+        [--only flash|decode] [--max-seq N] [--repeats N] [--threads N] [--dry-run]
+    python -m tinytransformer.bench attention --summary PATH      # the table of a results file
 
-Needs CuPy and a CUDA GPU; torch with CUDA is optional (the SDPA column). For every
-configuration it first validates each implementation against the NumPy reference on a
-small case, then warms up, then times with CUDA events (median of --repeats) in the same
-run, so every ratio compares numbers measured side by side.
+GPU (--device cuda; auto picks it when CuPy sees a GPU). Every kernel version is first
+checked against the NumPy reference on small ragged cases; if one fails, nothing is
+timed. Then, configuration by configuration and in the same run, the kernels,
+torch.nn.functional.scaled_dot_product_attention (when torch has CUDA) and a naive
+CuPy attention (matmul, softmax, matmul) are timed with CUDA events: the median of
+--repeats calls after 2 warm-up calls.
 
-Prefill (flash attention): B = 16 / 8 / 4 for T <= 2048 / 4096 / longer, H = 16 query
-heads with 16 or 4 KV heads, T = S from 512 to 16,384, D = 64 and 128, causal and not,
-fp16 and bf16 (v3, SDPA, naive) and fp32 (v1 up to T = 2048, v2, SDPA, naive).
-TFLOP/s uses the usual count 4 * B * H * T * S * D, halved when causal.
+  prefill  T = S = 1,024 / 4,096 / 16,384 with B = 16 / 4 / 1 (the same tokens per call),
+           16 query heads and 16 KV heads (also 4 KV heads at T = 4,096, D = 128),
+           D = 64 and 128, causal and not; flash v3 in fp16 and bf16, v2 in fp32, v1 up
+           to T = 1,024. TFLOP/s counts 4 B H T S D, halved when causal.
+  decode   one new token per sequence, Hq 32, Hkv 8, D 128, fp16, block size 16, a
+           shuffled block table, B = 1 and 8, context 1,024 / 4,096 / 16,384, versions
+           1 and 2. Before every timed call the L2 cache is flushed (a write of twice its
+           size), so the K/V bytes come from memory. GB/s counts the K/V bytes read,
+           2 B Hkv L D 2, and is compared with a device-to-device copy of 1 GiB measured
+           in the same run (counted as bytes read + bytes written).
 
-Decode (paged cache): one new token per sequence, Hq = 32, Hkv = 8, D = 128, fp16,
-block size 16 with a shuffled block table, batch 1 and 8, context 1,024 to 16,384,
-versions 1 and 2. GB/s counts the K/V bytes read, 2 * B * Hkv * L * D * 2; the copy
-baseline is a device-to-device copy of 1 GiB measured in the same run, counted as
-bytes read + bytes written.
+CPU (--device cpu, or auto without a GPU): small shapes for the NumPy references,
+with torch SDPA on the CPU beside them when torch is installed: prefill B 1, Hq 4,
+Hkv 2, T = S = 256 / 1,024, D 64, fp32, causal and not (NumPy sdpa, NumPy flash with
+its default 16 x 16 tiles, torch SDPA); decode B 4, Hq 8, Hkv 2, D 64, context
+256 / 1,024 (the paged-cache reference against sdpa over contiguous K/V). Wall time
+(time.perf_counter), best of --repeats after one warm-up call, with the BLAS threads
+stated (--threads sets them; torch gets the same number).
 
-Results go to --json PATH, by default benchmarks/results/attention-<device>-<time>.json.
+--json PATH writes every measurement (to a temporary file in the same folder, then
+renamed into place); the table of the goals and the main figures is printed last,
+and --summary PATH prints it again from the file. --dry-run checks the arguments,
+prints the plan and exits without measuring.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import math
-import re
+import os
+import platform
 import sys
 import time
 from pathlib import Path
@@ -34,8 +49,11 @@ from pathlib import Path
 import numpy as np
 
 from tinytransformer import cuda
+from tinytransformer._files import atomic_writer
+from tinytransformer.bench import best_time
 
-ROOT = Path(__file__).resolve().parents[2]
+SHORT = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
+GOALS = dict(v3_vs_sdpa=0.5, causal_speedup=1.7, decode_of_copy=0.70)  # what the GPU run is held to
 
 
 def attention_flops(B: int, H: int, T: int, S: int, D: int, causal: bool) -> float:
@@ -49,37 +67,60 @@ def decode_bytes(B: int, Hkv: int, L: int, D: int, itemsize: int) -> int:
     return 2 * B * Hkv * L * D * itemsize
 
 
-def prefill_configs(quick: bool = False, max_seq: int = 16384) -> list[dict]:
-    """The shapes of the prefill table (see the module docstring)."""
-    seqs = (512, 2048) if quick else (512, 1024, 2048, 4096, 8192, 16384)
+# --- the configurations -----------------------------------------------------------------
+
+
+def prefill_configs(quick: bool = False, max_seq: int = 16384, device: str = "cuda") -> list[dict]:
+    """The prefill shapes of the table (see the module docstring)."""
+    if device == "cpu":
+        seqs = {128: 1, 256: 1} if quick else {256: 1, 1024: 1}
+        return [dict(B=B, Hq=4, Hkv=2, T=T, S=T, D=64, causal=causal)
+                for T, B in seqs.items() if T <= max_seq for causal in (False, True)]
+    seqs = {1024: 2, 4096: 1} if quick else {1024: 16, 4096: 4, 16384: 1}  # T: B
     configs = []
-    for T in (t for t in seqs if t <= max_seq):
-        B = 16 if T <= 2048 else (8 if T <= 4096 else 4)
-        if quick:
-            B = 2
+    for T, B in seqs.items():
+        if T > max_seq:
+            continue
         for D in ((64,) if quick else (64, 128)):
-            for Hkv in ((4,) if quick else (16, 4)):
+            for Hkv in ((16, 4) if T == 4096 and D == 128 else (16,)):
                 for causal in (False, True):
                     configs.append(dict(B=B, Hq=16, Hkv=Hkv, T=T, S=T, D=D, causal=causal))
     return configs
 
 
-def decode_configs(quick: bool = False, max_seq: int = 16384) -> list[dict]:
-    contexts = (1024, 4096) if quick else (1024, 2048, 4096, 8192, 16384)
-    return [dict(B=B, Hq=32, Hkv=8, D=128, L=L, block_size=16)
-            for B in ((1,) if quick else (1, 8)) for L in contexts if L <= max_seq]
+def decode_configs(quick: bool = False, max_seq: int = 16384, device: str = "cuda") -> list[dict]:
+    """The decode shapes of the table."""
+    if device == "cpu":
+        contexts, batches, heads, D = ((128, 256) if quick else (256, 1024)), (4,), (8, 2), 64
+    else:
+        contexts, batches, heads, D = ((1024, 4096) if quick else (1024, 4096, 16384)), ((1,) if quick else (1, 8)), \
+            (32, 8), 128
+    return [dict(B=B, Hq=heads[0], Hkv=heads[1], D=D, L=L, block_size=16)
+            for B in batches for L in contexts if L <= max_seq]
 
 
-# --- timing ----------------------------------------------------------------------------
+def _shuffled_tables(B: int, L: int, block_size: int):
+    """A block table with the blocks of all sequences shuffled, and each sequence's length."""
+    per_seq = -(-L // block_size)
+    tables = np.random.default_rng(0).permutation(B * per_seq).astype(np.int32).reshape(B, per_seq)
+    return tables, np.full((B,), L, dtype=np.int32)
 
 
-def time_gpu(cupy, fn, repeats: int, warmup: int = 2) -> float:
-    """Median seconds of fn() over `repeats` runs, timed with CUDA events after `warmup` runs."""
+# --- GPU: timing, competitors, validation --------------------------------------------------
+
+
+def time_gpu(cupy, fn, repeats: int, warmup: int = 2, flush=None) -> float:
+    """Median seconds of fn() over `repeats` calls, timed with CUDA events after `warmup` calls.
+
+    flush, when given, runs before every timed call, outside the timed interval.
+    """
     for _ in range(warmup):
         fn()
     start, stop = cupy.cuda.Event(), cupy.cuda.Event()
     times = []
     for _ in range(repeats):
+        if flush is not None:
+            flush()
         start.record()
         fn()
         stop.record()
@@ -88,17 +129,20 @@ def time_gpu(cupy, fn, repeats: int, warmup: int = 2) -> float:
     return float(np.median(times))
 
 
+def l2_flusher(cupy):
+    """A function that evicts the L2 cache by writing a buffer of twice its size, and that size."""
+    l2 = int(cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id).get("l2CacheSize", 0)) or 64 << 20
+    buffer = cupy.empty(2 * l2, dtype=cupy.uint8)
+    return (lambda: buffer.fill(0)), l2
+
+
 def copy_bandwidth(cupy, repeats: int) -> float:
     """Device-to-device copy of 1 GiB: (bytes read + bytes written) / s."""
     n = 1 << 30
     src = cupy.empty(n, dtype=cupy.uint8)
     dst = cupy.empty_like(src)
     seconds = time_gpu(cupy, lambda: dst.data.copy_from_device(src.data, n), repeats)  # cudaMemcpy D2D
-    del src, dst
     return 2 * n / seconds
-
-
-# --- the competitors -------------------------------------------------------------------
 
 
 def naive_cupy_attention(cupy, q, k, v, causal, scale):
@@ -114,23 +158,20 @@ def naive_cupy_attention(cupy, q, k, v, causal, scale):
     return cupy.matmul(p, v)
 
 
-def torch_sdpa():
-    """torch.nn.functional.scaled_dot_product_attention when torch has CUDA, else None."""
+def torch_sdpa(device: str):
+    """(torch, description) when torch can run SDPA on `device` ("cuda" or "cpu"), else (None, why not)."""
     try:
         import torch
     except ImportError:
         return None, "torch is not installed"
-    if not torch.cuda.is_available():
+    if device == "cuda" and not torch.cuda.is_available():
         return None, f"torch {torch.__version__} has no CUDA"
-    return torch, torch.__version__
+    return torch, f"torch {torch.__version__}" + (f" (CUDA {torch.version.cuda})" if device == "cuda" else "")
 
 
 def _as_torch(torch, x, kind):
     t = torch.from_dlpack(x)
     return t.view(torch.bfloat16) if kind == "bfloat16" else t
-
-
-# --- validation before timing ----------------------------------------------------------
 
 
 def validate_kernels() -> list[str]:
@@ -145,16 +186,14 @@ def validate_kernels() -> list[str]:
         q = rng.standard_normal((1, 4, 77, D))
         k, v = rng.standard_normal((2, 1, 2, 150, D))
         for causal in (False, True):
-            expected = scaled_dot_product_attention(q, k, v, causal=causal)
             for version, kind in ((1, "float32"), (2, "float32"), (3, "float16"), (3, "bfloat16")):
                 if kind == "bfloat16":
                     args, dtype = [cuda.to_bfloat16_bits(x) for x in (q, k, v)], "bfloat16"
-                    ref = scaled_dot_product_attention(*(cuda.from_bfloat16_bits(a).astype(np.float64)
-                                                         for a in args), causal=causal)
+                    exact = [cuda.from_bfloat16_bits(a).astype(np.float64) for a in args]
                 else:
                     args, dtype = [x.astype(kind) for x in (q, k, v)], None
-                    ref = scaled_dot_product_attention(*(a.astype(np.float64) for a in args), causal=causal) \
-                        if kind == "float16" else expected
+                    exact = [a.astype(np.float64) for a in args]
+                ref = scaled_dot_product_attention(*exact, causal=causal)
                 out = cuda.flash_attention(*args, causal=causal, version=version, dtype=dtype)
                 out = cuda.from_bfloat16_bits(out) if kind == "bfloat16" else out
                 try:
@@ -177,131 +216,341 @@ def validate_kernels() -> list[str]:
     return failures
 
 
-# --- the runs --------------------------------------------------------------------------
-
-
-def run_prefill(cupy, torch, config: dict, repeats: int, log) -> list[dict]:
-    B, Hq, Hkv, T, S, D, causal = (config[x] for x in ("B", "Hq", "Hkv", "T", "S", "D", "causal"))
-    flops = attention_flops(B, Hq, T, S, D, causal)
-    scale = 1.0 / math.sqrt(D)
+def gpu_prefill(cupy, torch, config: dict, repeats: int, log) -> list[dict]:
     rows = []
     for kind in ("float16", "bfloat16", "float32"):
-        store = {"float16": cupy.float16, "bfloat16": cupy.uint16, "float32": cupy.float32}[kind]
-        rng = cupy.random.default_rng(0)
-        if kind == "bfloat16":
-            q, k, v = (cupy.asarray(cuda.to_bfloat16_bits(cupy.asnumpy(
-                rng.standard_normal(shape, dtype=cupy.float32)))) for shape in
-                ((B, Hq, T, D), (B, Hkv, S, D), (B, Hkv, S, D)))
-        else:
-            q, k, v = (rng.standard_normal(shape, dtype=cupy.float32).astype(store) for shape in
-                       ((B, Hq, T, D), (B, Hkv, S, D), (B, Hkv, S, D)))
-        dtype = "bfloat16" if kind == "bfloat16" else None
-        impls = {}
-        versions = (3,) if kind != "float32" else ((1, 2) if T <= 2048 else (2,))
-        for version in versions:
-            impls[f"flash_v{version}"] = (lambda version=version: cuda.flash_attention(
-                q, k, v, causal=causal, version=version, dtype=dtype))
-        if kind != "bfloat16" and B * Hq * T * S * 4 <= 8 << 30:  # the naive score matrix must fit
-            impls["naive_cupy"] = lambda: naive_cupy_attention(cupy, q, k, v, causal, scale)
-        if torch is not None:
-            tq, tk, tv = (_as_torch(torch, x, kind) for x in (q, k, v))
-            impls["torch_sdpa"] = lambda: torch.nn.functional.scaled_dot_product_attention(
-                tq, tk, tv, is_causal=causal, enable_gqa=Hkv != Hq)
-        for name, fn in impls.items():
-            try:
-                seconds = time_gpu(cupy, fn, repeats)
-            except Exception as error:  # out of memory or an unsupported combination: record, go on
-                log(f"  {name:11s} {kind:8s} skipped: {type(error).__name__}: {str(error)[:120]}")
-                continue
-            rows.append(dict(config, dtype=kind, impl=name, seconds=seconds, tflops=flops / seconds / 1e12))
-        del q, k, v
-        cupy.get_default_memory_pool().free_all_blocks()
-    sdpa = {r["dtype"]: r["tflops"] for r in rows if r["impl"] == "torch_sdpa"}
+        rows += _gpu_prefill_rows(cupy, torch, config, kind, repeats, log)
+        cupy.get_default_memory_pool().free_all_blocks()  # that dtype's arrays are gone with the call
+    _add_ratio_to_sdpa(rows)
     for r in rows:
-        r["ratio_to_sdpa"] = r["tflops"] / sdpa[r["dtype"]] if r["dtype"] in sdpa else None
-        ratio = f"{r['ratio_to_sdpa']:.2f}x SDPA" if r["ratio_to_sdpa"] else ""
-        log(f"  B={B:2d} Hq={Hq} Hkv={Hkv:2d} T=S={T:5d} D={D:3d} causal={int(causal)} {r['dtype']:8s} "
-            f"{r['impl']:11s} {r['seconds'] * 1e3:9.3f} ms {r['tflops']:7.2f} TFLOP/s {ratio}")
+        log(_prefill_line(r))
     return rows
 
 
-def run_decode(cupy, config: dict, copy_bps: float, repeats: int, log) -> list[dict]:
-    B, Hq, Hkv, D, L, bs = (config[x] for x in ("B", "Hq", "Hkv", "D", "L", "block_size"))
-    per_seq = -(-L // bs)
-    n_blocks = B * per_seq
+def _gpu_prefill_rows(cupy, torch, config: dict, kind: str, repeats: int, log) -> list[dict]:
+    B, Hq, Hkv, T, S, D, causal = (config[x] for x in ("B", "Hq", "Hkv", "T", "S", "D", "causal"))
+    flops = attention_flops(B, Hq, T, S, D, causal)
+    shapes = ((B, Hq, T, D), (B, Hkv, S, D), (B, Hkv, S, D))
     rng = cupy.random.default_rng(0)
-    k_pool = rng.standard_normal((n_blocks, Hkv, bs, D), dtype=cupy.float32).astype(cupy.float16)
-    v_pool = rng.standard_normal((n_blocks, Hkv, bs, D), dtype=cupy.float32).astype(cupy.float16)
-    tables = cupy.asarray(np.random.default_rng(0).permutation(n_blocks).astype(np.int32).reshape(B, per_seq))
-    lengths = cupy.full((B,), L, dtype=cupy.int32)
+    if kind == "bfloat16":
+        q, k, v = (cupy.asarray(cuda.to_bfloat16_bits(cupy.asnumpy(rng.standard_normal(shape, dtype=cupy.float32))))
+                   for shape in shapes)
+    else:
+        q, k, v = (rng.standard_normal(shape, dtype=cupy.float32).astype(kind) for shape in shapes)
+    dtype = "bfloat16" if kind == "bfloat16" else None
+    impls = {}
+    for version in ((3,) if kind != "float32" else ((1, 2) if T <= 1024 else (2,))):
+        impls[f"flash_v{version}"] = (lambda version=version: cuda.flash_attention(
+            q, k, v, causal=causal, version=version, dtype=dtype))
+    if kind != "bfloat16" and B * Hq * T * S * 4 <= 8 << 30:  # the naive score matrix must fit
+        impls["naive_cupy"] = lambda: naive_cupy_attention(cupy, q, k, v, causal, 1.0 / math.sqrt(D))
+    if torch is not None:
+        tq, tk, tv = (_as_torch(torch, x, kind) for x in (q, k, v))
+        impls["torch_sdpa"] = lambda: torch.nn.functional.scaled_dot_product_attention(
+            tq, tk, tv, is_causal=causal, enable_gqa=Hkv != Hq)
+    rows = []
+    for name, fn in impls.items():
+        try:
+            seconds = time_gpu(cupy, fn, repeats)
+        except Exception as error:  # out of memory or an unsupported combination: record, go on
+            log(f"  {name:11s} {kind:8s} not measured: {type(error).__name__}: {str(error)[:120]}")
+            continue
+        rows.append(dict(config, dtype=kind, impl=name, seconds=seconds, tflops=flops / seconds / 1e12))
+    return rows
+
+
+def gpu_decode(cupy, config: dict, copy_bps: float, flush, repeats: int, log) -> list[dict]:
+    B, Hq, Hkv, D, L, bs = (config[x] for x in ("B", "Hq", "Hkv", "D", "L", "block_size"))
+    tables, lengths = _shuffled_tables(B, L, bs)
+    rng = cupy.random.default_rng(0)
+    k_pool, v_pool = (rng.standard_normal((tables.size, Hkv, bs, D), dtype=cupy.float32).astype(cupy.float16)
+                      for _ in range(2))
     q = rng.standard_normal((B, Hq, 1, D), dtype=cupy.float32).astype(cupy.float16)
+    tables, lengths = cupy.asarray(tables), cupy.asarray(lengths)
     nbytes = decode_bytes(B, Hkv, L, D, 2)
     rows = []
     for version in cuda.DECODE_VERSIONS:
         seconds = time_gpu(cupy, lambda: cuda.paged_decode_attention(q, k_pool, v_pool, tables, lengths,
-                                                                     version=version, check_tables=False), repeats)
+                                                                     version=version, check_tables=False),
+                           repeats, flush=flush)
         gbps = nbytes / seconds / 1e9
         rows.append(dict(config, dtype="float16", impl=f"decode_v{version}", seconds=seconds, gbps=gbps,
                          fraction_of_copy=gbps * 1e9 / copy_bps))
-        log(f"  B={B:2d} Hq={Hq} Hkv={Hkv} D={D} L={L:5d} decode_v{version} {seconds * 1e6:9.1f} us "
-            f"{gbps:8.1f} GB/s = {gbps * 1e9 / copy_bps:5.1%} of copy")
+        log(_decode_line(rows[-1]))
     return rows
 
 
-def main(argv=None) -> int:
+# --- CPU ----------------------------------------------------------------------------------
+
+
+def cpu_prefill(torch, config: dict, repeats: int, log) -> list[dict]:
+    from tinytransformer.attention import scaled_dot_product_attention
+    from tinytransformer.flash import flash_attention
+
+    B, Hq, Hkv, T, S, D, causal = (config[x] for x in ("B", "Hq", "Hkv", "T", "S", "D", "causal"))
+    rng = np.random.default_rng(0)
+    q, k, v = (rng.standard_normal(shape).astype(np.float32) for shape in
+               ((B, Hq, T, D), (B, Hkv, S, D), (B, Hkv, S, D)))
+    impls = {"numpy_sdpa": lambda: scaled_dot_product_attention(q, k, v, causal=causal),
+             "numpy_flash": lambda: flash_attention(q, k, v, causal=causal)}
+    if torch is not None:
+        tq, tk, tv = (torch.from_numpy(x) for x in (q, k, v))
+        impls["torch_sdpa"] = lambda: torch.nn.functional.scaled_dot_product_attention(
+            tq, tk, tv, is_causal=causal, enable_gqa=Hkv != Hq)
+    flops = attention_flops(B, Hq, T, S, D, causal)
+    rows = []
+    for name, fn in impls.items():
+        fn()  # warm-up
+        seconds = best_time(fn, repeats, clock=time.perf_counter)
+        rows.append(dict(config, dtype="float32", impl=name, seconds=seconds, tflops=flops / seconds / 1e12))
+    _add_ratio_to_sdpa(rows)
+    for r in rows:
+        log(_prefill_line(r))
+    return rows
+
+
+def cpu_decode(config: dict, repeats: int, log) -> list[dict]:
+    from tinytransformer.attention import scaled_dot_product_attention
+    from tinytransformer.paged_cache import paged_decode_attention
+
+    B, Hq, Hkv, D, L, bs = (config[x] for x in ("B", "Hq", "Hkv", "D", "L", "block_size"))
+    tables, lengths = _shuffled_tables(B, L, bs)
+    rng = np.random.default_rng(0)
+    k_pool, v_pool = (rng.standard_normal((tables.size, Hkv, bs, D)).astype(np.float32) for _ in range(2))
+    q = rng.standard_normal((B, Hq, 1, D)).astype(np.float32)
+    positions = np.arange(L)
+    blocks = tables[:, positions // bs]  # [B, L]
+    k, v = (np.ascontiguousarray(np.swapaxes(pool[blocks, :, positions % bs], 1, 2)) for pool in (k_pool, v_pool))
+    impls = {"numpy_paged": lambda: paged_decode_attention(q, k_pool, v_pool, tables, lengths),
+             "numpy_contiguous": lambda: scaled_dot_product_attention(q, k, v, causal=True)}  # [B, Hkv, L, D]
+    nbytes = decode_bytes(B, Hkv, L, D, 4)
+    rows = []
+    for name, fn in impls.items():
+        fn()  # warm-up
+        seconds = best_time(fn, repeats, clock=time.perf_counter)
+        rows.append(dict(config, dtype="float32", impl=name, seconds=seconds, gbps=nbytes / seconds / 1e9))
+        log(_decode_line(rows[-1]))
+    return rows
+
+
+# --- report ---------------------------------------------------------------------------------
+
+
+def _add_ratio_to_sdpa(rows):
+    sdpa = {r["dtype"]: r["tflops"] for r in rows if r["impl"] == "torch_sdpa"}
+    for r in rows:
+        r["ratio_to_sdpa"] = r["tflops"] / sdpa[r["dtype"]] if r["dtype"] in sdpa else None
+
+
+def _prefill_line(r) -> str:
+    ratio = f" {r['ratio_to_sdpa']:.2f}x SDPA" if r.get("ratio_to_sdpa") else ""
+    return (f"  B={r['B']:2d} Hq={r['Hq']} Hkv={r['Hkv']:2d} T=S={r['T']:5d} D={r['D']:3d} causal={int(r['causal'])} "
+            f"{r['dtype']:8s} {r['impl']:11s} {r['seconds'] * 1e3:10.3f} ms {r['tflops']:9.4f} TFLOP/s{ratio}")
+
+
+def _decode_line(r) -> str:
+    share = f" = {r['fraction_of_copy']:5.1%} of copy" if "fraction_of_copy" in r else ""
+    return (f"  B={r['B']:2d} Hq={r['Hq']} Hkv={r['Hkv']} D={r['D']} L={r['L']:5d} {r['impl']:16s} "
+            f"{r['seconds'] * 1e6:10.1f} us {r['gbps']:8.2f} GB/s{share}")
+
+
+def _find(rows, **match):
+    found = [r for r in rows if all(r.get(k) == v for k, v in match.items())]
+    return found[0] if found else None
+
+
+def summary(results: dict) -> list[str]:
+    """The closing table: the goals (on a GPU) and the main figures, from a results dict."""
+    pre, dec = results.get("prefill", []), results.get("decode", [])
+    lines = [f"attention benchmark: {results['device']} ({results['backend']}), {results['date']}, "
+             f"{results['timing']}"]
+    if results["backend"] == "cuda":
+        lines.append(f"goals at T = S = 4096, D = 128, fp16, Hq = Hkv = 16; decode at context 16384 "
+                     f"(copy {results.get('copy_gbps', float('nan')):.0f} GB/s):")
+        where = dict(T=4096, D=128, Hkv=16, dtype="float16")
+        v3, v3c = _find(pre, impl="flash_v3", causal=False, **where), _find(pre, impl="flash_v3", causal=True, **where)
+        checks = [("v3 / torch SDPA, not causal", v3 and v3["ratio_to_sdpa"], GOALS["v3_vs_sdpa"], "x"),
+                  ("v3 causal speed-up over not causal", v3 and v3c and v3["seconds"] / v3c["seconds"],
+                   GOALS["causal_speedup"], "x")]
+        for B in sorted({r["B"] for r in dec}):
+            v2 = _find(dec, impl="decode_v2", L=16384, B=B)
+            checks.append((f"decode v2 share of copy, B = {B}", v2 and v2["fraction_of_copy"],
+                           GOALS["decode_of_copy"], "%"))
+        for what, value, goal, unit in checks:
+            shown = "not measured" if value is None else (f"{value:.1%}" if unit == "%" else f"{value:.2f}x")
+            goal_text = f">= {goal:.0%}" if unit == "%" else f">= {goal:.2f}x"
+            verdict = "" if value is None else ("met" if value >= goal else "MISSED")
+            lines.append(f"  {what:38s} {shown:>13s}  goal {goal_text:8s} {verdict}")
+    impls = sorted({(r["impl"], r["dtype"]) for r in pre})
+    if impls:
+        unit = "TFLOP/s" if results["backend"] == "cuda" else "GFLOP/s"
+        scale = 1.0 if results["backend"] == "cuda" else 1e3
+        lines.append(f"prefill, {unit}:")
+        lines.append(f"  {'T':>6s} {'Hkv':>4s} {'D':>4s} {'causal':>6s} "
+                     + " ".join(f"{i + ' ' + SHORT[d]:>16s}" for i, d in impls))
+        for T, Hkv, D, causal in sorted({(r["T"], r["Hkv"], r["D"], r["causal"]) for r in pre}):
+            cells = [_find(pre, T=T, Hkv=Hkv, D=D, causal=causal, impl=i, dtype=d) for i, d in impls]
+            lines.append(f"  {T:6d} {Hkv:4d} {D:4d} {str(causal):>6s} " + " ".join(
+                f"{c['tflops'] * scale:16.2f}" if c else f"{'-':>16s}" for c in cells))
+    if dec:
+        names = sorted({r["impl"] for r in dec})
+        lines.append("decode, GB/s of K/V read" + (" (share of copy)" if results["backend"] == "cuda" else "") + ":")
+        for B, L in sorted({(r["B"], r["L"]) for r in dec}):
+            cells = []
+            for name in names:
+                r = _find(dec, B=B, L=L, impl=name)
+                share = f" ({r['fraction_of_copy']:.0%})" if r and "fraction_of_copy" in r else ""
+                cells.append(f"{name} {r['gbps']:.1f}{share}" if r else f"{name} -")
+            lines.append(f"  B={B} L={L:5d}: " + ", ".join(cells))
+    return lines
+
+
+# --- the command ------------------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m tinytransformer.bench attention",
                                      description=__doc__.split("\n\n")[0])
-    parser.add_argument("--json", type=Path, help="where to write the results (default: benchmarks/results/)")
+    parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto",
+                        help="cuda: the kernels on a GPU (exit 2 without one); cpu: the NumPy references; "
+                             "auto: cuda when CuPy sees a GPU, else cpu")
+    parser.add_argument("--json", type=Path, help="also write the measurements to this file")
     parser.add_argument("--quick", action="store_true", help="a few small shapes, to check that it runs")
     parser.add_argument("--only", choices=("flash", "decode"), help="run one half of the benchmark")
     parser.add_argument("--max-seq", type=int, default=16384, help="longest T = S and decode context")
-    parser.add_argument("--repeats", type=int, default=5, help="timed runs per measurement (median)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed calls per measurement "
+                        "(GPU: median of 5 by default; CPU: best of 3)")
+    parser.add_argument("--threads", type=int, default=None, help="BLAS threads on the CPU (default: the "
+                        "library's own); torch gets the same number")
+    parser.add_argument("--dry-run", action="store_true", help="check the arguments, print the plan, measure nothing")
+    parser.add_argument("--summary", type=Path, metavar="PATH", help="print the table of a results file and exit")
+    return parser
+
+
+def plan(args, device: str) -> tuple[list[dict], list[dict]]:
+    """The prefill and decode configurations this run measures."""
+    prefill = prefill_configs(args.quick, args.max_seq, device) if args.only in (None, "flash") else []
+    decode = decode_configs(args.quick, args.max_seq, device) if args.only in (None, "decode") else []
+    return prefill, decode
+
+
+def main(argv=None) -> int:
+    parser = _parser()
     args = parser.parse_args(argv)
+    if args.summary is not None:
+        try:
+            results = json.loads(args.summary.read_text())
+            print("\n".join(summary(results)))
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            parser.error(f"--summary: expected a results file written by --json, got {args.summary}: "
+                         f"{type(error).__name__}: {error}")
+        return 0
+    for name in ("repeats", "threads"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            parser.error(f"--{name}: expected an integer >= 1, got {value}")
+    if args.json is not None and not args.json.parent.is_dir():
+        parser.error(f"--json: expected a file in an existing folder, got {args.json}")
 
     ok, why = cuda.cuda_status()
-    if not ok:
-        print(f"bench attention needs a CUDA GPU and CuPy: {why}. Nothing was measured.", file=sys.stderr)
+    device = ("cuda" if ok else "cpu") if args.device == "auto" else args.device
+    prefill, decode = plan(args, device)
+    if not prefill and not decode:
+        shortest = min(c["T"] if "T" in c else c["L"] for c in prefill_configs(args.quick, 1 << 30, device)
+                       + decode_configs(args.quick, 1 << 30, device))
+        parser.error(f"--max-seq: expected at least {shortest} (the shortest length of the table), got {args.max_seq}")
+    repeats = args.repeats or (5 if device == "cuda" else 3)
+
+    if args.dry_run:
+        print(f"dry run: device {device} ({why if ok else 'no GPU here: ' + why}); {repeats} repeats; "
+              f"{len(prefill)} prefill and {len(decode)} decode configurations; "
+              f"results to {args.json or '(printed only)'}")
+        for c in prefill + decode:
+            print("  " + " ".join(f"{k}={v}" for k, v in c.items()))
+        if device == "cuda" and not ok:
+            print(f"a real run would stop here: --device cuda needs a CUDA GPU and CuPy ({why})")
+        return 0
+    if device == "cuda" and not ok:
+        print(f"bench attention --device cuda needs a CUDA GPU and CuPy: {why}. Nothing was measured.",
+              file=sys.stderr)
         return 2
+    if args.device == "auto" and device == "cpu":
+        print(f"no CUDA backend here ({why}): timing the NumPy references on the CPU")
+
+    results = run_gpu(prefill, decode, repeats) if device == "cuda" else run_cpu(prefill, decode, repeats,
+                                                                                   args.threads)
+    if results is None:
+        return 1
+    if args.json is not None:
+        data = json.dumps(results, indent=1, default=float).encode("utf-8")
+        with atomic_writer(args.json, f"results file {str(args.json)!r}") as handle:  # temporary file, renamed
+            handle.write(data)
+        print(f"wrote {args.json}")
+    print()
+    print("\n".join(summary(results)))
+    return 0
+
+
+def _header(device: str, backend: str, timing: str, repeats: int) -> dict:
+    return dict(device=device, backend=backend, timing=timing, repeats=repeats, numpy=np.__version__,
+                python=platform.python_version(), date=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                prefill=[], decode=[])
+
+
+def run_gpu(prefill, decode, repeats: int) -> dict | None:
     cupy = cuda.require_cuda()
     props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
-    device = why
-    torch, torch_info = torch_sdpa()
-    log = print
-    log(f"device: {device}, {props['multiProcessorCount']} SMs; cupy {cupy.__version__}; SDPA: {torch_info}")
-
-    log("validating every kernel version against the NumPy reference ...")
+    torch, torch_info = torch_sdpa("cuda")
+    results = _header(cuda.cuda_status()[1], "cuda", f"CUDA events, median of {repeats} after 2 warm-ups", repeats)
+    results.update(sms=int(props["multiProcessorCount"]), cupy=cupy.__version__,
+                   cuda_runtime=cupy.cuda.runtime.runtimeGetVersion(), driver=cupy.cuda.runtime.driverGetVersion(),
+                   torch=torch_info if torch is not None else None)
+    print(f"device: {results['device']}, {results['sms']} SMs; cupy {cupy.__version__}; SDPA: {torch_info}")
+    print("validating every kernel version against the NumPy reference ...")
     failures = validate_kernels()
     if failures:
         for f in failures:
             print(f"INVALID {f}", file=sys.stderr)
         print("validation failed: nothing was timed", file=sys.stderr)
-        return 1
-    log("all versions match the reference")
+        return None
+    print("all versions match the reference")
+    if prefill:
+        print("prefill (flash attention):")
+        for config in prefill:
+            results["prefill"] += gpu_prefill(cupy, torch, config, repeats, print)
+    if decode:
+        copy_bps = copy_bandwidth(cupy, repeats)
+        flush, l2 = l2_flusher(cupy)
+        results.update(copy_gbps=copy_bps / 1e9, l2_bytes=l2)
+        print(f"decode (paged cache); device-to-device copy: {copy_bps / 1e9:.1f} GB/s (read + write); "
+              f"L2 ({l2 / 2**20:.0f} MiB) flushed before every timed call")
+        for config in decode:
+            results["decode"] += gpu_decode(cupy, config, copy_bps, flush, repeats, print)
+    return results
 
-    results = dict(device=device, sms=int(props["multiProcessorCount"]), cupy=cupy.__version__,
-                   torch=torch_info if torch is not None else None,
-                   date=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), repeats=args.repeats,
-                   prefill=[], decode=[])
-    if args.only in (None, "flash"):
-        log("prefill (flash attention):")
-        for config in prefill_configs(args.quick, args.max_seq):
-            results["prefill"].append(run_prefill(cupy, torch, config, args.repeats, log))
-        results["prefill"] = [r for rows in results["prefill"] for r in rows]
-    if args.only in (None, "decode"):
-        copy_bps = copy_bandwidth(cupy, args.repeats)
-        results["copy_gbps"] = copy_bps / 1e9
-        log(f"decode (paged cache); device-to-device copy: {copy_bps / 1e9:.1f} GB/s (read + write)")
-        for config in decode_configs(args.quick, args.max_seq):
-            results["decode"] += run_decode(cupy, config, copy_bps, args.repeats, log)
 
-    path = args.json
-    if path is None:
-        slug = re.sub(r"[^A-Za-z0-9]+", "-", device).strip("-").lower()
-        path = ROOT / "benchmarks" / "results" / f"attention-{slug}-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(results, indent=1))
-    log(f"wrote {path}")
-    return 0
+def run_cpu(prefill, decode, repeats: int, threads: int | None) -> dict:
+    from tinytransformer.threads import blas_description, blas_threads
+
+    torch, torch_info = torch_sdpa("cpu")
+    with blas_threads(threads):
+        if torch is not None and threads is not None:
+            torch.set_num_threads(threads)
+        results = _header(f"{platform.machine()} CPU, {os.cpu_count()} cores", "cpu",
+                          f"wall time, best of {repeats} after 1 warm-up", repeats)
+        results.update(blas=blas_description(), torch=torch_info if torch is not None else None,
+                       torch_threads=torch.get_num_threads() if torch is not None else None)
+        print(f"CPU: {results['device']}; BLAS: {results['blas']}; "
+              f"SDPA: {torch_info}" + (f", {results['torch_threads']} thread(s)" if torch is not None else ""))
+        if prefill:
+            print("prefill (NumPy sdpa, NumPy flash, torch SDPA):")
+            for config in prefill:
+                results["prefill"] += cpu_prefill(torch, config, repeats, print)
+        if decode:
+            print("decode (paged-cache reference, sdpa over contiguous K/V):")
+            for config in decode:
+                results["decode"] += cpu_decode(config, repeats, print)
+    return results
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 // Cached decode attention over a paged KV cache.
 //
 // The NumPy reference is tinytransformer.paged_cache.paged_decode_attention;
-// tinytransformer/cuda.py loads this file with cupy.RawModule and checks each
-// version against it before anything is timed.
+// tinytransformer/cuda/decode.py launches these kernels, and each version is
+// checked against that reference (tests/test_cuda.py) before anything is timed
+// (tinytransformer/bench/attention.py).
 //
 // Decoding reads the whole cache to produce one token per sequence: the work is
 // tiny (2 * Hq * T * L * D multiply-adds) and the bytes are many (2 * Hkv * L * D
@@ -29,35 +30,23 @@
 // slope_h * (j - p). Element types fp32, fp16, bf16 (q, pools and output alike),
 // arithmetic in fp32; head dims padded to 64 or 128.
 //
+// Tile constants (TT_THREADS, DEC_ROWS, DEC_BC) are -D defines from
+// tinytransformer/cuda/build.py, their one source.
+//
 // Planted bugs (compile-time defines; the property tests must catch each):
 //   PLANTED_BUG_NO_RESCALE          the running output is not rescaled by
 //                                   exp(m_old - m_new) when the max grows
-//   PLANTED_BUG_CAUSAL_OFF_BY_ONE   each query sees one future key (T >= 2)
+//   PLANTED_BUG_CAUSAL_OFF_BY_ONE   each query sees one future key (T >= 2; common.cuh)
 
-#include <cuda_fp16.h>
-#include <cuda_bf16.h>
+#include "common.cuh"
 
-#define NEG_INF (__int_as_float(0xff800000))
-
-#define DEC_THREADS 128
-#define DEC_ROWS 16  // query rows (group heads x new tokens) per block
-#define DEC_BC 32    // keys per tile
-
-__device__ __forceinline__ float to_float(float x) { return x; }
-__device__ __forceinline__ float to_float(__half x) { return __half2float(x); }
-__device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
-__device__ __forceinline__ void from_float(float x, float* dst) { *dst = x; }
-__device__ __forceinline__ void from_float(float x, __half* dst) { *dst = __float2half_rn(x); }
-__device__ __forceinline__ void from_float(float x, __nv_bfloat16* dst) { *dst = __float2bfloat16_rn(x); }
-
-// Query t of a sequence of length L with T new tokens sits at p = L - T + t.
-__device__ __forceinline__ int last_visible_key(int t, int T, int L) {
-#ifdef PLANTED_BUG_CAUSAL_OFF_BY_ONE
-    return L - T + t + 1;  // planted bug: one future key leaks in
-#else
-    return L - T + t;
+// DEC_ROWS: query rows (group heads x new tokens) per block; DEC_BC: keys per tile.
+#if !defined(DEC_ROWS) || !defined(DEC_BC)
+#error "decode tile constants missing: build with the options of tinytransformer.cuda.build.compile_options()"
 #endif
-}
+
+// Query t of a sequence of length L with T new tokens sits at p = L - T + t:
+// query_position(t, T, L) and last_visible_key(t, T, L) of common.cuh.
 
 // One K or V tile [DEC_BC keys][D_PAD] of (sequence, KV head) into shared memory as fp32,
 // following the block table; zero past key_end and D. When D fills D_PAD and the pool is
@@ -71,8 +60,8 @@ __device__ __forceinline__ void load_paged_tile(float* dst, const scalar_t* __re
     if (D == D_PAD && (reinterpret_cast<unsigned long long>(pool) & 15) == 0) {
         constexpr int PER_ROW = D_PAD / VEC;
 #pragma unroll
-        for (int it = 0; it < (DEC_BC * PER_ROW + DEC_THREADS - 1) / DEC_THREADS; ++it) {
-            const int idx = threadIdx.x + it * DEC_THREADS;
+        for (int it = 0; it < (DEC_BC * PER_ROW + TT_THREADS - 1) / TT_THREADS; ++it) {
+            const int idx = threadIdx.x + it * TT_THREADS;
             if (idx >= DEC_BC * PER_ROW) break;
             const int jl = idx / PER_ROW, d = (idx % PER_ROW) * VEC, j = j0 + jl;
             union { uint4 raw; scalar_t x[VEC]; } u;
@@ -88,7 +77,7 @@ __device__ __forceinline__ void load_paged_tile(float* dst, const scalar_t* __re
                     make_float4(to_float(u.x[e]), to_float(u.x[e + 1]), to_float(u.x[e + 2]), to_float(u.x[e + 3]));
         }
     } else {
-        for (int idx = threadIdx.x; idx < DEC_BC * D_PAD; idx += DEC_THREADS) {
+        for (int idx = threadIdx.x; idx < DEC_BC * D_PAD; idx += TT_THREADS) {
             const int jl = idx / D_PAD, d = idx % D_PAD, j = j0 + jl;
             float x = 0.0f;
             if (j < key_end && d < D) {
@@ -119,10 +108,14 @@ __device__ __forceinline__ void decode_body(
     const float* __restrict__ alibi_slopes, scalar_t* __restrict__ out, float* __restrict__ part_o,
     float* __restrict__ part_lse, int Hq, int Hkv, int T, int D, int block_size, int max_blocks, float scale,
     int causal, int split_len, int n_splits) {
+    static_assert(TT_THREADS == 8 * DEC_ROWS, "decode gives each query row 8 threads for its scores");
+    static_assert(DEC_BC % 8 == 0, "the 8 threads of a row split the keys of a tile");
+    static_assert(TT_THREADS % (D_PAD / 4) == 0 && DEC_ROWS % (TT_THREADS / (D_PAD / 4)) == 0,
+                  "output threads own 4 columns and an equal share of the rows");
     constexpr int NJ = DEC_BC / 8;             // scores per thread per tile
     constexpr int LDK = D_PAD + 4;             // Qs/Ks row length: float4-aligned, rows 4 banks apart
     constexpr int CG = D_PAD / 4;              // output column groups of 4
-    constexpr int RG = DEC_THREADS / CG;       // output row groups
+    constexpr int RG = TT_THREADS / CG;        // output row groups
     constexpr int RPT = DEC_ROWS / RG;         // output rows per thread
     __shared__ __align__(16) float Qs[DEC_ROWS][LDK];
     __shared__ __align__(16) float Ks[DEC_BC][LDK];
@@ -141,7 +134,7 @@ __device__ __forceinline__ void decode_body(
     const int split_begin = blockIdx.z * split_len;
     const int split_end = min(L, split_begin + split_len);
 
-    for (int idx = tid; idx < DEC_ROWS * D_PAD; idx += DEC_THREADS) {  // Q rows of the group, fp32
+    for (int idx = tid; idx < DEC_ROWS * D_PAD; idx += TT_THREADS) {  // Q rows of the group, fp32
         const int r = idx / D_PAD, d = idx % D_PAD, gr = row0 + r;
         float x = 0.0f;
         if (r < valid_rows && d < D) {
@@ -173,7 +166,6 @@ __device__ __forceinline__ void decode_body(
         __syncthreads();  // the tiles are complete before anyone reads them
 
         float s[NJ];
-        float tile_max = NEG_INF;
 #pragma unroll
         for (int jj = 0; jj < NJ; ++jj) {
             const int jl = c + 8 * jj, j = j0 + jl;
@@ -184,27 +176,13 @@ __device__ __forceinline__ void decode_body(
                 for (int d = 0; d < D_PAD; d += 4)
                     dot += dot4(*reinterpret_cast<const float4*>(&Qs[r][d]),
                                 *reinterpret_cast<const float4*>(&Ks[jl][d]));
-                s[jj] = dot * scale + slope * (float)(j - (L - T + t));  // s = q.k scale + alibi
+                s[jj] = dot * scale + slope * (float)(j - query_position(t, T, L));  // s = q.k scale + alibi
             }
-            tile_max = fmaxf(tile_max, s[jj]);
         }
+        // m, l and p = exp(s - m_new) over the row's 8 lanes; alpha = exp(m_old - m_new)
+        const float alpha = online_softmax_update<NJ, 8>(s, m, l);
 #pragma unroll
-        for (int off = 1; off < 8; off <<= 1)  // max over the 8 lanes of the row
-            tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, off));
-        const float m_new = fmaxf(m, tile_max);               // m_new = max(m, rowmax(s))
-        const float m_safe = m_new == NEG_INF ? 0.0f : m_new;  // nothing seen yet: avoid inf - inf
-        const float alpha = expf(m - m_safe);                 // exp(m - m_new)
-        float row_sum = 0.0f;
-#pragma unroll
-        for (int jj = 0; jj < NJ; ++jj) {
-            const float p = expf(s[jj] - m_safe);  // p = exp(s - m_new); masked -> 0
-            Ps[r][c + 8 * jj] = p;
-            row_sum += p;
-        }
-#pragma unroll
-        for (int off = 1; off < 8; off <<= 1) row_sum += __shfl_xor_sync(0xffffffffu, row_sum, off);
-        l = alpha * l + row_sum;  // l = exp(m - m_new) l + rowsum(p)
-        m = m_new;
+        for (int jj = 0; jj < NJ; ++jj) Ps[r][c + 8 * jj] = s[jj];
         if (c == 0) alpha_s[r] = alpha;
         __syncthreads();  // P and alpha of every row are visible to the output threads
 
@@ -285,12 +263,12 @@ __device__ __forceinline__ void decode_combine_body(const float* __restrict__ pa
     }
 }
 
-// One kernel serves both versions; they differ in the launch (tinytransformer/cuda.py):
+// One kernel serves both versions; they differ in the launch (tinytransformer/cuda/decode.py):
 //   v1: grid (B * Hkv, ceil(G * T / DEC_ROWS), 1), split_len >= max context, part_o = nullptr:
 //       the block writes the normalised output to out.
 //   v2: grid (B * Hkv, ceil(G * T / DEC_ROWS), n_splits), then decode_combine_* over B * Hq * T rows.
 #define DECODE_ENTRY(NAME, SCALAR, D_PAD)                                                                \
-    extern "C" __global__ void __launch_bounds__(DEC_THREADS) decode_##NAME##_d##D_PAD(                    \
+    extern "C" __global__ void __launch_bounds__(TT_THREADS) decode_##NAME##_d##D_PAD(                    \
         const SCALAR* q, const SCALAR* k_pool, const SCALAR* v_pool, const int* block_tables,            \
         const int* context_lens, const float* alibi_slopes, SCALAR* out, float* part_o, float* part_lse, \
         int Hq, int Hkv, int T, int D, int block_size, int max_blocks, float scale, int causal,          \

@@ -1,9 +1,9 @@
 // Flash attention forward: exact softmax(Q K^T * scale + alibi) V, tile by tile.
 //
 // The NumPy reference is tinytransformer.flash.flash_attention (and behind it
-// attention.scaled_dot_product_attention); tinytransformer/cuda.py loads this
-// file with cupy.RawModule and checks every version against that reference
-// before anything is timed.
+// attention.scaled_dot_product_attention); tinytransformer/cuda/flash.py
+// launches these kernels, and every version is checked against that reference
+// (tests/test_cuda.py) before anything is timed (tinytransformer/bench/attention.py).
 //
 // Versions (each one is the previous plus one idea):
 //   v1  naive: one thread per query row, three passes over the keys (max, sum,
@@ -27,32 +27,29 @@
 // log-sum-exp of each row's scores; a row that sees no key gets o = 0 and
 // lse = -inf.
 //
+// Tile constants (TT_THREADS, V2_BR, V2_BC_D<D>, V3_BR, V3_BC_D<D>, V3_PAD) are
+// -D defines from tinytransformer/cuda/build.py, their one source.
+//
 // Planted bugs (compile-time defines; the property tests must catch each):
 //   PLANTED_BUG_NO_RESCALE          the running output is not multiplied by
 //                                   exp(m_old - m_new) when the max grows (v2, v3)
 //   PLANTED_BUG_CAUSAL_OFF_BY_ONE   the causal boundary lets each row see one
-//                                   future key (all versions)
+//                                   future key (all versions; common.cuh)
 //
 // The file compiles with NVRTC (as CuPy does) and with nvcc -std=c++17 for
 // sm_80 and sm_90; v3 needs sm_80 or newer (bf16 mma).
 
-#include <cuda_fp16.h>
-#include <cuda_bf16.h>
+#include "common.cuh"
 
-#define NEG_INF (__int_as_float(0xff800000))
+#if !defined(V2_BR) || !defined(V2_BC_D32) || !defined(V2_BC_D64) || !defined(V2_BC_D128) || !defined(V3_BR) || \
+    !defined(V3_BC_D64) || !defined(V3_BC_D128) || !defined(V3_PAD)
+#error "flash tile constants missing: build with the options of tinytransformer.cuda.build.compile_options()"
+#endif
+
 #define LOG2E 1.4426950408889634f
 #define LN2 0.6931471805599453f
 
 // ---- the masking and bias rules, shared by every version -------------------------
-
-// The last key a query row may see under the causal mask: j <= p_i = S - T + i.
-__device__ __forceinline__ int last_visible_key(int i, int T, int S) {
-#ifdef PLANTED_BUG_CAUSAL_OFF_BY_ONE
-    return S - T + i + 1;  // planted bug: one future key leaks in
-#else
-    return S - T + i;
-#endif
-}
 
 __device__ __forceinline__ bool key_visible(int i, int j, int T, int S, int causal) {
     return j < S && (!causal || j <= last_visible_key(i, T, S));
@@ -60,7 +57,7 @@ __device__ __forceinline__ bool key_visible(int i, int j, int T, int S, int caus
 
 // ALiBi: slope_h * (j - p_i), or 0 without slopes.
 __device__ __forceinline__ float alibi(const float* slopes, int h, int i, int j, int T, int S) {
-    return slopes ? slopes[h] * (float)(j - (S - T + i)) : 0.0f;
+    return slopes ? slopes[h] * (float)(j - query_position(i, T, S)) : 0.0f;
 }
 
 // =====================================================================================
@@ -118,23 +115,21 @@ extern "C" __global__ void flash_v1_fp32(const float* __restrict__ q, const floa
 
 // =====================================================================================
 // v2: tiled in shared memory, online softmax, fp32.
-// A block of 128 threads owns Br = 32 query rows of one (b, h): 4 threads per row
+// A block of TT_THREADS threads owns Br = V2_BR = TT_THREADS / 4 query rows of one (b, h): 4 threads per row
 // (a "quad": lanes 4r..4r+3 of the warp). Thread (r, c) computes the scores of
 // keys c, c+4, c+8, ... of each key tile and owns output columns c, c+4, c+8, ...
 // grid: (ceil(T / Br), Hq, B).
 // =====================================================================================
 
-#define V2_THREADS 128
-#define V2_BR 32
-#define V2_BC(D_PAD) ((D_PAD) >= 128 ? 16 : 32)  // keeps shared memory under 48 KB at D = 128
-
-template <int D_PAD>
+// Bc = V2_BC_D<D_PAD> keys per tile (16 at D = 128 keeps shared memory under 48 KB).
+template <int D_PAD, int Bc>
 __device__ __forceinline__ void flash_v2_body(const float* __restrict__ q, const float* __restrict__ k,
                                               const float* __restrict__ v, float* __restrict__ o,
                                               float* __restrict__ lse, const float* __restrict__ alibi_slopes,
                                               int Hq, int Hkv, int T, int S, int D, float scale, int causal) {
     constexpr int Br = V2_BR;
-    constexpr int Bc = V2_BC(D_PAD);
+    static_assert(TT_THREADS == 4 * Br, "v2 gives each query row a quad of 4 threads");
+    static_assert(Bc % 4 == 0 && D_PAD % 4 == 0, "a quad splits the keys and the columns four ways");
     constexpr int NJ = Bc / 4;      // scores per thread per key tile
     constexpr int ND = D_PAD / 4;   // output columns per thread
     // +1 pads the rows so that the 8 rows a warp touches fall in different banks
@@ -153,7 +148,7 @@ __device__ __forceinline__ void flash_v2_body(const float* __restrict__ q, const
     const float* kb = k + ((long long)b * Hkv + hk) * S * D;
     const float* vb = v + ((long long)b * Hkv + hk) * S * D;
 
-    for (int idx = tid; idx < Br * D_PAD; idx += V2_THREADS) {  // Q tile, zero past T and D
+    for (int idx = tid; idx < Br * D_PAD; idx += TT_THREADS) {  // Q tile, zero past T and D
         const int rr = idx / D_PAD, d = idx % D_PAD;
         Qs[rr][d] = (i0 + rr < T && d < D) ? qb[(long long)(i0 + rr) * D + d] : 0.0f;
     }
@@ -168,7 +163,7 @@ __device__ __forceinline__ void flash_v2_body(const float* __restrict__ q, const
 
     for (int j0 = 0; j0 < kv_end; j0 += Bc) {
         __syncthreads();  // every thread is done with the previous K, V and P tiles (and Qs is written)
-        for (int idx = tid; idx < Bc * D_PAD; idx += V2_THREADS) {  // K_j, V_j tiles, zero past S and D
+        for (int idx = tid; idx < Bc * D_PAD; idx += TT_THREADS) {  // K_j, V_j tiles, zero past S and D
             const int jj = idx / D_PAD, d = idx % D_PAD;
             const bool in = j0 + jj < S && d < D;
             Ks[jj][d] = in ? kb[(long long)(j0 + jj) * D + d] : 0.0f;
@@ -178,7 +173,6 @@ __device__ __forceinline__ void flash_v2_body(const float* __restrict__ q, const
 
         // S_ij = Q_i K_j^T * scale + bias, masked to -inf
         float s[NJ];
-        float tile_max = NEG_INF;
 #pragma unroll
         for (int jj = 0; jj < NJ; ++jj) {
             const int jl = c + 4 * jj, j = j0 + jl;
@@ -187,25 +181,11 @@ __device__ __forceinline__ void flash_v2_body(const float* __restrict__ q, const
             for (int d = 0; d < D_PAD; ++d) dot += Qs[r][d] * Ks[jl][d];
             s[jj] = (i < T && key_visible(i, j, T, S, causal))
                         ? dot * scale + alibi(alibi_slopes, h, i, j, T, S) : NEG_INF;
-            tile_max = fmaxf(tile_max, s[jj]);
         }
-        tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 1));  // max over the quad
-        tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 2));
-
-        const float m_new = fmaxf(m, tile_max);               // m_new = max(m, rowmax(S_ij))
-        const float m_safe = m_new == NEG_INF ? 0.0f : m_new;  // nothing seen yet: avoid inf - inf
-        const float alpha = expf(m - m_safe);                 // exp(m - m_new), 0 on the first tile
-        float row_sum = 0.0f;
+        // m, l and P = exp(S_ij - m_new) over the quad; alpha = exp(m_old - m_new)
+        const float alpha = online_softmax_update<NJ, 4>(s, m, l);
 #pragma unroll
-        for (int jj = 0; jj < NJ; ++jj) {
-            const float p = expf(s[jj] - m_safe);  // P = exp(S_ij - m_new); masked -> 0
-            Ps[r][c + 4 * jj] = p;
-            row_sum += p;
-        }
-        row_sum += __shfl_xor_sync(0xffffffffu, row_sum, 1);
-        row_sum += __shfl_xor_sync(0xffffffffu, row_sum, 2);
-        l = alpha * l + row_sum;  // l = exp(m - m_new) l + rowsum(P)
-        m = m_new;
+        for (int jj = 0; jj < NJ; ++jj) Ps[r][c + 4 * jj] = s[jj];
         __syncwarp();  // row r of Ps was written by this quad, which is in this warp
 
 #ifndef PLANTED_BUG_NO_RESCALE
@@ -232,10 +212,10 @@ __device__ __forceinline__ void flash_v2_body(const float* __restrict__ q, const
 }
 
 #define FLASH_V2_ENTRY(D_PAD)                                                                          \
-    extern "C" __global__ void __launch_bounds__(V2_THREADS) flash_v2_fp32_d##D_PAD(                     \
+    extern "C" __global__ void __launch_bounds__(TT_THREADS) flash_v2_fp32_d##D_PAD(                     \
         const float* q, const float* k, const float* v, float* o, float* lse, const float* alibi_slopes, \
         int B, int Hq, int Hkv, int T, int S, int D, float scale, int causal) {                          \
-        flash_v2_body<D_PAD>(q, k, v, o, lse, alibi_slopes, Hq, Hkv, T, S, D, scale, causal);           \
+        flash_v2_body<D_PAD, V2_BC_D##D_PAD>(q, k, v, o, lse, alibi_slopes, Hq, Hkv, T, S, D, scale, causal); \
     }
 FLASH_V2_ENTRY(32)
 FLASH_V2_ENTRY(64)
@@ -243,7 +223,7 @@ FLASH_V2_ENTRY(128)
 
 // =====================================================================================
 // v3: tensor cores (mma.sync.m16n8k16, fp16/bf16 in, fp32 accumulate).
-// A block of 4 warps owns Br = 64 query rows; warp w owns rows 16w..16w+15. Per key
+// A block of TT_THREADS / 32 warps owns Br = V3_BR query rows; warp w owns rows 16w..16w+15. Per key
 // tile of Bc keys: S = Q K^T (Bc/8 accumulators of 16x8), online softmax on the
 // accumulators, P V (D_PAD/8 accumulators of 16x8). Fragment layout of one 16x8
 // fp32 accumulator for lane = 4 g + t (PTX ISA, "mma.m16n8k16"):
@@ -257,10 +237,8 @@ FLASH_V2_ENTRY(128)
 // grid: (ceil(T / Br), Hq, B).
 // =====================================================================================
 
-#define V3_THREADS 128
-#define V3_BR 64
-#define V3_BC(D_PAD) ((D_PAD) >= 128 ? 32 : 64)  // keeps shared memory under 48 KB at D = 128
-#define V3_PAD 8                                // 16 bytes per row: fragment loads hit 32 distinct banks
+// V3_PAD = 8 elements (16 bytes) pad every shared-memory row, so that the fragment loads of a
+// warp hit 32 distinct banks; Bc = V3_BC_D<D_PAD> (32 at D = 128 keeps shared memory under 48 KB).
 
 __device__ __forceinline__ void mma_16816(float c[4], const unsigned a[4], unsigned b0, unsigned b1, __half) {
     asm volatile(
@@ -289,11 +267,6 @@ __device__ __forceinline__ unsigned pack2(float lo, float hi, __nv_bfloat16) {
     return *reinterpret_cast<unsigned*>(&x);
 }
 
-__device__ __forceinline__ float to_float(__half x) { return __half2float(x); }
-__device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
-__device__ __forceinline__ void from_float(float x, __half* dst) { *dst = __float2half_rn(x); }
-__device__ __forceinline__ void from_float(float x, __nv_bfloat16* dst) { *dst = __float2bfloat16_rn(x); }
-
 // Two consecutive 16-bit elements of a shared-memory tile as one 32-bit register.
 template <typename scalar_t>
 __device__ __forceinline__ unsigned load_pair(const scalar_t* p) {
@@ -320,13 +293,14 @@ __device__ __forceinline__ void load_tile(scalar_t* dst, const scalar_t* src, in
     }
 }
 
-template <typename scalar_t, int D_PAD>
+template <typename scalar_t, int D_PAD, int Bc>
 __device__ __forceinline__ void flash_v3_body(const scalar_t* __restrict__ q, const scalar_t* __restrict__ k,
                                               const scalar_t* __restrict__ v, scalar_t* __restrict__ o,
                                               float* __restrict__ lse, const float* __restrict__ alibi_slopes,
                                               int Hq, int Hkv, int T, int S, int D, float scale, int causal) {
     constexpr int Br = V3_BR;
-    constexpr int Bc = V3_BC(D_PAD);
+    static_assert(TT_THREADS / 32 * 16 == Br, "v3 gives each warp 16 query rows (one mma tile high)");
+    static_assert(Bc % 16 == 0 && D_PAD % 16 == 0, "mma.m16n8k16 steps through keys and columns by 16");
     constexpr int LDQ = D_PAD + V3_PAD;  // row length of Qs and Ks (elements)
     constexpr int LDV = Bc + V3_PAD;     // row length of Vt
     constexpr int NK = D_PAD / 16;       // k-steps of Q K^T
@@ -373,7 +347,7 @@ __device__ __forceinline__ void flash_v3_body(const scalar_t* __restrict__ q, co
     for (int j0 = 0; j0 < kv_end; j0 += Bc) {
         __syncthreads();  // every warp is done with the previous Ks and Vt
         load_tile<scalar_t, Bc, D_PAD, LDQ>(Ks, kb + (long long)j0 * D, S - j0, D);
-        for (int idx = tid; idx < Bc * D_PAD; idx += V3_THREADS) {  // Vt[d][j] = V[j0 + j][d]
+        for (int idx = tid; idx < Bc * D_PAD; idx += TT_THREADS) {  // Vt[d][j] = V[j0 + j][d]
             const int jl = idx / D_PAD, d = idx % D_PAD;
             Vt[d * LDV + jl] = (j0 + jl < S && d < D) ? vb[(long long)(j0 + jl) * D + d] : scalar_t(0.0f);
         }
@@ -400,7 +374,7 @@ __device__ __forceinline__ void flash_v3_body(const scalar_t* __restrict__ q, co
                 const int i = e < 2 ? row_a : row_b;
                 const int j = j0 + n * 8 + 2 * t + (e & 1);
                 const bool ok = i < T && key_visible(i, j, T, S, causal);
-                s[n][e] = ok ? s[n][e] * scale_log2 + slope_log2 * (float)(j - (S - T + i)) : NEG_INF;
+                s[n][e] = ok ? s[n][e] * scale_log2 + slope_log2 * (float)(j - query_position(i, T, S)) : NEG_INF;
                 tile_max[e >> 1] = fmaxf(tile_max[e >> 1], s[n][e]);
             }
         }
@@ -476,10 +450,11 @@ __device__ __forceinline__ void flash_v3_body(const scalar_t* __restrict__ q, co
 }
 
 #define FLASH_V3_ENTRY(NAME, SCALAR, D_PAD)                                                            \
-    extern "C" __global__ void __launch_bounds__(V3_THREADS) flash_v3_##NAME##_d##D_PAD(                 \
+    extern "C" __global__ void __launch_bounds__(TT_THREADS) flash_v3_##NAME##_d##D_PAD(                 \
         const SCALAR* q, const SCALAR* k, const SCALAR* v, SCALAR* o, float* lse,                      \
         const float* alibi_slopes, int B, int Hq, int Hkv, int T, int S, int D, float scale, int causal) { \
-        flash_v3_body<SCALAR, D_PAD>(q, k, v, o, lse, alibi_slopes, Hq, Hkv, T, S, D, scale, causal);   \
+        flash_v3_body<SCALAR, D_PAD, V3_BC_D##D_PAD>(q, k, v, o, lse, alibi_slopes, Hq, Hkv, T, S, D, scale, \
+                                                     causal);                                          \
     }
 FLASH_V3_ENTRY(fp16, __half, 64)
 FLASH_V3_ENTRY(fp16, __half, 128)
