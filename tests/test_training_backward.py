@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from conftest import require
 from strategies import activation_shapes, attention_shapes, coordinates, random_qkv, seeds
 from tinytransformer.attention import causal_mask, merge_heads, scaled_dot_product_attention, softmax, split_heads
-from tinytransformer.layers import ffn, gelu, layer_norm, post_ln_block, pre_ln_block, rms_norm, silu, swiglu
+from tinytransformer.layers import ffn, gelu, layer_norm, linear, post_ln_block, pre_ln_block, rms_norm, silu, swiglu
 from tinytransformer.positional import alibi_bias, alibi_slopes, apply_rope, rope_frequencies
 from tinytransformer.testing import assert_close, numerical_gradient
 from tinytransformer.training.backward import (
@@ -32,7 +32,6 @@ from tinytransformer.training.backward import (
     gelu_backward,
     layer_norm_backward,
     linear_backward,
-    matmul_backward,
     post_ln_block_backward,
     pre_ln_block_backward,
     rms_norm_backward,
@@ -93,13 +92,6 @@ def case_embedding(draw, rng):
                 lambda torch, table: torch.nn.functional.embedding(torch.from_numpy(ids), table))
 
 
-def case_matmul(draw, rng):
-    B, T, C = draw(activation_shapes())
-    F = draw(st.integers(1, 7))
-    return Case([rng.standard_normal((B, T, C)), rng.standard_normal((C, F))], lambda x, w: x @ w,
-                matmul_backward, lambda torch, x, w: x @ w)
-
-
 def case_linear(draw, rng):
     B, T, C = draw(activation_shapes())
     F = draw(st.integers(1, 7))
@@ -156,14 +148,14 @@ def case_ffn(draw, rng):
     kind = draw(st.sampled_from(["gelu", "gelu_tanh", "silu"]))
     act, act_backward = {"gelu": (gelu, gelu_backward), "gelu_tanh": (_tanh_gelu, _tanh_gelu_backward),
                          "silu": (silu, silu_backward)}[kind]
-    arrays = [rng.standard_normal((B, T, C)), rng.standard_normal((C, F)), rng.standard_normal(F),
-              rng.standard_normal((F, C)), rng.standard_normal(C)]
+    arrays = [rng.standard_normal((B, T, C)), rng.standard_normal((F, C)), rng.standard_normal(F),
+              rng.standard_normal((C, F)), rng.standard_normal(C)]
 
     def torch_forward(torch, x, w1, b1, w2, b2):
         F_ = torch.nn.functional
-        a = x @ w1 + b1
+        a = F_.linear(x, w1, b1)
         h = F_.silu(a) if kind == "silu" else F_.gelu(a, approximate="tanh" if kind == "gelu_tanh" else "none")
-        return h @ w2 + b2
+        return F_.linear(h, w2, b2)
 
     return Case(arrays, lambda x, w1, b1, w2, b2: ffn(x, w1, b1, w2, b2, activation=act),
                 lambda dy, x, w1, b1, w2, b2: ffn_backward(dy, x, w1, b1, w2, act, act_backward), torch_forward)
@@ -172,10 +164,10 @@ def case_ffn(draw, rng):
 def case_swiglu(draw, rng):
     B, T, C = draw(activation_shapes())
     F = draw(st.integers(1, 9))
-    arrays = [rng.standard_normal((B, T, C)), rng.standard_normal((C, F)), rng.standard_normal((C, F)),
-              rng.standard_normal((F, C))]
+    arrays = [rng.standard_normal((B, T, C)), rng.standard_normal((F, C)), rng.standard_normal((F, C)),
+              rng.standard_normal((C, F))]
     return Case(arrays, swiglu, swiglu_backward,
-                lambda torch, x, wg, wu, wd: (torch.nn.functional.silu(x @ wg) * (x @ wu)) @ wd)
+                lambda torch, x, wg, wu, wd: (torch.nn.functional.silu(x @ wg.T) * (x @ wu.T)) @ wd.T)
 
 
 def case_softmax(draw, rng):
@@ -238,7 +230,7 @@ def case_block(draw, rng):
     Hq, C, F = Hkv * G, 4, draw(st.integers(1, 6))
     post, layer = draw(st.booleans()), draw(st.booleans())
     positions = np.arange(T)
-    shapes = [(B, T, C), (C, Hq * D), (C, Hkv * D), (C, Hkv * D), (Hq * D, C), (C, F), (C, F), (F, C), (C,), (C,),
+    shapes = [(B, T, C), (Hq * D, C), (Hkv * D, C), (Hkv * D, C), (C, Hq * D), (F, C), (F, C), (C, F), (C,), (C,),
               (C,), (C,)]
     arrays = [rng.standard_normal(s) for s in shapes]  # x, wq, wk, wv, wo, wg, wu, wd, g1, b1, g2, b2
 
@@ -246,9 +238,9 @@ def case_block(draw, rng):
         return layer_norm(h, g, b) if layer else rms_norm(h, g, 1e-5)
 
     def attention(h, wq, wk, wv, wo):
-        q = apply_rope(split_heads(h @ wq, Hq), positions)
-        k = apply_rope(split_heads(h @ wk, Hkv), positions)
-        return merge_heads(scaled_dot_product_attention(q, k, split_heads(h @ wv, Hkv), causal=True)) @ wo
+        q = apply_rope(split_heads(linear(h, wq), Hq), positions)
+        k = apply_rope(split_heads(linear(h, wk), Hkv), positions)
+        return linear(merge_heads(scaled_dot_product_attention(q, k, split_heads(linear(h, wv), Hkv), causal=True)), wo)
 
     def forward(x, wq, wk, wv, wo, wg, wu, wd, g1, b1, g2, b2):
         block = post_ln_block if post else pre_ln_block
@@ -278,16 +270,16 @@ def case_block(draw, rng):
             return vjp
 
         def attention_vjp(d):
-            q = apply_rope(split_heads(a_in @ wq, Hq), positions)
-            k = apply_rope(split_heads(a_in @ wk, Hkv), positions)
-            v = split_heads(a_in @ wv, Hkv)
+            q = apply_rope(split_heads(linear(a_in, wq), Hq), positions)
+            k = apply_rope(split_heads(linear(a_in, wk), Hkv), positions)
+            v = split_heads(linear(a_in, wv), Hkv)
             merged = merge_heads(scaled_dot_product_attention(q, k, v, causal=True))
-            dmerged, grads["wo"] = matmul_backward(d, merged, wo)
+            dmerged, grads["wo"] = linear_backward(d, merged, wo)
             dq, dk, dv = attention_backward(split_heads(dmerged, Hq), q, k, v, causal=True)
             dh = 0
             for name, dhead, w in (("wq", rope_backward(dq, positions), wq), ("wk", rope_backward(dk, positions), wk),
                                    ("wv", dv, wv)):
-                dx_part, grads[name] = matmul_backward(merge_heads(dhead), a_in, w)
+                dx_part, grads[name] = linear_backward(merge_heads(dhead), a_in, w)
                 dh = dh + dx_part
             return dh
 
@@ -308,13 +300,13 @@ def case_block(draw, rng):
         def tattention(h):
             def heads(y, n):
                 return y.reshape(B, T, n, -1).transpose(1, 2)
-            q = _torch_rope(torch, heads(h @ wq, Hq), positions, False)
-            k = _torch_rope(torch, heads(h @ wk, Hkv), positions, False)
-            out = _torch_attention(torch, q, k, heads(h @ wv, Hkv), causal_mask(T, T))
-            return out.transpose(1, 2).reshape(B, T, Hq * D) @ wo
+            q = _torch_rope(torch, heads(h @ wq.T, Hq), positions, False)
+            k = _torch_rope(torch, heads(h @ wk.T, Hkv), positions, False)
+            out = _torch_attention(torch, q, k, heads(h @ wv.T, Hkv), causal_mask(T, T))
+            return out.transpose(1, 2).reshape(B, T, Hq * D) @ wo.T
 
         def tffn(h):
-            return (F_.silu(h @ wg) * (h @ wu)) @ wd
+            return (F_.silu(h @ wg.T) * (h @ wu.T)) @ wd.T
 
         if post:
             m = tnorm(x + tattention(x), g1, b1)

@@ -16,18 +16,17 @@ Naming: `f_backward(dout, <the inputs of f>)` for the forward `f` in `layers`,
 `attention` or `positional` (imported, never rewritten), returning the
 gradients in the order of f's arguments. Shapes follow the forwards:
 activations [..., C] (batch and positions in front), attention [B, H, T, D]
-with S key positions. Weights here are [in, out] and applied as x @ W, like the
-forwards in `layers`; `linear_backward` is the [out, in] form (y = x @ W^T).
+with S key positions, weights [out, in] applied as x @ W^T (`layers.linear`).
 
 A gradient with respect to a parameter used at many positions (a weight, a norm
 gain, an embedding row) is the sum over those positions: that is where the
 `sum(axis=...)` and the transposed matrix products come from.
 
     >>> import numpy as np
-    >>> x, w = np.array([[1.0, 2.0]]), np.array([[3.0], [4.0]])    # y = x @ w = [[11.0]]
-    >>> dx, dw = matmul_backward(np.array([[1.0]]), x, w)          # dL/dy = 1
+    >>> x, w = np.array([[1.0, 2.0]]), np.array([[3.0, 4.0]])    # y = x @ w.T = [[11.0]]
+    >>> dx, dw = linear_backward(np.array([[1.0]]), x, w)        # dL/dy = 1
     >>> dx.tolist(), dw.tolist()
-    ([[3.0, 4.0]], [[1.0], [2.0]])
+    ([[3.0, 4.0]], [[1.0, 2.0]])
 
 Every function here is checked against PyTorch autograd on float64 inputs and
 against a central finite difference (tests/test_training_backward.py).
@@ -43,12 +42,11 @@ import numpy as np
 
 from tinytransformer._validate import attention_scale, attention_shapes, float_array
 from tinytransformer.attention import attention_weights
-from tinytransformer.layers import _erf, gelu, silu
+from tinytransformer.layers import _erf, gelu, linear, silu
 from tinytransformer.positional import apply_rope
 
 __all__ = [
     "embedding_backward",
-    "matmul_backward",
     "linear_backward",
     "layer_norm_backward",
     "rms_norm_backward",
@@ -82,17 +80,6 @@ def embedding_backward(dout, ids, num_embeddings: int):
     dtable = np.zeros((num_embeddings, C), dtype=dout.dtype)
     np.add.at(dtable, ids.reshape(-1), dout.reshape(-1, C))  # [N, C] rows added into [V, C]; repeats add up
     return dtable
-
-
-def matmul_backward(dout, x, w):
-    """Gradient of y = x @ w with w [in, out], x [..., in], y [..., out].
-
-        dx = dy @ w^T                    [..., out] @ [out, in] -> [..., in]
-        dw = sum over positions of x^T dy   [in, N] @ [N, out] -> [in, out]
-    """
-    x2 = x.reshape(-1, x.shape[-1])  # [N, in]
-    dout2 = dout.reshape(-1, dout.shape[-1])  # [N, out]
-    return dout @ w.T, x2.T @ dout2  # dx [..., in], dw [in, out]
 
 
 def linear_backward(dout, x, weight):
@@ -178,46 +165,45 @@ def silu_backward(dy, x):
     return dy * s * (1.0 + x * (1.0 - s))
 
 
-def ffn_backward(dy, x, w1, b1, w2, activation=gelu, activation_backward=gelu_backward):
-    """Gradient of FFN(x) = act(x W1 + b1) W2 + b2 (`layers.ffn`), W1 [C, F], W2 [F, C].
+def ffn_backward(dy, x, w_up, b_up, w_down, activation=gelu, activation_backward=gelu_backward):
+    """Gradient of FFN(x) = act(x Wu^T + bu) Wd^T + bd (`layers.ffn`), Wu [F, C], Wd [C, F].
 
-    With a = x W1 + b1 [..., F] and h = act(a):
+    With a = x Wu^T + bu [..., F] and h = act(a):
 
-        dW2 = h^T dy,  db2 = sum dy,  dh = dy W2^T
+        dWd = dy^T h,  dbd = sum dy,  dh = dy Wd
         da  = act'(a) * dh                 (activation_backward(dh, a))
-        dW1 = x^T da,  db1 = sum da,  dx = da W1^T
+        dWu = da^T x,  dbu = sum da,  dx = da Wu
 
     activation and activation_backward: the forward's activation and its backward
     (gelu and gelu_backward, silu and silu_backward, or GELU's tanh form as two lambdas).
-    Returns (dx, dw1, db1, dw2, db2).
+    Returns (dx, dw_up, db_up, dw_down, db_down).
     """
-    a = x @ w1 + b1  # [..., C] @ [C, F] -> [..., F]; recomputed, not saved
-    h = activation(a)
-    dh, dw2 = matmul_backward(dy, h, w2)  # [..., F], [F, C]
+    a = linear(x, w_up, b_up)  # [..., C] -> [..., F]; recomputed, not saved
+    dh, dw_down = linear_backward(dy, activation(a), w_down)  # [..., F], [C, F]
     da = activation_backward(dh, a)
-    dx, dw1 = matmul_backward(da, x, w1)  # [..., C], [C, F]
-    return dx, dw1, _sum_rows(da), dw2, _sum_rows(dy)
+    dx, dw_up = linear_backward(da, x, w_up)  # [..., C], [F, C]
+    return dx, dw_up, _sum_rows(da), dw_down, _sum_rows(dy)
 
 
 def swiglu_backward(dy, x, w_gate, w_up, w_down):
-    """Gradient of SwiGLU(x) = (SiLU(x Wg) * (x Wu)) Wd (`layers.swiglu`), Wg, Wu [C, F], Wd [F, C].
+    """Gradient of SwiGLU(x) = (SiLU(x Wg^T) * (x Wu^T)) Wd^T (`layers.swiglu`), Wg, Wu [F, C], Wd [C, F].
 
-    With g = x Wg, u = x Wu and h = SiLU(g) * u, all [..., F]:
+    With g = x Wg^T, u = x Wu^T and h = SiLU(g) * u, all [..., F]:
 
-        dWd = h^T dy,   dh = dy Wd^T
+        dWd = dy^T h,   dh = dy Wd
         du  = dh * SiLU(g),   dg = SiLU'(g) * (dh * u)      (the product rule of the gate)
-        dWg = x^T dg,   dWu = x^T du,   dx = dg Wg^T + du Wu^T
+        dWg = dg^T x,   dWu = du^T x,   dx = dg Wg + du Wu
 
     Returns (dx, dw_gate, dw_up, dw_down).
     """
-    g = x @ w_gate  # [..., F]
-    u = x @ w_up  # [..., F]
+    g = linear(x, w_gate)  # [..., F]
+    u = linear(x, w_up)  # [..., F]
     sg = silu(g)
-    dh, dw_down = matmul_backward(dy, sg * u, w_down)  # [..., F], [F, C]
+    dh, dw_down = linear_backward(dy, sg * u, w_down)  # [..., F], [C, F]
     du = dh * sg
     dg = silu_backward(dh * u, g)
-    dx_gate, dw_gate = matmul_backward(dg, x, w_gate)
-    dx_up, dw_up = matmul_backward(du, x, w_up)
+    dx_gate, dw_gate = linear_backward(dg, x, w_gate)
+    dx_up, dw_up = linear_backward(du, x, w_up)
     return dx_gate + dx_up, dw_gate, dw_up, dw_down
 
 
