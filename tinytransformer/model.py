@@ -5,7 +5,8 @@
     logits = Norm(h_L) W_out^T   (W_out = Embed when the embeddings are tied)
 
 Every block is causal self-attention (MHA, GQA or MQA, by `n_kv_heads`) and an
-FFN (SwiGLU or GELU). Positions come from RoPE (rotating q and k), ALiBi (a bias
+FFN (SwiGLU or GELU); with `causal=False` the stack is an encoder, as BERT's
+(every position sees every other; it is trained, not used to generate). Positions come from RoPE (rotating q and k), ALiBi (a bias
 on the scores), or a learned/sinusoidal table added to the embeddings. The small
 random models of chapter 5 and the pretrained SmolLM2-135M run through this same
 code: loading a checkpoint (`llama.load_model`) is reading a config and tensors.
@@ -586,7 +587,7 @@ class TinyTransformer:
         b = "blk.0."
         lines += [f"  (blk): {c.n_layers} x {'pre' if c.block == 'pre' else 'post'}-norm block, each (blk.0 shown):",
                   f"    (attn_norm): {norm}({C}, eps={c.norm_eps:g})",
-                  f"    (attn): causal attention, heads {c.n_heads} x {D}, kv_heads {c.kv_heads}, {pos}",
+                  f"    (attn): {'causal' if c.causal else 'bidirectional'} attention, heads {c.n_heads} x {D}, kv_heads {c.kv_heads}, {pos}",
                   f"      (attn_q): Linear({C} -> {c.n_heads * D}){tag(b + 'attn_q.weight')}",
                   f"      (attn_k): Linear({C} -> {c.kv_heads * D}){tag(b + 'attn_k.weight')}",
                   f"      (attn_v): Linear({C} -> {c.kv_heads * D}){tag(b + 'attn_v.weight')}",
