@@ -42,6 +42,8 @@ from tinytransformer.training.backward import (
 )
 from tinytransformer.training.objectives import cross_entropy
 
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
+
 
 @dataclass
 class Case:

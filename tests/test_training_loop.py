@@ -21,6 +21,8 @@ from tinytransformer.training.loop import Trainer, TrainingConfig, heldout_loss,
 from tinytransformer.training.objectives import IGNORE, mask_tokens, next_token_targets
 from tinytransformer.training.optim import AdamW
 
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
+
 
 def _model(config, seed, dtype=np.float64, spread=0.3):
     """A model with random parameters away from the initial ones (norm gains not all 1, biases not 0)."""
