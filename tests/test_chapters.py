@@ -13,7 +13,7 @@ SCRIPTS = sorted((ROOT / "chapters").glob("[0-9][0-9]_*.py"))
 
 
 def test_there_is_a_lecture_script_per_chapter():
-    assert [s.name[:2] for s in SCRIPTS] == [f"{n:02d}" for n in range(1, 11)]
+    assert [s.name[:2] for s in SCRIPTS] == [f"{n:02d}" for n in range(1, 12)]
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=[s.stem for s in SCRIPTS])
