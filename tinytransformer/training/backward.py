@@ -40,7 +40,7 @@ import math
 
 import numpy as np
 
-from tinytransformer._validate import attention_scale, attention_shapes, float_array
+from tinytransformer._validate import attention_scale, attention_shapes, float_array, leading_index_array
 from tinytransformer.attention import attention_weights
 from tinytransformer.layers import _erf, gelu, linear, silu
 from tinytransformer.positional import apply_rope
@@ -72,10 +72,7 @@ def embedding_backward(dout, ids, num_embeddings: int):
     The same function serves a learned position table (ids = positions).
     """
     dout = float_array(dout, "dout")
-    ids = np.asarray(ids)
-    if ids.dtype.kind not in "iu" or ids.shape != dout.shape[:-1]:
-        raise ValueError(f"ids: expected an integer array of shape {dout.shape[:-1]} (dout's leading axes), "
-                         f"got dtype {ids.dtype} shape {ids.shape}")
+    ids = leading_index_array(ids, dout, "ids", "dout")
     C = dout.shape[-1]
     dtable = np.zeros((num_embeddings, C), dtype=dout.dtype)
     np.add.at(dtable, ids.reshape(-1), dout.reshape(-1, C))  # [N, C] rows added into [V, C]; repeats add up

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tinytransformer._validate import float_array
+from tinytransformer._validate import float_array, leading_index_array
 
 __all__ = ["IGNORE", "cross_entropy", "next_token_targets", "mask_tokens"]
 
@@ -49,10 +49,7 @@ def cross_entropy(logits, targets, *, ignore_index: int = IGNORE):
     rows. With no counted position the loss is 0.0 and the gradient zeros.
     """
     logits = float_array(logits, "logits")
-    targets = np.asarray(targets)
-    if targets.dtype.kind not in "iu" or targets.shape != logits.shape[:-1]:
-        raise ValueError(f"targets: expected an integer array of shape {logits.shape[:-1]} (logits' leading axes), "
-                         f"got dtype {targets.dtype} shape {targets.shape}")
+    targets = leading_index_array(targets, logits, "targets", "logits")
     V = logits.shape[-1]
     z = logits.reshape(-1, V)  # [N, V]
     y = targets.reshape(-1)  # [N]
