@@ -73,7 +73,9 @@ def byte_corpus(quick: bool = False):
 def bits_per_byte(model, heldout_tokens, n_bytes: int, context: int) -> float:
     """Total -log2 p of the held-out bytes (each given up to `context` tokens of past) / bytes."""
     total, count = heldout_loss(model, heldout_tokens, context=context)
-    assert count == n_bytes, (count, n_bytes)  # one token per byte, every byte predicted once
+    if count != n_bytes:  # one token per byte, every byte predicted once
+        raise ValueError(f"heldout_tokens: expected one token per byte after the first, {n_bytes} in all; "
+                         f"{count} were scored")
     return total / math.log(2) / n_bytes
 
 
