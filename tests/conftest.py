@@ -38,3 +38,18 @@ def smollm2_path() -> Path:
     if not files:
         pytest.skip(f"no .gguf file found in {folder}")
     return files[0]
+
+
+@pytest.fixture(scope="module")
+def torch_single_thread():
+    """torch on one thread for the module (tiny tensors: a thread pool only costs time, and its
+    spinning workers slow to a crawl on a busy machine); the previous count is restored after."""
+    if importlib.util.find_spec("torch") is None:  # tests that need torch skip on their own
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

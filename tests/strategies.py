@@ -718,3 +718,17 @@ def serving_prompts(vocab_size: int, *, max_prompts: int = 5, max_len: int = 8):
     """A few prompts (lists of token ids) of ragged lengths."""
     prompt = st.lists(st.integers(0, vocab_size - 1), min_size=1, max_size=max_len)
     return st.lists(prompt, min_size=1, max_size=max_prompts)
+
+
+# --- training chapter ---------------------------------------------------------------
+
+
+@st.composite
+def activation_shapes(draw, *, max_len: int = 9, max_width: int = 12):
+    """[B, T, C] for a layer's activations: odd and even lengths, widths from 1."""
+    return (draw(st.integers(1, 3)), draw(st.integers(1, max_len)), draw(st.integers(1, max_width)))
+
+
+def coordinates(rng, shape, n: int = 3):
+    """n random multi-indices into an array of `shape` (for finite-difference checks)."""
+    return [tuple(int(rng.integers(0, s)) for s in shape) for _ in range(n)]

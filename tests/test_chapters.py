@@ -14,7 +14,7 @@ SCRIPTS = sorted((ROOT / "chapters").glob("[0-9][0-9]_*.py"))
 
 def test_there_is_a_lecture_script_per_chapter():
     numbers = [int(s.name[:2]) for s in SCRIPTS]
-    assert len(set(numbers)) == len(numbers) and set(range(1, 11)) <= set(numbers)
+    assert len(set(numbers)) == len(numbers) and set(range(1, 13)) <= set(numbers)
     for script in SCRIPTS:
         assert list((ROOT / "docs").glob(f"{script.name[:2]}_*.md")), f"{script.name} has no page under docs/"
 

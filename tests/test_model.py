@@ -224,3 +224,44 @@ def test_printing_the_model_shows_its_structure():
                                                   norm="layer", ffn="gelu", position="learned")))
     assert "3 x pre-norm block" in text and "kv_heads 1" in text and "LayerNorm(8" in text
     assert "(position_embd): Embedding(256, 8)" in text and "GELU" in text
+
+
+# --- the training hook and encoders (used by tinytransformer.training) -----------------------------
+
+
+@given(model_configs(), seeds())
+def test_the_training_hook_saves_what_ran_and_changes_nothing(config, seed):
+    model = TinyTransformer(config, seed=seed % 1000)
+    ids = np.random.default_rng(seed).integers(0, config.vocab_size, size=(2, 5))
+    saved = {}
+    hidden = model.hidden_states(ids, saved=saved)
+    assert_close(hidden, model.hidden_states(ids))
+    assert np.array_equal(saved["positions"], np.broadcast_to(np.arange(5), (2, 5)))
+    x = saved["blk.0"]
+    for i in range(config.n_layers):  # each block, rerun from its saved input, gives the next one's input
+        inside = {}
+        x = model.block(saved[f"blk.{i}"], i, saved["positions"], saved=inside)
+        assert_close(x, saved[f"blk.{i + 1}"] if i + 1 < config.n_layers else saved["output_norm"])
+        q, k, v = (inside[f"blk.{i}.{name}"] for name in "qkv")
+        assert q.shape == (2, config.n_heads, 5, config.head_dim) and k.shape == v.shape
+        assert_close(inside[f"blk.{i}.out"], scaled_dot_product_attention(
+            q, k, v, causal=True, alibi_slopes=model._attention.alibi_slopes))
+        for name in ("attn_norm", "attn", "ffn_norm", "ffn"):
+            assert_close(inside[f"blk.{i}.{name}"], saved[f"blk.{i}.{name}"])
+
+
+def test_an_encoder_sees_the_future_and_refuses_to_generate():
+    config = TransformerConfig(vocab_size=11, d_model=8, n_layers=1, n_heads=2, causal=False)
+    encoder = TinyTransformer(config, seed=0)
+    decoder = TinyTransformer(dataclasses.replace(config, causal=True), encoder.params)
+    ids = np.array([[1, 2, 3, 4]])
+    changed = np.array([[1, 2, 3, 9]])  # only the last token differs
+    assert not np.allclose(encoder.forward(ids)[0, 0], encoder.forward(changed)[0, 0])
+    assert_close(decoder.forward(ids)[0, :3], decoder.forward(changed)[0, :3])
+    assert_close(encoder.forward(ids)[0, -1], decoder.forward(ids)[0, -1])  # with one block, the last row sees all keys either way
+    with pytest.raises(ValueError, match="an encoder .* cannot generate"):
+        encoder.generate([1, 2], 3)
+    with pytest.raises(ValueError, match="cache: an encoder"):
+        encoder.forward(ids, encoder.new_cache(1))
+    with pytest.raises(ValueError, match="causal: expected a bool"):
+        TransformerConfig(vocab_size=11, d_model=8, n_layers=1, n_heads=2, causal="no")

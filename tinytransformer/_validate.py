@@ -38,6 +38,15 @@ def float_array(x, name: str) -> np.ndarray:
     return x
 
 
+def leading_index_array(ids, array: np.ndarray, name: str, array_name: str) -> np.ndarray:
+    """ids as an integer ndarray of shape array.shape[:-1] (one index per row of `array`), or ValueError."""
+    ids = np.asarray(ids)
+    if ids.dtype.kind not in "iu" or ids.shape != array.shape[:-1]:
+        raise ValueError(f"{name}: expected an integer array of shape {array.shape[:-1]} ({array_name}'s leading "
+                         f"axes), got dtype {ids.dtype} shape {ids.shape}")
+    return ids
+
+
 # --- attention shapes: one checker for sdpa, flash, paged decode and the CUDA launchers ----
 
 

@@ -83,11 +83,12 @@ _LLAMA_KEYS = {
 }
 # Our own architecture name stores the choices a Llama file cannot express.
 _OWN_ARCH = "tinytransformer"
-_OWN_CHOICES = ("norm", "ffn", "position", "block", "rope_interleaved", "tie_embeddings")
+_OWN_CHOICES = ("norm", "ffn", "position", "block", "rope_interleaved", "tie_embeddings", "causal")
 
 
 def _is_llama(config: TransformerConfig) -> bool:
-    return (config.norm, config.ffn, config.position, config.block) == ("rms", "swiglu", "rope", "pre")
+    return (config.norm, config.ffn, config.position, config.block, config.causal) == ("rms", "swiglu", "rope", "pre",
+                                                                                       True)
 
 
 def config_from_gguf(f: GGUFFile) -> TransformerConfig:
@@ -149,7 +150,8 @@ def config_from_gguf(f: GGUFFile) -> TransformerConfig:
                             f"head (head_dim {fields['d_model'] // fields['n_heads']})")
     else:
         choices = {name: meta.get(f"{arch}.{name}") for name in _OWN_CHOICES}
-        for name in ("rope_interleaved", "tie_embeddings"):
+        choices["causal"] = True if choices["causal"] is None else choices["causal"]  # absent in older files
+        for name in ("rope_interleaved", "tie_embeddings", "causal"):
             if not isinstance(choices[name], (bool, np.bool_)):
                 raise GGUFError(f"{f.path}: {arch}.{name} is {choices[name]!r}; expected a bool")
             choices[name] = bool(choices[name])

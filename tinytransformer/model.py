@@ -5,7 +5,8 @@
     logits = Norm(h_L) W_out^T   (W_out = Embed when the embeddings are tied)
 
 Every block is causal self-attention (MHA, GQA or MQA, by `n_kv_heads`) and an
-FFN (SwiGLU or GELU). Positions come from RoPE (rotating q and k), ALiBi (a bias
+FFN (SwiGLU or GELU); with `causal=False` the stack is an encoder, as BERT's
+(every position sees every other; it is trained, not used to generate). Positions come from RoPE (rotating q and k), ALiBi (a bias
 on the scores), or a learned/sinusoidal table added to the embeddings. The small
 random models of chapter 5 and the pretrained SmolLM2-135M run through this same
 code: loading a checkpoint (`llama.load_model`) is reading a config and tensors.
@@ -86,6 +87,7 @@ class TransformerConfig:
     rope_interleaved: bool = False  # RoPE pairs (2i, 2i+1) if True, (i, i + D/2) if False
     norm_eps: float = 1e-5
     tie_embeddings: bool = True  # the output head is the embedding matrix
+    causal: bool = True  # False: an encoder (BERT's masked LM), every position sees every other
     bos_id: int | None = None  # token ids that start and end a text, when the vocabulary has them
     eos_id: int | None = None
     name: str = ""
@@ -107,6 +109,8 @@ class TransformerConfig:
         for name, choices in _CHOICES.items():
             if getattr(self, name) not in choices:
                 raise ValueError(f"{name}: expected one of {choices}, got {getattr(self, name)!r}")
+        if not isinstance(self.causal, (bool, np.bool_)):
+            raise ValueError(f"causal: expected a bool, got {self.causal!r}")
         for name in ("bos_id", "eos_id"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer))
@@ -197,13 +201,17 @@ ATTENTION_IMPLEMENTATIONS: dict[str, tuple[Callable, Callable]] = {
 class CausalAttention:
     """The attention a model runs: one implementation, causal, with the model's ALiBi slopes.
 
+    causal=False (an encoder) attends over every key, in one call.
+
     attention(q, k, v)  over contiguous keys (no cache, or a KVCache), in blocks
                         of query rows during prefill;
     attention.paged(q, k_pool, v_pool, block_tables, context_lens)  over a paged cache.
     """
 
-    def __init__(self, implementation="sdpa", *, alibi_slopes=None, query_block: int | None = QUERY_BLOCK):
+    def __init__(self, implementation="sdpa", *, alibi_slopes=None, query_block: int | None = QUERY_BLOCK,
+                 causal: bool = True):
         self.implementation = implementation
+        self.causal = causal
         if callable(implementation):
             self.name = getattr(implementation, "__name__", "custom")
             self.function = implementation
@@ -218,8 +226,8 @@ class CausalAttention:
         self.query_block = query_block
 
     def __call__(self, q, k, v):
-        if self.query_block is None:
-            return self.function(q, k, v, causal=True, alibi_slopes=self.alibi_slopes)
+        if self.query_block is None or not self.causal:
+            return self.function(q, k, v, causal=self.causal, alibi_slopes=self.alibi_slopes)
         return causal_attention_in_query_blocks(self.function, q, k, v, block=self.query_block,
                                                 alibi_slopes=self.alibi_slopes)
 
@@ -263,7 +271,7 @@ class TinyTransformer:
     @attention.setter
     def attention(self, implementation):
         slopes = alibi_slopes(self.config.n_heads) if self.config.position == "alibi" else None
-        self._attention = CausalAttention(implementation, alibi_slopes=slopes)
+        self._attention = CausalAttention(implementation, alibi_slopes=slopes, causal=self.config.causal)
 
     @property
     def tokenizer(self):
@@ -303,8 +311,14 @@ class TinyTransformer:
 
     __call__ = forward
 
-    def hidden_states(self, ids, cache=None) -> np.ndarray:
-        """The final normalised hidden states [B, T, C] (or [T, C] for 1-D ids): forward without the head."""
+    def hidden_states(self, ids, cache=None, *, saved: dict | None = None) -> np.ndarray:
+        """The final normalised hidden states [B, T, C] (or [T, C] for 1-D ids): forward without the head.
+
+        saved: the training hook. When a dict is given, the forward also stores in it
+        what the backward pass needs (`training.gradients`): "positions", the input of
+        every block and sublayer, and attention's q, k, v and output (see `block`),
+        and "output_norm", the input of the final norm.
+        """
         c, p = self.config, self.params
         ids, one_sequence = self._ids(ids)
         B, T = ids.shape
@@ -313,6 +327,9 @@ class TinyTransformer:
                 raise ValueError(f"ids: {T} positions exceed max_seq_len={c.max_seq_len}")
             positions = np.broadcast_to(np.arange(T), (B, T))
         else:
+            if not c.causal:
+                raise ValueError("cache: an encoder (config.causal=False) has no KV cache: every position also "
+                                 "attends to the positions after it")
             if cache.batch != B:
                 raise ValueError(f"cache: expected a cache for batch {B} (ids' rows), got one for batch {cache.batch}")
             positions = cache.reserve(T, limit=c.max_seq_len)  # [B, T] absolute positions of the new tokens
@@ -322,25 +339,41 @@ class TinyTransformer:
             x = x + p["position_embd.weight"][positions]  # + [B, T, C]
         elif c.position == "sinusoidal":
             x = x + self._sinusoidal_table()[positions]
-        block = pre_ln_block if c.block == "pre" else post_ln_block
+        if saved is not None:
+            saved["positions"] = positions
         for i in range(c.n_layers):
-            x = block(
-                x,
-                lambda h: self._self_attention(h, i, positions, cache),
-                lambda h: self._feed_forward(h, i),
-                lambda h: self._norm(h, f"blk.{i}.attn_norm"),
-                lambda h: self._norm(h, f"blk.{i}.ffn_norm"),
-            )
+            x = self.block(x, i, positions, cache, saved=saved)
+        if saved is not None:
+            saved["output_norm"] = x
         x = self._norm(x, "output_norm")  # [B, T, C]
         return x[0] if one_sequence else x
+
+    def block(self, x, i, positions, cache=None, *, saved: dict | None = None) -> np.ndarray:
+        """Block i: x [B, T, C] -> [B, T, C], pre- or post-LN (see `layers`).
+
+        saved (the training hook): a dict that receives the block's input "blk.{i}",
+        the input of each sublayer ("blk.{i}.attn_norm", ".attn", ".ffn_norm", ".ffn"),
+        and attention's "blk.{i}.q", ".k" (after RoPE), ".v" and ".out" [B, H, T, D].
+        """
+        block = pre_ln_block if self.config.block == "pre" else post_ln_block
+        keep = (lambda name, sublayer: sublayer) if saved is None else functools.partial(_keeping_input, saved)
+        if saved is not None:
+            saved[f"blk.{i}"] = x
+        return block(
+            x,
+            keep(f"blk.{i}.attn", lambda h: self._self_attention(h, i, positions, cache, saved)),
+            keep(f"blk.{i}.ffn", lambda h: self._feed_forward(h, i)),
+            keep(f"blk.{i}.attn_norm", lambda h: self._norm(h, f"blk.{i}.attn_norm")),
+            keep(f"blk.{i}.ffn_norm", lambda h: self._norm(h, f"blk.{i}.ffn_norm")),
+        )
 
     def logits(self, hidden) -> np.ndarray:
         """The output head: hidden [..., C] -> logits [..., V] (x E^T when the embeddings are tied)."""
         head = self.params["token_embd.weight" if self.config.tie_embeddings else "output.weight"]
         return linear(hidden, head)  # [..., C] @ [C, V] -> [..., V]
 
-    def _self_attention(self, x, i, positions, cache):
-        """Causal self-attention of block i: x [B, T, C] -> [B, T, C]."""
+    def _self_attention(self, x, i, positions, cache, saved=None):
+        """Self-attention of block i (causal unless config.causal is False): x [B, T, C] -> [B, T, C]."""
         c, p = self.config, self.params
         q = split_heads(linear(x, p[f"blk.{i}.attn_q.weight"]), c.n_heads)  # [B, T, Hq*D] -> [B, Hq, T, D]
         k = split_heads(linear(x, p[f"blk.{i}.attn_k.weight"]), c.kv_heads)  # [B, Hkv, T, D]
@@ -352,6 +385,8 @@ class TinyTransformer:
             out = self._attention(q, k, v)  # [B, Hq, T, D]
         else:
             out = cache.attend(i, q, k, v, self._attention)  # store k, v; attend over all cached positions
+        if saved is not None:
+            saved.update({f"blk.{i}.q": q, f"blk.{i}.k": k, f"blk.{i}.v": v, f"blk.{i}.out": out})
         return linear(merge_heads(out), p[f"blk.{i}.attn_output.weight"])  # [B, T, Hq*D] -> [B, T, C]
 
     def _feed_forward(self, x, i):
@@ -387,6 +422,8 @@ class TinyTransformer:
         max_new_tokens, or after the end-of-sequence id (yielded) when stop_at_eos.
         """
         c = self.config
+        if not c.causal:
+            raise ValueError("generate: an encoder (config.causal=False) cannot generate text left to right")
         prompt = self._prompt(prompt_ids)
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) \
                 or max_new_tokens < 0:
@@ -551,7 +588,7 @@ class TinyTransformer:
         b = "blk.0."
         lines += [f"  (blk): {c.n_layers} x {'pre' if c.block == 'pre' else 'post'}-norm block, each (blk.0 shown):",
                   f"    (attn_norm): {norm}({C}, eps={c.norm_eps:g})",
-                  f"    (attn): causal attention, heads {c.n_heads} x {D}, kv_heads {c.kv_heads}, {pos}",
+                  f"    (attn): {'causal' if c.causal else 'bidirectional'} attention, heads {c.n_heads} x {D}, kv_heads {c.kv_heads}, {pos}",
                   f"      (attn_q): Linear({C} -> {c.n_heads * D}){tag(b + 'attn_q.weight')}",
                   f"      (attn_k): Linear({C} -> {c.kv_heads * D}){tag(b + 'attn_k.weight')}",
                   f"      (attn_v): Linear({C} -> {c.kv_heads * D}){tag(b + 'attn_v.weight')}",
@@ -566,6 +603,14 @@ class TinyTransformer:
                   "  (output): " + ("tied to token_embd" if c.tie_embeddings
                                     else f"Linear({C} -> {c.vocab_size}){tag('output.weight')}")]
         return "\n".join(lines)
+
+
+def _keeping_input(saved: dict, name: str, sublayer):
+    """sublayer, which first stores its input as saved[name] (the training hook)."""
+    def run(h):
+        saved[name] = h
+        return sublayer(h)
+    return run
 
 
 def _gelu_tanh(x):

@@ -1,0 +1,259 @@
+"""Training the model: its gradients, a whole training step against PyTorch, accumulation,
+checkpointing, held-out scoring, and checkpoints that the loader and the command line run."""
+from __future__ import annotations
+
+import dataclasses
+import math
+import tracemalloc
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from conftest import require
+from strategies import model_configs, seeds
+from tinytransformer.model import TinyTransformer, TransformerConfig, init_params
+from tinytransformer.testing import assert_close
+from tinytransformer.training.data import byte_tokenizer, encode, random_batches
+from tinytransformer.training.gradients import loss_and_gradients
+from tinytransformer.training.loop import Trainer, TrainingConfig, heldout_loss, save_checkpoint, train_step
+from tinytransformer.training.objectives import IGNORE, mask_tokens, next_token_targets
+from tinytransformer.training.optim import AdamW
+
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
+
+
+def _model(config, seed, dtype=np.float64, spread=0.3):
+    """A model with random parameters away from the initial ones (norm gains not all 1, biases not 0)."""
+    rng = np.random.default_rng(seed)
+    params = {n: (a + spread * rng.standard_normal(a.shape)).astype(dtype) for n, a in init_params(config, seed).items()}
+    return TinyTransformer(config, params)
+
+
+def _batch(config, seed, B=2, T=None):
+    rng = np.random.default_rng(seed + 1)
+    T = T or int(rng.integers(1, config.max_seq_len + 1))
+    ids = rng.integers(0, config.vocab_size, size=(B, T))
+    if config.causal:
+        return ids, next_token_targets(ids)
+    targets = np.where(rng.random((B, T)) < 0.5, ids, IGNORE)  # the masked LM predicts some positions
+    return ids, targets
+
+
+def _torch_loss(torch, forward, ids, targets, V):
+    logits = forward(ids).reshape(-1, V)
+    return torch.nn.functional.cross_entropy(logits, torch.from_numpy(targets).reshape(-1), ignore_index=IGNORE)
+
+
+encoders = st.booleans().map(lambda causal: {"causal": causal})
+
+
+@given(model_configs(), encoders, seeds())
+def test_model_gradients_equal_torch_autograd_for_every_config(config, causal, seed):
+    torch = require("torch", "autograd is the oracle for the model's backward pass")
+    from tinytransformer.bench._torch_decoder import torch_decoder
+
+    config = dataclasses.replace(config, **causal)
+    model = _model(config, seed)
+    ids, targets = _batch(config, seed)
+    if not (targets != IGNORE).any():
+        targets[0, 0] = ids[0, 0]
+    loss, n, grads = loss_and_gradients(model, ids, targets)
+    tensors, forward = torch_decoder(config, model.params, dtype="float64", causal=config.causal)
+    expected = _torch_loss(torch, forward, ids, targets, config.vocab_size)
+    expected.backward()
+    assert n == int((targets != IGNORE).sum())
+    assert_close(loss, expected.item())
+    assert grads.keys() == model.params.keys()
+    for name, tensor in tensors.items():
+        assert_close(grads[name], tensor.grad.numpy(), rtol=1e-9, atol=1e-12, err_msg=name)  # 2 blocks deep
+
+
+def _train_both(torch, config, seed, steps, batch_size, T, training):
+    from tinytransformer.bench._torch_decoder import torch_adamw, torch_decoder
+
+    model = _model(config, seed, spread=0.05)
+    tensors, forward = torch_decoder(config, model.params, dtype="float64")
+    optimizer = AdamW(model.params, lr=training.max_lr, betas=training.betas, eps=training.eps,
+                      weight_decay=training.weight_decay)
+    theirs = torch_adamw(tensors, lr=training.max_lr, betas=training.betas, eps=training.eps,
+                         weight_decay=training.weight_decay)
+    tokens = np.random.default_rng(seed).integers(0, config.vocab_size, size=500)
+    batches = random_batches(tokens, batch_size=batch_size, context=T, seed=seed)
+    for step in range(steps):
+        window = next(batches)
+        ids, targets = window[:, :-1], window[:, 1:]
+        lr = training.lr(step)
+        train_step(model, optimizer, [(ids, targets)], lr=lr, grad_clip=training.grad_clip)
+        theirs.zero_grad()
+        _torch_loss(torch, forward, ids, targets, config.vocab_size).backward()
+        torch.nn.utils.clip_grad_norm_(list(tensors.values()), training.grad_clip)
+        for group in theirs.param_groups:
+            group["lr"] = lr
+        theirs.step()
+    return model, tensors
+
+
+LLAMA_LIKE = TransformerConfig(vocab_size=23, d_model=12, n_layers=2, n_heads=3, n_kv_heads=1, d_ff=20,
+                               max_seq_len=16)  # RMSNorm, SwiGLU, RoPE, pre-LN, MQA, tied head
+GPT2_LIKE = TransformerConfig(vocab_size=23, d_model=12, n_layers=2, n_heads=2, d_ff=20, max_seq_len=16, norm="layer",
+                              ffn="gelu", position="learned", block="post", tie_embeddings=False)
+
+
+@pytest.mark.parametrize("config", [LLAMA_LIKE, GPT2_LIKE], ids=["llama-like", "gpt2-like-post-ln"])
+def test_twenty_training_steps_equal_pytorch(config):
+    """The law that proves the trainer: same float64 weights, same batches, same AdamW, schedule and
+    clipping; after 20 steps every parameter agrees with PyTorch's to 1e-8 relative. (Every other
+    configuration choice is covered by test_model_gradients_equal_torch_autograd_for_every_config.)"""
+    torch = require("torch", "PyTorch's training step is the oracle")
+    training = TrainingConfig(total_steps=20, warmup_steps=5, max_lr=1e-2, min_lr=1e-3, weight_decay=0.1,
+                              grad_clip=0.5)
+    model, tensors = _train_both(torch, config, 7, 20, batch_size=3, T=9, training=training)
+    for name, tensor in tensors.items():
+        expected = tensor.detach().numpy()
+        assert_close(model.params[name], expected, rtol=1e-8, atol=1e-8 * np.abs(expected).max(), err_msg=name)
+
+
+@given(st.integers(2, 4), st.booleans(), seeds())
+def test_accumulating_k_micro_batches_equals_one_batch_k_times_larger(k, masked, seed):
+    config = TransformerConfig(vocab_size=17, d_model=8, n_layers=2, n_heads=2, d_ff=12, max_seq_len=16,
+                               causal=not masked)
+    rng = np.random.default_rng(seed)
+    micro = []
+    for _ in range(k):
+        ids = rng.integers(1, 17, size=(2, 7))
+        if masked:  # a different number of chosen positions in each micro-batch
+            micro.append(mask_tokens(ids, vocab_size=17, mask_id=0, special_ids=[0], rng=rng, select=0.4))
+            micro[-1][1][0, 0] = ids[0, 0]  # at least one target each
+        else:
+            micro.append((ids, next_token_targets(ids)))
+    whole = (np.concatenate([m[0] for m in micro]), np.concatenate([m[1] for m in micro]))
+    results = []
+    for batches in (micro, [whole]):
+        model = _model(config, seed)
+        optimizer = AdamW(model.params, lr=1e-2)
+        record = train_step(model, optimizer, batches, lr=1e-2, grad_clip=None)
+        results.append((record, model.params))
+    (micro_record, micro_params), (whole_record, whole_params) = results
+    assert micro_record["targets"] == whole_record["targets"]
+    assert_close(micro_record["loss"], whole_record["loss"])
+    assert_close(micro_record["grad_norm"], whole_record["grad_norm"])
+    for name in micro_params:
+        assert_close(micro_params[name], whole_params[name], err_msg=name)
+
+
+@given(model_configs(), encoders, seeds())
+def test_checkpointing_and_flash_attention_give_the_same_gradients(config, causal, seed):
+    config = dataclasses.replace(config, **causal)
+    model = _model(config, seed)
+    ids, targets = _batch(config, seed)
+    plain = loss_and_gradients(model, ids, targets)
+    for options in ({"checkpoint": True}, {"attention": "flash"}, {"checkpoint": True, "attention": "flash"}):
+        loss, n, grads = loss_and_gradients(model, ids, targets, **options)
+        assert loss == pytest.approx(plain[0], rel=1e-12) and n == plain[1]
+        for name in grads:
+            assert_close(grads[name], plain[2][name], err_msg=f"{name} with {options}")
+
+
+def test_checkpointing_keeps_less_in_memory():
+    config = TransformerConfig(vocab_size=32, d_model=32, n_layers=12, n_heads=1, d_ff=32, max_seq_len=32)
+    model = TinyTransformer(config, seed=0)  # many blocks, small weights: activations dominate the memory
+    ids = np.random.default_rng(0).integers(0, 32, size=(8, 32))
+    targets = next_token_targets(ids)
+    peaks = {}
+    for checkpoint in (False, True):
+        tracemalloc.start()
+        loss_and_gradients(model, ids, targets, checkpoint=checkpoint)
+        peaks[checkpoint] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    assert peaks[True] < 0.5 * peaks[False], peaks  # measured: 0.36
+
+
+def test_heldout_loss_scores_every_token_but_the_first_exactly_once():
+    class Counter:  # a "model" that records which positions it was asked about
+        config = TransformerConfig(vocab_size=50, d_model=2, n_layers=1, n_heads=1)
+
+        def forward(self, ids):
+            return np.zeros(ids.shape + (50,))  # uniform: each scored token costs log 50
+
+    for n, context in ((50, 8), (7, 8), (2, 3), (33, 33), (34, 33), (100, 2)):
+        total, count = heldout_loss(Counter(), np.arange(n) % 50, context=context)
+        assert count == n - 1, (n, context)
+        assert_close(total, (n - 1) * math.log(50))
+
+
+def test_heldout_loss_gives_each_token_its_past():
+    config = TransformerConfig(vocab_size=20, d_model=8, n_layers=1, n_heads=2, max_seq_len=32)
+    model = TinyTransformer(config, seed=1)
+    tokens = np.random.default_rng(0).integers(0, 20, size=30)
+    total, count = heldout_loss(model, tokens, context=30)  # one window: the plain definition
+    logits = model.forward(tokens[None])[0].astype(np.float64)
+    logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    assert count == 29
+    assert_close(total, -logp[np.arange(29), tokens[1:]].sum(), rtol=1e-6)
+
+
+def test_checkpoint_file_loads_and_runs_with_load_model_and_the_command_line(tmp_path, capsys):
+    from tinytransformer import cli
+    from tinytransformer.llama import load_model
+
+    tokenizer = byte_tokenizer()
+    text = "the cat sat on the mat. " * 40
+    config = TransformerConfig(vocab_size=tokenizer.vocab_size, d_model=16, n_layers=1, n_heads=2, max_seq_len=32,
+                               eos_id=tokenizer.special_tokens["<|endoftext|>"], name="tiny byte model")
+    model = TinyTransformer(config, seed=0)
+    trainer = Trainer(model, encode(tokenizer, text), TrainingConfig(batch_size=4, context=16, total_steps=3,
+                                                                     warmup_steps=1), tokenizer=tokenizer)
+    for _ in range(3):
+        trainer.step()
+    path = trainer.save(tmp_path / "tiny.gguf")
+    loaded = load_model(path)
+    assert (loaded.config.vocab_size, loaded.config.eos_id, loaded.config.name) == (257, 256, config.name)
+    assert loaded.metadata["training.step"] == 3
+    ids = encode(tokenizer, "the cat")
+    assert loaded.tokenizer.encode("the cat") == ids.tolist()
+    assert_close(loaded.forward(ids), model.forward(ids))
+    assert not list(tmp_path.glob("*.partial"))
+    assert cli.main(["generate", "the cat", "--model", str(path), "--max-new-tokens", "5"]) == 0
+    assert capsys.readouterr().out.startswith("the cat")  # the prompt, then what the model continues with
+
+
+def test_masked_language_model_trains_and_saves_as_an_encoder(tmp_path):
+    from tinytransformer.llama import load_model
+
+    tokenizer = byte_tokenizer(("<|endoftext|>", "<|mask|>"))
+    mask_id = tokenizer.special_tokens["<|mask|>"]
+    config = TransformerConfig(vocab_size=tokenizer.vocab_size, d_model=16, n_layers=1, n_heads=2, max_seq_len=16,
+                               causal=False)
+    training = TrainingConfig(batch_size=8, context=16, total_steps=40, warmup_steps=2, max_lr=1e-2,
+                              objective="masked", mask_id=mask_id, special_ids=(256,))
+    tokens = encode(tokenizer, "abcdefgh" * 50)
+    trainer = Trainer(TinyTransformer(config, seed=0), tokens, training, tokenizer=tokenizer)
+    before = trainer.evaluate(tokens[:200])
+    for _ in range(40):
+        trainer.step()
+    assert trainer.evaluate(tokens[:200]) < before / 2
+    loaded = load_model(save_checkpoint(trainer.model, tmp_path / "encoder.gguf", tokenizer=tokenizer))
+    assert loaded.config.causal is False
+    with pytest.raises(ValueError, match="an encoder"):
+        loaded.generate([1, 2], 3)
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda m: loss_and_gradients(m, np.zeros((2, 3), int), np.zeros((2, 4), int)), "ids, targets: expected"),
+    (lambda m: loss_and_gradients(m, np.zeros((1, 3), int), np.zeros((1, 3), int), attention="fast"),
+     "attention: expected one of"),
+    (lambda m: Trainer(m, np.arange(50), TrainingConfig(context=64)), "context: expected at most"),
+    (lambda m: Trainer(m, np.arange(50), TrainingConfig(objective="masked", mask_id=1, context=8)),
+     "the masked objective needs an encoder"),
+    (lambda m: TrainingConfig(objective="masked"), "mask_id: the masked objective needs"),
+    (lambda m: TrainingConfig(objective="bert"), "objective: expected one of"),
+    (lambda m: TrainingConfig(batch_size=0), "batch_size: expected an integer >= 1"),
+    (lambda m: random_batches(np.arange(5), batch_size=2, context=8, seed=0).__next__(),
+     "tokens: expected at least context"),
+])
+def test_bad_input_raises_a_clear_value_error(call, message):
+    model = TinyTransformer(TransformerConfig(vocab_size=11, d_model=8, n_layers=1, n_heads=2, max_seq_len=32))
+    with pytest.raises(ValueError, match=message):
+        call(model)
