@@ -252,6 +252,12 @@ def test_a_tiny_gguf_tokenizer_encodes_by_its_merges(tmp_path):
     assert tok.decode(tok.encode("hi hi!")) == "hi hi!"
 
 
+def test_a_gguf_tokenizer_with_no_merges_encodes_bytes(tmp_path):
+    """An empty merges array reads back with no element type (GGUF writes it as int32); it is no merges."""
+    tok = ByteLevelBPETokenizer.from_gguf(tiny_gguf(tmp_path / "bytes.gguf", **{"tokenizer.ggml.merges": []}))
+    assert tok.encode_as_tokens("hi") == ["h", "i"]
+
+
 @pytest.mark.parametrize("overrides, problem", [
     ({"tokenizer.ggml.model": "llama"}, "tokenizer.ggml.model is 'llama'"),
     ({"tokenizer.ggml.merges": None}, "tokenizer.ggml.merges is missing"),

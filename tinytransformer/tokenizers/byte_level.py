@@ -231,6 +231,8 @@ class ByteLevelBPETokenizer:
             raise TokenizerFileError(f"{source}: tokenizer.ggml.model is {_brief(model)}; only 'gpt2' "
                                      "(byte-level BPE) is supported here")
         tokens, merges = meta.get("tokenizer.ggml.tokens"), meta.get("tokenizer.ggml.merges")
+        if isinstance(merges, np.ndarray) and merges.size == 0:
+            merges = []  # an empty array has no element type to tell; a byte-only vocabulary has no merges
         if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
             raise TokenizerFileError(f"{source}: tokenizer.ggml.tokens is missing or not a list of strings")
         if not isinstance(merges, list) or not all(isinstance(m, str) and m.count(" ") == 1 for m in merges):
