@@ -152,7 +152,7 @@ def report(results: dict) -> None:
         return _report_memory(results["memory"])
     print(f"\nSmolLM2-135M-Instruct, {results['tokens']} held-out next tokens; BLAS {results['blas']}")
     print("reference = the file's own Q4_1/Q8_0 weights dequantised (re-quantising an already 4-bit model)\n")
-    print(f"| method | bits/weight | perplexity | vs reference | KL (nats/token) | same top token |")
+    print("| method | bits/weight | perplexity | vs reference | KL (nats/token) | same top token |")
     print("|---|---|---|---|---|---|")
     base = results["reference_perplexity"]
     for row in results["rows"]:

@@ -268,7 +268,6 @@ def run_model_draft(model, args) -> dict:
 # --- simulation ------------------------------------------------------------------------------------
 
 def run_simulate(model, args, measured: dict | None) -> dict:
-    from tinytransformer.paged_cache import PagedKVCache  # noqa: F401  (the geometry below is the model's)
     from tinytransformer.serving.scheduler import Request
     from tinytransformer.serving.simulate import (CostModel, SimulatedEngine, blocks_in_memory, measure_steps,
                                                   poisson_arrivals, replay, skewed_workload, summarize)
