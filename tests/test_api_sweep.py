@@ -1,5 +1,5 @@
-"""A sweep of bad calls to the public functions of gguf, layers, sampling, testing, and the
-softmax, masks and non-finite scores of attention and flash.
+"""A sweep of bad calls to the public functions of gguf, layers, sampling, testing, every function
+that takes a seed, and the softmax, masks and non-finite scores of attention and flash.
 
 Each case is a call, written as the text a user would type, and what must come of it:
 either a ValueError (GGUFError is one) whose message matches a pattern naming the
@@ -88,7 +88,26 @@ def namespace(folder: str) -> dict:
                                            silu, ffn, swiglu, greedy, filter_top_k, filter_top_p, sample_next,
                                            generate, assert_close, tolerance, softmax, causal_mask,
                                            sliding_window_mask, scaled_dot_product_attention, flash_attention)},
-                step=lambda ids: np.array([0.0, 1.0, 0.5]), q8=quantize(np.ones((1, 32), np.float32), gguf.Q8_0))
+                step=lambda ids: np.array([0.0, 1.0, 0.5]), q8=quantize(np.ones((1, 32), np.float32), gguf.Q8_0),
+                **_seeded(rng))
+
+
+def _seeded(rng) -> dict:
+    """The names the seed cases use: every public function or class that takes a seed."""
+    from tinytransformer.model import TinyTransformer, TransformerConfig, init_params
+    from tinytransformer.ngram import NGramLM
+    from tinytransformer.positional import learned_position_table
+    from tinytransformer.serving.scheduler import Request
+    from tinytransformer.serving.simulate import poisson_arrivals, skewed_workload
+    from tinytransformer.serving.speculative import Randomness
+    from tinytransformer.training.data import random_batches
+    from tinytransformer.training.loop import TrainingConfig
+
+    config = TransformerConfig(vocab_size=10, d_model=8, n_layers=1, n_heads=2, max_seq_len=16)
+    return dict(config=config, model=TinyTransformer(config, seed=0), lm=NGramLM(2, "laplace").fit([list("abc")]),
+                rng=rng, **{f.__name__: f for f in (TinyTransformer, init_params, learned_position_table, Request,
+                                                    poisson_arrivals, skewed_workload, Randomness, random_batches,
+                                                    TrainingConfig)})
 
 
 E = "expected"  # shorthand: a ValueError whose message says what was expected
@@ -307,6 +326,18 @@ CASES = {  # module -> [(call text, a regex the ValueError must match | a result
         ("scaled_dot_product_attention(q, kv, kv, bias=np.ones((3, 3)) * 1j)", "bias: expected a real-valued array"),
         ("scaled_dot_product_attention(q, kv, kv, bias=np.full((3, 3), -inf))", is_array(equal=np.zeros((1, 2, 3, 4)))),
         ("scaled_dot_product_attention(q, kv, kv * nan)", is_array(finite=False)),
+    ],
+    "seeds": [(call.format(seed), "seed: expected a numpy Generator, an integer seed >= 0") for call in (
+        "init_params(config, seed={})", "TinyTransformer(config, seed={})",
+        "model.generate([1], 2, temperature=1.0, seed={})", "model.generate_many([[1]], 2, temperature=1.0, seed={})",
+        "lm.generate(3, seed={})", "learned_position_table(4, 4, seed={})",
+        "next(random_batches(np.arange(100), batch_size=2, context=4, seed={}))", "skewed_workload(3, seed={})",
+        "poisson_arrivals(3, 1.0, seed={})", "Request([1], 2, seed={})", "Randomness({})")
+        for seed in ("'x'", "1.5", "-1", "True")] + [
+        ("TrainingConfig(seed=None)", "seed: expected an integer seed >= 0"),
+        ("TrainingConfig(seed=1.5)", "seed: expected"),
+        ("init_params(config, seed=rng)['token_embd.weight'].shape", is_value((10, 8))),
+        ("len(model.generate_many([[1]], 2, temperature=1.0, seed=np.int64(3))[0])", is_value(2)),
     ],
     "flash": [
         ("flash_attention(big, big, big)", "q, k: the scores q k\\^T \\* scale overflow float32"),

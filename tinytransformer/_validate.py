@@ -30,6 +30,21 @@ def nonnegative_float(value, name: str) -> float:
     return float(value)
 
 
+def seed_value(value, name: str = "seed"):
+    """value unchanged if it is a numpy Generator, an integer seed >= 0 or None (fresh randomness),
+    else ValueError (a bool, a float or a str is not a seed)."""
+    if value is None or isinstance(value, np.random.Generator):
+        return value
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise ValueError(f"{name}: expected a numpy Generator, an integer seed >= 0, or None, got {value!r}")
+    return int(value)
+
+
+def random_generator(value, name: str = "seed") -> np.random.Generator:
+    """A numpy Generator from a seed_value (a Generator is returned as it is)."""
+    return np.random.default_rng(seed_value(value, name))
+
+
 def float_array(x, name: str) -> np.ndarray:
     """x as a floating-point ndarray, or ValueError naming the dtype it had."""
     x = np.asarray(x)

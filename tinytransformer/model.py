@@ -49,7 +49,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tinytransformer import sampling
-from tinytransformer._validate import positive_float, positive_int
+from tinytransformer._validate import positive_float, positive_int, random_generator, seed_value
 from tinytransformer.attention import (causal_attention_in_query_blocks, merge_heads, scaled_dot_product_attention,
                                        split_heads)
 from tinytransformer.flash import flash_attention
@@ -159,7 +159,7 @@ def parameter_shapes(config: TransformerConfig) -> dict[str, tuple[int, ...]]:
 def init_params(config: TransformerConfig, seed: int = 0, dtype=np.float32) -> dict[str, np.ndarray]:
     """Random parameters: weights N(0, 0.02^2), output projections scaled by 1/sqrt(2L) (GPT-2),
     norm weights 1, biases 0."""
-    rng = np.random.default_rng(seed)
+    rng = random_generator(seed)
     out_std = 0.02 / np.sqrt(2 * config.n_layers)
     params = {}
     for name, shape in parameter_shapes(config).items():
@@ -485,6 +485,7 @@ class TinyTransformer:
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) \
                 or max_new_tokens < 0:
             raise ValueError(f"max_new_tokens: expected an integer >= 0, got {max_new_tokens!r}")
+        seed = seed_value(seed)
         for i, p in enumerate(prompts):
             if len(p) + max_new_tokens > c.max_seq_len:
                 raise ValueError(f"prompts[{i}]: {len(p)} prompt + {max_new_tokens} new tokens exceed the context "
@@ -497,7 +498,7 @@ class TinyTransformer:
             cache = self.new_paged_cache(sum(-(-(len(p) + max_new_tokens) // block_size) for p in prompts),
                                          block_size)
         eos = c.eos_id if stop_at_eos else None
-        rngs = [np.random.default_rng(seed) for _ in prompts]
+        rngs = [np.random.default_rng(seed) for _ in prompts]  # seed checked above
         seq_ids = [cache.add_sequence() for _ in prompts]
 
         def sample(i, logits):  # one token for sequence i; True while it goes on

@@ -36,7 +36,7 @@ import math
 
 import numpy as np
 
-from tinytransformer._validate import float_array
+from tinytransformer._validate import float_array, random_generator
 from tinytransformer._validate import positive_float as _positive_float
 from tinytransformer._validate import positive_int as _positive_int
 
@@ -68,7 +68,7 @@ def sinusoidal_encoding(n_positions: int, dim: int, base: float = 10000.0, dtype
 def learned_position_table(max_len: int, dim: int, *, seed: int = 0, std: float = 0.02, dtype=np.float32) -> np.ndarray:
     """A learned absolute position table [max_len, dim], initialised N(0, std^2) as in GPT-2."""
     max_len, dim = _positive_int(max_len, "max_len"), _positive_int(dim, "dim")
-    return (np.random.default_rng(seed).standard_normal((max_len, dim)) * std).astype(dtype)
+    return (random_generator(seed).standard_normal((max_len, dim)) * std).astype(dtype)
 
 
 def embed_positions(table, positions) -> np.ndarray:

@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
-from tinytransformer._validate import nonnegative_float, positive_int
+from tinytransformer._validate import nonnegative_float, positive_int, random_generator
 from tinytransformer.attention import softmax
 
 __all__ = ["greedy", "filter_top_k", "filter_top_p", "probabilities", "sample_next", "generate"]
@@ -109,7 +109,7 @@ def sample_next(logits, *, temperature: float = 0.0, top_k: int | None = None, t
     temperature: a finite number >= 0 (not a bool). rng: a numpy Generator, an
     integer seed >= 0, or None (a fresh unseeded generator).
     """
-    rng = _generator(rng, "rng")
+    rng = random_generator(rng, "rng")
     probs = probabilities(logits, temperature=temperature, top_k=top_k, top_p=top_p)
     if temperature == 0:
         return int(np.argmax(probs))  # no draw
@@ -135,7 +135,7 @@ def generate(step: Callable[[list[int]], np.ndarray], prompt_ids, max_new_tokens
     temperature = nonnegative_float(temperature, "temperature")
     top_k = None if top_k is None else positive_int(top_k, "top_k")
     top_p = None if top_p is None else _top_p(top_p)
-    rng = _generator(seed, "seed")
+    rng = random_generator(seed, "seed")
     if eos_id is not None and (isinstance(eos_id, (bool, np.bool_)) or not isinstance(eos_id, (int, np.integer))):
         raise ValueError(f"eos_id: expected an integer token id or None, got {eos_id!r}")
     return _decode(step, prompt_ids, int(max_new_tokens), temperature, top_k, top_p, rng, eos_id)
@@ -175,16 +175,6 @@ def _top_p(p) -> float:
             or not 0.0 < p <= 1.0:
         raise ValueError(f"top_p: expected a number in (0, 1], got {p!r}")
     return float(p)
-
-
-def _generator(rng, name: str) -> np.random.Generator:
-    if isinstance(rng, np.random.Generator):
-        return rng
-    if rng is None:
-        return np.random.default_rng()
-    if isinstance(rng, (bool, np.bool_)) or not isinstance(rng, (int, np.integer)) or rng < 0:
-        raise ValueError(f"{name}: expected a numpy Generator, an integer seed >= 0, or None, got {rng!r}")
-    return np.random.default_rng(int(rng))
 
 
 def _token_ids(ids) -> list[int]:

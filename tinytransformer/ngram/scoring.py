@@ -29,6 +29,8 @@ import math
 
 import numpy as np
 
+from tinytransformer._validate import random_generator
+
 __all__ = ["LanguageModel", "BOS", "EOS", "UNK"]
 
 BOS, EOS, UNK = "<s>", "</s>", "<unk>"
@@ -105,7 +107,7 @@ class LanguageModel:
             raise ValueError(f"n_words: expected an integer >= 0, got {n_words!r}")
         if isinstance(context, str):
             raise TypeError(f"context: expected a sequence of words, got the str {context!r}")
-        rng = np.random.default_rng(seed)
+        rng = random_generator(seed)
         width = self.order - 1
         history = [BOS] * width + [str(w) for w in context]
         out: list[str] = []

@@ -65,7 +65,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tinytransformer._validate import positive_int
+from tinytransformer._validate import positive_int, random_generator
 from tinytransformer.paged_cache import BlockManager
 
 __all__ = ["Request", "Plan", "Scheduler", "POLICIES", "WAITING", "RUNNING", "FINISHED"]
@@ -111,7 +111,7 @@ class Request:
         if not self.prompt:
             raise ValueError("prompt: expected at least one token id, got an empty prompt")
         self.max_tokens = positive_int(self.max_tokens, "max_tokens")
-        self.rng = np.random.default_rng(self.seed)
+        self.rng = random_generator(self.seed)
 
     @property
     def tokens(self) -> list[int]:

@@ -44,6 +44,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tinytransformer._validate import random_generator
 from tinytransformer.paged_cache import BlockManager
 from tinytransformer.serving.engine import Engine, run_plan
 from tinytransformer.serving.scheduler import Plan, Request, Scheduler
@@ -179,7 +180,7 @@ def skewed_workload(n: int, *, seed: int = 0, vocab_size: int = 256, prompt_leng
 
     The long ones are spread evenly through the list, so that any batch of consecutive requests
     holds about the same share of them. Ids are drawn from [first_id, vocab_size)."""
-    rng = np.random.default_rng(seed)
+    rng = random_generator(seed)
     every = max(1, round(1 / long_fraction)) if long_fraction > 0 else n + 1
     work = []
     for i in range(n):
@@ -193,7 +194,7 @@ def poisson_arrivals(n: int, rate: float, *, seed: int = 0) -> np.ndarray:
     """n arrival times (seconds) of a Poisson process of `rate` requests per second, from 0."""
     if not rate > 0:
         raise ValueError(f"rate: expected requests per second > 0, got {rate!r}")
-    gaps = np.random.default_rng(seed).exponential(1.0 / rate, size=n)
+    gaps = random_generator(seed).exponential(1.0 / rate, size=n)
     return np.concatenate([[0.0], np.cumsum(gaps[:-1])]) if n else gaps
 
 

@@ -54,7 +54,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tinytransformer import sampling
-from tinytransformer._validate import positive_int
+from tinytransformer._validate import positive_int, random_generator
 
 __all__ = ["Randomness", "accept_or_resample", "speculative_generate", "speculative_stream", "SpeculationStats",
            "PromptLookupDraft",
@@ -71,7 +71,7 @@ class Randomness:
     can replace them and enumerate every outcome with its probability."""
 
     def __init__(self, seed=None):
-        self.rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+        self.rng = random_generator(seed)
 
     def coin(self, a: float) -> bool:
         return bool(self.rng.random() < a)

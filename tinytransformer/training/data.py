@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tinytransformer._validate import positive_int
+from tinytransformer._validate import positive_int, random_generator
 from tinytransformer.tokenizers.bpe import BPETokenizer
 from tinytransformer.tokenizers.byte_level import bytes_to_unicode
 from tinytransformer.tokenizers.unicode_regex import GPT2_PATTERN
@@ -56,7 +56,7 @@ def random_batches(tokens, *, batch_size: int, context: int, seed):
         raise ValueError(f"tokens: expected a 1-D integer array, got dtype {tokens.dtype} shape {tokens.shape}")
     if tokens.size < context + 1:
         raise ValueError(f"tokens: expected at least context + 1 = {context + 1} tokens, got {tokens.size}")
-    rng = np.random.default_rng(seed)
+    rng = random_generator(seed)
     window = np.arange(context + 1)  # [T + 1]
     while True:
         starts = rng.integers(0, tokens.size - context, size=batch_size)  # [B]

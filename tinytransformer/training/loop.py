@@ -49,7 +49,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tinytransformer._validate import positive_int
+from tinytransformer._validate import positive_int, seed_value
 from tinytransformer.training.data import random_batches, tokenizer_metadata
 from tinytransformer.training.gradients import loss_and_gradients
 from tinytransformer.training.objectives import IGNORE, mask_tokens
@@ -83,6 +83,8 @@ class TrainingConfig:
     def __post_init__(self):
         for name in ("batch_size", "context", "micro_batches", "total_steps"):
             positive_int(getattr(self, name), name)
+        if seed_value(self.seed) is None or isinstance(self.seed, np.random.Generator):  # both streams need an int
+            raise ValueError(f"seed: expected an integer seed >= 0, got {self.seed!r}")
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective: expected one of {OBJECTIVES}, got {self.objective!r}")
         if self.objective == "masked" and self.mask_id is None:
