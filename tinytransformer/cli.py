@@ -132,10 +132,10 @@ def _check_options(args) -> None:
         _check_file(args.model)
 
 
-def _check_file(path) -> None:
+def _check_file(path, argument: str = "--model") -> None:
     path = Path(path)
     if not path.is_file():
-        raise UsageError(f"--model: expected a GGUF file, got {str(path)!r}, which "
+        raise UsageError(f"{argument}: expected a GGUF file, got {str(path)!r}, which "
                          f"{'is not a regular file' if path.exists() else 'does not exist'}")
 
 
@@ -304,7 +304,7 @@ def _describe(value) -> str:
 
 def cmd_info(args) -> int:
     if args.path is not None:
-        _check_file(args.path)
+        _check_file(args.path, "path")
     path = Path(args.path) if args.path else default_model_path()
     with GGUFFile(path) as f:
         print(f"{path.name}\nGGUF version {f.version}, {len(f.metadata)} metadata keys, {len(f.tensors)} tensors, "

@@ -27,14 +27,13 @@ Does not handle: timing on a GPU, corpora other than a UTF-8 text file (`--corpu
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import time
 from pathlib import Path
 
 import numpy as np
 
-from tinytransformer._files import atomic_writer
+from tinytransformer.bench import save_figure, write_report
 from tinytransformer.ngram import SMOOTHINGS, NGramLM, bits_per_byte, text_to_sentences
 from tinytransformer.threads import blas_description, blas_threads
 
@@ -273,23 +272,8 @@ def plot(report, path):
         axes[1].legend(fontsize=8)
     else:
         axes[1].set_axis_off()
-    with atomic_writer(path, f"figure {str(path)!r}") as handle:
-        fig.savefig(handle, format="png", dpi=110, bbox_inches="tight")
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
-
-
-def _json_number(value):
-    """json.dumps' fallback: NumPy scalars become Python numbers; anything else is refused."""
-    if isinstance(value, (np.integer, np.floating)):
-        return value.item()
-    raise TypeError(f"report: a value of type {type(value).__name__} is not a number or a JSON type")
-
-
-def write_report(report: dict, path) -> None:
-    """Write the measurements as JSON: encoded first, then written next to `path` and renamed over it."""
-    data = json.dumps(report, indent=1, default=_json_number).encode("utf-8")
-    with atomic_writer(path, f"report file {str(path)!r}") as handle:
-        handle.write(data)
 
 
 def run(args) -> dict:

@@ -33,6 +33,7 @@ import time
 import numpy as np
 
 from tinytransformer import gguf
+from tinytransformer.bench import save_figure, write_report
 from tinytransformer.corpus import load_corpus, train_heldout_split
 from tinytransformer.llama import load_model
 from tinytransformer.quant.evaluate import (METHODS, TinyTransformer, calibration_statistics, compare,
@@ -196,7 +197,7 @@ def figure(results: dict, path) -> None:
     ax.set_yscale("log")
     ax.set_title("SmolLM2-135M: re-quantising its projections")
     ax.legend()
-    fig.savefig(path, dpi=120, bbox_inches="tight")
+    save_figure(fig, path)
     plt.close(fig)
     print(f"[saved {path}]")
 
@@ -226,8 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         results = run(args)
     report(results)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=1)
+        write_report(results, args.json)
     if args.figure and "rows" in results:
         figure(results, args.figure)
     return 0

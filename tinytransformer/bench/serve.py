@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import inspect
-import json
 import os
 import platform
 import sys
@@ -43,6 +42,7 @@ import time
 
 import numpy as np
 
+from tinytransformer.bench import write_report
 from tinytransformer.threads import blas_description, blas_threads
 
 CLOCK = time.process_time
@@ -380,10 +380,7 @@ def main(argv: list[str] | None = None) -> int:
             print("\n3. simulation: a cost model calibrated on measured steps", flush=True)
             results["simulate"] = run_simulate(model, args, results.get("batching"))
     if args.json:
-        tmp = args.json + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(results, f, indent=1, default=float)
-        os.replace(tmp, args.json)
+        write_report(results, args.json, default=float)
     return 0
 
 

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 import os
 import platform
@@ -39,6 +38,7 @@ import tracemalloc
 
 import numpy as np
 
+from tinytransformer.bench import save_figure, write_report
 from tinytransformer.model import TinyTransformer, TransformerConfig
 from tinytransformer.threads import blas_description, blas_threads
 from tinytransformer.training.data import byte_tokenizer, encode, random_batches
@@ -300,7 +300,7 @@ def _save(fig, folder, name):
     import matplotlib.pyplot as plt
 
     path = os.path.join(folder, name)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
+    save_figure(fig, path)
     plt.close(fig)
     return path
 
@@ -382,8 +382,7 @@ def main(argv: list[str] | None = None) -> int:
             except ImportError as error:
                 print(f"  skipped: {error}")
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as handle:
-            json.dump(report, handle, indent=1, default=float)
+        write_report(report, args.json, default=float)
         print(f"\n[wrote {args.json}]")
     if args.plot_dir:
         for path in plot(report, args.plot_dir):
