@@ -89,7 +89,20 @@ def namespace(folder: str) -> dict:
                                            generate, assert_close, tolerance, softmax, causal_mask,
                                            sliding_window_mask, scaled_dot_product_attention, flash_attention)},
                 step=lambda ids: np.array([0.0, 1.0, 0.5]), q8=quantize(np.ones((1, 32), np.float32), gguf.Q8_0),
-                **_seeded(rng))
+                **_seeded(rng), **_attention_names(rng))
+
+
+def _attention_names(rng) -> dict:
+    """The names the multi-head and paged attention cases use."""
+    from tinytransformer import cuda
+    from tinytransformer.attention import multi_head_attention
+    from tinytransformer.paged_cache import paged_decode_attention, paged_decode_attention_batched
+
+    projections = {"wq": np.ones((8, 8)), "wk": np.ones((4, 8)), "wv": np.ones((4, 8)), "wo": np.ones((8, 8))}
+    return dict(x8=rng.standard_normal((1, 3, 8)), projections=projections, cuda=cuda,
+                multi_head_attention=multi_head_attention, paged_decode_attention=paged_decode_attention,
+                paged_decode_attention_batched=paged_decode_attention_batched, q1=rng.standard_normal((1, 2, 1, 4)),
+                pool=rng.standard_normal((4, 1, 2, 4)), tables=np.array([[0, 1]]), lens=np.array([3]))
 
 
 def _seeded(rng) -> dict:
@@ -326,6 +339,27 @@ CASES = {  # module -> [(call text, a regex the ValueError must match | a result
         ("scaled_dot_product_attention(q, kv, kv, bias=np.ones((3, 3)) * 1j)", "bias: expected a real-valued array"),
         ("scaled_dot_product_attention(q, kv, kv, bias=np.full((3, 3), -inf))", is_array(equal=np.zeros((1, 2, 3, 4)))),
         ("scaled_dot_product_attention(q, kv, kv * nan)", is_array(finite=False)),
+        ("scaled_dot_product_attention(q, kv[:, :0], kv[:, :0])", "k: expected a number of KV heads that divides"),
+        ("scaled_dot_product_attention(q, kv[:, :, :0], kv[:, :, :0])", is_array(equal=np.zeros((1, 2, 3, 4)))),
+        ("scaled_dot_product_attention(q, kv, kv[0])", "v: expected rank 4"),
+        ("scaled_dot_product_attention(q, kv, kv, scale=inf)", "scale: expected a finite"),
+        ("scaled_dot_product_attention(q, kv, kv, scale=True)", "scale: expected a finite"),
+        ("multi_head_attention(x8, projections, 2, 0)", "n_heads: expected an integer >= 1"),
+        ("multi_head_attention(x8, {**projections, 'wk': np.ones((3, 8))}, 2, 1)", "k: expected head dim 4"),
+        ("multi_head_attention(x8, {**projections, 'wq': np.ones((8, 5))}, 2, 1)", "weight: expected shape"),
+        ("multi_head_attention(x8, {**projections, 'wo': np.ones((8, 3))}, 2, 1)", "weight: expected shape"),
+        ("multi_head_attention(x8[0], projections, 2, 1)", "x: expected rank 3"),
+        ("multi_head_attention(x8 * 1j, projections, 2, 1)", "x: expected a floating-point array"),
+        ("paged_decode_attention(q1, pool, pool, tables, lens, scale=nan)", "scale: expected a finite"),
+        ("paged_decode_attention(q1, pool, pool, tables, lens, scale=True)", "scale: expected a finite"),
+        ("paged_decode_attention_batched(q1, pool, pool, tables, lens, scale=inf)", "scale: expected a finite"),
+        ("paged_decode_attention(q1, pool[:, :0], pool[:, :0], tables, lens)", "expected a number of KV heads"),
+        ("paged_decode_attention(q1 * 1j, pool, pool, tables, lens)", "q: expected a floating-point array"),
+        ("paged_decode_attention(q1[:0], pool, pool, tables[:0], lens[:0])", is_array(shape=(0, 2, 1, 4))),
+        ("cuda.paged_decode_attention(q1, pool, pool, tables, lens, scale=nan, backend='numpy')",
+         "scale: expected a finite"),
+        ("cuda.paged_decode_attention(q1[:0], pool, pool, tables[:0], lens[:0], backend='numpy')",
+         is_array(shape=(0, 2, 1, 4))),
     ],
     "seeds": [(call.format(seed), "seed: expected a numpy Generator, an integer seed >= 0") for call in (
         "init_params(config, seed={})", "TinyTransformer(config, seed={})",
@@ -350,6 +384,12 @@ CASES = {  # module -> [(call text, a regex the ValueError must match | a result
         ("flash_attention(q, kv, kv, scale=nan)", "scale: expected a finite"),
         ("flash_attention(q, kv, kv, alibi_slopes=np.ones(2) * 1j)", "alibi_slopes: expected a floating-point"),
         ("flash_attention(q, kv, kv * nan)", is_array(finite=False)),
+        ("flash_attention(q, kv[:, :0], kv[:, :0])", "k: expected a number of KV heads that divides"),
+        ("flash_attention(q, kv[:, :, :0], kv[:, :, :0])", is_array(equal=np.zeros((1, 2, 3, 4)))),
+        ("flash_attention(q, kv, kv[0])", "v: expected rank 4"),
+        ("flash_attention(q, kv, kv, scale=inf)", "scale: expected a finite"),
+        ("cuda.flash_attention(q, kv, kv, scale=True, backend='numpy')", "scale: expected a finite"),
+        ("cuda.flash_attention(q[:0], kv[:0], kv[:0], backend='numpy')", is_array(shape=(0, 2, 3, 4))),
     ],
 }
 

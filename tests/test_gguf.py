@@ -257,6 +257,18 @@ def test_numeric_metadata_arrays_are_numpy_arrays_about_their_size_in_the_file(t
     assert peak < 1.5 * values.nbytes  # a Python list of the same ints takes about 9 times the file's bytes
 
 
+def test_bool_and_number_arrays_are_read_in_one_step_not_element_by_element(tmp_path, monkeypatch):
+    # a 20 MB bool array read one byte at a time took 19 s
+    path = tmp_path / "arrays.gguf"
+    write_gguf(path, {"flags": np.arange(2**20) % 3 == 0, "numbers": np.arange(2**20, dtype=np.float32)}, {})
+    reads = []
+    original = gguf._Cursor.take
+    monkeypatch.setattr(gguf._Cursor, "take", lambda self, n, what: reads.append(what) or original(self, n, what))
+    with GGUFFile(path) as f:
+        assert f.metadata["flags"].sum() == (2**20 + 2) // 3 and f.metadata["numbers"][-1] == 2**20 - 1
+    assert len(reads) < 30, f"{len(reads)} reads for two arrays"
+
+
 def test_a_bool_array_with_a_byte_other_than_0_or_1_names_its_index(tmp_path):
     body = struct.pack("<IQ", gguf.BOOL, 5) + bytes([0, 1, 1, 7, 0])
     with pytest.raises(GGUFError, match=r"metadata 'k'\[3\] is a bool stored as 7"):

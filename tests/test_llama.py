@@ -198,10 +198,11 @@ def test_a_chapter_5_model_and_smollm2_share_the_loader_and_the_forward_pass(tmp
     assert loaded.generate([1, 2, 3], 10) == model.generate([1, 2, 3], 10)
 
 
-def _rewrite(src, dst, **metadata_changes):
+def _rewrite(src, dst, tensors=None, **metadata_changes):
     with GGUFFile(src) as f:
         metadata = {**f.metadata, **metadata_changes}
-        tensors = {name: (f.raw_tensor(name).copy(), info.type, info.shape) for name, info in f.tensors.items()}
+        tensors = {**{name: (f.raw_tensor(name).copy(), info.type, info.shape) for name, info in f.tensors.items()},
+                   **(tensors or {})}
     write_gguf(dst, metadata, tensors)
     return dst
 
@@ -219,6 +220,7 @@ def test_a_huge_block_count_is_refused_before_any_work(tmp_path, tiny_path):
 @pytest.mark.parametrize("key, value, message", [
     ("llama.rope.freq_base", np.float32(np.inf), "rope.freq_base is inf; expected a finite positive number"),
     ("llama.attention.layer_norm_rms_epsilon", np.float32(np.nan), "epsilon is nan"),
+    ("llama.attention.layer_norm_rms_epsilon", np.float32(np.inf), "epsilon is inf; expected a finite positive"),
     ("llama.attention.head_count_kv", np.uint32(3), "no valid model: n_kv_heads: expected a divisor"),
 ])
 def test_bad_hyperparameters_are_refused_at_load(tmp_path, tiny_path, key, value, message):
@@ -232,3 +234,22 @@ def test_a_tensor_with_nan_is_refused_at_load(tmp_path):
     model.params["blk.0.ffn_up.weight"][0, 0] = np.nan
     with pytest.raises(GGUFError, match="'blk.0.ffn_up.weight' holds NaN"):
         load_model(save_model(model, tmp_path / "nan.gguf"))
+
+
+@pytest.mark.parametrize("keep_quantized", [False, True])
+def test_a_quantised_tensor_with_a_nan_scale_is_refused_at_load(tmp_path, keep_quantized):
+    from tinytransformer import gguf
+
+    path = write_random_llama(tmp_path / "q8.gguf", n_layers=1, dim=32, n_heads=2, n_kv_heads=1, hidden_dim=32,
+                              weight_type=gguf.Q8_0)
+    raw, kind, shape = _raw_tensors(path)["blk.0.ffn_up.weight"]
+    raw = raw.copy()
+    raw[:2] = np.frombuffer(np.float16(np.nan).tobytes(), np.uint8)  # block 0's float16 scale d = NaN
+    _rewrite(path, tmp_path / "nan.gguf", tensors={"blk.0.ffn_up.weight": (raw, kind, shape)})
+    with pytest.raises(GGUFError, match="'blk.0.ffn_up.weight' holds NaN or infinite values"):
+        load_model(tmp_path / "nan.gguf", keep_quantized=keep_quantized)
+
+
+def _raw_tensors(path) -> dict:
+    with GGUFFile(path) as f:
+        return {name: (np.array(f.raw_tensor(name)), info.type, info.shape) for name, info in f.tensors.items()}

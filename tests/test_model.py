@@ -79,6 +79,8 @@ def test_same_seed_same_model_and_different_seed_different_model():
     (lambda: TinyTransformer(TransformerConfig(5, 8, 1, 2)).generate([1.7, 3], 3), "prompt_ids: expected a non-empty sequence of integer token ids"),
     (lambda: TinyTransformer(TransformerConfig(5, 8, 1, 2)).generate([True], 3), "prompt_ids: expected a non-empty sequence of integer token ids"),
     (lambda: TinyTransformer(TransformerConfig(5, 8, 1, 2)).generate([1], True), "max_new_tokens: expected an integer >= 0"),
+    (lambda: TinyTransformer(TransformerConfig(5, 8, 1, 2)).generate([1], 2, temperature=True), "temperature: expected a finite number"),
+    (lambda: TinyTransformer(TransformerConfig(5, 8, 1, 2)).forward(np.array([[1, 2]]) + 0j), r"ids: expected a non-empty integer array"),
     (lambda: TinyTransformer(TransformerConfig(5, 8, 1, 2, max_seq_len=4)).generate([1, 2], 3), "exceed the context length max_seq_len=4"),
     (lambda: TinyTransformer(TransformerConfig(5, 8, 1, 2)).generate_many([[1], [9]], 3), r"prompts\[1\]: expected"),
     (lambda: TinyTransformer(TransformerConfig(5, 8, 1, 2), attention="fast"), "attention: expected one of"),

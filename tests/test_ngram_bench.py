@@ -105,7 +105,7 @@ def test_smollm2_scores_a_sentence_in_a_sensible_number_of_bits(smollm2_path):
     assert 0.3 < result["bpb"] < 4.0  # English under a real model: far below 8 bits per byte
 
 
-def test_the_json_report_is_checked_first_and_renamed_into_place_is_checked_first_and_renamed_into_place(tmp_path):
+def test_the_json_report_is_encoded_first_and_renamed_into_place(tmp_path):
     path = tmp_path / "ngram.json"
     path.write_text('{"old": 1}')
     with pytest.raises(TypeError, match="report: .* is not a number"):
