@@ -20,13 +20,16 @@ def test_there_is_a_lecture_script_per_chapter():
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=[s.stem for s in SCRIPTS])
-def test_lecture_script_runs_headless_in_quick_mode(script, tmp_path):
+def test_lecture_script_runs_headless_in_quick_mode_and_leaves_no_temporary_file(script, tmp_path):
     pytest.importorskip("matplotlib", reason="lecture scripts save figures with matplotlib")
-    env = {**os.environ, "MPLBACKEND": "Agg", "TT_QUICK": "1", "TT_FIGURES": str(tmp_path)}
+    scratch = tmp_path / "tmp"  # the script's temporary folder: empty again when it ends
+    scratch.mkdir()
+    env = {**os.environ, "MPLBACKEND": "Agg", "TT_QUICK": "1", "TT_FIGURES": str(tmp_path), "TMPDIR": str(scratch)}
     env.pop("DISPLAY", None)
     done = subprocess.run([sys.executable, str(script), "--quick"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, f"{script.name} failed:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}"
+    assert list(scratch.iterdir()) == [], f"{script.name} left temporary files behind"
     assert done.stdout.strip(), f"{script.name} printed nothing"
     figures = list((tmp_path / script.stem).glob("*.png"))  # chapters/_lecture.py honours TT_FIGURES
     assert figures, f"{script.name} saved no figure under $TT_FIGURES/{script.stem}/"

@@ -3,23 +3,20 @@
 Each test here is a case that once went wrong: quadratic memory or cubic time on a
 SentencePiece model with one long piece, a tokenizer.json regex that backtracks for
 ever, RecursionError on deep nesting, OverflowError on float32 scores, a save that
-truncated the file it replaced, caches that grew with the input, a lecture that left a
-temporary folder behind. Cases that could hang or exhaust memory run through
+truncated the file it replaced, caches that grew with the input. (That a lecture leaves no
+temporary folder behind is checked for every chapter in tests/test_chapters.py.) Cases that could hang or exhaust memory run through
 tests/fuzzing.py: run_bounded, in a child process with a time and a memory bound.
 """
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import tracemalloc
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import ROOT, require
+from conftest import require
 from fuzzing import run_bounded
 from strategies import sentencepiece_model_bytes, sentencepiece_vocabularies, tiny_tokenizer_json
 from tinytransformer.tokenizer import (BPETokenizer, ByteLevelBPETokenizer, SentencePieceError,
@@ -278,17 +275,3 @@ def test_the_piece_cache_charges_at_least_what_its_entries_take_in_memory():
     taken = tracemalloc.get_traced_memory()[0] - before
     tracemalloc.stop()
     assert 1.0 <= cache.nbytes / taken < 2.0, (cache.nbytes, taken)
-
-
-# ---- the lecture -------------------------------------------------------------------------------
-@pytest.mark.slow
-def test_the_lecture_leaves_no_temporary_folder_behind(tmp_path):
-    pytest.importorskip("matplotlib", reason="lecture scripts save figures with matplotlib")
-    scratch = tmp_path / "tmp"
-    scratch.mkdir()
-    env = {**os.environ, "MPLBACKEND": "Agg", "TT_QUICK": "1", "TT_FIGURES": str(tmp_path / "figures"),
-           "TMPDIR": str(scratch)}
-    done = subprocess.run([sys.executable, str(ROOT / "chapters" / "06_tokenizers.py"), "--quick"], cwd=ROOT,
-                          env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert list(scratch.iterdir()) == []
