@@ -63,8 +63,6 @@ import itertools
 from collections import deque
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from tinytransformer._validate import positive_int, random_generator
 from tinytransformer.paged_cache import BlockManager
 
