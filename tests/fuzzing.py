@@ -18,6 +18,14 @@ run down with it, each case runs in a forked child process:
 Outcome kinds: "ok", "clean error", "unclear error" (an exception not in `clean`),
 "memory" (MemoryError, or killed by the limit), "hang" (over the time bound),
 "crash" (the child died some other way). POSIX only (fork, resource limits).
+
+The fuzz suites call `record(format, case, outcome)` for every case; with TT_FUZZ_TALLY
+set to a file, each call appends one JSON line there, and this script prints the counts
+per format (the closing notes' table):
+
+    TT_FUZZ_TALLY=/tmp/tally python -m pytest tests/test_gguf_fuzz.py tests/test_tokenizer_fuzz.py \
+        tests/test_ngram_fuzz.py
+    python tests/fuzzing.py /tmp/tally
 """
 from __future__ import annotations
 
@@ -28,7 +36,9 @@ import os
 import resource
 import select
 import signal
+import sys
 import time
+from pathlib import Path
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,3 +104,30 @@ def run_bounded(case, *, clean=(ValueError,), seconds: float = 5.0, megabytes: i
 def tally(outcomes) -> dict[str, int]:
     """Counts per outcome kind, for the closing notes' tables."""
     return dict(collections.Counter(o.kind for o in outcomes))
+
+
+def record(fmt: str, case: str, outcome: Outcome) -> None:
+    """Append [format, kind, seconds, case, detail] to the file named by TT_FUZZ_TALLY, if set."""
+    if os.environ.get("TT_FUZZ_TALLY"):
+        with open(os.environ["TT_FUZZ_TALLY"], "a", encoding="utf-8") as out:
+            out.write(json.dumps([fmt, outcome.kind, round(outcome.seconds, 3), case, outcome.detail[:200]]) + "\n")
+
+
+def tally_table(path) -> str:
+    """A Markdown table of a TT_FUZZ_TALLY file: cases per format and how each ended."""
+    counts: dict = collections.defaultdict(collections.Counter)
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        fmt, kind = json.loads(line)[:2]
+        counts[fmt][kind] += 1
+    kinds = ("ok", "clean error", *BAD_KINDS)
+    rows = ["| format | cases | " + " | ".join("load" if k == "ok" else k for k in kinds) + " |",
+            "|---|---|" + "---|" * len(kinds)]
+    for fmt, counter in sorted(counts.items()):
+        rows.append(f"| {fmt} | {sum(counter.values())} | " + " | ".join(str(counter[k]) for k in kinds) + " |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        sys.exit("usage: python tests/fuzzing.py TALLY_FILE")
+    print(tally_table(sys.argv[1]))

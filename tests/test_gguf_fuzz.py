@@ -21,6 +21,9 @@ tally per source and target:
 
     python tests/test_gguf_fuzz.py             # the CI corpus
     HYPOTHESIS_PROFILE=thorough python tests/test_gguf_fuzz.py
+
+Under pytest, TT_FUZZ_TALLY=path records every case (the hypothesis ones too) for
+`python tests/fuzzing.py path` (see tests/fuzzing.py).
 """
 from __future__ import annotations
 
@@ -40,7 +43,7 @@ from hypothesis import strategies as st
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # run as a script, too
 
-from fuzzing import BAD_KINDS, Outcome, run_bounded, tally  # noqa: E402
+from fuzzing import BAD_KINDS, Outcome, record, run_bounded, tally  # noqa: E402
 from strategies import (apply_gguf_mutation, gguf_header, gguf_kv, gguf_mutations, gguf_string,  # noqa: E402
                         gguf_tensor_info)
 
@@ -98,7 +101,8 @@ def run_case(target, path, *, memory_factor: float | None = None, seconds: float
 
     outcome = run_bounded(case, clean=CLEAN[target], seconds=seconds, megabytes=MEGABYTES)
     if outcome.kind == "clean error" and str(path) not in outcome.detail:
-        return dataclasses.replace(outcome, kind="unclear error", detail="does not name the file: " + outcome.detail)
+        outcome = dataclasses.replace(outcome, kind="unclear error", detail="does not name the file: " + outcome.detail)
+    record("GGUF", Path(path).name, outcome)
     return outcome
 
 

@@ -4,13 +4,12 @@ Each case runs in a forked child with a time and memory bound (tests/fuzzing.py)
 it is a ValueError that names the file; a load is correct when no probability is NaN or above 1 (+1e-3,
 the margin `backoff` allows for printed rounding). Anything else (an unclear error, a hang, a memory
 blow-up, a crash) fails the test. HYPOTHESIS_PROFILE=thorough runs twelve times more cases; set
-TT_FUZZ_TALLY=path to append each case's outcome to that file (one JSON line per case) for a summary.
+TT_FUZZ_TALLY=path to append each case's outcome to that file, and `python tests/fuzzing.py path` prints
+the counts.
 """
 from __future__ import annotations
 
-import json
 import math
-import os
 import tempfile
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fuzzing import run_bounded
+from fuzzing import record, run_bounded
 from strategies import apply_arpa_mutation, arpa_mutations
 from test_ngram_arpa import ARPA_BY_HAND, ARPA_KATZ
 from tinytransformer.ngram import NGramLM, read_arpa
@@ -70,9 +69,7 @@ def run_case(data: bytes, folder) -> object:
     path = folder / "case.arpa"
     path.write_bytes(data)
     outcome = run_bounded(lambda: load_and_check(path), clean=(ValueError,), seconds=10, megabytes=256)
-    if os.environ.get("TT_FUZZ_TALLY"):
-        with open(os.environ["TT_FUZZ_TALLY"], "a", encoding="utf-8") as tally:
-            tally.write(json.dumps({"kind": outcome.kind, "detail": outcome.detail[:200]}) + "\n")
+    record("ARPA", path.name, outcome)
     return outcome
 
 

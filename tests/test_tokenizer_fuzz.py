@@ -24,10 +24,8 @@ outcome there, and `python tests/test_tokenizer_fuzz.py FILE` prints the counts:
 """
 from __future__ import annotations
 
-import collections
 import functools
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -35,7 +33,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fuzzing import BAD_KINDS, run_bounded
+from fuzzing import BAD_KINDS, record, run_bounded, tally_table
 from strategies import (apply_byte_mutation, apply_json_edit, apply_sentencepiece_edit, byte_mutations, json_edits,
                         sentencepiece_edits, sentencepiece_model_bytes, tiny_tokenizer_json)
 from tinytransformer.corpus import load_corpus
@@ -78,10 +76,7 @@ def outcome_of(fmt: str, path: Path, probe: str = PROBE):
 def check(fmt: str, path: Path, probe: str = PROBE) -> None:
     """The case ends in a load or a clean error (and is counted when TT_FUZZ_TALLY is set)."""
     outcome = outcome_of(fmt, path, probe)
-    if os.environ.get("TT_FUZZ_TALLY"):
-        with open(os.environ["TT_FUZZ_TALLY"], "a", encoding="utf-8") as tally:
-            tally.write(json.dumps([fmt, outcome.kind, round(outcome.seconds, 3), path.name, outcome.detail[:200]])
-                        + "\n")
+    record(fmt, path.name, outcome)
     assert outcome.kind not in BAD_KINDS, f"{path.name}: {outcome}"
 
 
@@ -347,15 +342,7 @@ def main(argv: list[str]) -> int:
     if len(argv) != 1:
         print("usage: python tests/test_tokenizer_fuzz.py TALLY_FILE", file=sys.stderr)
         return 2
-    counts: dict = collections.defaultdict(collections.Counter)
-    for line in Path(argv[0]).read_text(encoding="utf-8").splitlines():
-        fmt, kind = json.loads(line)[:2]
-        counts[fmt][kind] += 1
-    kinds = ("ok", "clean error", *BAD_KINDS)
-    print("| format | cases | " + " | ".join("load" if k == "ok" else k for k in kinds) + " |")
-    print("|---|---|" + "---|" * len(kinds))
-    for fmt, counter in sorted(counts.items()):
-        print(f"| {fmt} | {sum(counter.values())} | " + " | ".join(str(counter[k]) for k in kinds) + " |")
+    print(tally_table(argv[0]))
     return 0
 
 
