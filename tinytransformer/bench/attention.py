@@ -49,8 +49,7 @@ from pathlib import Path
 import numpy as np
 
 from tinytransformer import cuda
-from tinytransformer._files import atomic_writer
-from tinytransformer.bench import best_time
+from tinytransformer.bench import best_time, write_report
 
 SHORT = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
 GOALS = dict(v3_vs_sdpa=0.5, causal_speedup=1.7, decode_of_copy=0.70)  # what the GPU run is held to
@@ -482,9 +481,7 @@ def main(argv=None) -> int:
     if results is None:
         return 1
     if args.json is not None:
-        data = json.dumps(results, indent=1, default=float).encode("utf-8")
-        with atomic_writer(args.json, f"results file {str(args.json)!r}") as handle:  # temporary file, renamed
-            handle.write(data)
+        write_report(results, args.json, default=float)  # a temporary file, renamed
         print(f"wrote {args.json}")
     print()
     print("\n".join(summary(results)))

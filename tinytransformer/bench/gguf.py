@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import os
 import platform
 import subprocess
@@ -24,8 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tinytransformer._files import atomic_writer
-from tinytransformer.bench import best_time
+from tinytransformer.bench import best_time, write_report
 from tinytransformer.gguf import GGUFFile, write_gguf
 from tinytransformer.llama import ModelNotFoundError, default_model_path
 from tinytransformer.threads import blas_description
@@ -113,6 +111,5 @@ def main(argv=None) -> int:
                   + (f"{row['gguf-py_seconds']:10.3f} {row['gguf-py_mb']:11.1f}" if has_theirs else ""))
     if args.json:
         report = {"blas": blas_description(), "repeats": args.repeats, "rows": rows}
-        with atomic_writer(args.json, f"report file {args.json!r}") as f:
-            f.write(json.dumps(report, indent=1).encode())
+        write_report(report, args.json)
     return 0

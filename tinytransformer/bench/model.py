@@ -24,7 +24,6 @@ gguf (pip install -e ".[parity]"); with --no-hf only our numbers are printed.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -32,7 +31,7 @@ import time
 
 import numpy as np
 
-from tinytransformer._files import atomic_writer
+from tinytransformer.bench import write_report
 from tinytransformer.llama import default_model_path, load_model
 from tinytransformer.model import TinyTransformer
 from tinytransformer.threads import blas_description, blas_threads
@@ -239,8 +238,7 @@ def _run(args) -> int:
         record = {"machine": f"{platform.machine()} {os.cpu_count()} CPUs", "libraries": label,
                   "threads": args.threads, "repeats": args.repeats, "prompt_tokens": args.prompt_tokens,
                   "new_tokens": args.new_tokens, "no_cache_tokens": args.no_cache_tokens, "results": results}
-        with atomic_writer(args.json, f"results file {args.json!r}") as handle:  # temporary file, renamed
-            handle.write(json.dumps(record, indent=1).encode())
+        write_report(record, args.json)  # a temporary file, renamed
         print(f"\nresults written to {args.json}")
     return 0
 

@@ -31,8 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tinytransformer._files import atomic_writer
-from tinytransformer.bench import best_time
+from tinytransformer.bench import best_time, write_report
 from tinytransformer.corpus import load_corpus
 from tinytransformer.threads import blas_description
 from tinytransformer.tokenizer import GPT2_PATTERN, BPETokenizer, ByteLevelBPETokenizer, SentencePieceTokenizer
@@ -212,8 +211,7 @@ def main(argv: list[str] | None = None) -> int:
             ratio = f"{row['ours'] / row['competitor']:.2f}x the throughput"
         print(f"| {row['what']} | {row['ours']:.3g} {unit} | {theirs} | {ratio} |")
     if args.json:
-        with atomic_writer(args.json, f"--json {str(args.json)!r}") as handle:
-            handle.write((json.dumps(rows, indent=2) + "\n").encode())
+        write_report(rows, args.json)
     return 0
 
 
