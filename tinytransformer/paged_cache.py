@@ -1,12 +1,11 @@
 """Paged KV cache: keys and values in fixed-size blocks, found through a block table.
 
-A server decodes many sequences at once, each growing by one position per step to
-a length nobody knows in advance; reserving max_seq_len positions per sequence
-(`kv_cache`) wastes most of the memory. PagedAttention (Kwon et al., 2023, the
-vLLM paper) borrows virtual memory's answer: a pool of n_blocks blocks of
-block_size positions, a free list, and per sequence a block table from logical to
-physical block. A sequence takes a block only when its last one is full, so it
-wastes less than one block, and gives its blocks back when it finishes.
+A server decodes many sequences, each growing to a length nobody knows in advance;
+reserving max_seq_len positions for each (`kv_cache`) wastes most of the memory.
+PagedAttention (Kwon et al., 2023, the vLLM paper) borrows virtual memory's answer:
+a pool of blocks of block_size positions, a free list, and per sequence a block
+table from logical to physical block. A sequence takes a block only when its last
+one is full, so it wastes less than one, and gives its blocks back when it ends.
 
     position p of a sequence lives in block table[p // block_size], slot p % block_size
 
@@ -22,7 +21,7 @@ wastes less than one block, and gives its blocks back when it finishes.
     ([[0, 1], [2, -1]], [3, 1], 1)
 
 `BlockManager` is the bookkeeping, `PagedKVCache` the storage, `PagedBatch` the
-model's view; docs/09_cuda_kernels.md tells how they fit. Queries are [B, H, T, D].
+model's view, with queries [B, H, T, D] (docs/09_cuda_kernels.md tells how they fit).
 
 Does not handle: sharing blocks between sequences (prefix caching, beam search
 with copy-on-write), swapping blocks to host memory, eviction, quantised blocks.
