@@ -1,28 +1,13 @@
 """The GGUF file format: a reader, dequantisation, and a small writer.
 
-GGUF is the single-file format of llama.cpp (spec: ggml/docs/gguf.md in the
-ggml repository). A file is four parts, all little-endian:
+GGUF is the single-file format of llama.cpp (spec: ggml/docs/gguf.md in the ggml
+repository): a header, metadata as typed key-value pairs, one info entry per
+tensor (name, dims, ggml type, offset), then the tensor data, aligned. Dims are
+listed fastest-varying first (ggml's ne[0], ne[1], ...), the reverse of NumPy's
+C order, so a Llama projection stored with dims [in, out] is the array [out, in]:
 
-    header    magic b"GGUF", version (uint32: 2 or 3), tensor_count (uint64),
-              metadata_kv_count (uint64)
-    metadata  metadata_kv_count x (key: string, value_type: uint32, value)
-    infos     tensor_count x (name: string, n_dims: uint32, dims: uint64[n_dims],
-              ggml_type: uint32, offset: uint64)
-    data      starts at the first multiple of `general.alignment` (default 32)
-              after the infos; each tensor's offset is relative to this start.
-
-A string is a uint64 byte length followed by UTF-8 bytes (no terminator). An
-array value is (element_type: uint32, count: uint64, elements).
-
-Shapes: GGUF lists dims fastest-varying first (ggml's ne[0], ne[1], ...), the
-reverse of NumPy's C order. `TensorInfo.dims` keeps the file's order and
-`TensorInfo.shape` is the NumPy shape, `tuple(reversed(dims))`. A Llama
-projection stored with dims [in, out] is therefore the NumPy array [out, in].
-
-Quantised tensors are stored in blocks of 32 consecutive values (along ne[0]),
-or super-blocks of 256 for the k-quants; the block layouts, drawn byte by byte,
-and the quantisers are in `tinytransformer.quant.ggml` (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1)
-and `tinytransformer.quant.kquants` (Q4_K, Q5_K, Q6_K).
+    TensorInfo.shape = tuple(reversed(TensorInfo.dims))
+    byte offset of a tensor = data start (a multiple of general.alignment) + its offset
 
     >>> import os, tempfile, numpy as np
     >>> path = os.path.join(tempfile.mkdtemp(), "tiny.gguf")
@@ -34,16 +19,8 @@ and `tinytransformer.quant.kquants` (Q4_K, Q5_K, Q6_K).
     >>> f.tensor("w").tolist()
     [[0.0, 1.0, 2.0], [3.0, 4.0, 5.0]]
 
-Untrusted input: every count, length and offset is checked against the bytes
-that remain before anything is allocated, so a corrupt file raises GGUFError
-(naming the file and the problem) rather than crashing, hanging or allocating
-memory it does not contain. Only regular files are opened (a FIFO would block
-forever). Tensor data is memory-mapped, not read; metadata arrays of numbers
-and bools become NumPy arrays (as large as in the file, not a Python list
-eight times larger). Metadata takes at most about ten times the file's bytes in
-Python objects, except arrays nested in arrays (~20 times), of which a file may
-hold at most MAX_NESTED_ARRAYS. `write_gguf` checks everything before it writes, and
-writes a temporary file that it renames over the target.
+The byte layout and how untrusted files are read: docs/08_pretrained_model.md and
+`_Cursor`; block layouts: tinytransformer.quant.ggml and tinytransformer.quant.kquants.
 
 Does not handle: GGUF version 1 (pre-2023 files with 32-bit counts), the
 i-quants (IQ*), Q2_K, Q3_K, big-endian files, and split (multi-file) models.
@@ -162,7 +139,17 @@ _DIMS_TYPE_OFFSET = {n: struct.Struct(f"<{n}QIQ") for n in range(1, MAX_DIMS + 1
 
 
 class _Cursor:
-    """Reads little-endian values from a buffer, checking each read against its end."""
+    """Reads little-endian values from a buffer, checking each read against its end.
+
+    Files are untrusted: every count, length and offset is checked against the bytes
+    that remain before anything is allocated, so a corrupt file raises GGUFError
+    (naming the file and the problem) rather than crashing, hanging or allocating
+    memory it does not contain. Metadata arrays of numbers and bools become NumPy
+    arrays (as large as in the file, not a Python list eight times larger), so
+    metadata takes at most about ten times the file's bytes in Python objects, except
+    arrays nested in arrays (~20 times), of which a file may hold at most
+    MAX_NESTED_ARRAYS.
+    """
 
     def __init__(self, buffer, path: str):
         self.buffer = buffer

@@ -1,28 +1,13 @@
 """Paged KV cache: keys and values in fixed-size blocks, found through a block table.
 
-A server decodes many sequences at once, and each one's cache grows by one
-position per step until it stops, at a length nobody knows in advance. The
-contiguous `kv_cache` reserves max_seq_len positions per sequence up front;
-most of that is never used and cannot serve another request. PagedAttention
-(Kwon et al., 2023, the vLLM paper) borrows the operating system's answer to
-the same problem, virtual memory with pages:
-
-    pool         n_blocks blocks, each holding block_size positions
-    free list    the blocks nobody owns
-    block table  per sequence: logical block b -> physical block table[b]
+A server decodes many sequences, each growing to a length nobody knows in advance;
+reserving max_seq_len positions for each (`kv_cache`) wastes most of the memory.
+PagedAttention (Kwon et al., 2023, the vLLM paper) borrows virtual memory's answer:
+a pool of blocks of block_size positions, a free list, and per sequence a block
+table from logical to physical block. A sequence takes a block only when its last
+one is full, so it wastes less than one, and gives its blocks back when it ends.
 
     position p of a sequence lives in block table[p // block_size], slot p % block_size
-
-A sequence takes a new block only when its last one is full, so it wastes less
-than one block, and a finished sequence returns its blocks at once.
-
-Two classes keep the two concerns apart. `BlockManager` is the bookkeeping
-(free list, tables, lengths) and touches no tensor; `PagedKVCache` is the
-storage, k_pool and v_pool [n_layers, n_blocks, Hkv, block_size, D], driven by
-a BlockManager. `PagedKVCache.view(seq_ids)` gives a batch of sequences the
-cache protocol of `kv_cache` (reserve, attend), so the model decodes a ragged
-batch through it. Queries keep the [B, H, T, D] convention, end-aligned: query
-t of sequence b sits at position context_lens[b] - T + t.
 
     >>> import numpy as np
     >>> cache = PagedKVCache(n_layers=1, n_kv_heads=1, head_dim=2, n_blocks=4, block_size=2)
@@ -34,6 +19,9 @@ t of sequence b sits at position context_lens[b] - T + t.
     >>> tables, lengths = cache.batch([a, b])
     >>> tables.tolist(), lengths.tolist(), cache.n_free_blocks
     ([[0, 1], [2, -1]], [3, 1], 1)
+
+`BlockManager` is the bookkeeping, `PagedKVCache` the storage, `PagedBatch` the
+model's view, with queries [B, H, T, D] (docs/09_cuda_kernels.md tells how they fit).
 
 Does not handle: sharing blocks between sequences (prefix caching, beam search
 with copy-on-write), swapping blocks to host memory, eviction, quantised blocks.
@@ -284,6 +272,11 @@ class PagedKVCache:
 
 class PagedBatch:
     """A ragged batch of sequences of one PagedKVCache, seen through the model's cache protocol.
+
+    `PagedKVCache.view(seq_ids)` makes one, so the model decodes a ragged batch through
+    the same protocol (reserve, attend) as the contiguous `kv_cache`. Queries keep the
+    [B, H, T, D] convention, end-aligned: query t of sequence b sits at position
+    context_lens[b] - T + t.
 
         positions = batch.reserve(T)                  # [B, T]: each sequence grows by T positions
         out = batch.attend(layer, q, k, v, attention)  # write k, v [B, Hkv, T, D]; attention.paged(...)

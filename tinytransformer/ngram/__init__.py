@@ -13,15 +13,11 @@ discounting every seen count and interpolating with lower orders:
     >>> lm.score("sat", ["the", "cat"]) > lm.score("sat", ["the", "the"]) > 0
     True
 
-The files follow the lesson, each a step on the one before:
-    counting     padding, counting (a Counter reference, then sorted arrays), MLE, add-k
-    scoring      sentence scores, perplexity, sampling: our (ARPA/KenLM) convention
-    kneser_ney   discounts, continuation counts, interpolated and modified Kneser-Ney
-    backoff      BackoffLM: what Kneser-Ney produces and what an ARPA file stores
-    arpa         reading and writing ARPA files (untrusted input, bounded)
-    bits         bits per byte, to compare with models that tokenize differently
-    lm           NGramLM(order, smoothing): one front door to all of the above
-    nltk_compat  nltk's classes and conventions, and how they differ from ours
+One file per step of the lesson: counting (padding, counts, MLE, add-k), scoring
+(sentence scores, perplexity, sampling), kneser_ney, backoff (what Kneser-Ney
+produces and ARPA stores), arpa (files), bits (bits per byte), lm (`NGramLM`, one
+front door by name) and nltk_compat (nltk's classes and convention, next to ours);
+docs/07_ngrams.md has the table.
 
 Does not handle: pruning, Katz or Witten-Bell smoothing, gzip-compressed or binary
 (KenLM) model files, class-based and cache models.

@@ -1,26 +1,12 @@
 r"""ARPA files: the text format in which back-off n-gram models travel (SRILM, KenLM).
 
 An ARPA file lists, for every stored n-gram, log10 P*(h w), its words, and (below the
-top order) log10 bow of the n-gram as a context; a header gives the count per order:
+top order) log10 bow of the n-gram as a context, after a `\data\` header that gives
+the count per order; fields are separated by whitespace, so words cannot contain any.
+The model scores by the back-off rule of `backoff`, so from the lines
+`-0.6 a -0.2` (1-grams) and no stored `a a`:
 
-    \data\
-    ngram 1=4                      <- how many 1-grams, then 2-grams, ...
-    ngram 2=2
-
-    \1-grams:
-    -1.0    <unk>   0              <- log10 P*   words   log10 bow
-    -99     <s>     -0.30103
-    -0.5    </s>
-    -0.6    a       -0.2
-
-    \2-grams:
-    -0.1    <s> a
-    -0.4    a </s>
-
-    \end\
-
-and the model scores by the back-off rule of `backoff`: P(a | a) = bow(a) P(a) =
-10^(-0.2 - 0.6). Fields are separated by whitespace, so words cannot contain any.
+    log10 P(a | a) = log10 bow(a) + log10 P*(a) = -0.2 + -0.6
 
     >>> import os, tempfile
     >>> from tinytransformer.ngram import NGramLM
@@ -31,9 +17,8 @@ and the model scores by the back-off rule of `backoff`: P(a | a) = bow(a) P(a) =
     >>> float(abs(loaded.logscores([["a", "b", "z"]]) - lm.logscores([["a", "b", "z"]])).max())
     0.0
 
-Files are untrusted: reading takes time and memory in proportion to the file, and every
-problem is a ValueError naming the file and the line. Writes are atomic (a temporary file
-in the same folder, renamed into place).
+A whole small file is drawn in docs/07_ngrams.md. Files are untrusted (see
+`read_arpa`); writes are atomic (see `write_arpa`).
 
 Does not handle: gzip-compressed files, KenLM's binary format, words that contain
 whitespace, MLE and add-k models (after an unseen context they do not back off).
@@ -109,7 +94,8 @@ def read_arpa(path, *, max_order: int = 64) -> BackoffLM:
     Raises ValueError naming the file and line on a malformed file: a missing
     `\\data\\` header or section, counts that disagree with the header, a bad number,
     an n-gram whose context is missing, a back-off weight that gives a probability
-    above 1. `<unk>` missing from the file gets log10 P = -100, as in KenLM.
+    above 1. `<unk>` missing from the file gets log10 P = -100, as in KenLM. Files are
+    untrusted: reading takes time and memory in proportion to the file.
     """
     if isinstance(max_order, bool) or not isinstance(max_order, int) or max_order < 1:
         raise ValueError(f"max_order: expected an integer >= 1, got {max_order!r}")

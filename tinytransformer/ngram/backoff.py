@@ -1,17 +1,15 @@
 """Back-off models: what Kneser-Ney produces, what ARPA files store, what KenLM reads.
 
 A back-off model stores, for every n-gram it keeps, a probability P*(h w) and, for
-every n-gram h that is also a context, a back-off weight bow(h). A query uses the
-longest stored n-gram and pays the weights of the longer contexts it passed over:
+every stored context h, a back-off weight bow(h). A query uses the longest stored
+n-gram and pays the weights of the longer contexts it passed over (h' is h without
+its first word; bow(h) = 1 if h is not stored):
 
-    P(w | h) = P*(h w)                  if h w is stored
-             = bow(h) P(w | h')         otherwise (h' = h without its first word;
-                                                   bow(h) = 1 if h is not stored)
+    P(w | h) = P*(h w)  if h w is stored,  else  bow(h) P(w | h')
 
-An interpolated Kneser-Ney model is one: P*(h w) is its full interpolated
-probability and bow(h) = gamma(h), because for an unseen h w the discounted term is
-0 and only gamma(h) P(w | h') is left. ARPA files hold exactly these numbers, as
-log10 P* and log10 bow, so `to_arpa` writes them and KenLM scores the file the same.
+Interpolated Kneser-Ney is one, with P*(h w) its full probability and bow(h) = gamma(h),
+since for an unseen h w only gamma(h) P(w | h') is left. ARPA files hold exactly these
+numbers as log10 P* and log10 bow, so KenLM scores our files the same.
 
     >>> from tinytransformer.ngram import NGramLM
     >>> lm = NGramLM(2, "kneser-ney").fit([["a", "b"], ["b", "a"]]).model    # a BackoffLM
@@ -21,10 +19,6 @@ log10 P* and log10 bow, so `to_arpa` writes them and KenLM scores the file the s
     >>> p_b, bow_b = 10 ** lm.log10_probability(["b"]), 10 ** lm.log10_back_off(["b"])
     >>> abs(lm.score("b", ["b"]) - bow_b * p_b) < 1e-15                      # "b b" was not
     True
-
-A weight above 1 is allowed (Katz back-off files have them) as long as the words it
-backs off to get at most 1 in total; `BackoffLM` refuses one that gives them more,
-which would let P(w | h) exceed 1 (see `_check_back_off_mass`).
 
 Does not handle: pruning, renormalising a model, `<unk>` outside the vocabulary's
 first slot (the vocabulary always starts `<unk>`, `<s>`, `</s>`).
@@ -164,6 +158,10 @@ class BackoffLM(LanguageModel):
 
     def _check_back_off_mass(self) -> None:
         """Refuse a back-off weight above 1 that gives the words it backs off to more than 1 in all.
+
+        A weight above 1 is allowed (Katz back-off files have them), as long as the words
+        it backs off to get at most 1 in total; one that gives them more would let
+        P(w | h) exceed 1.
 
         A stored P* is at most 1 (the ARPA reader checks), and a weight bow(h) <= 1 cannot
         raise a probability, so only a context h with bow(h) > 1 can make some P(w | h) > 1.

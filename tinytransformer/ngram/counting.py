@@ -1,20 +1,13 @@
 """Counting n-grams, and the two estimators that read the counts directly: MLE and add-k.
 
-An n-gram model predicts a word w from the n-1 tokens h before it. Counting how
-often each n-gram occurred in training text gives the maximum-likelihood estimate,
-and adding a pseudo-count k to every count gives add-k (Laplace for k = 1):
+Count how often each n-gram occurred in training text, each sentence padded with n-1
+`<s>` on the left and n-1 `</s>` on the right (one `</s>` for n = 1), every k-gram
+(k = 1..n) counted. MLE divides; add-k first adds a pseudo-count k to every count:
 
     P_mle(w | h) = c(h w) / c(h .)          P_add-k(w | h) = (c(h w) + k) / (c(h .) + k |V|)
 
-where c(h w) counts the n-gram h w, c(h .) = sum over w of c(h w) counts h followed
-by anything, and |V| is the vocabulary size. MLE gives 0 to every n-gram training
-never saw; add-k gives every one the same small share.
-
-Each training sentence is padded with n-1 `<s>` on the left and n-1 `</s>` on the
-right (one `</s>` for n = 1, so that a unigram model can end a sentence), and every
-k-gram inside the padded sentence is counted, k = 1..n (as nltk's
-`padded_everygram_pipeline` does). The vocabulary is `<unk>`, `<s>`, `</s>` and the
-words seen at least `min_count` times; rarer words are counted as `<unk>`.
+c(h .) = sum over w of c(h w); |V| is the vocabulary: `<unk>`, `<s>`, `</s>` and the
+words seen at least `min_count` times (rarer ones are counted as `<unk>`).
 
     >>> corpus = [["I", "am", "Sam"], ["Sam", "I", "am"]]
     >>> counts, vocab = count_ngrams(corpus, order=2), vocabulary(corpus)
@@ -25,10 +18,8 @@ words seen at least `min_count` times; rarer words are counted as `<unk>`.
     >>> add_k_probability(counts, vocab, "Sam", ["I"], k=1)     # Laplace: (0 + 1) / (2 + 6)
     0.125
 
-Two implementations, the reference first: `count_ngrams` is a Python Counter of
-tuples; `NGramCounts` holds the same counts in sorted integer arrays, one table per
-order (key of an n-gram = index of its (n-1)-gram prefix * |V| + id of its last
-word), and looks n-grams up with `np.searchsorted`. The tests hold them equal.
+The reference first (`count_ngrams`, a Counter of tuples; `add_k_probability`), then
+the fast path, tested equal: `NGramCounts` (sorted integer arrays) and `AddKLM`.
 
 Does not handle: interpolating lower orders for MLE or add-k (nltk does not either),
 count pruning, counts that do not fit in memory.
@@ -49,7 +40,11 @@ __all__ = ["pad", "vocabulary", "count_ngrams", "add_k_probability", "NGramCount
 
 # ---------------------------------------------------------------------- the reference
 def pad(sentence, order: int) -> list[str]:
-    """A training sentence as it is counted: n-1 `<s>`, the words, max(n-1, 1) `</s>`."""
+    """A training sentence as it is counted: n-1 `<s>`, the words, max(n-1, 1) `</s>`.
+
+    As nltk's `padded_everygram_pipeline` pads for n >= 2; for n = 1 nltk pads nothing,
+    and we add one `</s>` so that a unigram model can end a sentence.
+    """
     return [BOS] * (order - 1) + list(sentence) + [EOS] * max(order - 1, 1)
 
 
@@ -119,7 +114,9 @@ def lookup(keys_by_order, grams: np.ndarray, vocab_size: int) -> np.ndarray:
 class NGramCounts:
     """The counts of `count_ngrams`, in sorted arrays: one `CountTable` per order.
 
-    Built by `NGramCounts.from_sentences(sentences, order, min_count)`. Besides the
+    The key of a k-gram is the index of its (k-1)-gram prefix * |V| + the id of its
+    last word, so the keys of one order sort into one int64 array and an n-gram is
+    found with `np.searchsorted`, one order at a time (`lookup`). Built by `NGramCounts.from_sentences(sentences, order, min_count)`. Besides the
     tables it keeps, for every k-gram, the index of its (k-1)-gram prefix (`prefixes[k]`)
     and of its (k-1)-gram suffix (`suffixes[k]`), which Kneser-Ney needs.
     """

@@ -1,18 +1,13 @@
 """Kneser-Ney smoothing: absolute discounts and continuation counts, interpolated.
 
-Kneser-Ney (Kneser and Ney 1995; Chen and Goodman 1998, "An empirical study of
-smoothing techniques for language modeling") subtracts a discount from every seen
-count and hands the freed mass to the distribution one order lower, down to the
-uniform distribution over the vocabulary:
+Kneser-Ney (Kneser and Ney 1995; Chen and Goodman 1998) subtracts a discount from
+every seen count and hands the freed mass to the distribution one order lower, down
+to the uniform 1/|V|. h' is h without its first word; a(g) is the raw count c(g) at
+the top order and, below it, the continuation count N1+(. g), the number of distinct
+words seen before g ("Francisco" is frequent but follows only "San"):
 
     P(w | h) = max(a(h w) - D(a(h w)), 0) / a(h .)  +  gamma(h) P(w | h')
     gamma(h) = sum_w D(a(h w)) / a(h .)                       (the mass taken away)
-
-h' is h without its first word. a(g) is the raw count c(g) at the top order and,
-below it, the continuation count N1+(. g): the number of distinct words seen before
-g ("Francisco" is frequent but follows only "San", so it is a poor guess after an
-unseen context). D(a) is one discount per order (interpolated Kneser-Ney) or three,
-for a = 1, 2 and 3+ (modified Kneser-Ney, what KenLM builds): `chen_goodman_discounts`.
 
     >>> from tinytransformer.ngram.counting import NGramCounts
     >>> counts = NGramCounts.from_sentences([["I", "am", "Sam"], ["Sam", "I", "am"]], order=2)
@@ -21,13 +16,13 @@ for a = 1, 2 and 3+ (modified Kneser-Ney, what KenLM builds): `chen_goodman_disc
     >>> round(float(lm.distribution(["I"]).sum()), 12)
     1.0
 
-`KneserNeyReference` is the equation, recursive, over Counters of tuples; `kneser_ney_model`
-computes it for every stored n-gram at once with sorted arrays and returns what an
-ARPA file stores (see `backoff`).
+D(a) is one discount per order (interpolated) or three, for a = 1, 2, 3+ (modified,
+what KenLM builds): `chen_goodman_discounts`. The reference `KneserNeyReference` is
+the equation, recursive, over Counters of tuples; `kneser_ney_model` computes it for
+every stored n-gram at once with sorted arrays, tested equal, as a `BackoffLM`.
 
-Does not handle: KenLM's special case for n-grams that start with `<s>` (raw counts
-at every order; our n-1 `<s>` of padding make the top order carry those counts),
-pruning, Katz or Witten-Bell smoothing.
+Does not handle: KenLM's raw counts for n-grams that start with `<s>` (our n-1 `<s>`
+of padding make the top order carry those counts), pruning, Katz or Witten-Bell.
 """
 from __future__ import annotations
 

@@ -1,43 +1,26 @@
 """nltk's n-gram API and conventions, next to ours: the same sentence scored both ways.
 
-Two conventions decide which tokens a sentence's score counts. nltk
-(`nltk.lm`) trains on `padded_everygram_pipeline(n, text)`: each sentence padded with
-n-1 `<s>` and n-1 `</s>` (nothing at all for n = 1), and it scores whatever n-grams it
-is given; the usual test n-grams are those of the sentence padded the same way. Our
-API (`NGramLM`, `BackoffLM`) follows ARPA files and KenLM instead: a sentence scores
-each word and exactly one `</s>`, after n-1 `<s>`.
+nltk (`nltk.lm`) trains on `padded_everygram_pipeline(n, text)`, each sentence padded
+with n-1 `<s>` and n-1 `</s>` (nothing for n = 1), and scores the n-grams it is given,
+usually those of the sentence padded the same way. Ours (`NGramLM`, `BackoffLM`)
+follows ARPA files and KenLM: each word and exactly one `</s>`, after n-1 `<s>`. For
+n >= 2 the counts agree, so every probability does; only the scored n-grams differ:
 
-So for order 3 nltk scores `</s>` twice, (..., w, </s>) and (w, </s>, </s>), the
-second a near-certain prediction that lowers the perplexity; for order 2 both score
-one `</s>`; for order 1 nltk scores none and its vocabulary has no `<s>` or `</s>`,
-so |V| is 2 smaller and add-k spreads its mass over fewer words. For orders >= 2 the
-counts are the same, so every probability agrees: only the list of scored n-grams,
-and hence the perplexity, differs.
+    nltk scores n-1 `</s>` per sentence (none for n = 1), ours scores one
 
     >>> from tinytransformer.ngram import NGramLM
     >>> corpus = [["I", "am", "Sam"], ["Sam", "I", "am"], ["I", "like", "ham"]]
-    >>> sentence = ["I", "am", "Sam"]
-    >>> ours = NGramLM(3, "mle").fit(corpus)                        # our convention
-    >>> (2 ** ours.logscores([sentence])).round(4).tolist()         # I, am, Sam, </s>
-    [0.6667, 0.5, 0.5, 1.0]
-    >>> train, words = padded_everygram_pipeline(3, corpus)         # nltk's convention
+    >>> ours = NGramLM(3, "mle").fit(corpus)                        # I, am, Sam, </s>
     >>> theirs = MLE(3)
-    >>> theirs.fit(train, words)
-    >>> grams = list(ngrams(pad_both_ends(sentence, n=3), 3))        # ... (Sam, </s>, </s>)
-    >>> [round(theirs.score(g[-1], g[:-1]), 4) for g in grams]
-    [0.6667, 0.5, 0.5, 1.0, 1.0]
-    >>> round(ours.perplexity([sentence]), 3), round(theirs.perplexity(grams), 3)
+    >>> theirs.fit(*padded_everygram_pipeline(3, corpus))
+    >>> grams = list(ngrams(pad_both_ends(["I", "am", "Sam"], n=3), 3))  # ... and (Sam, </s>, </s>)
+    >>> round(ours.perplexity([["I", "am", "Sam"]]), 3), round(theirs.perplexity(grams), 3)
     (1.565, 1.431)
-    >>> unigrams = MLE(1)
-    >>> unigrams.fit(*padded_everygram_pipeline(1, corpus))
-    >>> NGramLM(1, "mle").fit(corpus).score("I"), unigrams.score("I")   # 3 of 12 tokens vs 3 of 9
-    (0.25, 0.3333333333333333)
 
-The classes here follow nltk's signatures and conventions exactly (`MLE(order)`,
-`Lidstone(gamma, order)`, `Laplace(order)`, `KneserNeyInterpolated(order, discount)`,
+These classes follow nltk's signatures (`MLE(order)`, `Lidstone(gamma, order)`,
 `fit(text, vocabulary_text)`, `perplexity(text_ngrams)`, `generate(num_words,
-text_seed, random_seed)`); the tests hold their scores, perplexities and samples
-equal to nltk's for every order.
+text_seed, random_seed)`); the tests hold them equal to nltk for every order.
+docs/07_ngrams.md works the same sentence through token by token, unigrams included.
 
 Does not handle: nltk's other models (WittenBell, AbsoluteDiscounting, StupidBackoff),
 its `counter=` argument, pickling.

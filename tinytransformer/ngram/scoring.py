@@ -9,7 +9,7 @@ mark `</s>`, each given the n-1 tokens before it, with n-1 `<s>` on the left:
     perplexity       = 2 ** ( -(1/N) sum log2 P )       over all N scored tokens
 
 This is the convention of ARPA files and KenLM (one `</s>` per sentence, scored
-like a word); `nltk_style` explains how nltk's convention differs. Here h and w are
+like a word); `nltk_compat` explains how nltk's convention differs. Here h and w are
 strings; inside, every token is an integer id (`<unk>` = 0, `<s>` = 1, `</s>` = 2)
 and a batch of queries is an int array [N, m+1] whose last column is the word.
 

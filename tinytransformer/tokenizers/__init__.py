@@ -3,6 +3,9 @@
 This file holds the few pieces that every tokenizer class shares: reading an
 untrusted file, cutting special tokens out of the text, and the bounded cache of
 encoded pieces. (Files are written through tinytransformer._files.atomic_writer.)
+
+    >>> list(split_special("hi<|im_end|>", special_tokens_regex(["<|im_end|>"])))
+    [('hi', False), ('<|im_end|>', True)]
 """
 
 import json

@@ -16,13 +16,9 @@ byte-level BPE with a regex pre-tokenizer is GPT-2 (Radford et al. 2019).
     >>> encode("aaabdaaabac", merges)
     [258, 100, 258, 97, 99]
 
-The file reads in order. First the reference (`get_stats`, `merge`, `train`,
-`encode`: minbpe's loop, which recounts everything after every merge). Then the
-fast versions, each tested equal to the reference: the incremental trainer
-(`train_incremental`, which updates only the counts around each merged
-position) and the fast encoder (`apply_merges`, a heap of candidate pairs).
-Last the tokenizer class that uses them (`BPETokenizer`: pre-tokenization,
-special tokens, a cache, files).
+In order: the reference (`get_stats`, `merge`, `train`, `encode`: minbpe's loop);
+the fast versions, tested equal to it (`train_incremental`, `apply_merges`); then
+`BPETokenizer` (pre-tokenization, special tokens, a cache, files).
 
 Does not handle: training on more text than fits in memory, frequency
 thresholds, dropout, or vocabularies over a few hundred thousand tokens.

@@ -1,13 +1,13 @@
 """Byte-level BPE of a real model (GPT-2 style), loaded from GGUF or tokenizer.json.
 
-A pretrained model's tokenizer is the BPE of tinytransformer.tokenizers.bpe plus
-conventions its authors chose, and each must be matched exactly to get the
-model's ids. Added tokens ("<|im_start|>") are cut out of the text first and map
-straight to their ids. A pre-tokenizer, a list of regex splits, cuts the rest
-into pieces that merges never cross. Each piece's UTF-8 bytes are written as
-printable characters (GPT-2's byte-to-unicode table: a space is "Ġ"), because
-the vocabulary and the merges are stored as such strings. Then merges by rank,
-exactly as bpe.apply_merges does.
+A pretrained model's tokenizer (from GGUF metadata, `from_gguf`, or a Hugging Face
+tokenizer.json, `from_tokenizer_json`) is the BPE of tinytransformer.tokenizers.bpe
+plus conventions its authors chose, each matched exactly. Added tokens
+("<|im_start|>") are cut out of the text first and map straight to their ids. A
+pre-tokenizer, a list of regex splits, cuts the rest into pieces that merges never
+cross. Each piece's UTF-8 bytes are written as printable characters (GPT-2's
+byte-to-unicode table: a space is "Ġ"), because the vocabulary and the merges are
+stored as such strings. Then merges by rank, exactly as bpe.apply_merges does.
 
     ids(text) = added tokens, and for every piece p:  apply_merges(chars(utf8(p)), ranks)
 
@@ -18,9 +18,6 @@ exactly as bpe.apply_merges does.
     ['hi', 'Ġhi', '!']
     >>> tok.decode(tok.encode("hi hi!"))
     'hi hi!'
-
-Two sources, one tokenizer: `from_gguf` (the `tokenizer.ggml.*` metadata) and
-`from_tokenizer_json` (a Hugging Face `tokenizers` file).
 
 Does not handle: normalizers (tokenizer.json must have "normalizer": null),
 added tokens with lstrip/rstrip/single_word, BPE dropout, byte_fallback,

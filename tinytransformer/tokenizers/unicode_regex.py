@@ -8,23 +8,13 @@ This module rewrites such a pattern into a plain `re` pattern by spelling each
 class out as code-point ranges taken from `unicodedata`:
 
     \\p{L}  ->  [A-Za-z\\xaa\\xb5 ...]      (categories Lu Ll Lt Lm Lo)
-    \\s     ->  [\\t-\\r \\x85 Zs Zl Zp]      (Oniguruma's Unicode \\s)
-
-Python's own `\\s` is not used because it also matches U+001C..U+001F, which
-Oniguruma (the regex engine inside Hugging Face `tokenizers`) does not.
+    \\s     ->  [\\t-\\r \\x85 Zs Zl Zp]      (Oniguruma's; Python's \\s adds U+001C..U+001F)
 
     >>> split("Hello world's 2024 ☃!!", GPT2_PATTERN)
     ['Hello', ' world', "'s", ' 2024', ' ☃!!']
 
-Patterns come from files (a tokenizer.json `Split`), and Python's `re`
-backtracks: `(a+)+$` on 26 a's and a "!" tries 2**26 ways to cut the a's.
-`compile_pattern` therefore refuses, with a ValueError saying why, what can take
-time exponential (or a high power) in the length of the text: a quantified group
-that contains another quantifier or an alternation (`(a+)+`, `(a|ab)*`,
-`(a?b)+`), backreferences, more than MAX_QUANTIFIERS_IN_A_ROW quantifiers that
-can repeat in one sequence (`a*a*a*b`), and patterns longer than
-MAX_PATTERN_CHARS. Every pre-tokenizer pattern we know (GPT-2, GPT-4, GPT-4o,
-Llama 3, Qwen2, DeepSeek, Mistral) passes.
+Patterns come from files and Python's `re` backtracks, so `compile_pattern`
+refuses what could take exponential time (`check_backtracking` says which).
 
 Does not handle: `\\P{..}`, `\\S` or `\\W` inside a bracket class, nested
 classes, script or binary properties (`\\p{Han}`), and Unicode versions other
@@ -165,9 +155,17 @@ _REPEATS = {"MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT"}
 
 
 def check_backtracking(pattern: str, translated: str) -> None:
-    """Refuse a pattern on which backtracking can take exponential time (see the module docstring).
+    """Refuse a pattern on which backtracking can take exponential time, with a ValueError saying why.
 
-    Walks the parse tree of the translated pattern (the one Python's `re` runs).
+    Patterns come from files (a tokenizer.json `Split`), and Python's `re` backtracks:
+    `(a+)+$` on 26 a's and a "!" tries 2**26 ways to cut the a's. Refused is what can
+    take time exponential (or a high power) in the length of the text: a quantified
+    group that contains another quantifier or an alternation (`(a+)+`, `(a|ab)*`,
+    `(a?b)+`), backreferences, more than MAX_QUANTIFIERS_IN_A_ROW quantifiers that
+    can repeat in one sequence (`a*a*a*b`), and patterns longer than
+    MAX_PATTERN_CHARS. Every pre-tokenizer pattern we know (GPT-2, GPT-4, GPT-4o,
+    Llama 3, Qwen2, DeepSeek, Mistral) passes. Walks the parse tree of the
+    translated pattern (the one Python's `re` runs).
     """
     shown = repr(pattern) if len(pattern) <= 80 else repr(pattern[:77]) + "..."
 
