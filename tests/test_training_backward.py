@@ -21,7 +21,14 @@ from hypothesis import strategies as st
 
 from conftest import require
 from strategies import activation_shapes, attention_shapes, coordinates, random_qkv, seeds
-from tinytransformer.attention import causal_mask, merge_heads, scaled_dot_product_attention, softmax, split_heads
+from tinytransformer.attention import (
+    causal_mask,
+    merge_heads,
+    scaled_dot_product_attention,
+    sliding_window_mask,
+    softmax,
+    split_heads,
+)
 from tinytransformer.layers import ffn, gelu, layer_norm, linear, post_ln_block, pre_ln_block, rms_norm, silu, swiglu
 from tinytransformer.positional import alibi_bias, alibi_slopes, apply_rope, rope_frequencies
 from tinytransformer.testing import assert_close, numerical_gradient
@@ -70,11 +77,11 @@ def _torch_rope(torch, x, positions, interleaved):
     return torch.stack([ra, rb], -1).flatten(-2) if interleaved else torch.cat([ra, rb], -1)
 
 
-def _torch_attention(torch, q, k, v, allowed, bias=None):
-    """softmax(q k^T / sqrt(D) + bias, masked) v with GQA by repeating heads; a row with no key gives 0."""
+def _torch_attention(torch, q, k, v, allowed, bias=None, scale=None):
+    """softmax(q k^T * scale + bias, masked) v with GQA by repeating heads; a row with no key gives 0."""
     G = q.shape[1] // k.shape[1]
     k, v = k.repeat_interleave(G, dim=1), v.repeat_interleave(G, dim=1)  # head h reads KV head h // G
-    scores = q @ k.transpose(-1, -2) / np.sqrt(q.shape[-1])
+    scores = q @ k.transpose(-1, -2) * (1 / np.sqrt(q.shape[-1]) if scale is None else scale)
     if bias is not None:
         scores = scores + torch.from_numpy(bias)
     allowed = torch.from_numpy(np.broadcast_to(allowed, scores.shape).copy())
@@ -182,18 +189,32 @@ def case_softmax(draw, rng):
 
 
 def case_attention(draw, rng):
-    """Causal (end-aligned, so T > S leaves rows with no key), GQA/MQA, ALiBi, T != S, odd lengths."""
+    """Causal (end-aligned, so T > S leaves rows with no key), a sliding window or a boolean mask (rows
+    with no key too); ALiBi and an additive bias; any scale; GQA/MQA, T != S, odd lengths."""
     shape = draw(attention_shapes(max_len=13, head_dims=(1, 2, 3, 4, 8)))
-    causal, alibi = draw(st.booleans()), draw(st.booleans())
+    structure, alibi, with_bias = draw(st.sampled_from(["none", "causal", "window", "mask"])), draw(st.booleans()), \
+        draw(st.booleans())
+    scale = draw(st.sampled_from([None, 0.3, 1.7]))
     q, k, v = random_qkv(shape, int(rng.integers(2**32)))
     T, S, Hq = shape.q_len, shape.kv_len, shape.n_heads
-    slopes = alibi_slopes(Hq) if alibi else None
-    allowed = causal_mask(T, S) if causal else np.ones((T, S), bool)
-    bias = alibi_bias(Hq, T, S) if alibi else None
-    kwargs = dict(causal=causal, alibi_slopes=slopes)
+    kwargs = dict(scale=scale, alibi_slopes=alibi_slopes(Hq) if alibi else None)
+    allowed = np.ones((T, S), bool)
+    if structure == "causal":
+        kwargs["causal"], allowed = True, causal_mask(T, S)
+    elif structure == "window":
+        window = draw(st.integers(1, S))
+        kwargs["window"], allowed = window, sliding_window_mask(T, S, window)
+    elif structure == "mask":
+        kwargs["mask"] = allowed = rng.random((shape.batch, Hq, T, S)) < 0.6  # [B, Hq, T, S]
+    bias = np.zeros((Hq, T, S))
+    if with_bias:
+        kwargs["bias"] = rng.standard_normal((Hq, T, S))  # a constant: no gradient
+        bias = bias + kwargs["bias"]
+    if alibi:
+        bias = bias + alibi_bias(Hq, T, S)
     return Case([q, k, v], lambda q, k, v: scaled_dot_product_attention(q, k, v, **kwargs),
                 lambda dy, q, k, v: attention_backward(dy, q, k, v, **kwargs),
-                lambda torch, q, k, v: _torch_attention(torch, q, k, v, allowed, bias))
+                lambda torch, q, k, v: _torch_attention(torch, q, k, v, allowed, bias, scale))
 
 
 def case_rope(draw, rng):
@@ -377,6 +398,9 @@ def test_attention_backward_keeps_low_precision_inputs_finite_and_close(dtype):
 @pytest.mark.parametrize("call, message", [
     (lambda: embedding_backward(np.ones((2, 3)), np.array([0, 1.0]), 4), "ids: expected an integer array"),
     (lambda: embedding_backward(np.ones((2, 3)), np.array([0, 1, 2]), 4), r"ids: expected .* shape \(2,\)"),
+    (lambda: embedding_backward(np.ones((2, 3)), np.array([0, -1]), 4), r"ids: expected values in \[0, num_embed"),
+    (lambda: embedding_backward(np.ones((2, 3)), np.array([0, 4]), 4), r"ids: expected values in \[0, num_embed"),
+    (lambda: embedding_backward(np.ones((2, 3)), np.array([0, 1]), 0), "num_embeddings: expected an integer >= 1"),
     (lambda: gelu_backward(np.ones(2), np.ones(2), approximate="fast"), "approximate: expected 'none' or 'tanh'"),
     (lambda: attention_backward(np.ones((1, 2, 3, 5)), *np.ones((3, 1, 2, 3, 4))), r"dout: expected shape"),
     (lambda: attention_backward(np.ones((1, 3, 3, 4)), np.ones((1, 3, 3, 4)), np.ones((1, 2, 3, 4)),

@@ -18,15 +18,15 @@ from tinytransformer.training.flash_backward import flash_attention_backward
 tiles = st.integers(1, 40)
 
 
-@given(attention_shapes(), seeds(), st.booleans(), st.booleans(), tiles, tiles)
-def test_flash_backward_equals_plain_backward_for_every_tile_size(shape, seed, causal, alibi, block_q, block_k):
+@given(attention_shapes(), seeds(), st.booleans(), st.booleans(), st.sampled_from([None, 0.3, 1.7]), tiles, tiles)
+def test_flash_backward_equals_plain_backward_for_every_tile_size(shape, seed, causal, alibi, scale, block_q, block_k):
+    """Ragged T and S (any lengths, T > S too, where causal rows see no key), every tile size, GQA/MQA."""
     q, k, v = random_qkv(shape, seed, scale=2.0)  # large scores: P must come back exactly from lse
     dout = np.random.default_rng(seed + 1).standard_normal((shape.batch, shape.n_heads, shape.q_len, shape.head_dim))
-    slopes = alibi_slopes(shape.n_heads) if alibi else None
-    out, lse = flash_attention_with_lse(q, k, v, causal=causal, alibi_slopes=slopes)
-    tiled = flash_attention_backward(q, k, v, out, lse, dout, causal=causal, alibi_slopes=slopes,
-                                     block_q=block_q, block_k=block_k)
-    plain = attention_backward(dout, q, k, v, causal=causal, alibi_slopes=slopes)
+    kwargs = dict(causal=causal, scale=scale, alibi_slopes=alibi_slopes(shape.n_heads) if alibi else None)
+    out, lse = flash_attention_with_lse(q, k, v, **kwargs)
+    tiled = flash_attention_backward(q, k, v, out, lse, dout, block_q=block_q, block_k=block_k, **kwargs)
+    plain = attention_backward(dout, q, k, v, **kwargs)
     for name, got, want in zip("qkv", tiled, plain):
         assert got.shape == want.shape
         assert_close(got, want, err_msg=f"d{name}")

@@ -40,8 +40,8 @@ import math
 
 import numpy as np
 
-from tinytransformer._validate import attention_scale, attention_shapes, float_array, leading_index_array
-from tinytransformer.attention import attention_weights
+from tinytransformer._validate import attention_scale, attention_shapes, float_array, leading_index_array, positive_int
+from tinytransformer.attention import _as_float, attention_weights
 from tinytransformer.layers import _erf, gelu, linear, silu
 from tinytransformer.positional import apply_rope
 
@@ -73,6 +73,10 @@ def embedding_backward(dout, ids, num_embeddings: int):
     """
     dout = float_array(dout, "dout")
     ids = leading_index_array(ids, dout, "ids", "dout")
+    num_embeddings = positive_int(num_embeddings, "num_embeddings")
+    if ids.size and (ids.min() < 0 or ids.max() >= num_embeddings):
+        raise ValueError(f"ids: expected values in [0, num_embeddings={num_embeddings}), "
+                         f"got [{ids.min()}, {ids.max()}]")  # a negative id would silently wrap around
     C = dout.shape[-1]
     dtable = np.zeros((num_embeddings, C), dtype=dout.dtype)
     np.add.at(dtable, ids.reshape(-1), dout.reshape(-1, C))  # [N, C] rows added into [V, C]; repeats add up
@@ -105,7 +109,7 @@ def layer_norm_backward(dy, x, weight, eps: float = 1e-5):
     mean(g) comes from the mean subtracted in the forward, mean(g * xhat) from the
     variance that depends on every entry. dy, x [..., C]; returns (dx, dweight, dbias).
     """
-    x, dy = _compute(x, "x"), _compute(dy, "dy")
+    x, dy = _as_float(x, "x"), _as_float(dy, "dy")
     mean = x.mean(axis=-1, keepdims=True)  # [..., 1]
     xc = x - mean
     rstd = 1.0 / np.sqrt((xc * xc).mean(axis=-1, keepdims=True) + eps)  # [..., 1]
@@ -125,7 +129,7 @@ def rms_norm_backward(dy, x, weight, eps: float = 1e-6):
 
     LayerNorm's formula without the mean terms. dy, x [..., C]; returns (dx, dweight).
     """
-    x, dy = _compute(x, "x"), _compute(dy, "dy")
+    x, dy = _as_float(x, "x"), _as_float(dy, "dy")
     r = 1.0 / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps)  # [..., 1]
     xhat = x * r
     g = dy * weight
@@ -134,7 +138,7 @@ def rms_norm_backward(dy, x, weight, eps: float = 1e-6):
 
 
 def gelu_backward(dy, x, approximate: str = "none"):
-    """Gradient of GELU, elementwise: dx = dy * GELU'(x).
+    """Gradient of GELU, elementwise: dx = dy * GELU'(x).   dy, x [...] -> dx [...] (the same shape)
 
         exact:  GELU(x) = x Phi(x)       GELU'(x) = Phi(x) + x phi(x),  phi(x) = exp(-x^2/2)/sqrt(2 pi)
         tanh:   GELU(x) = x/2 (1 + t),  t = tanh(u),  u = sqrt(2/pi) (x + 0.044715 x^3)
@@ -154,6 +158,8 @@ def gelu_backward(dy, x, approximate: str = "none"):
 
 def silu_backward(dy, x):
     """Gradient of SiLU(x) = x s(x), s = sigmoid: dx = dy * s(x) (1 + x (1 - s(x))).
+
+    Elementwise: dy, x [...] -> dx [...] (the same shape).
 
     s(x) is computed as (1 + tanh(x/2)) / 2, which never overflows (as in `layers.silu`).
     """
@@ -211,6 +217,7 @@ def softmax_backward(dp, p, axis: int = -1):
 
     The Jacobian diag(p) - p p^T applied to dp without forming it. Entries with
     p = 0 (masked) get 0: no gradient flows to a score the softmax ignored.
+    dp, p [...] (attention: [B, H, T, S], softmax over S) -> dx [...] (the same shape).
     """
     return p * (dp - np.sum(dp * p, axis=axis, keepdims=True))
 
@@ -232,7 +239,7 @@ def attention_backward(dout, q, k, v, *, causal=False, scale=None, alibi_slopes=
     its gradient: viewing the G heads' rows as one [G * T] block makes that sum a
     single matrix product. dk, dv have k's and v's shapes.
     """
-    q, k, v, dout = (_compute(a, n) for a, n in ((q, "q"), (k, "k"), (v, "v"), (dout, "dout")))
+    q, k, v, dout = (_as_float(a, n) for a, n in ((q, "q"), (k, "k"), (v, "v"), (dout, "dout")))
     B, Hq, Hkv, T, S, D, Dv = attention_shapes(q, k, v)
     if dout.shape != (B, Hq, T, Dv):
         raise ValueError(f"dout: expected shape [B, Hq, T, Dv] = {[B, Hq, T, Dv]}, got {dout.shape}")
@@ -275,7 +282,7 @@ def pre_ln_block_backward(dy, attention_vjp, feed_forward_vjp, norm1_vjp, norm2_
     The identity path is why deep pre-LN stacks train: dy reaches x undiminished.
     Each *_vjp(d_output) -> d_input is the backward of one sublayer at the point
     its forward ran (a closure over what it saved, which also collects its
-    parameters' gradients). Returns dx.
+    parameters' gradients). dy [B, T, C] -> dx [B, T, C]; every vjp maps [B, T, C] to [B, T, C].
     """
     dm = dy + norm2_vjp(feed_forward_vjp(dy))
     return dm + norm1_vjp(attention_vjp(dm))
@@ -290,7 +297,7 @@ def post_ln_block_backward(dy, attention_vjp, feed_forward_vjp, norm1_vjp, norm2
         ds = Norm1'^T dm;   dx = ds + Attn'^T ds
 
     Here every gradient passes through a norm on its way down, unlike pre-LN.
-    The *_vjp callables as in pre_ln_block_backward. Returns dx.
+    The *_vjp callables as in pre_ln_block_backward. dy [B, T, C] -> dx [B, T, C].
     """
     dr = norm2_vjp(dy)
     dm = dr + feed_forward_vjp(dr)
@@ -299,12 +306,6 @@ def post_ln_block_backward(dy, attention_vjp, feed_forward_vjp, norm1_vjp, norm2
 
 
 # --- helpers --------------------------------------------------------------------------
-
-
-def _compute(x, name):
-    """x as a float array; float16 is computed in float32 (as the forwards do)."""
-    x = float_array(x, name)
-    return x.astype(np.float32) if x.dtype == np.float16 else x
 
 
 def _sum_rows(x):

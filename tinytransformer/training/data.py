@@ -49,6 +49,7 @@ def random_batches(tokens, *, batch_size: int, context: int, seed):
     """Endless batches ids [batch_size, context + 1] of consecutive tokens at seeded random offsets.
 
     Every offset in [0, N - context - 1] is equally likely (nanoGPT's get_batch).
+    The arguments are checked here, at the call, not at the first batch.
     """
     tokens = np.asarray(tokens)
     batch_size, context = positive_int(batch_size, "batch_size"), positive_int(context, "context")
@@ -56,7 +57,11 @@ def random_batches(tokens, *, batch_size: int, context: int, seed):
         raise ValueError(f"tokens: expected a 1-D integer array, got dtype {tokens.dtype} shape {tokens.shape}")
     if tokens.size < context + 1:
         raise ValueError(f"tokens: expected at least context + 1 = {context + 1} tokens, got {tokens.size}")
-    rng = random_generator(seed)
+    return _batches(tokens, batch_size, context, random_generator(seed))
+
+
+def _batches(tokens, batch_size, context, rng):
+    """The endless stream of random_batches, its arguments already checked."""
     window = np.arange(context + 1)  # [T + 1]
     while True:
         starts = rng.integers(0, tokens.size - context, size=batch_size)  # [B]

@@ -42,18 +42,17 @@ loss scaling, resuming the optimiser state from a checkpoint, dropout.
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from tinytransformer._validate import positive_int, seed_value
+from tinytransformer._validate import positive_float, positive_int, seed_value
 from tinytransformer.training.data import random_batches, tokenizer_metadata
-from tinytransformer.training.gradients import loss_and_gradients
+from tinytransformer.training.gradients import ATTENTION_BACKWARDS, loss_and_gradients
 from tinytransformer.training.objectives import IGNORE, mask_tokens
-from tinytransformer.training.optim import AdamW, clip_grad_norm, warmup_cosine
+from tinytransformer.training.optim import AdamW, clip_grad_norm, global_norm, warmup_cosine
 
 __all__ = ["TrainingConfig", "Trainer", "train_step", "heldout_loss", "save_checkpoint"]
 
@@ -89,6 +88,15 @@ class TrainingConfig:
             raise ValueError(f"objective: expected one of {OBJECTIVES}, got {self.objective!r}")
         if self.objective == "masked" and self.mask_id is None:
             raise ValueError("mask_id: the masked objective needs the id of the [MASK] token")
+        if self.attention not in ATTENTION_BACKWARDS:
+            raise ValueError(f"attention: expected one of {ATTENTION_BACKWARDS}, got {self.attention!r}")
+        positive_float(self.max_lr, "max_lr")
+        if not 0.0 <= self.min_lr <= self.max_lr:
+            raise ValueError(f"min_lr: expected a number in [0, max_lr={self.max_lr}], got {self.min_lr!r}")
+        if isinstance(self.warmup_steps, bool) or not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps: expected an integer >= 0, got {self.warmup_steps!r}")
+        if self.grad_clip is not None:
+            positive_float(self.grad_clip, "grad_clip")
 
     def lr(self, step: int) -> float:
         """The learning rate of optimiser step `step` (0-based): warm-up, then cosine to min_lr."""
@@ -112,8 +120,7 @@ def train_step(model, optimizer: AdamW, micro_batches, *, lr: float, grad_clip: 
         for name, value in g.items():
             grads[name] += value * grads[name].dtype.type(weight)
     loss = sum(loss * n for loss, n, _ in results) / max(total, 1)
-    norm = clip_grad_norm(grads, grad_clip) if grad_clip is not None else math.sqrt(
-        sum(float(np.sum(np.square(g, dtype=np.float64))) for g in grads.values()))
+    norm = clip_grad_norm(grads, grad_clip) if grad_clip is not None else global_norm(grads)
     optimizer.step(grads, lr=lr)
     return {"loss": loss, "grad_norm": norm, "targets": total}
 
