@@ -194,11 +194,51 @@ def test_heldout_loss_gives_each_token_its_past():
     assert_close(total, -logp[np.arange(29), tokens[1:]].sum(), rtol=1e-6)
 
 
-def test_checkpoint_file_loads_and_runs_with_load_model_and_the_command_line(tmp_path, capsys):
+@given(seeds(), st.integers(1, 5), st.integers(1, 12))
+def test_batches_are_windows_of_the_tokens_drawn_reproducibly_from_the_seed(seed, batch_size, context):
+    tokens = np.arange(3, 3 + context + 1 + 20)  # each token says where it is
+    first, second = (random_batches(tokens, batch_size=batch_size, context=context, seed=seed) for _ in range(2))
+    other = random_batches(tokens, batch_size=batch_size, context=context, seed=[seed, 1])
+    draws = [next(first) for _ in range(30)]
+    assert all(np.array_equal(a, next(second)) for a in draws)  # the same seed, the same batches
+    assert not all(np.array_equal(a, next(other)) for a in draws)  # another seed, others (30 draws of 21 offsets)
+    for batch in draws:
+        assert batch.shape == (batch_size, context + 1) and batch.dtype == np.int64
+        assert np.all(np.diff(batch, axis=1) == 1)  # consecutive tokens of the text
+    starts = np.concatenate([b[:, 0] for b in draws]) - 3
+    assert starts.min() >= 0 and starts.max() <= tokens.size - context - 1
+
+
+def test_trainers_given_the_same_seed_see_the_same_batches_of_the_built_in_corpus():
+    from tinytransformer.bench.train import byte_corpus
+    from tinytransformer.corpus import builtin_corpus
+
+    tokenizer, train, heldout, n_bytes = byte_corpus(quick=True)
+    assert tokenizer.decode(train.tolist()) in builtin_corpus()  # one token per byte of the corpus
+    assert heldout[0] == tokenizer.special_tokens["<|endoftext|>"] and heldout.size == n_bytes + 1
+    config = TransformerConfig(vocab_size=tokenizer.vocab_size, d_model=8, n_layers=1, n_heads=2, max_seq_len=16)
+    training = TrainingConfig(batch_size=3, context=16, seed=5)
+    one, two = (Trainer(TinyTransformer(config, seed=0), train, training) for _ in range(2))
+    for _ in range(3):
+        (ids, targets), (ids2, targets2) = one.next_micro_batch(), two.next_micro_batch()
+        assert np.array_equal(ids, ids2) and np.array_equal(targets, targets2)
+        assert ids.shape == (3, 16) and np.array_equal(ids[:, 1:], targets[:, :-1])  # targets: the ids shifted
+
+
+def _trained_bpe():
+    from tinytransformer.tokenizers.bpe import BPETokenizer
+    from tinytransformer.tokenizers.unicode_regex import GPT2_PATTERN
+
+    text = "the cat sat on the mat. the dog ate the hat! héllo wörld " * 20
+    return BPETokenizer.train(text, 256 + 20 + 1, pattern=GPT2_PATTERN, special_tokens=["<|endoftext|>"])
+
+
+@pytest.mark.parametrize("tokenizer", [byte_tokenizer, _trained_bpe], ids=["byte-level", "trained-bpe"])
+def test_checkpoint_file_loads_and_runs_with_load_model_and_the_command_line(tokenizer, tmp_path, capsys):
     from tinytransformer import cli
     from tinytransformer.llama import load_model
 
-    tokenizer = byte_tokenizer()
+    tokenizer = tokenizer()
     text = "the cat sat on the mat. " * 40
     config = TransformerConfig(vocab_size=tokenizer.vocab_size, d_model=16, n_layers=1, n_heads=2, max_seq_len=32,
                                eos_id=tokenizer.special_tokens["<|endoftext|>"], name="tiny byte model")
@@ -209,10 +249,12 @@ def test_checkpoint_file_loads_and_runs_with_load_model_and_the_command_line(tmp
         trainer.step()
     path = trainer.save(tmp_path / "tiny.gguf")
     loaded = load_model(path)
-    assert (loaded.config.vocab_size, loaded.config.eos_id, loaded.config.name) == (257, 256, config.name)
+    eos = tokenizer.special_tokens["<|endoftext|>"]
+    assert (loaded.config.vocab_size, loaded.config.eos_id, loaded.config.name) == (eos + 1, eos, config.name)
     assert loaded.metadata["training.step"] == 3
+    for probe in ("the cat", "héllo wörld, the hat!<|endoftext|>the  dog\n"):  # the same ids, merges and all
+        assert loaded.tokenizer.encode(probe) == encode(tokenizer, probe).tolist()
     ids = encode(tokenizer, "the cat")
-    assert loaded.tokenizer.encode("the cat") == ids.tolist()
     assert_close(loaded.forward(ids), model.forward(ids))
     assert not list(tmp_path.glob("*.partial"))
     assert cli.main(["generate", "the cat", "--model", str(path), "--max-new-tokens", "5"]) == 0
@@ -240,6 +282,12 @@ def test_masked_language_model_trains_and_saves_as_an_encoder(tmp_path):
         loaded.generate([1, 2], 3)
 
 
+def _regex_free_bpe():
+    from tinytransformer.tokenizers.bpe import BPETokenizer
+
+    return BPETokenizer.train("aaab aaab " * 5, 256 + 2)  # merges learnt across spaces: not GPT-2's form
+
+
 @pytest.mark.parametrize("call, message", [
     (lambda m: loss_and_gradients(m, np.zeros((2, 3), int), np.zeros((2, 4), int)), "ids, targets: expected"),
     (lambda m: loss_and_gradients(m, np.zeros((1, 3), int), np.zeros((1, 3), int), attention="fast"),
@@ -250,8 +298,14 @@ def test_masked_language_model_trains_and_saves_as_an_encoder(tmp_path):
     (lambda m: TrainingConfig(objective="masked"), "mask_id: the masked objective needs"),
     (lambda m: TrainingConfig(objective="bert"), "objective: expected one of"),
     (lambda m: TrainingConfig(batch_size=0), "batch_size: expected an integer >= 1"),
-    (lambda m: random_batches(np.arange(5), batch_size=2, context=8, seed=0).__next__(),
-     "tokens: expected at least context"),
+    (lambda m: random_batches(np.arange(5), batch_size=2, context=8, seed=0), "tokens: expected at least context"),
+    (lambda m: Trainer(m, np.arange(5), TrainingConfig(context=8)), "tokens: expected at least context"),
+    (lambda m: TrainingConfig(attention="fast"), "attention: expected one of"),
+    (lambda m: TrainingConfig(max_lr=0.0), "max_lr: expected a finite number > 0"),
+    (lambda m: TrainingConfig(max_lr=1e-5, min_lr=1e-4), r"min_lr: expected a number in \[0, max_lr"),
+    (lambda m: TrainingConfig(warmup_steps=-1), "warmup_steps: expected an integer >= 0"),
+    (lambda m: TrainingConfig(grad_clip=0.0), "grad_clip: expected a finite number > 0"),
+    (lambda m: save_checkpoint(m, "/nonexistent/never.gguf", tokenizer=_regex_free_bpe()), "tokenizer: a GGUF byte-level"),
 ])
 def test_bad_input_raises_a_clear_value_error(call, message):
     model = TinyTransformer(TransformerConfig(vocab_size=11, d_model=8, n_layers=1, n_heads=2, max_seq_len=32))
