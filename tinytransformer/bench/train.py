@@ -15,7 +15,8 @@ threads set to the same number (--threads):
    without activation checkpointing.
 3. bpb: a byte-level decoder trained for --minutes (CPU time) on the built-in corpus, its bits
    per byte on chapter 7's held-out bytes as it trains, next to the best n-gram
-   (byte 5-gram, modified Kneser-Ney) fitted and scored in the same run.
+   (byte 5-gram, modified Kneser-Ney) fitted and scored in the same run, and when the
+   two curves meet (measured, or extrapolated by `crossing`).
 4. nanogpt: nanoGPT's CPU configuration for character-level text (4 layers, 4 heads,
    128 wide, context 64, batch 12, --nanogpt-iters iterations, GPT-2's LayerNorm, GELU
    and learned positions) trained on our corpus by our trainer and by PyTorch from the
@@ -218,6 +219,42 @@ def train_for(minutes: float, *, quick: bool, eval_every: float, sizes: dict, tr
             "heldout_bytes": n_bytes, "trainer": trainer}
 
 
+def crossing(curve: list[dict], target: float, *, fit_points: int = 4) -> dict | None:
+    """When the held-out curve reaches `target` bits per byte (the n-gram's), in CPU minutes of training.
+
+    {"minutes": t, "measured": True} at the first evaluation at or below target; otherwise an
+    extrapolation, {"minutes": t, "measured": False, "fit": (a, b)}: bits per byte = a + b ln(minutes)
+    fitted by least squares to the last `fit_points` evaluations (a loss curve that flattens is
+    close to a straight line against log time over a short stretch), solved for target. None when
+    there are fewer than two evaluations after the start, or the fitted line does not fall. An
+    extrapolation is a guess: the true curve flattens further, so the crossing, if any, comes later.
+    """
+    for point in curve:
+        if point["minutes"] > 0 and point["bpb"] <= target:
+            return {"minutes": point["minutes"], "measured": True}
+    points = [p for p in curve if p["minutes"] > 0][-fit_points:]
+    if len(points) < 2:
+        return None
+    log_t = np.log([p["minutes"] for p in points])
+    b, a = np.polyfit(log_t, [p["bpb"] for p in points], 1)  # bpb = a + b ln t
+    if not b < 0:
+        return None
+    return {"minutes": float(np.exp((target - a) / b)), "measured": False, "fit": (float(a), float(b))}
+
+
+def describe_crossing(curve: list[dict], target: float, meet: dict | None) -> str:
+    """One line for the report: the best held-out bits per byte, and when the n-gram is (or would be) reached."""
+    best = min(p["bpb"] for p in curve)
+    line = f"best held-out {best:.3f} bits/byte against the n-gram's {target:.3f}: "
+    if meet is None:
+        return line + "the curve is not falling over its last evaluations; no crossing to estimate"
+    if meet["measured"]:
+        return line + f"the decoder reached the n-gram after {meet['minutes']:.1f} CPU minutes"
+    a, b = meet["fit"]
+    return line + (f"not reached; bits/byte = {a:.3f} {b:+.3f} ln(minutes), fitted to the last evaluations, "
+                   f"would meet it after about {meet['minutes']:.0f} CPU minutes (an extrapolation)")
+
+
 # --- 4. nanoGPT's configuration, ours and PyTorch's ------------------------------------------
 
 
@@ -277,6 +314,12 @@ def plot(report: dict, folder: str) -> list[str]:
         ax.plot([p["minutes"] for p in curve[1:]], [p["train_bpb"] for p in curve[1:]], ":", label="training batches")
         ngram = report["bpb"]["ngram"]
         ax.axhline(ngram["bpb"], color="k", linestyle="--", label=f"byte {ngram['order']}-gram (modified KN)")
+        meet = report["bpb"].get("crossing")
+        if meet and not meet["measured"]:  # the fitted line, from the last evaluation to where it meets the n-gram
+            a, b = meet["fit"]
+            t = np.geomspace(curve[-1]["minutes"], meet["minutes"], 50)
+            ax.plot(t, a + b * np.log(t), color="C0", linestyle=(0, (1, 3)),
+                    label=f"extrapolated (a + b ln t): meets it at ~{meet['minutes']:.0f} min")
         ax.set(xlabel="training time (CPU minutes)", ylabel="bits per byte", ylim=(0, 5),
                title="held-out bits per byte as the decoder trains")
         ax.legend()
@@ -363,7 +406,9 @@ def main(argv: list[str] | None = None) -> int:
                                                        f"{p['bpb']:.3f} bits/byte (training {p['train_bpb']:.3f})"))
             trainer = result.pop("trainer")
             result["ngram"] = ngram
+            result["crossing"] = meet = crossing(result["curve"], ngram["bpb"])
             report["bpb"] = result
+            print("  " + describe_crossing(result["curve"], ngram["bpb"], meet))
             new = trainer.model.generate(encode(trainer.tokenizer, "The ").tolist(), context - 4, temperature=0.8,
                                          top_k=40, seed=0)
             sample = trainer.tokenizer.decode(new)
