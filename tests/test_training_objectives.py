@@ -111,6 +111,10 @@ def test_masking_is_reproducible_from_the_generator_seed():
      r"select: expected a probability in \[0, 1\]"),
     (lambda: mask_tokens(np.array([1]), vocab_size=2, mask_id=0, special_ids=[0, 1], rng=np.random.default_rng()),
      "special_ids: every token is special"),
+    (lambda: mask_tokens(np.array([1]), vocab_size=5, mask_id=0, special_ids=[0, -1], rng=np.random.default_rng()),
+     r"special_ids: expected token ids in \[0, 5\), got \[0, -1\]"),  # -1 would mark token 4 special
+    (lambda: mask_tokens(np.array([1]), vocab_size=0, mask_id=0, rng=np.random.default_rng()),
+     "vocab_size: expected an integer >= 1"),
 ])
 def test_bad_input_raises_a_clear_value_error(call, message):
     with pytest.raises(ValueError, match=message):

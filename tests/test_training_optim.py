@@ -115,6 +115,9 @@ def test_schedule_warms_up_linearly_then_decays_to_min_lr(warmup, extra, max_lr,
     (lambda: AdamW({"w": np.ones(2)}).step({}), r"grads: expected a gradient for every parameter, missing \['w'\]"),
     (lambda: AdamW({"w": np.ones(2)}).step({"w": np.ones(3)}), r"grads\['w'\]: expected shape \(2,\)"),
     (lambda: clip_grad_norm({"w": np.ones(2)}, 0.0), "max_norm: expected a finite number > 0"),
+    (lambda: AdamW({"w": np.ones(2)}).load_state_dict({"m.w": np.ones(2), "v.w": np.ones(2)}), r"state\['t'\]"),
+    (lambda: AdamW({"w": np.ones(2)}).load_state_dict({"t": [1], "m.w": np.ones(3), "v.w": np.ones(2)}),
+     r"state\['m.w'\]: expected an array of shape \(2,\)"),
     (lambda: warmup_cosine(-1, max_lr=1.0, warmup_steps=0, total_steps=1), "step, warmup_steps, total_steps"),
 ])
 def test_bad_input_raises_a_clear_value_error(call, message):

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tinytransformer._validate import float_array, leading_index_array
+from tinytransformer._validate import float_array, leading_index_array, positive_int
 
 __all__ = ["IGNORE", "cross_entropy", "next_token_targets", "mask_tokens"]
 
@@ -102,6 +102,7 @@ def mask_tokens(ids, *, vocab_size: int, mask_id: int, rng, special_ids=(), sele
     ids = np.asarray(ids)
     if ids.dtype.kind not in "iu":
         raise ValueError(f"ids: expected an integer array, got dtype {ids.dtype}")
+    vocab_size = positive_int(vocab_size, "vocab_size")
     if ids.size and (ids.min() < 0 or ids.max() >= vocab_size):
         raise ValueError(f"ids: expected values in [0, vocab_size={vocab_size}), got [{ids.min()}, {ids.max()}]")
     if not 0 <= mask_id < vocab_size:
@@ -111,8 +112,11 @@ def mask_tokens(ids, *, vocab_size: int, mask_id: int, rng, special_ids=(), sele
             raise ValueError(f"{name}: expected a probability in [0, 1], got {value}")
     if replace_mask + replace_random > 1.0:
         raise ValueError(f"replace_mask + replace_random: expected at most 1, got {replace_mask + replace_random}")
+    special_ids = np.asarray(list(special_ids), dtype=np.int64)
+    if special_ids.size and (special_ids.min() < 0 or special_ids.max() >= vocab_size):
+        raise ValueError(f"special_ids: expected token ids in [0, {vocab_size}), got {special_ids.tolist()}")
     special = np.zeros(vocab_size, dtype=bool)
-    special[np.asarray(list(special_ids), dtype=np.int64)] = True
+    special[special_ids] = True
     ordinary = np.flatnonzero(~special)  # the tokens a random replacement may be
     if replace_random > 0 and ordinary.size == 0:
         raise ValueError("special_ids: every token is special, so there is no token to draw at random")

@@ -107,6 +107,8 @@ class AdamW:
 
     def load_state_dict(self, state: dict) -> None:
         """Restore what state_dict returned (shapes must match the parameters)."""
+        if "t" not in state or np.size(state["t"]) != 1:
+            raise ValueError("state['t']: expected the step count, one integer")
         for name, p in self.params.items():
             for moment, key in ((self.m, f"m.{name}"), (self.v, f"v.{name}")):
                 if key not in state or np.shape(state[key]) != p.shape:
