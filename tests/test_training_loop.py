@@ -300,6 +300,19 @@ def test_masked_language_model_trains_and_saves_as_an_encoder(tmp_path):
         loaded.generate([1, 2], 3)
 
 
+def test_a_diverged_step_raises_and_leaves_the_parameters_alone():
+    config = TransformerConfig(vocab_size=11, d_model=8, n_layers=1, n_heads=2, max_seq_len=16)
+    model = _model(config, 0)
+    model.params["output_norm.weight"][0] = np.inf  # the logits become inf - inf = NaN
+    before = {name: array.copy() for name, array in model.params.items()}
+    ids = np.arange(10).reshape(2, 5)
+    with pytest.raises(FloatingPointError, match="expected finite numbers; the parameters were not updated"), \
+            np.errstate(invalid="ignore", over="ignore"):  # NumPy's own warnings about the NaN on the way
+        train_step(model, AdamW(model.params), [(ids, next_token_targets(ids))], lr=1e-2, grad_clip=1.0)
+    for name, array in model.params.items():
+        assert np.array_equal(array, before[name], equal_nan=True), name
+
+
 def _regex_free_bpe():
     from tinytransformer.tokenizers.bpe import BPETokenizer
 

@@ -42,6 +42,7 @@ loss scaling, resuming the optimiser state from a checkpoint, dropout.
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -109,7 +110,8 @@ def train_step(model, optimizer: AdamW, micro_batches, *, lr: float, grad_clip: 
     """One optimiser step over a list of micro-batches (ids [B, T], targets [B, T]).
 
     Returns {"loss": mean over every counted target, "grad_norm": before clipping,
-    "targets": how many were counted}.
+    "targets": how many were counted}. A loss or gradient that is not finite (the run has
+    diverged) raises FloatingPointError before AdamW would write NaN into every parameter.
     """
     results = [loss_and_gradients(model, ids, targets, checkpoint=checkpoint, attention=attention)
                for ids, targets in micro_batches]
@@ -121,6 +123,9 @@ def train_step(model, optimizer: AdamW, micro_batches, *, lr: float, grad_clip: 
             grads[name] += value * grads[name].dtype.type(weight)
     loss = sum(loss * n for loss, n, _ in results) / max(total, 1)
     norm = clip_grad_norm(grads, grad_clip) if grad_clip is not None else global_norm(grads)
+    if not (math.isfinite(loss) and math.isfinite(norm)):
+        raise FloatingPointError(f"loss {loss}, gradient norm {norm}: expected finite numbers; the parameters "
+                                 "were not updated (lower the learning rate, or clip the gradients)")
     optimizer.step(grads, lr=lr)
     return {"loss": loss, "grad_norm": norm, "targets": total}
 
