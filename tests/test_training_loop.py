@@ -216,7 +216,7 @@ def test_heldout_loss_gives_each_token_its_past():
 def test_batches_are_windows_of_the_tokens_drawn_reproducibly_from_the_seed(seed, batch_size, context):
     tokens = np.arange(3, 3 + context + 1 + 20)  # each token says where it is
     first, second = (random_batches(tokens, batch_size=batch_size, context=context, seed=seed) for _ in range(2))
-    other = random_batches(tokens, batch_size=batch_size, context=context, seed=[seed, 1])
+    other = random_batches(tokens, batch_size=batch_size, context=context, seed=seed + 1)
     draws = [next(first) for _ in range(30)]
     assert all(np.array_equal(a, next(second)) for a in draws)  # the same seed, the same batches
     assert not all(np.array_equal(a, next(other)) for a in draws)  # another seed, others (30 draws of 21 offsets)
