@@ -25,9 +25,11 @@ Measured in this one run:
    its prediction for workload 1 next to what was measured, then its prediction for
    thousands of requests with a KV cache the size of an 80 GB GPU.
 
-Timing: every time is CPU time of this process (time.process_time) with one BLAS thread
-and one torch thread (--threads), which a shared machine disturbs far less than wall time;
-wall time would be at least as long. Each timing is the best of --repeats.
+Timing: every time is wall time (time.perf_counter), with --threads BLAS threads and as many
+torch threads (default 1), the best of --repeats. Beside it, the CPU time of this process
+(time.process_time) over the same span: on a machine shared with other work, wall time also
+counts the moments the process waited for a core, CPU time does not (with one thread it is
+the wall time an idle machine would show). Compare numbers of one run only.
 
 Does not handle: timing on a GPU, HTTP overhead (the engine is timed directly).
 """
@@ -45,7 +47,15 @@ import numpy as np
 from tinytransformer.bench import write_report
 from tinytransformer.threads import blas_description, blas_threads
 
-CLOCK = time.process_time
+CLOCK = time.perf_counter  # wall time: the primary figure
+CPU_CLOCK = time.process_time  # CPU time of this process, reported beside it
+
+
+def timed(fn):
+    """(fn's result, wall seconds, CPU seconds) of one call."""
+    wall, cpu = CLOCK(), CPU_CLOCK()
+    result = fn()
+    return result, CLOCK() - wall, CPU_CLOCK() - cpu
 
 
 def _load(args):
@@ -114,7 +124,10 @@ def run_batching(model, args) -> dict:
                             max_seqs=args.max_seqs, max_tokens_per_step=args.max_tokens_per_step, timer=CLOCK,
                             record=True)
             requests = [engine.make_request(p, n, stop_at_eos=False, arrival=0.0) for p, n in work]
-            summary = summarize(replay(engine, requests))
+            _, _, cpu = timed(lambda: replay(engine, requests))  # step times (wall) drive the virtual clock
+            summary = summarize(requests)
+            summary["cpu_seconds"] = cpu
+            summary["cpu_throughput"] = summary["tokens"] / cpu
             if policy not in results or summary["throughput"] > results[policy]["throughput"]:
                 summary["mean_batch"] = float(np.mean([s.n_scheduled for s in engine.history]))
                 summary["steps"] = len(engine.history)
@@ -124,15 +137,18 @@ def run_batching(model, args) -> dict:
         best = results[policy]
         print(f"  {policy:10s} {best['throughput']:7.1f} tokens/s  TTFT p50 {best['ttft_p50']:6.2f} s  "
               f"TPOT p50 {best['tpot_p50'] * 1e3:6.1f} ms  {best['steps']} steps, mean batch "
-              f"{best['mean_batch']:.1f}, {best['preemptions']} preemptions", flush=True)
+              f"{best['mean_batch']:.1f}, {best['preemptions']} preemptions; CPU time "
+              f"{best['cpu_seconds']:.1f} s, {best['cpu_throughput']:.1f} tokens per CPU second", flush=True)
     if outputs["static"] != outputs["continuous"]:
         raise AssertionError("the two policies gave different ids to some request")
     results["speedup"] = results["continuous"]["throughput"] / results["static"]["throughput"]
+    results["speedup_cpu"] = results["continuous"]["cpu_throughput"] / results["static"]["cpu_throughput"]
     results["workload"] = {"requests": len(work), "output_tokens": sum(n for _, n in work),
                            "long": sum(1 for _, n in work if n >= args.long_min), "n_blocks": n_blocks,
                            "block_size": args.block_size, "max_seqs": args.max_seqs,
                            "prompt_tokens": sum(len(p) for p, _ in work)}
-    print(f"  continuous / static throughput: {results['speedup']:.2f}x", flush=True)
+    print(f"  continuous / static throughput: {results['speedup']:.2f}x (by CPU time {results['speedup_cpu']:.2f}x)",
+          flush=True)
     return results
 
 
@@ -211,23 +227,29 @@ def run_speculative(model, args) -> dict:
 
             tasks["transformers"] = lambda: hf_generate(False)
             tasks["transformers + lookup"] = lambda: hf_generate(True)
-        best, outs = {}, {}
+        best, best_cpu, outs = {}, {}, {}
         for _ in range(args.repeats):
             for task, fn in tasks.items():  # alternate, so that load changes hit all alike
-                start = CLOCK()
-                outs[task] = fn()
-                best[task] = min(best.get(task, float("inf")), CLOCK() - start)
+                outs[task], wall, cpu = timed(fn)
+                best[task] = min(best.get(task, float("inf")), wall)
+                best_cpu[task] = min(best_cpu.get(task, float("inf")), cpu)
         if outs["ours + lookup"] != outs["ours"]:
             raise AssertionError(f"{name}: speculative decoding changed our greedy ids")
-        row = {"tokens": len(outs["ours"]), "seconds": best, "acceptance_rate": stats.acceptance_rate,
-               "tokens_per_forward": stats.tokens_per_round, "speedup_ours": best["ours"] / best["ours + lookup"]}
+        row = {"tokens": len(outs["ours"]), "seconds": best, "cpu_seconds": best_cpu,
+               "acceptance_rate": stats.acceptance_rate, "tokens_per_forward": stats.tokens_per_round,
+               "speedup_ours": best["ours"] / best["ours + lookup"],
+               "speedup_ours_cpu": best_cpu["ours"] / best_cpu["ours + lookup"]}
         if hf is not None:
             row["speedup_transformers"] = best["transformers"] / best["transformers + lookup"]
+            row["speedup_transformers_cpu"] = best_cpu["transformers"] / best_cpu["transformers + lookup"]
             row["transformers_same_ids"] = outs["transformers"] == outs["ours"]
             row["transformers_lookup_unchanged"] = outs["transformers + lookup"] == outs["transformers"]
         rows[name] = row
-        theirs = f", transformers {row['speedup_transformers']:.2f}x" if hf is not None else ""
-        print(f"  {name:16s} {row['tokens']:3d} tokens: ours {row['speedup_ours']:.2f}x{theirs}; acceptance "
+        times = ", ".join(f"{task} {best[task]:.2f} s ({best_cpu[task]:.2f} s CPU)" for task in tasks)
+        theirs = (f", transformers {row['speedup_transformers']:.2f}x ({row['speedup_transformers_cpu']:.2f}x)"
+                  if hf is not None else "")
+        print(f"  {name:16s} {row['tokens']:3d} tokens: {times}\n  {'':16s} speed-up (by CPU time): ours "
+              f"{row['speedup_ours']:.2f}x ({row['speedup_ours_cpu']:.2f}x){theirs}; acceptance "
               f"{row['acceptance_rate']:.0%}, {row['tokens_per_forward']:.2f} tokens per target forward", flush=True)
     return rows
 
@@ -243,17 +265,13 @@ def run_model_draft(model, args) -> dict:
         prompts = {name: model.tokenizer.encode(texts[name]) for name in ("repeat code", "poem (no copy)")}
     n, rows = args.new_tokens, {}
     for name, ids in prompts.items():
-        start = CLOCK()
-        plain = model.generate(ids, n)
-        plain_time = CLOCK() - start
+        plain, plain_time, _ = timed(lambda: model.generate(ids, n))
         for layers in args.draft_layers:
             if layers >= model.config.n_layers:
                 continue
             stats = SpeculationStats()
-            start = CLOCK()
-            out = speculative_generate(model, ModelDraft(layer_draft(model, layers)), ids, n, k=args.draft_k,
-                                       stats=stats)
-            seconds = CLOCK() - start
+            out, seconds, _ = timed(lambda: speculative_generate(model, ModelDraft(layer_draft(model, layers)), ids,
+                                                                 n, k=args.draft_k, stats=stats))
             if out != plain:
                 raise AssertionError(f"{name}: speculation with a {layers}-layer draft changed the greedy ids")
             rows[f"{name}, {layers} layers"] = {"acceptance_rate": stats.acceptance_rate,
@@ -364,9 +382,12 @@ def main(argv: list[str] | None = None) -> int:
         model.attention = args.attention
         print(f"{model.config.name or 'model'}: {model.n_parameters / 1e6:.1f}M parameters, attention "
               f"{args.attention!r}; {platform.machine()}, {os.cpu_count()} CPUs; NumPy {np.__version__}, "
-              f"{blas_description()}; CPU time of this process", flush=True)
+              f"{blas_description()}; wall time (CPU time of this process beside it)", flush=True)
         results = {"model": model.config.name, "threads": args.threads, "attention": args.attention, "blas": blas_description(),
-                   "argv": sys.argv[1:] if argv is None else argv}
+                   "argv": sys.argv[1:] if argv is None else argv, "clock": "wall (time.perf_counter); CPU beside",
+                   "load_average_start": os.getloadavg()}
+        print(f"load average (1, 5, 15 min): {', '.join(f'{x:.1f}' for x in results['load_average_start'])}",
+              flush=True)
         if "batching" in only:
             print("\n1. batching: static vs continuous, same blocks and slots", flush=True)
             results["batching"] = run_batching(model, args)
@@ -379,6 +400,7 @@ def main(argv: list[str] | None = None) -> int:
         if "simulate" in only:
             print("\n3. simulation: a cost model calibrated on measured steps", flush=True)
             results["simulate"] = run_simulate(model, args, results.get("batching"))
+    results["load_average_end"] = os.getloadavg()
     if args.json:
         write_report(results, args.json, default=float)
     return 0
