@@ -8,8 +8,8 @@ from hypothesis import strategies as st
 
 from conftest import require
 from strategies import dtypes, seeds
-from tinytransformer.layers import (embedding, ffn, gelu, layer_norm, linear, post_ln_block, pre_ln_block, rms_norm,
-                                    silu, swiglu)
+from tinytransformer.layers import (embedding, ffn, gelu, layer_norm, linear, linear_in_row_blocks, post_ln_block,
+                                    pre_ln_block, rms_norm, silu, swiglu)
 from tinytransformer.testing import assert_close
 
 widths = st.integers(2, 64)
@@ -161,3 +161,29 @@ def test_norm_eps_must_be_a_finite_number_at_least_zero(eps):
 def test_bad_input_raises_a_clear_value_error(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+@given(st.integers(1, 13), st.integers(1, 3), st.integers(1, 6), seeds(), dtypes(), st.booleans())
+def test_linear_in_row_blocks_equals_linear(rows, batch, multiple, seed, dtype, with_bias):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((batch, rows, 7)).astype(dtype)
+    w = rng.standard_normal((5, 7)).astype(dtype)
+    b = rng.standard_normal(5).astype(dtype) if with_bias else None
+    got = linear_in_row_blocks(x, w, b, multiple=multiple)
+    assert got.shape == (batch, rows, 5) and got.dtype == linear(x, w, b).dtype
+    assert_close(got, linear(x, w, b), dtype=dtype)
+
+
+def test_ffn_and_swiglu_use_the_product_they_are_given():
+    calls = []
+
+    def counting_linear(x, w, b=None):
+        calls.append(w.shape)
+        return linear(x, w, b)
+
+    rng = np.random.default_rng(0)
+    x, wg, wu, wd = rng.standard_normal((3, 4)), rng.standard_normal((6, 4)), rng.standard_normal((6, 4)), \
+        rng.standard_normal((4, 6))
+    assert_close(swiglu(x, wg, wu, wd, linear=counting_linear), swiglu(x, wg, wu, wd))
+    assert_close(ffn(x, wu, None, wd, None, linear=counting_linear), ffn(x, wu, None, wd, None))
+    assert calls == [(6, 4), (6, 4), (4, 6), (6, 4), (4, 6)]

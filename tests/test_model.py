@@ -267,3 +267,27 @@ def test_an_encoder_sees_the_future_and_refuses_to_generate():
         encoder.forward(ids, encoder.new_cache(1))
     with pytest.raises(ValueError, match="causal: expected a bool"):
         TransformerConfig(vocab_size=11, d_model=8, n_layers=1, n_heads=2, causal="no")
+
+
+@given(model_configs(), seeds(), st.integers(1, 12))
+def test_row_padded_projections_give_the_plain_products_logits(config, seed, T):
+    """The model pads the rows of its projections (ROW_BLOCK, layers.linear_in_row_blocks) for
+    speed; with ROW_BLOCK = 1 it computes the plain x W^T. Same logits, cached or not."""
+    from unittest import mock
+
+    import tinytransformer.model as model_module
+
+    model = TinyTransformer(config, seed=seed % 1000)
+    ids = np.random.default_rng(seed).integers(0, config.vocab_size, size=(1, T))
+    prefix = ids[:, :1]
+
+    def run():
+        cache = model.new_cache(batch=1)
+        model.forward(prefix, cache)
+        return model.forward(ids, None), model.forward(ids[:, 1:] if T > 1 else ids, cache)
+
+    padded = run()
+    with mock.patch.object(model_module, "ROW_BLOCK", 1):
+        plain = run()
+    for a, b in zip(padded, plain):
+        assert_close(a, b, rtol=1e-4, atol=1e-5)

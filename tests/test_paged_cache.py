@@ -1,6 +1,8 @@
 """The paged KV cache holds what was appended, allocates blocks as it claims, and decode over it is attention."""
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 from hypothesis import given
@@ -8,6 +10,7 @@ from hypothesis import strategies as st
 
 from strategies import PagedCase, build_paged_cache, paged_cases
 from tinytransformer.attention import scaled_dot_product_attention
+from tinytransformer.model import CausalAttention
 from tinytransformer.paged_cache import (CacheFullError, PagedKVCache, paged_decode_attention,
                                          paged_decode_attention_batched)
 from tinytransformer.positional import alibi_bias, alibi_slopes
@@ -89,6 +92,26 @@ def test_multi_layer_cache_is_written_per_layer_after_one_extend():
     for layer in range(2):
         cache.write(layer, s, positions, np.full((1, 3, 2), layer), np.full((1, 3, 2), -layer))
     assert (cache.gather(1, s)[0] == 1).all() and (cache.gather(0, s)[0] == 0).all()
+
+
+@given(paged_cases(), st.integers(1, 3))
+def test_a_batch_step_stores_each_sequences_keys_where_write_would(case, T):
+    rng = np.random.default_rng(case.seed)
+    Hkv, D, bs = case.n_kv_heads, case.head_dim, case.block_size
+    n_blocks = sum(-(-(L + T) // bs) for L in case.lengths)
+    cache = PagedKVCache(1, Hkv, D, n_blocks=n_blocks, block_size=bs)
+    seq_ids = [cache.add_sequence() for _ in case.lengths]
+    for s, L in zip(seq_ids, case.lengths):
+        cache.append(s, rng.standard_normal((Hkv, L, D)), rng.standard_normal((Hkv, L, D)))
+    reference = copy.deepcopy(cache)
+    k_new, v_new = (rng.standard_normal((len(seq_ids), Hkv, T, D)) for _ in range(2))
+    batch = cache.view(seq_ids)
+    positions = batch.reserve(T)
+    batch.attend(0, k_new, k_new, v_new, CausalAttention())  # one assignment for the whole batch
+    for b, s in enumerate(seq_ids):
+        reference.write(0, s, reference.extend(s, T), k_new[b], v_new[b])  # one sequence at a time
+        assert positions[b].tolist() == list(range(case.lengths[b], case.lengths[b] + T))
+    assert (cache.k_pool == reference.k_pool).all() and (cache.v_pool == reference.v_pool).all()
 
 
 def _decode_reference(case, ks, vs, q, causal, slopes):

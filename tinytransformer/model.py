@@ -54,8 +54,8 @@ from tinytransformer.attention import (causal_attention_in_query_blocks, merge_h
                                        split_heads)
 from tinytransformer.flash import flash_attention
 from tinytransformer.kv_cache import KVCache
-from tinytransformer.layers import (embedding, ffn, gelu, layer_norm, linear, post_ln_block, pre_ln_block, rms_norm,
-                                    swiglu)
+from tinytransformer.layers import (embedding, ffn, gelu, layer_norm, linear_in_row_blocks, post_ln_block,
+                                    pre_ln_block, rms_norm, swiglu)
 from tinytransformer.paged_cache import PagedKVCache, paged_decode_attention, paged_decode_attention_batched
 from tinytransformer.positional import alibi_slopes, apply_rope, sinusoidal_encoding
 
@@ -68,6 +68,7 @@ _CHOICES = {
     "block": ("pre", "post"),
 }
 QUERY_BLOCK = 128  # query rows per attention call during prefill (see causal_attention_in_query_blocks)
+ROW_BLOCK = 4  # the rows of every projection are padded to a multiple of this (see layers.linear_in_row_blocks)
 
 
 @dataclass(frozen=True)
@@ -370,14 +371,14 @@ class TinyTransformer:
     def logits(self, hidden) -> np.ndarray:
         """The output head: hidden [..., C] -> logits [..., V] (x E^T when the embeddings are tied)."""
         head = self.params["token_embd.weight" if self.config.tie_embeddings else "output.weight"]
-        return linear(hidden, head)  # [..., C] @ [C, V] -> [..., V]
+        return _linear(hidden, head)  # [..., C] @ [C, V] -> [..., V]
 
     def _self_attention(self, x, i, positions, cache, saved=None):
         """Self-attention of block i (causal unless config.causal is False): x [B, T, C] -> [B, T, C]."""
         c, p = self.config, self.params
-        q = split_heads(linear(x, p[f"blk.{i}.attn_q.weight"]), c.n_heads)  # [B, T, Hq*D] -> [B, Hq, T, D]
-        k = split_heads(linear(x, p[f"blk.{i}.attn_k.weight"]), c.kv_heads)  # [B, Hkv, T, D]
-        v = split_heads(linear(x, p[f"blk.{i}.attn_v.weight"]), c.kv_heads)  # [B, Hkv, T, D]
+        q = split_heads(_linear(x, p[f"blk.{i}.attn_q.weight"]), c.n_heads)  # [B, T, Hq*D] -> [B, Hq, T, D]
+        k = split_heads(_linear(x, p[f"blk.{i}.attn_k.weight"]), c.kv_heads)  # [B, Hkv, T, D]
+        v = split_heads(_linear(x, p[f"blk.{i}.attn_v.weight"]), c.kv_heads)  # [B, Hkv, T, D]
         if c.position == "rope":
             q = apply_rope(q, positions, base=c.rope_base, interleaved=c.rope_interleaved)
             k = apply_rope(k, positions, base=c.rope_base, interleaved=c.rope_interleaved)
@@ -387,14 +388,14 @@ class TinyTransformer:
             out = cache.attend(i, q, k, v, self._attention)  # store k, v; attend over all cached positions
         if saved is not None:
             saved.update({f"blk.{i}.q": q, f"blk.{i}.k": k, f"blk.{i}.v": v, f"blk.{i}.out": out})
-        return linear(merge_heads(out), p[f"blk.{i}.attn_output.weight"])  # [B, T, Hq*D] -> [B, T, C]
+        return _linear(merge_heads(out), p[f"blk.{i}.attn_output.weight"])  # [B, T, Hq*D] -> [B, T, C]
 
     def _feed_forward(self, x, i):
         p, b = self.params, f"blk.{i}."
         if self.config.ffn == "swiglu":
-            return swiglu(x, p[b + "ffn_gate.weight"], p[b + "ffn_up.weight"], p[b + "ffn_down.weight"])
+            return swiglu(x, p[b + "ffn_gate.weight"], p[b + "ffn_up.weight"], p[b + "ffn_down.weight"], linear=_linear)
         return ffn(x, p[b + "ffn_up.weight"], p[b + "ffn_up.bias"], p[b + "ffn_down.weight"], p[b + "ffn_down.bias"],
-                   activation=_gelu_tanh)
+                   activation=_gelu_tanh, linear=_linear)
 
     def _norm(self, x, name):
         if self.config.norm == "rms":
@@ -612,6 +613,12 @@ def _keeping_input(saved: dict, name: str, sublayer):
         saved[name] = h
         return sublayer(h)
     return run
+
+
+def _linear(x, weight, bias=None):
+    """The model's projections: x W^T (+ b), rows padded to a multiple of ROW_BLOCK for the BLAS
+    (same values as layers.linear; ROW_BLOCK = 1 is the plain product)."""
+    return linear_in_row_blocks(x, weight, bias, multiple=ROW_BLOCK)
 
 
 def _gelu_tanh(x):

@@ -313,6 +313,11 @@ class PagedBatch:
                                  f"sequences but only {blocks.n_free_blocks} of {blocks.n_blocks} are free")
         self._positions = np.stack([blocks.extend(s, n_new) for s in self.seq_ids])  # [B, n_new]
         self._tables, self._lengths = blocks.batch(self.seq_ids)
+        # where each new position lives, for every layer's write: (block, slot) [B * n_new] each
+        rows = np.repeat(np.arange(self.batch), n_new)  # [B * n_new]: the sequence of each new position
+        flat = self._positions.reshape(-1)
+        self._blocks = self._tables[rows, flat // blocks.block_size].astype(np.int64)
+        self._slots = flat % blocks.block_size
         return self._positions
 
     def attend(self, layer: int, q, k_new, v_new, attention):
@@ -320,9 +325,17 @@ class PagedBatch:
         if self._positions is None or self._positions.shape[1] != np.shape(k_new)[2]:
             raise ValueError(f"k_new: expected the {0 if self._positions is None else self._positions.shape[1]} "
                              f"positions reserved for this step, got shape {np.shape(k_new)}; call reserve first")
-        for b, seq_id in enumerate(self.seq_ids):
-            self.cache.write(layer, seq_id, self._positions[b], k_new[b], v_new[b])
+        (B, T), Hkv, D = self._positions.shape, self.cache.n_kv_heads, self.cache.head_dim
+        for name, x in (("k_new", k_new), ("v_new", v_new)):
+            if np.shape(x) != (B, Hkv, T, D):
+                raise ValueError(f"{name}: expected shape [B, Hkv, T, D] = {[B, Hkv, T, D]}, got {np.shape(x)}")
         layer = self.cache._layer(layer)
+        # every sequence's new positions in one assignment (PagedKVCache.write does one sequence):
+        # pool[layer][block, :, slot, :] is [Hkv, D]; the fancy index puts the B * T positions first
+        k_rows = np.swapaxes(k_new, 1, 2).reshape(B * T, Hkv, D)  # [B, Hkv, T, D] -> [B * T, Hkv, D]
+        v_rows = np.swapaxes(v_new, 1, 2).reshape(B * T, Hkv, D)
+        self.cache.k_pool[layer, self._blocks, :, self._slots, :] = k_rows
+        self.cache.v_pool[layer, self._blocks, :, self._slots, :] = v_rows
         return attention.paged(q, self.cache.k_pool[layer], self.cache.v_pool[layer], self._tables, self._lengths)
 
 
