@@ -29,7 +29,7 @@ Timing: every time is wall time (time.perf_counter), with --threads BLAS threads
 torch threads (default 1), the best of --repeats. Beside it, the CPU time of this process
 (time.process_time) over the same span: on a machine shared with other work, wall time also
 counts the moments the process waited for a core, CPU time does not (with one thread it is
-the wall time an idle machine would show). Compare numbers of one run only.
+close to the wall time an idle machine would show). Compare numbers of one run only.
 
 Does not handle: timing on a GPU, HTTP overhead (the engine is timed directly).
 """
