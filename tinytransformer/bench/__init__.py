@@ -13,9 +13,9 @@ import numpy as np
 from tinytransformer._files import atomic_writer
 
 
-def best_time(fn, repeats: int, clock=time.process_time) -> float:
-    """The shortest of `repeats` runs of fn(), in seconds of `clock` (CPU time by default,
-    which a busy shared machine disturbs less than wall time)."""
+def best_time(fn, repeats: int, clock=time.perf_counter) -> float:
+    """The shortest of `repeats` runs of fn(), in seconds of `clock`: wall time by default;
+    time.process_time (CPU time of this process) is less disturbed by a busy shared machine."""
     best = float("inf")
     for _ in range(repeats):
         start = clock()

