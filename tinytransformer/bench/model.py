@@ -60,6 +60,7 @@ def _hf_tasks(path, prompt, short, args, expected: list[int]) -> tuple[dict, str
     import torch
     import transformers
 
+    torch.set_num_threads(args.threads)  # torch's own thread pool: threadpoolctl's BLAS limit does not reach it
     model = transformers.AutoModelForCausalLM.from_pretrained(
         str(path.parent), gguf_file=path.name, dtype=torch.float32).eval()
     long_ids, short_ids = torch.tensor([prompt]), torch.tensor([short])
