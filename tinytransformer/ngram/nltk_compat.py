@@ -135,7 +135,8 @@ class _NltkStyleModel:
         return self._counts.get(len(context) + 1, {}).get(context, Counter())
 
     def unmasked_score(self, word, context=None) -> float:
-        raise NotImplementedError
+        """Abstract, as in nltk: MLE, Lidstone, Laplace and KneserNeyInterpolated each define it."""
+        raise NotImplementedError(f"{type(self).__name__} must define unmasked_score(word, context)")
 
     def score(self, word, context=None) -> float:
         """P(word | context), with out-of-vocabulary words read as `<UNK>`."""

@@ -51,7 +51,8 @@ class LanguageModel:
     _index: dict[str, int]
 
     def _log10prob(self, grams: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
+        """Abstract: each model class (MLE/add-k, Kneser-Ney, BackoffLM) defines its own."""
+        raise NotImplementedError(f"{type(self).__name__} must define _log10prob(grams)")
 
     # ------------------------------------------------------------------ one word
     def score(self, word, context=None) -> float:
