@@ -68,7 +68,7 @@ _CHOICES = {
     "block": ("pre", "post"),
 }
 QUERY_BLOCK = 128  # query rows per attention call during prefill (see causal_attention_in_query_blocks)
-ROW_BLOCK = 4  # the rows of every projection are padded to a multiple of this (see layers.linear_in_row_blocks)
+ROW_BLOCK = 4  # a projection of 3, 7, 11, ... rows gets one zero row to complete a block (layers.linear_in_row_blocks)
 
 
 @dataclass(frozen=True)
