@@ -466,3 +466,67 @@ def test_bench_summary_holds_each_gpu_goal_to_its_measured_figure():
     assert re.search(r"decode v2 share of copy, B = 1\s+75.0%\s+goal >= 70%\s+met", text)
     lines = summary(dict(device="GPU", backend="cuda", date="now", timing="CUDA events", prefill=[], decode=[]))
     assert "not measured" in "\n".join(lines)
+
+
+def _fake_gpu(monkeypatch, failures, prefill_rows):
+    """bench attention's GPU path with CuPy, the kernels and the timings replaced by stand-ins."""
+    from types import SimpleNamespace
+
+    from tinytransformer.bench import attention
+
+    runtime = SimpleNamespace(getDeviceProperties=lambda i: {"multiProcessorCount": 132},
+                              runtimeGetVersion=lambda: 13000, driverGetVersion=lambda: 13000)
+    cupy = SimpleNamespace(__version__="fake", cuda=SimpleNamespace(runtime=runtime, Device=lambda: SimpleNamespace(id=0)))
+    monkeypatch.setattr(cuda, "cuda_status", lambda: (True, "Fake GPU"))
+    monkeypatch.setattr(cuda, "require_cuda", lambda: cupy)
+    monkeypatch.setattr(attention, "torch_sdpa", lambda device: (None, "no torch in this test"))
+    monkeypatch.setattr(attention, "validate_kernels", lambda: failures)
+    seen = []
+
+    def gpu_prefill(cupy, torch, config, repeats, log, invalid=frozenset()):
+        seen.append(invalid)
+        return prefill_rows(config, invalid)
+
+    monkeypatch.setattr(attention, "gpu_prefill", gpu_prefill)
+    return attention, seen
+
+
+def test_bench_attention_leaves_out_a_kernel_that_fails_validation_and_times_the_rest(tmp_path, monkeypatch,
+                                                                                        capsys):
+    import json
+
+    def rows(config, invalid):
+        return [dict(config, dtype="float16", impl=impl, seconds=1.0, tflops=1.0)
+                for impl in ("flash_v3", "torch_sdpa") if f"{impl} float16" not in invalid]
+
+    attention, seen = _fake_gpu(monkeypatch, [("flash_v3 float16", "D=64 causal=True: wrong values")], rows)
+    target = tmp_path / "gpu.json"
+    assert attention.main(["--device", "cuda", "--quick", "--only", "flash", "--json", str(target)]) == 1
+    captured = capsys.readouterr()
+    assert "INVALID flash_v3 float16: D=64 causal=True: wrong values" in captured.err
+    results = json.loads(target.read_text())
+    assert results["invalid"] == ["flash_v3 float16"] and results["complete"] is True
+    assert seen and all(invalid == {"flash_v3 float16"} for invalid in seen)
+    assert results["prefill"] and {r["impl"] for r in results["prefill"]} == {"torch_sdpa"}  # the rest was timed
+    assert "INVALID, not timed" in captured.out
+
+
+def test_bench_attention_json_keeps_the_configurations_measured_before_a_run_is_cut_short(tmp_path, monkeypatch):
+    import json
+
+    calls = []
+
+    def rows(config, invalid):
+        calls.append(config)
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # the time limit of a GPU lease, say
+        return [dict(config, dtype="float16", impl="flash_v3", seconds=1.0, tflops=1.0)]
+
+    attention, _ = _fake_gpu(monkeypatch, [], rows)
+    target = tmp_path / "gpu.json"
+    with pytest.raises(KeyboardInterrupt):
+        attention.main(["--device", "cuda", "--quick", "--only", "flash", "--json", str(target)])
+    results = json.loads(target.read_text())
+    assert results["complete"] is False and [r["T"] for r in results["prefill"]] == [c["T"] for c in calls[:2]]
+    assert "INCOMPLETE" in "\n".join(attention.summary(results))
+    assert [p.name for p in tmp_path.iterdir()] == ["gpu.json"]

@@ -5,8 +5,9 @@
     python -m tinytransformer.bench attention --summary PATH      # the table of a results file
 
 GPU (--device cuda; auto picks it when CuPy sees a GPU). Every kernel version is first
-checked against the NumPy reference on small ragged cases; if one fails, nothing is
-timed. Then, configuration by configuration and in the same run, the kernels,
+checked against the NumPy reference on small ragged cases; a version (and dtype) that
+fails is reported, recorded under "invalid" and left out of the timings, and the rest
+run. Then, configuration by configuration and in the same run, the kernels,
 torch.nn.functional.scaled_dot_product_attention (when torch has CUDA) and a naive
 CuPy attention (matmul, softmax, matmul) are timed with CUDA events: the median of
 --repeats calls after 2 warm-up calls.
@@ -31,7 +32,8 @@ its default 16 x 16 tiles, torch SDPA); decode B 4, Hq 8, Hkv 2, D 64, context
 stated (--threads sets them; torch gets the same number).
 
 --json PATH writes every measurement (to a temporary file in the same folder, then
-renamed into place); the table of the goals and the main figures is printed last,
+renamed into place), after every configuration, so a run cut short keeps what it
+measured; the table of the goals and the main figures is printed last,
 and --summary PATH prints it again from the file. --dry-run checks the arguments,
 prints the plan and exits without measuring.
 """
@@ -173,8 +175,12 @@ def _as_torch(torch, x, kind):
     return t.view(torch.bfloat16) if kind == "bfloat16" else t
 
 
-def validate_kernels() -> list[str]:
-    """Check every flash version and both decode versions against NumPy on small ragged cases."""
+def validate_kernels() -> list[tuple[str, str]]:
+    """Check every flash version and both decode versions against NumPy on small ragged cases.
+
+    Returns the failures as (implementation, message) pairs; the implementation is named as
+    in the timings ("flash_v3 float16", "decode_v2 float16"), so a failed one can be left out.
+    """
     from tinytransformer.attention import scaled_dot_product_attention
     from tinytransformer.paged_cache import paged_decode_attention
     from tinytransformer.testing import assert_close
@@ -193,12 +199,12 @@ def validate_kernels() -> list[str]:
                     args, dtype = [x.astype(kind) for x in (q, k, v)], None
                     exact = [a.astype(np.float64) for a in args]
                 ref = scaled_dot_product_attention(*exact, causal=causal)
-                out = cuda.flash_attention(*args, causal=causal, version=version, dtype=dtype)
-                out = cuda.from_bfloat16_bits(out) if kind == "bfloat16" else out
                 try:
+                    out = cuda.flash_attention(*args, causal=causal, version=version, dtype=dtype)
+                    out = cuda.from_bfloat16_bits(out) if kind == "bfloat16" else out
                     assert_close(out, ref, dtype=kind)
-                except AssertionError as error:
-                    failures.append(f"flash v{version} {kind} D={D} causal={causal}: {str(error)[:300]}")
+                except Exception as error:  # wrong values, or a launch that failed on this GPU
+                    failures.append((f"flash_v{version} {kind}", f"D={D} causal={causal}: {str(error)[:300]}"))
         n_blocks, bs = 64, 16
         pool = rng.standard_normal((2, n_blocks, 2, bs, D)).astype(np.float16)
         tables = rng.permutation(n_blocks).astype(np.int32).reshape(2, 32)
@@ -207,18 +213,19 @@ def validate_kernels() -> list[str]:
         ref = paged_decode_attention(qd.astype(np.float64), pool[0].astype(np.float64),
                                      pool[1].astype(np.float64), tables, lengths)
         for version in cuda.DECODE_VERSIONS:
-            out = cuda.paged_decode_attention(qd, pool[0], pool[1], tables, lengths, version=version, split_len=64)
             try:
+                out = cuda.paged_decode_attention(qd, pool[0], pool[1], tables, lengths, version=version,
+                                                  split_len=64)
                 assert_close(out, ref, dtype="float16")
-            except AssertionError as error:
-                failures.append(f"decode v{version} D={D}: {str(error)[:300]}")
+            except Exception as error:
+                failures.append((f"decode_v{version} float16", f"D={D}: {str(error)[:300]}"))
     return failures
 
 
-def gpu_prefill(cupy, torch, config: dict, repeats: int, log) -> list[dict]:
+def gpu_prefill(cupy, torch, config: dict, repeats: int, log, invalid=frozenset()) -> list[dict]:
     rows = []
     for kind in ("float16", "bfloat16", "float32"):
-        rows += _gpu_prefill_rows(cupy, torch, config, kind, repeats, log)
+        rows += _gpu_prefill_rows(cupy, torch, config, kind, repeats, log, invalid)
         cupy.get_default_memory_pool().free_all_blocks()  # that dtype's arrays are gone with the call
     _add_ratio_to_sdpa(rows)
     for r in rows:
@@ -226,7 +233,7 @@ def gpu_prefill(cupy, torch, config: dict, repeats: int, log) -> list[dict]:
     return rows
 
 
-def _gpu_prefill_rows(cupy, torch, config: dict, kind: str, repeats: int, log) -> list[dict]:
+def _gpu_prefill_rows(cupy, torch, config: dict, kind: str, repeats: int, log, invalid=frozenset()) -> list[dict]:
     B, Hq, Hkv, T, S, D, causal = (config[x] for x in ("B", "Hq", "Hkv", "T", "S", "D", "causal"))
     flops = attention_flops(B, Hq, T, S, D, causal)
     shapes = ((B, Hq, T, D), (B, Hkv, S, D), (B, Hkv, S, D))
@@ -239,6 +246,8 @@ def _gpu_prefill_rows(cupy, torch, config: dict, kind: str, repeats: int, log) -
     dtype = "bfloat16" if kind == "bfloat16" else None
     impls = {}
     for version in ((3,) if kind != "float32" else ((1, 2) if T <= 1024 else (2,))):
+        if f"flash_v{version} {kind}" in invalid:  # failed the validation: its time would mean nothing
+            continue
         impls[f"flash_v{version}"] = (lambda version=version: cuda.flash_attention(
             q, k, v, causal=causal, version=version, dtype=dtype))
     if kind != "bfloat16" and B * Hq * T * S * 4 <= 8 << 30:  # the naive score matrix must fit
@@ -258,7 +267,7 @@ def _gpu_prefill_rows(cupy, torch, config: dict, kind: str, repeats: int, log) -
     return rows
 
 
-def gpu_decode(cupy, config: dict, copy_bps: float, flush, repeats: int, log) -> list[dict]:
+def gpu_decode(cupy, config: dict, copy_bps: float, flush, repeats: int, log, invalid=frozenset()) -> list[dict]:
     B, Hq, Hkv, D, L, bs = (config[x] for x in ("B", "Hq", "Hkv", "D", "L", "block_size"))
     tables, lengths = _shuffled_tables(B, L, bs)
     rng = cupy.random.default_rng(0)
@@ -269,9 +278,15 @@ def gpu_decode(cupy, config: dict, copy_bps: float, flush, repeats: int, log) ->
     nbytes = decode_bytes(B, Hkv, L, D, 2)
     rows = []
     for version in cuda.DECODE_VERSIONS:
-        seconds = time_gpu(cupy, lambda: cuda.paged_decode_attention(q, k_pool, v_pool, tables, lengths,
-                                                                     version=version, check_tables=False),
-                           repeats, flush=flush)
+        if f"decode_v{version} float16" in invalid:
+            continue
+        try:
+            seconds = time_gpu(cupy, lambda: cuda.paged_decode_attention(q, k_pool, v_pool, tables, lengths,
+                                                                         version=version, check_tables=False),
+                               repeats, flush=flush)
+        except Exception as error:  # out of memory or a failed launch: record, go on
+            log(f"  decode_v{version} B={B} L={L} not measured: {type(error).__name__}: {str(error)[:120]}")
+            continue
         gbps = nbytes / seconds / 1e9
         rows.append(dict(config, dtype="float16", impl=f"decode_v{version}", seconds=seconds, gbps=gbps,
                          fraction_of_copy=gbps * 1e9 / copy_bps))
@@ -363,6 +378,10 @@ def summary(results: dict) -> list[str]:
     pre, dec = results.get("prefill", []), results.get("decode", [])
     lines = [f"attention benchmark: {results['device']} ({results['backend']}), {results['date']}, "
              f"{results['timing']}"]
+    if results.get("invalid"):
+        lines.append(f"INVALID, not timed (failed the validation against NumPy): {', '.join(results['invalid'])}")
+    if results.get("complete") is False:
+        lines.append("INCOMPLETE: the run stopped before its last configuration")
     if results["backend"] == "cuda":
         lines.append(f"goals at T = S = 4096, D = 128, fp16, Hq = Hkv = 16; decode at context 16384 "
                      f"(copy {results.get('copy_gbps', float('nan')):.0f} GB/s):")
@@ -476,16 +495,19 @@ def main(argv=None) -> int:
     if args.device == "auto" and device == "cpu":
         print(f"no CUDA backend here ({why}): timing the NumPy references on the CPU")
 
-    results = run_gpu(prefill, decode, repeats) if device == "cuda" else run_cpu(prefill, decode, repeats,
-                                                                                   args.threads)
-    if results is None:
-        return 1
+    def checkpoint(results):  # after every configuration: a temporary file, renamed
+        if args.json is not None:
+            write_report(dict(results, complete=False), args.json, default=float)
+
+    results = (run_gpu(prefill, decode, repeats, checkpoint) if device == "cuda"
+               else run_cpu(prefill, decode, repeats, args.threads, checkpoint))
+    results["complete"] = True
     if args.json is not None:
-        write_report(results, args.json, default=float)  # a temporary file, renamed
+        write_report(results, args.json, default=float)
         print(f"wrote {args.json}")
     print()
     print("\n".join(summary(results)))
-    return 0
+    return 1 if results.get("invalid") else 0
 
 
 def _header(device: str, backend: str, timing: str, repeats: int) -> dict:
@@ -494,7 +516,8 @@ def _header(device: str, backend: str, timing: str, repeats: int) -> dict:
                 prefill=[], decode=[])
 
 
-def run_gpu(prefill, decode, repeats: int) -> dict | None:
+def run_gpu(prefill, decode, repeats: int, checkpoint=lambda results: None) -> dict:
+    """Validate, then time every configuration; checkpoint(results) runs after each one."""
     cupy = cuda.require_cuda()
     props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
     torch, torch_info = torch_sdpa("cuda")
@@ -505,16 +528,17 @@ def run_gpu(prefill, decode, repeats: int) -> dict | None:
     print(f"device: {results['device']}, {results['sms']} SMs; cupy {cupy.__version__}; SDPA: {torch_info}")
     print("validating every kernel version against the NumPy reference ...")
     failures = validate_kernels()
-    if failures:
-        for f in failures:
-            print(f"INVALID {f}", file=sys.stderr)
-        print("validation failed: nothing was timed", file=sys.stderr)
-        return None
-    print("all versions match the reference")
+    for name, message in failures:
+        print(f"INVALID {name}: {message}", file=sys.stderr)
+    invalid = frozenset(name for name, _ in failures)
+    results["invalid"] = sorted(invalid)
+    print(f"left out of the timings, having failed the validation: {', '.join(sorted(invalid))}" if invalid
+          else "all versions match the reference")
     if prefill:
         print("prefill (flash attention):")
         for config in prefill:
-            results["prefill"] += gpu_prefill(cupy, torch, config, repeats, print)
+            results["prefill"] += gpu_prefill(cupy, torch, config, repeats, print, invalid)
+            checkpoint(results)
     if decode:
         copy_bps = copy_bandwidth(cupy, repeats)
         flush, l2 = l2_flusher(cupy)
@@ -522,11 +546,12 @@ def run_gpu(prefill, decode, repeats: int) -> dict | None:
         print(f"decode (paged cache); device-to-device copy: {copy_bps / 1e9:.1f} GB/s (read + write); "
               f"L2 ({l2 / 2**20:.0f} MiB) flushed before every timed call")
         for config in decode:
-            results["decode"] += gpu_decode(cupy, config, copy_bps, flush, repeats, print)
+            results["decode"] += gpu_decode(cupy, config, copy_bps, flush, repeats, print, invalid)
+            checkpoint(results)
     return results
 
 
-def run_cpu(prefill, decode, repeats: int, threads: int | None) -> dict:
+def run_cpu(prefill, decode, repeats: int, threads: int | None, checkpoint=lambda results: None) -> dict:
     from tinytransformer.threads import blas_description, blas_threads
 
     torch, torch_info = torch_sdpa("cpu")
@@ -543,10 +568,12 @@ def run_cpu(prefill, decode, repeats: int, threads: int | None) -> dict:
             print("prefill (NumPy sdpa, NumPy flash, torch SDPA):")
             for config in prefill:
                 results["prefill"] += cpu_prefill(torch, config, repeats, print)
+                checkpoint(results)
         if decode:
             print("decode (paged-cache reference, sdpa over contiguous K/V):")
             for config in decode:
                 results["decode"] += cpu_decode(config, repeats, print)
+                checkpoint(results)
     return results
 
 
