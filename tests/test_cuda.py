@@ -34,7 +34,7 @@ def _backend(name, version):
 
 
 FLASH_BACKENDS = [_backend("numpy", None), _backend("cuda", 1), _backend("cuda", 2), _backend("cuda", 3)]
-DECODE_BACKENDS = [_backend("numpy", None), _backend("cuda", 1), _backend("cuda", 2)]
+DECODE_BACKENDS = [_backend("numpy", None), *(_backend("cuda", v) for v in cuda.DECODE_VERSIONS)]
 
 
 def flash_dtypes(backend, version):
@@ -276,7 +276,7 @@ def test_planted_bug_in_flash_kernel_is_caught_by_the_law(define, version):
 @needs_gpu
 @pytest.mark.gpu
 @pytest.mark.parametrize("define", cuda.PLANTED_BUGS)
-@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("version", cuda.DECODE_VERSIONS)
 def test_planted_bug_in_decode_kernel_is_caught_by_the_law(define, version):
     case = PagedCase(n_kv_heads=1, group=2, head_dim=64, block_size=16, lengths=(300, 90), q_len=3,
                      interleave=True, decoy=False, seed=2)
@@ -327,9 +327,9 @@ def test_decode_rejects_bad_arguments_naming_the_argument_before_touching_the_gp
     q = np.zeros((1, 2, 1, 200), np.float32)
     with pytest.raises(ValueError, match=r"q: expected a head dim <= 128 \(the kernels are built for 64, 128\)"):
         cuda.paged_decode_attention(q, cache.k_pool[0], cache.v_pool[0], tables, lengths)
-    with pytest.raises(ValueError, match=r"version: expected one of \(1, 2\), got 3"):
+    with pytest.raises(ValueError, match=r"version: expected one of \(1, 2, 3\), got 4"):
         cuda.paged_decode_attention(q[..., :64], cache.k_pool[0][..., :64].copy(), cache.v_pool[0][..., :64].copy(),
-                                    tables, lengths, version=3)
+                                    tables, lengths, version=4)
     with pytest.raises(ValueError, match="k_pool: expected a number of KV heads that divides q.s 2 heads"):
         cuda.paged_decode_attention(q, np.zeros((4, 3, 4, 200), np.float32), np.zeros((4, 3, 4, 200), np.float32),
                                     tables, lengths)
@@ -481,9 +481,10 @@ def _fake_gpu(monkeypatch, failures, prefill_rows):
     monkeypatch.setattr(cuda, "require_cuda", lambda: cupy)
     monkeypatch.setattr(attention, "torch_sdpa", lambda device: (None, "no torch in this test"))
     monkeypatch.setattr(attention, "validate_kernels", lambda: failures)
+    monkeypatch.setattr(attention, "gpu_hold", lambda cupy: None)
     seen = []
 
-    def gpu_prefill(cupy, torch, config, repeats, log, invalid=frozenset()):
+    def gpu_prefill(cupy, torch, config, repeats, log, invalid=frozenset(), hold=None):
         seen.append(invalid)
         return prefill_rows(config, invalid)
 

@@ -51,7 +51,8 @@ def expected_kernels(name: str) -> set:
     if name == "flash_attention":
         return ({"flash_v1_fp32"} | {f"flash_v2_fp32_d{d}" for d in cuda.FLASH_HEAD_DIMS[2]}
                 | {f"flash_v3_{t}_d{d}" for t in ("fp16", "bf16") for d in cuda.FLASH_HEAD_DIMS[3]})
-    return ({f"decode_{t}_d{d}" for t in ("fp32", "fp16", "bf16") for d in cuda.DECODE_HEAD_DIMS}
+    return ({f"{f}_{t}_d{d}" for f in ("decode", "decode3") for t in ("fp32", "fp16", "bf16")
+             for d in cuda.DECODE_HEAD_DIMS}
             | {f"decode_combine_{t}" for t in ("fp32", "fp16", "bf16")})
 
 
@@ -92,9 +93,23 @@ def test_shared_memory_reported_by_ptxas_equals_the_budget_table(builds, name):
         if kernel.startswith("decode_combine"):
             assert report["smem"] == 0
             continue
-        family = "decode" if kernel.startswith("decode") else kernel[:8]  # flash_v1 / flash_v2 / flash_v3
+        family = ("decode_v3" if kernel.startswith("decode3") else "decode" if kernel.startswith("decode")
+                  else kernel[:8])  # flash_v1 / flash_v2 / flash_v3
         head_dim = int(kernel.rsplit("_d", 1)[1]) if "_d" in kernel else 64
         assert report["smem"] == cuda.kernel_budget(family, head_dim)["smem_bytes"], kernel
+
+
+def test_decode_v3_fits_the_blocks_per_sm_its_splits_are_sized_for(builds):
+    """decode_split_len sizes v3's splits for DECODE3_BLOCKS_PER_SM resident blocks: their
+    registers must fit one SM's 65,536."""
+    from tinytransformer.cuda.decode import DECODE3_BLOCKS_PER_SM
+
+    code, text, _, _ = builds[("decode_attention", "full")]
+    assert code == 0
+    for arch in ARCHS:
+        for kernel, report in ptxas_report(text, arch).items():
+            if kernel.startswith("decode3"):
+                assert report["registers"] * cuda.THREADS * DECODE3_BLOCKS_PER_SM <= 65536, (arch, kernel, report)
 
 
 def test_tensor_core_version_issues_mma_for_fp16_and_bf16(builds):

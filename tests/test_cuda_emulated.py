@@ -248,10 +248,10 @@ def _launchers(code):
     else:
         cases = []
         for t, T in TYPES.items():
-            cases += [f'if (n == "decode_{t}_d{d}") {{ emulated_launch(grid, block, [&] {{ decode_{t}_d{d}('
+            cases += [f'if (n == "{f}_{t}_d{d}") {{ emulated_launch(grid, block, [&] {{ {f}_{t}_d{d}('
                       f"(const {T}*)q, (const {T}*)k, (const {T}*)v, tables, lens, slopes, ({T}*)o, part_o, "
                       "part_lse, Hq, Hkv, T, D, bs, max_blocks, scale, causal, split_len, n_splits); }); return 0; }"
-                      for d in tt.DECODE_HEAD_DIMS]
+                      for f in ("decode", "decode3") for d in tt.DECODE_HEAD_DIMS]
             cases.append(f'if (n == "decode_combine_{t}") {{ emulated_launch(grid, block, [&] {{ '
                          f"decode_combine_{t}(part_o, part_lse, ({T}*)o, D, n_splits); }}); return 0; }}")
         head = ('extern "C" int emulated_decode(const char* name, void* q, void* k, void* v, const int* tables, '

@@ -10,7 +10,11 @@ fails is reported, recorded under "invalid" and left out of the timings, and the
 run. Then, configuration by configuration and in the same run, the kernels,
 torch.nn.functional.scaled_dot_product_attention (when torch has CUDA) and a naive
 CuPy attention (matmul, softmax, matmul) are timed with CUDA events: the median of
---repeats calls after 2 warm-up calls.
+--repeats calls after 2 warm-up calls. Each timed call is queued behind a short
+GPU-side wait (one thread spinning on the GPU's timer), so the events time the GPU's
+work alone and not the host's launch work (Python's argument checks take tens of
+microseconds, as long as a whole decode step); decode also records the time of a
+call as Python sees it (call_seconds).
 
   prefill  T = S = 1,024 / 4,096 / 16,384 with B = 16 / 4 / 1 (the same tokens per call),
            16 query heads and 16 KV heads (also 4 KV heads at T = 4,096, D = 128),
@@ -18,7 +22,7 @@ CuPy attention (matmul, softmax, matmul) are timed with CUDA events: the median 
            to T = 1,024. TFLOP/s counts 4 B H T S D, halved when causal.
   decode   one new token per sequence, Hq 32, Hkv 8, D 128, fp16, block size 16, a
            shuffled block table, B = 1 and 8, context 1,024 / 4,096 / 16,384, versions
-           1 and 2. Before every timed call the L2 cache is flushed (a write of twice its
+           1, 2 and 3. Before every timed call the L2 cache is flushed (a write of twice its
            size), so the K/V bytes come from memory. GB/s counts the K/V bytes read,
            2 B Hkv L D 2, and is compared with a device-to-device copy of 1 GiB measured
            in the same run (counted as bytes read + bytes written).
@@ -110,21 +114,51 @@ def _shuffled_tables(B: int, L: int, block_size: int):
 # --- GPU: timing, competitors, validation --------------------------------------------------
 
 
-def time_gpu(cupy, fn, repeats: int, warmup: int = 2, flush=None) -> float:
+HOLD_SOURCE = r"""
+extern "C" __global__ void tt_hold(unsigned long long ns) {  // one thread spins on the global timer
+    unsigned long long start, now;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(start));
+    do { asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(now)); } while (now - start < ns);
+}
+"""
+HOLD_SECONDS = (2e-4, 0.05)  # the GPU-side wait: where it starts, and the most it may grow to
+
+
+def gpu_hold(cupy):
+    """hold(seconds): keep the GPU busy that long, so the host can queue the timed work behind it."""
+    kernel = cupy.RawKernel(HOLD_SOURCE, "tt_hold")
+    return lambda seconds: kernel((1,), (1,), (np.uint64(int(seconds * 1e9)),))
+
+
+def time_gpu(cupy, fn, repeats: int, warmup: int = 2, flush=None, hold=None) -> float:
     """Median seconds of fn() over `repeats` calls, timed with CUDA events after `warmup` calls.
 
     flush, when given, runs before every timed call, outside the timed interval.
+    hold, when given (gpu_hold), queues a GPU-side wait before the start event, so that
+    fn's launches (Python's argument checks included) are all queued before the GPU reaches
+    it: the events then time the GPU's work alone. If the GPU reached the start event
+    before fn returned, the wait was too short (the host's time could have leaked in): the
+    call is timed again with a wait twice as long.
     """
     for _ in range(warmup):
         fn()
     start, stop = cupy.cuda.Event(), cupy.cuda.Event()
-    times = []
-    for _ in range(repeats):
+    times, wait = [], HOLD_SECONDS[0]
+    while len(times) < repeats:
         if flush is not None:
             flush()
+        if hold is not None:
+            hold(wait)
         start.record()
         fn()
         stop.record()
+        if hold is not None and start.done:  # the GPU was idle, waiting for the host
+            stop.synchronize()
+            if wait >= HOLD_SECONDS[1]:
+                raise RuntimeError(f"the host took longer than {wait * 1e3:.0f} ms to queue one call "
+                                   "(does it synchronise?): GPU time cannot be separated from host time")
+            wait *= 2
+            continue
         stop.synchronize()
         times.append(cupy.cuda.get_elapsed_time(start, stop) / 1e3)
     return float(np.median(times))
@@ -222,10 +256,10 @@ def validate_kernels() -> list[tuple[str, str]]:
     return failures
 
 
-def gpu_prefill(cupy, torch, config: dict, repeats: int, log, invalid=frozenset()) -> list[dict]:
+def gpu_prefill(cupy, torch, config: dict, repeats: int, log, invalid=frozenset(), hold=None) -> list[dict]:
     rows = []
     for kind in ("float16", "bfloat16", "float32"):
-        rows += _gpu_prefill_rows(cupy, torch, config, kind, repeats, log, invalid)
+        rows += _gpu_prefill_rows(cupy, torch, config, kind, repeats, log, invalid, hold)
         cupy.get_default_memory_pool().free_all_blocks()  # that dtype's arrays are gone with the call
     _add_ratio_to_sdpa(rows)
     for r in rows:
@@ -233,7 +267,8 @@ def gpu_prefill(cupy, torch, config: dict, repeats: int, log, invalid=frozenset(
     return rows
 
 
-def _gpu_prefill_rows(cupy, torch, config: dict, kind: str, repeats: int, log, invalid=frozenset()) -> list[dict]:
+def _gpu_prefill_rows(cupy, torch, config: dict, kind: str, repeats: int, log, invalid=frozenset(),
+                      hold=None) -> list[dict]:
     B, Hq, Hkv, T, S, D, causal = (config[x] for x in ("B", "Hq", "Hkv", "T", "S", "D", "causal"))
     flops = attention_flops(B, Hq, T, S, D, causal)
     shapes = ((B, Hq, T, D), (B, Hkv, S, D), (B, Hkv, S, D))
@@ -259,7 +294,7 @@ def _gpu_prefill_rows(cupy, torch, config: dict, kind: str, repeats: int, log, i
     rows = []
     for name, fn in impls.items():
         try:
-            seconds = time_gpu(cupy, fn, repeats)
+            seconds = time_gpu(cupy, fn, repeats, hold=hold)
         except Exception as error:  # out of memory or an unsupported combination: record, go on
             log(f"  {name:11s} {kind:8s} not measured: {type(error).__name__}: {str(error)[:120]}")
             continue
@@ -267,7 +302,8 @@ def _gpu_prefill_rows(cupy, torch, config: dict, kind: str, repeats: int, log, i
     return rows
 
 
-def gpu_decode(cupy, config: dict, copy_bps: float, flush, repeats: int, log, invalid=frozenset()) -> list[dict]:
+def gpu_decode(cupy, config: dict, copy_bps: float, flush, repeats: int, log, invalid=frozenset(),
+               hold=None) -> list[dict]:
     B, Hq, Hkv, D, L, bs = (config[x] for x in ("B", "Hq", "Hkv", "D", "L", "block_size"))
     tables, lengths = _shuffled_tables(B, L, bs)
     rng = cupy.random.default_rng(0)
@@ -280,16 +316,19 @@ def gpu_decode(cupy, config: dict, copy_bps: float, flush, repeats: int, log, in
     for version in cuda.DECODE_VERSIONS:
         if f"decode_v{version} float16" in invalid:
             continue
+        def call(version=version):
+            return cuda.paged_decode_attention(q, k_pool, v_pool, tables, lengths, version=version,
+                                               check_tables=False)
+
         try:
-            seconds = time_gpu(cupy, lambda: cuda.paged_decode_attention(q, k_pool, v_pool, tables, lengths,
-                                                                         version=version, check_tables=False),
-                               repeats, flush=flush)
+            seconds = time_gpu(cupy, call, repeats, flush=flush, hold=hold)  # the GPU's work alone
+            call_seconds = time_gpu(cupy, call, repeats, flush=flush)  # with the host's launch work
         except Exception as error:  # out of memory or a failed launch: record, go on
             log(f"  decode_v{version} B={B} L={L} not measured: {type(error).__name__}: {str(error)[:120]}")
             continue
         gbps = nbytes / seconds / 1e9
         rows.append(dict(config, dtype="float16", impl=f"decode_v{version}", seconds=seconds, gbps=gbps,
-                         fraction_of_copy=gbps * 1e9 / copy_bps))
+                         fraction_of_copy=gbps * 1e9 / copy_bps, call_seconds=call_seconds))
         log(_decode_line(rows[-1]))
     return rows
 
@@ -364,8 +403,9 @@ def _prefill_line(r) -> str:
 
 def _decode_line(r) -> str:
     share = f" = {r['fraction_of_copy']:5.1%} of copy" if "fraction_of_copy" in r else ""
+    call = f" (a call from Python: {r['call_seconds'] * 1e6:.1f} us)" if "call_seconds" in r else ""
     return (f"  B={r['B']:2d} Hq={r['Hq']} Hkv={r['Hkv']} D={r['D']} L={r['L']:5d} {r['impl']:16s} "
-            f"{r['seconds'] * 1e6:10.1f} us {r['gbps']:8.2f} GB/s{share}")
+            f"{r['seconds'] * 1e6:10.1f} us {r['gbps']:8.2f} GB/s{share}{call}")
 
 
 def _find(rows, **match):
@@ -390,10 +430,11 @@ def summary(results: dict) -> list[str]:
         checks = [("v3 / torch SDPA, not causal", v3 and v3["ratio_to_sdpa"], GOALS["v3_vs_sdpa"], "x"),
                   ("v3 causal speed-up over not causal", v3 and v3c and v3["seconds"] / v3c["seconds"],
                    GOALS["causal_speedup"], "x")]
-        for B in sorted({r["B"] for r in dec}):
-            v2 = _find(dec, impl="decode_v2", L=16384, B=B)
-            checks.append((f"decode v2 share of copy, B = {B}", v2 and v2["fraction_of_copy"],
-                           GOALS["decode_of_copy"], "%"))
+        for version in (2, 3):
+            for B in sorted({r["B"] for r in dec}):
+                row = _find(dec, impl=f"decode_v{version}", L=16384, B=B)
+                checks.append((f"decode v{version} share of copy, B = {B}", row and row["fraction_of_copy"],
+                               GOALS["decode_of_copy"], "%"))
         for what, value, goal, unit in checks:
             shown = "not measured" if value is None else (f"{value:.1%}" if unit == "%" else f"{value:.2f}x")
             goal_text = f">= {goal:.0%}" if unit == "%" else f">= {goal:.2f}x"
@@ -521,7 +562,8 @@ def run_gpu(prefill, decode, repeats: int, checkpoint=lambda results: None) -> d
     cupy = cuda.require_cuda()
     props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
     torch, torch_info = torch_sdpa("cuda")
-    results = _header(cuda.cuda_status()[1], "cuda", f"CUDA events, median of {repeats} after 2 warm-ups", repeats)
+    results = _header(cuda.cuda_status()[1], "cuda", f"CUDA events around the GPU's work (queued behind a "
+                      f"GPU-side wait), median of {repeats} after 2 warm-ups", repeats)
     results.update(sms=int(props["multiProcessorCount"]), cupy=cupy.__version__,
                    cuda_runtime=cupy.cuda.runtime.runtimeGetVersion(), driver=cupy.cuda.runtime.driverGetVersion(),
                    torch=torch_info if torch is not None else None)
@@ -534,10 +576,11 @@ def run_gpu(prefill, decode, repeats: int, checkpoint=lambda results: None) -> d
     results["invalid"] = sorted(invalid)
     print(f"left out of the timings, having failed the validation: {', '.join(sorted(invalid))}" if invalid
           else "all versions match the reference")
+    hold = gpu_hold(cupy)
     if prefill:
         print("prefill (flash attention):")
         for config in prefill:
-            results["prefill"] += gpu_prefill(cupy, torch, config, repeats, print, invalid)
+            results["prefill"] += gpu_prefill(cupy, torch, config, repeats, print, invalid, hold)
             checkpoint(results)
     if decode:
         copy_bps = copy_bandwidth(cupy, repeats)
@@ -546,7 +589,7 @@ def run_gpu(prefill, decode, repeats: int, checkpoint=lambda results: None) -> d
         print(f"decode (paged cache); device-to-device copy: {copy_bps / 1e9:.1f} GB/s (read + write); "
               f"L2 ({l2 / 2**20:.0f} MiB) flushed before every timed call")
         for config in decode:
-            results["decode"] += gpu_decode(cupy, config, copy_bps, flush, repeats, print, invalid)
+            results["decode"] += gpu_decode(cupy, config, copy_bps, flush, repeats, print, invalid, hold)
             checkpoint(results)
     return results
 

@@ -10,7 +10,7 @@ launches.
     flash_attention            kernels/flash_attention.cu    v1 naive, v2 tiled fp32,
     flash_attention_with_lse   (like tinytransformer.flash)  v3 tensor cores fp16/bf16
     paged_decode_attention     kernels/decode_attention.cu   v1 block per (seq, KV head),
-                               (like paged_cache's)          v2 split context
+                               (like paged_cache's)          v2 split context, v3 v2 from registers
 
 One module per concern: `build` (CuPy and the GPU, the sources and their shared
 header `common.cuh`, the tile constants passed as -D defines, NVRTC, the module
@@ -49,12 +49,14 @@ windows, head dims above 128, CUDA graphs or streams other than the current one.
 from __future__ import annotations
 
 from tinytransformer.bfloat16 import from_bfloat16_bits, to_bfloat16_bits
-from tinytransformer.cuda.build import (DEC_BC, DEC_ROWS, DECODE_HEAD_DIMS, DECODE_VERSIONS, FLASH_HEAD_DIMS,
-                                        FLASH_VERSIONS, KERNEL_DIR, PLANTED_BUGS, THREADS, V2_BC, V2_BR, V3_BC,
+from tinytransformer.cuda.build import (DEC3_ROWS, DEC3_UNROLL, DEC_BC, DEC_ROWS, DECODE_HEAD_DIMS,
+                                        DECODE_VERSIONS, FLASH_HEAD_DIMS, FLASH_VERSIONS, KERNEL_DIR, PLANTED_BUGS,
+                                        THREADS, V2_BC, V2_BR, V3_BC,
                                         V3_BR, V3_PAD, CudaUnavailable, compile_options, cuda_status,
                                         kernel_budget, kernel_source, load_module, require_cuda, tile_defines,
                                         v2_block_k, v3_block_k)
-from tinytransformer.cuda.decode import (DECODE_BLOCKS_PER_SM, check_decode_inputs, decode_split_len,
+from tinytransformer.cuda.decode import (DECODE3_BLOCKS_PER_SM, DECODE_BLOCKS_PER_SM, check_decode_inputs,
+                                         decode_split_len,
                                          paged_decode_attention)
 from tinytransformer.cuda.flash import check_flash_inputs, flash_attention, flash_attention_with_lse
 
@@ -66,8 +68,9 @@ __all__ = [
     "DECODE_VERSIONS",
     "FLASH_HEAD_DIMS",
     "DECODE_HEAD_DIMS",
-    "THREADS", "V2_BR", "V2_BC", "V3_BR", "V3_BC", "V3_PAD", "DEC_ROWS", "DEC_BC",
+    "THREADS", "V2_BR", "V2_BC", "V3_BR", "V3_BC", "V3_PAD", "DEC_ROWS", "DEC_BC", "DEC3_ROWS", "DEC3_UNROLL",
     "DECODE_BLOCKS_PER_SM",
+    "DECODE3_BLOCKS_PER_SM",
     "cuda_status",
     "require_cuda",
     "kernel_source",

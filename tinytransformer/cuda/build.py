@@ -27,7 +27,7 @@ from pathlib import Path
 
 __all__ = [
     "CudaUnavailable", "KERNEL_DIR", "PLANTED_BUGS", "FLASH_VERSIONS", "DECODE_VERSIONS",
-    "THREADS", "V2_BR", "V2_BC", "V3_BR", "V3_BC", "V3_PAD", "DEC_ROWS", "DEC_BC",
+    "THREADS", "V2_BR", "V2_BC", "V3_BR", "V3_BC", "V3_PAD", "DEC_ROWS", "DEC_BC", "DEC3_ROWS", "DEC3_UNROLL",
     "FLASH_HEAD_DIMS", "DECODE_HEAD_DIMS", "tile_defines", "v2_block_k", "v3_block_k", "pad_head_dim",
     "cuda_status", "require_cuda", "kernel_source", "compile_options", "load_module", "kernel_budget",
     "nvcc_path", "nvcc_command", "ptxas_report",
@@ -36,7 +36,7 @@ __all__ = [
 KERNEL_DIR = Path(__file__).resolve().parent.parent / "kernels"
 PLANTED_BUGS = ("PLANTED_BUG_NO_RESCALE", "PLANTED_BUG_CAUSAL_OFF_BY_ONE")
 FLASH_VERSIONS = (1, 2, 3)
-DECODE_VERSIONS = (1, 2)
+DECODE_VERSIONS = (1, 2, 3)
 
 # --- the tile constants: their one source ---------------------------------------------
 
@@ -44,10 +44,12 @@ THREADS = 128  # threads per block of every tiled kernel (TT_THREADS)
 V2_BR = 32  # flash v2: query rows per block, a quad of 4 threads per row
 V2_BC = {32: 32, 64: 32, 128: 16}  # flash v2: keys per tile by padded head dim (16 keeps D = 128 under 48 KB)
 V3_BR = 64  # flash v3: query rows per block, 16 per warp
-V3_BC = {64: 64, 128: 32}  # flash v3: keys per tile by padded head dim (32 keeps D = 128 under 48 KB)
+V3_BC = {64: 64, 128: 64}  # flash v3: keys per tile by padded head dim (K and V tiles: 36 KB at D = 128)
 V3_PAD = 8  # flash v3: 16-bit elements padding each shared-memory row, so fragment loads hit 32 banks
 DEC_ROWS = 16  # decode: query rows (group heads x new tokens) per block, 8 threads per row
 DEC_BC = 32  # decode: keys per tile
+DEC3_ROWS = 4  # decode v3: query rows per block, held in registers (a group of 4 heads: one block)
+DEC3_UNROLL = 4  # decode v3: K loads (and V loads) of 16 bytes each lane has in flight at once
 FLASH_HEAD_DIMS = {1: None, 2: tuple(V2_BC), 3: tuple(V3_BC)}  # the padded head dims each version is built for
 DECODE_HEAD_DIMS = (64, 128)
 
@@ -56,7 +58,7 @@ def tile_defines() -> tuple[str, ...]:
     """The tile constants as the NAME=VALUE defines the .cu files read."""
     return (f"TT_THREADS={THREADS}", f"V2_BR={V2_BR}", *(f"V2_BC_D{d}={bc}" for d, bc in V2_BC.items()),
             f"V3_BR={V3_BR}", *(f"V3_BC_D{d}={bc}" for d, bc in V3_BC.items()), f"V3_PAD={V3_PAD}",
-            f"DEC_ROWS={DEC_ROWS}", f"DEC_BC={DEC_BC}")
+            f"DEC_ROWS={DEC_ROWS}", f"DEC_BC={DEC_BC}", f"DEC3_ROWS={DEC3_ROWS}", f"DEC3_UNROLL={DEC3_UNROLL}")
 
 
 def pad_head_dim(head_dim: int, choices, name: str) -> int:
@@ -223,7 +225,7 @@ def ptxas_report(text: str, arch: str) -> dict:
 def kernel_budget(kernel: str, head_dim: int) -> dict:
     """Threads, tile shape, static shared memory and per-thread state of one kernel version.
 
-    kernel: "flash_v1", "flash_v2", "flash_v3" or "decode"; head_dim: D (padded as the
+    kernel: "flash_v1", "flash_v2", "flash_v3", "decode" (v1 and v2) or "decode_v3"; head_dim: D (padded as the
     launcher pads it). state_floats counts the 32-bit registers holding the online-softmax
     state and the operand fragments the kernel keeps across its key loop (a lower bound
     on the registers ptxas reports).
@@ -241,7 +243,7 @@ def kernel_budget(kernel: str, head_dim: int) -> dict:
     if kernel == "flash_v3":
         D = pad_head_dim(head_dim, FLASH_HEAD_DIMS[3], "head_dim")
         Br, Bc = V3_BR, V3_BC[D]
-        smem = (Br * (D + V3_PAD) + Bc * (D + V3_PAD) + D * (Bc + V3_PAD)) * f16  # Qs, Ks, Vt
+        smem = 2 * Bc * (D + V3_PAD) * f16  # Ks, Vs (Q goes straight to registers)
         # per lane: Q fragments (D/16 x 4 regs), O (D/8 x 4), S/P (Bc/8 x 4), m and l of 2 rows
         return dict(threads=THREADS, rows_per_block=Br, keys_per_tile=Bc, head_dim_pad=D, smem_bytes=smem,
                     state_floats=D // 16 * 4 + D // 8 * 4 + Bc // 8 * 4 + 4)
@@ -250,4 +252,12 @@ def kernel_budget(kernel: str, head_dim: int) -> dict:
         smem = (DEC_ROWS * (D + 4) + DEC_BC * (D + 4) + DEC_BC * D + DEC_ROWS * (DEC_BC + 1) + 3 * DEC_ROWS) * f32
         return dict(threads=THREADS, rows_per_block=DEC_ROWS, keys_per_tile=DEC_BC, head_dim_pad=D,
                     smem_bytes=smem, state_floats=2 + DEC_BC // 8 + DEC_ROWS * D // THREADS)
-    raise ValueError(f"kernel: expected one of 'flash_v1', 'flash_v2', 'flash_v3', 'decode', got {kernel!r}")
+    if kernel == "decode_v3":
+        D = pad_head_dim(head_dim, DECODE_HEAD_DIMS, "head_dim")
+        warps, vec = THREADS // 32, 8  # vec: 16-bit elements per 16-byte load (fp32: 4)
+        smem = (2 * warps * DEC3_ROWS + warps * DEC3_ROWS * D) * f32  # Ms, Ls; Os
+        # per lane: Q slices, output slices and scores of its rows, the raw K and V loads in flight
+        return dict(threads=THREADS, rows_per_block=DEC3_ROWS, keys_per_tile=None, head_dim_pad=D,
+                    smem_bytes=smem, state_floats=2 * DEC3_ROWS * vec + DEC3_ROWS * DEC3_UNROLL + 8 * DEC3_UNROLL)
+    raise ValueError(f"kernel: expected one of 'flash_v1', 'flash_v2', 'flash_v3', 'decode', 'decode_v3', "
+                     f"got {kernel!r}")

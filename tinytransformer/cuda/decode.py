@@ -4,8 +4,9 @@
 
 backend="numpy" calls tinytransformer.paged_cache.paged_decode_attention; backend="cuda"
 validates with the same checker (paged_cache.check_paged_decode_inputs), then launches
-v1 (a block per sequence, KV head and 16 query rows) or v2 (the same, split along the
-context, then a combine kernel that merges the splits by their log-sum-exp).
+v1 (a block per sequence, KV head and 16 query rows), v2 (the same, split along the
+context, then a combine kernel that merges the splits by their log-sum-exp) or v3 (v2's
+splits with K and V read into registers, a block per 4 query rows; the default).
 """
 from __future__ import annotations
 
@@ -17,18 +18,23 @@ from tinytransformer._validate import attention_scale
 from tinytransformer.cuda.arrays import (NULL, STORAGE, SUFFIX, check_backend, check_contiguous, device_small,
                                          device_tensor, element_type, host, host_float, is_cupy, kernel_args,
                                          like_input)
-from tinytransformer.cuda.build import (DEC_BC, DEC_ROWS, DECODE_HEAD_DIMS, DECODE_VERSIONS, THREADS,
+from tinytransformer.cuda.build import (DEC3_ROWS, DEC_BC, DEC_ROWS, DECODE_HEAD_DIMS, DECODE_VERSIONS, THREADS,
                                         load_module, pad_head_dim, require_cuda)
 
-__all__ = ["paged_decode_attention", "check_decode_inputs", "decode_split_len", "DECODE_BLOCKS_PER_SM"]
+__all__ = ["paged_decode_attention", "check_decode_inputs", "decode_split_len", "DECODE_BLOCKS_PER_SM",
+           "DECODE3_BLOCKS_PER_SM"]
 
 DECODE_BLOCKS_PER_SM = 4  # decode is memory-bound: keep several blocks (4 warps each) per SM reading
+# v3 holds 168 registers a thread (ptxas, sm_90), so 3 blocks of 128 threads fit an SM's
+# 65,536 registers: one wave of splits fills the GPU (tests/test_cuda_compile.py checks the fit)
+DECODE3_BLOCKS_PER_SM = 3
 
 
-def decode_split_len(max_context: int, n_blocks_without_split: int, n_sms: int) -> int:
-    """v2's keys per split: enough splits for DECODE_BLOCKS_PER_SM blocks per SM, whole tiles each."""
+def decode_split_len(max_context: int, n_blocks_without_split: int, n_sms: int,
+                     blocks_per_sm: int = DECODE_BLOCKS_PER_SM) -> int:
+    """v2's and v3's keys per split: enough splits for blocks_per_sm blocks per SM, whole tiles each."""
     tiles = -(-max_context // DEC_BC)
-    n_splits = max(1, min(tiles, -(-DECODE_BLOCKS_PER_SM * n_sms // max(1, n_blocks_without_split))))
+    n_splits = max(1, min(tiles, -(-blocks_per_sm * n_sms // max(1, n_blocks_without_split))))
     return -(-tiles // n_splits) * DEC_BC
 
 
@@ -52,7 +58,7 @@ def check_decode_inputs(q, k_pool, v_pool, block_tables, context_lens, *, alibi_
     B, Hq, T, D, Hkv, block_size = check_paged_decode_inputs(q, k_pool, v_pool, tables, lens, alibi_slopes)
     if B * Hkv > 2**31 - 1:
         raise ValueError(f"q: expected B * Hkv <= 2**31 - 1 (the grid limit), got {B * Hkv}")
-    version = 2 if version is None else version
+    version = 3 if version is None else version
     if version not in DECODE_VERSIONS:
         raise ValueError(f"version: expected one of {DECODE_VERSIONS}, got {version!r}")
     pad_head_dim(D, DECODE_HEAD_DIMS, "q")
@@ -69,8 +75,9 @@ def paged_decode_attention(q, k_pool, v_pool, block_tables, context_lens, *, cau
     sequence b sits at context_lens[b] - T + t). Output in the input dtype; an empty
     batch (B = 0) gives an empty [0, Hq, T, D] at once, on any machine.
     backend: "cuda" runs kernels/decode_attention.cu; "numpy" the reference.
-    version: 1 (one block per sequence and KV head) or 2 (context split, default).
-    split_len: v2's keys per split (a multiple of 32); chosen from the SM count when None.
+    version: 1 (one block per sequence and KV head), 2 (context split) or 3 (v2 through
+    registers, the default).
+    split_len: v2's and v3's keys per split (a multiple of 32); chosen from the SM count when None.
     check_tables=False skips checking the values of block_tables and context_lens (which
     costs a copy to the host per call, as in a timing loop); wrong values then read wrong memory.
     dtype="bfloat16" reads uint16 arrays as bf16 bits; defines as in flash_attention.
@@ -102,18 +109,24 @@ def paged_decode_attention(q, k_pool, v_pool, block_tables, context_lens, *, cau
     slopes = NULL if alibi_slopes is None else device_small(cupy, alibi_slopes, np.float32)
     out = cupy.empty((B, Hq, T, D), dtype=STORAGE[kind])
     G = Hq // Hkv
-    row_chunks = -(-G * T // DEC_ROWS)  # blocks along y: the group's G * T query rows, DEC_ROWS at a time
+    rows = DEC3_ROWS if version == 3 else DEC_ROWS
+    row_chunks = -(-G * T // rows)  # blocks along y: the group's G * T query rows, `rows` at a time
     module = load_module("decode_attention", tuple(defines))
-    kernel = module.get_function(f"decode_{SUFFIX[kind]}_d{pad_head_dim(D, DECODE_HEAD_DIMS, 'q')}")
+    family = "decode3" if version == 3 else "decode"
+    kernel = module.get_function(f"{family}_{SUFFIX[kind]}_d{pad_head_dim(D, DECODE_HEAD_DIMS, 'q')}")
     common = (Hq, Hkv, T, D, block_size, max_blocks, scale, int(bool(causal)))
+    max_len = max_blocks * block_size  # the table's capacity: no copy of context_lens to the host
     if version == 1:
-        args = kernel_args(qd, kd, vd, td, ld, slopes, out, NULL, NULL, *common, 2**31 - 1, 1)
+        split_len, n_splits = 2**31 - 1, 1
+    else:
+        if split_len is None:
+            split_len = decode_split_len(max_len, B * Hkv * row_chunks, _sm_count(),
+                                         DECODE3_BLOCKS_PER_SM if version == 3 else DECODE_BLOCKS_PER_SM)
+        n_splits = -(-max_len // split_len)
+    if n_splits == 1 and version != 2:  # one split: the blocks write the output themselves
+        args = kernel_args(qd, kd, vd, td, ld, slopes, out, NULL, NULL, *common, int(split_len), 1)
         kernel((B * Hkv, row_chunks, 1), (THREADS,), args)
     else:
-        max_len = max_blocks * block_size  # the table's capacity: no copy of context_lens to the host
-        if split_len is None:
-            split_len = decode_split_len(max_len, B * Hkv * row_chunks, _sm_count())
-        n_splits = -(-max_len // split_len)
         part_o = cupy.empty((B, Hq, T, n_splits, D), dtype=cupy.float32)
         part_lse = cupy.empty((B, Hq, T, n_splits), dtype=cupy.float32)
         args = kernel_args(qd, kd, vd, td, ld, slopes, out, part_o, part_lse, *common, int(split_len), n_splits)

@@ -21,6 +21,17 @@
 //       context with a small batch still fills the GPU; each block writes its
 //       partial output and log-sum-exp, and a second kernel merges them:
 //           lse = log sum_s exp(lse_s),  o = sum_s exp(lse_s - lse) o_s.
+//   v3  v2's splits and combine, with the staging gone: K and V go from global
+//       memory straight into registers, 16 bytes per lane, and every warp takes
+//       its own keys of the split (v1/v2 stage each tile in shared memory as fp32,
+//       and only the threads of real query rows compute scores, so with a group
+//       of 4 heads one warp of four does the dot products). A key's D elements
+//       are spread over D / (16 bytes) lanes, which reduce the dot product with
+//       shuffles; the group's DEC3_ROWS query rows live in registers; each warp
+//       keeps its own online softmax, and the four warps merge through shared
+//       memory at the end as the splits do (by their maxima). Each lane issues
+//       DEC3_UNROLL K loads and DEC3_UNROLL V loads before it uses any, so many
+//       bytes are in flight per SM: the point of a memory-bound kernel.
 //
 // Contract: q [B, Hq, T, D] (T new tokens per sequence, 1 in plain decoding, a
 // few when verifying a speculative draft); k_pool, v_pool [n_blocks, Hkv,
@@ -41,7 +52,8 @@
 #include "common.cuh"
 
 // DEC_ROWS: query rows (group heads x new tokens) per block; DEC_BC: keys per tile.
-#if !defined(DEC_ROWS) || !defined(DEC_BC)
+// DEC3_ROWS: v3's query rows per block; DEC3_UNROLL: v3's K (and V) loads in flight per lane.
+#if !defined(DEC_ROWS) || !defined(DEC_BC) || !defined(DEC3_ROWS) || !defined(DEC3_UNROLL)
 #error "decode tile constants missing: build with the options of tinytransformer.cuda.build.compile_options()"
 #endif
 
@@ -238,6 +250,213 @@ __device__ __forceinline__ void decode_body(
     }
 }
 
+// ---- v3: registers instead of shared-memory tiles -----------------------------------
+
+// 16 bytes of key j's row (elements d0 .. d0 + VEC - 1) of KV head hk, following the block
+// table; zeros past key_end. vec: one 16-byte load (D fills D_PAD, pool aligned); else
+// element by element, zeros past D.
+template <typename scalar_t, int VEC>
+__device__ __forceinline__ uint4 load_key_slice(const scalar_t* __restrict__ pool, const int* __restrict__ table,
+                                                int j, int key_end, int hk, int Hkv, int block_size, int D,
+                                                int d0, bool vec) {
+    union { uint4 raw; scalar_t x[VEC]; } u;
+    u.raw = make_uint4(0u, 0u, 0u, 0u);
+    if (j < key_end) {
+        const int page = table[j / block_size], slot = j % block_size;  // the paging lookup
+        const scalar_t* row = pool + (((long long)page * Hkv + hk) * block_size + slot) * D;
+        if (vec) {
+            u.raw = *reinterpret_cast<const uint4*>(row + d0);
+        } else {
+#pragma unroll
+            for (int e = 0; e < VEC; ++e)
+                if (d0 + e < D) u.x[e] = row[d0 + e];
+        }
+    }
+    return u.raw;
+}
+
+// The VEC elements of a 16-byte slice as floats.
+template <typename scalar_t, int VEC>
+__device__ __forceinline__ void unpack(uint4 raw, float (&x)[VEC]) {
+    union { uint4 raw; scalar_t x[VEC]; } u;
+    u.raw = raw;
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) x[e] = to_float(u.x[e]);
+}
+
+// The work of one v3 block: query rows [DEC3_ROWS * blockIdx.y, +DEC3_ROWS) of the group of
+// KV head hk of sequence b, against keys [split_begin, split_end).
+// Lane mapping: a key's row of D_PAD elements is KL = D_PAD / VEC lanes of 16 bytes each;
+// a warp load covers KPL = 32 / KL keys (lane = key kg * KL + slice); a warp step takes
+// U = DEC3_UNROLL loads, KPL * U keys, and warp w takes steps w, w + 4, w + 8, ... of the split.
+// m, l (per row) are the same on every lane of a warp; acc[r] holds the lane's slice of
+// the output, summed over the keys of its kg (the kg are summed at the end).
+template <typename scalar_t, int D_PAD>
+__device__ __forceinline__ void decode_v3_body(
+    const scalar_t* __restrict__ q, const scalar_t* __restrict__ k_pool, const scalar_t* __restrict__ v_pool,
+    const int* __restrict__ block_tables, const int* __restrict__ context_lens,
+    const float* __restrict__ alibi_slopes, scalar_t* __restrict__ out, float* __restrict__ part_o,
+    float* __restrict__ part_lse, int Hq, int Hkv, int T, int D, int block_size, int max_blocks, float scale,
+    int causal, int split_len, int n_splits) {
+    constexpr int VEC = 16 / sizeof(scalar_t);  // elements per 16-byte load: 4 (fp32) or 8 (fp16, bf16)
+    constexpr int KL = D_PAD / VEC;             // lanes per key
+    constexpr int KPL = 32 / KL;                // keys per warp load
+    constexpr int R = DEC3_ROWS, U = DEC3_UNROLL, WARPS = TT_THREADS / 32;
+    constexpr int STEP = KPL * U;               // keys per warp step
+    static_assert(KL <= 32 && 32 % KL == 0, "a key's row is a whole number of lanes, and a warp whole keys");
+    static_assert(TT_THREADS % 32 == 0, "whole warps");
+    __shared__ float Ms[WARPS][R], Ls[WARPS][R];  // each warp's softmax statistics ...
+    __shared__ __align__(16) float Os[WARPS][R][D_PAD];  // ... and its output, unnormalised
+
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int kg = lane / KL, d0 = (lane % KL) * VEC;  // this lane's key of a load, and its columns
+    const int b = blockIdx.x / Hkv, hk = blockIdx.x % Hkv;
+    const int G = Hq / Hkv;
+    const int row0 = blockIdx.y * R;
+    const int valid_rows = min(R, G * T - row0);
+    const int L = context_lens[b];
+    const int* table = block_tables + (long long)b * max_blocks;
+    const int split_begin = blockIdx.z * split_len;
+    const int split_end = min(L, split_begin + split_len);
+    const bool vec = D == D_PAD && ((reinterpret_cast<unsigned long long>(k_pool) |
+                                     reinterpret_cast<unsigned long long>(v_pool)) & 15) == 0;
+
+    // the block's query rows: this lane's slice of each, in registers, and each row's mask
+    float qr[R][VEC];
+    int last[R], pos[R];
+    float slope[R];
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+        const int gr = row0 + r, h = hk * G + (r < valid_rows ? gr / T : 0), t = r < valid_rows ? gr % T : 0;
+#pragma unroll
+        for (int e = 0; e < VEC; ++e)
+            qr[r][e] = r < valid_rows && d0 + e < D ? to_float(q[(((long long)b * Hq + h) * T + t) * D + d0 + e]) : 0.0f;
+        pos[r] = query_position(t, T, L);
+        last[r] = r >= valid_rows ? -1 : (causal ? last_visible_key(t, T, L) : L - 1);  // padding sees nothing
+        slope[r] = alibi_slopes && r < valid_rows ? alibi_slopes[h] : 0.0f;
+    }
+    float m[R], l[R], acc[R][VEC];
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+        m[r] = NEG_INF;
+        l[r] = 0.0f;
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) acc[r][e] = 0.0f;
+    }
+
+    for (int j0 = split_begin + warp * STEP; j0 < split_end; j0 += WARPS * STEP) {
+        uint4 kraw[U], vraw[U];
+#pragma unroll
+        for (int u = 0; u < U; ++u) {  // every load of the step is in flight before any is used
+            const int j = j0 + u * KPL + kg;
+            kraw[u] = load_key_slice<scalar_t, VEC>(k_pool, table, j, split_end, hk, Hkv, block_size, D, d0, vec);
+            vraw[u] = load_key_slice<scalar_t, VEC>(v_pool, table, j, split_end, hk, Hkv, block_size, D, d0, vec);
+        }
+        float s[R][U];  // s = q.k scale + alibi, for this lane's key of each load
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            float kx[VEC];
+            unpack<scalar_t, VEC>(kraw[u], kx);
+            const int j = j0 + u * KPL + kg;
+#pragma unroll
+            for (int r = 0; r < R; ++r) {
+                float dot = 0.0f;
+#pragma unroll
+                for (int e = 0; e < VEC; ++e) dot += qr[r][e] * kx[e];
+#pragma unroll
+                for (int off = 1; off < KL; off <<= 1) dot += __shfl_xor_sync(0xffffffffu, dot, off);  // over the key's lanes
+                s[r][u] = j < split_end && j <= last[r] ? dot * scale + slope[r] * (float)(j - pos[r]) : NEG_INF;
+            }
+        }
+#pragma unroll
+        for (int r = 0; r < R; ++r) {  // the online softmax of row r over the warp's STEP keys
+            float step_max = NEG_INF;
+#pragma unroll
+            for (int u = 0; u < U; ++u) step_max = fmaxf(step_max, s[r][u]);
+#pragma unroll
+            for (int off = KL; off < 32; off <<= 1)  // over the keys of the load (the key's lanes agree already)
+                step_max = fmaxf(step_max, __shfl_xor_sync(0xffffffffu, step_max, off));
+            const float m_new = fmaxf(m[r], step_max);            // m_new = max(m, rowmax(s))
+            const float m_safe = m_new == NEG_INF ? 0.0f : m_new;  // nothing seen yet: avoid inf - inf
+            const float alpha = expf(m[r] - m_safe);              // exp(m - m_new)
+            float row_sum = 0.0f;
+#pragma unroll
+            for (int u = 0; u < U; ++u) {
+                s[r][u] = expf(s[r][u] - m_safe);  // p = exp(s - m_new); masked -> 0
+                row_sum += s[r][u];
+            }
+#pragma unroll
+            for (int off = KL; off < 32; off <<= 1) row_sum += __shfl_xor_sync(0xffffffffu, row_sum, off);
+            l[r] = alpha * l[r] + row_sum;  // l = exp(m - m_new) l + rowsum(p)
+            m[r] = m_new;
+#ifndef PLANTED_BUG_NO_RESCALE
+#pragma unroll
+            for (int e = 0; e < VEC; ++e) acc[r][e] *= alpha;  // O = exp(m - m_new) O ...
+#endif
+        }
+#pragma unroll
+        for (int u = 0; u < U; ++u) {  // ... + P V, this lane's key of each load
+            float vx[VEC];
+            unpack<scalar_t, VEC>(vraw[u], vx);
+#pragma unroll
+            for (int r = 0; r < R; ++r)
+#pragma unroll
+                for (int e = 0; e < VEC; ++e) acc[r][e] += s[r][u] * vx[e];
+        }
+    }
+
+    // the warp's output: sum the slices of its KPL keys (lanes with the same columns), then
+    // lanes of kg 0 hold it; the warps meet in shared memory
+#pragma unroll
+    for (int r = 0; r < R; ++r)
+#pragma unroll
+        for (int e = 0; e < VEC; ++e)
+#pragma unroll
+            for (int off = KL; off < 32; off <<= 1) acc[r][e] += __shfl_xor_sync(0xffffffffu, acc[r][e], off);
+    if (kg == 0) {
+#pragma unroll
+        for (int r = 0; r < R; ++r)
+#pragma unroll
+            for (int e = 0; e < VEC; ++e) Os[warp][r][d0 + e] = acc[r][e];
+    }
+    if (lane == 0) {
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+            Ms[warp][r] = m[r];
+            Ls[warp][r] = l[r];
+        }
+    }
+    __syncthreads();
+
+    // merge the warps as the combine kernel merges splits: M = max_w m_w,
+    // l = sum_w exp(m_w - M) l_w, o = sum_w exp(m_w - M) O_w / l
+    for (int idx = threadIdx.x; idx < R * D_PAD; idx += TT_THREADS) {
+        const int r = idx / D_PAD, d = idx % D_PAD;
+        if (r >= valid_rows || d >= D) continue;
+        float M = NEG_INF;
+#pragma unroll
+        for (int w = 0; w < WARPS; ++w) M = fmaxf(M, Ms[w][r]);
+        float lsum = 0.0f, o = 0.0f;
+        if (M != NEG_INF) {
+#pragma unroll
+            for (int w = 0; w < WARPS; ++w) {
+                const float f = expf(Ms[w][r] - M);  // a warp that saw nothing: exp(-inf) = 0
+                lsum += f * Ls[w][r];
+                o += f * Os[w][r][d];
+            }
+        }
+        const float value = lsum > 0.0f ? o / lsum : 0.0f;  // a row that saw nothing gets 0
+        const int gr = row0 + r;
+        const long long row = ((long long)b * Hq + hk * G + gr / T) * T + gr % T;  // (b, h, t) flattened
+        if (part_o == nullptr) {
+            from_float(value, out + row * D + d);
+        } else {
+            part_o[(row * n_splits + blockIdx.z) * D + d] = value;
+            if (d == 0) part_lse[row * n_splits + blockIdx.z] = lsum > 0.0f ? M + logf(lsum) : NEG_INF;
+        }
+    }
+}
+
 // v2's second pass: one block per (b, h, t) row merges the n_splits partial results.
 // lse = M + log sum_s exp(lse_s - M) with M = max_s lse_s; o = sum_s exp(lse_s - lse) o_s.
 template <typename scalar_t>
@@ -278,6 +497,19 @@ __device__ __forceinline__ void decode_combine_body(const float* __restrict__ pa
                                    causal, split_len, n_splits);                                         \
     }
 
+// v3: grid (B * Hkv, ceil(G * T / DEC3_ROWS), n_splits); with n_splits = 1 and part_o = nullptr the
+// block writes out directly, else decode_combine_* follows as in v2.
+#define DECODE3_ENTRY(NAME, SCALAR, D_PAD)                                                               \
+    extern "C" __global__ void __launch_bounds__(TT_THREADS) decode3_##NAME##_d##D_PAD(                   \
+        const SCALAR* q, const SCALAR* k_pool, const SCALAR* v_pool, const int* block_tables,            \
+        const int* context_lens, const float* alibi_slopes, SCALAR* out, float* part_o, float* part_lse, \
+        int Hq, int Hkv, int T, int D, int block_size, int max_blocks, float scale, int causal,          \
+        int split_len, int n_splits) {                                                                   \
+        decode_v3_body<SCALAR, D_PAD>(q, k_pool, v_pool, block_tables, context_lens, alibi_slopes, out,  \
+                                      part_o, part_lse, Hq, Hkv, T, D, block_size, max_blocks, scale,    \
+                                      causal, split_len, n_splits);                                      \
+    }
+
 #define DECODE_COMBINE_ENTRY(NAME, SCALAR)                                                               \
     extern "C" __global__ void decode_combine_##NAME(const float* part_o, const float* part_lse,        \
                                                      SCALAR* out, int D, int n_splits) {                \
@@ -287,6 +519,8 @@ __device__ __forceinline__ void decode_combine_body(const float* __restrict__ pa
 #define DECODE_ALL_DIMS(NAME, SCALAR) \
     DECODE_ENTRY(NAME, SCALAR, 64)    \
     DECODE_ENTRY(NAME, SCALAR, 128)   \
+    DECODE3_ENTRY(NAME, SCALAR, 64)   \
+    DECODE3_ENTRY(NAME, SCALAR, 128)  \
     DECODE_COMBINE_ENTRY(NAME, SCALAR)
 
 DECODE_ALL_DIMS(fp32, float)

@@ -232,13 +232,15 @@ FLASH_V2_ENTRY(128)
 // The A operand (16x16, row-major) of lane 4g + t holds rows g and g+8, columns
 // 2t, 2t+1 and 8+2t, 8+2t+1: exactly the accumulators of two adjacent 16x8 score
 // tiles, so P is repacked in registers. The B operand (16x8, "col") holds k rows
-// 2t, 2t+1 and 8+2t, 8+2t+1 of column g: for Q K^T that is K[g][2t..], contiguous;
-// for P V it is V[2t..][g], so V is stored transposed (Vt[d][j]) in shared memory.
-// grid: (ceil(T / Br), Hq, B).
+// 2t, 2t+1 and 8+2t, 8+2t+1 of column g: for Q K^T that is K[g][2t..], contiguous (one
+// 32-bit load); for P V it is V[2t][g] and V[2t+1][g], two 16-bit loads packed into one
+// register. K and V tiles arrive as they are in memory, 16 bytes per load; the Q
+// fragments are read once from global memory into registers, so shared memory holds only
+// the K and V tiles. grid: (ceil(T / Br), Hq, B).
 // =====================================================================================
 
 // V3_PAD = 8 elements (16 bytes) pad every shared-memory row, so that the fragment loads of a
-// warp hit 32 distinct banks; Bc = V3_BC_D<D_PAD> (32 at D = 128 keeps shared memory under 48 KB).
+// warp hit distinct banks; Bc = V3_BC_D<D_PAD> keys per tile (K and V tiles of Bc x (D_PAD + 8)).
 
 __device__ __forceinline__ void mma_16816(float c[4], const unsigned a[4], unsigned b0, unsigned b1, __half) {
     asm volatile(
@@ -273,6 +275,23 @@ __device__ __forceinline__ unsigned load_pair(const scalar_t* p) {
     return *reinterpret_cast<const unsigned*>(p);
 }
 
+// Two 16-bit elements as one 32-bit register, `lo` in the low half.
+template <typename scalar_t>
+__device__ __forceinline__ unsigned pack_elements(scalar_t lo, scalar_t hi) {
+    union { scalar_t x[2]; unsigned u; } p;
+    p.x[0] = lo;
+    p.x[1] = hi;
+    return p.u;
+}
+
+// Q[i][c], Q[i][c + 1] of a [T, D] matrix as one register, zero past T and D (any alignment).
+template <typename scalar_t>
+__device__ __forceinline__ unsigned load_q_pair(const scalar_t* qb, int i, int c, int T, int D) {
+    const scalar_t zero = scalar_t(0.0f);
+    const scalar_t* row = qb + (long long)i * D;
+    return pack_elements(i < T && c < D ? row[c] : zero, i < T && c + 1 < D ? row[c + 1] : zero);
+}
+
 // rows [0, ROWS) of a [*, D] global matrix starting at src -> dst[ROWS][LD], zero past n_rows and D.
 // 16-byte vector loads when every row is 16-byte aligned and D fills the padded width.
 template <typename scalar_t, int ROWS, int D_PAD, int LD>
@@ -301,16 +320,14 @@ __device__ __forceinline__ void flash_v3_body(const scalar_t* __restrict__ q, co
     constexpr int Br = V3_BR;
     static_assert(TT_THREADS / 32 * 16 == Br, "v3 gives each warp 16 query rows (one mma tile high)");
     static_assert(Bc % 16 == 0 && D_PAD % 16 == 0, "mma.m16n8k16 steps through keys and columns by 16");
-    constexpr int LDQ = D_PAD + V3_PAD;  // row length of Qs and Ks (elements)
-    constexpr int LDV = Bc + V3_PAD;     // row length of Vt
-    constexpr int NK = D_PAD / 16;       // k-steps of Q K^T
-    constexpr int NS = Bc / 8;           // 16x8 score tiles per key tile
-    constexpr int NO = D_PAD / 8;        // 16x8 output tiles
-    __shared__ __align__(16) scalar_t Qs[Br * LDQ];
-    __shared__ __align__(16) scalar_t Ks[Bc * LDQ];
-    __shared__ __align__(16) scalar_t Vt[D_PAD * LDV];  // V_j transposed: Vt[d][j]
+    constexpr int LD = D_PAD + V3_PAD;  // row length of Ks and Vs (elements)
+    constexpr int NK = D_PAD / 16;      // k-steps of Q K^T
+    constexpr int NS = Bc / 8;          // 16x8 score tiles per key tile
+    constexpr int NO = D_PAD / 8;       // 16x8 output tiles
+    __shared__ __align__(16) scalar_t Ks[Bc * LD];  // K_j, as in memory
+    __shared__ __align__(16) scalar_t Vs[Bc * LD];  // V_j, as in memory
 
-    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int g = lane >> 2, t = lane & 3;  // fragment row group and column pair
     const int i0 = blockIdx.x * Br;
     const int h = blockIdx.y, b = blockIdx.z;
@@ -323,16 +340,13 @@ __device__ __forceinline__ void flash_v3_body(const scalar_t* __restrict__ q, co
     const float slope_log2 = alibi_slopes ? alibi_slopes[h] * LOG2E : 0.0f;
     const int row_a = i0 + warp * 16 + g, row_b = row_a + 8;  // the two query rows of this lane
 
-    load_tile<scalar_t, Br, D_PAD, LDQ>(Qs, qb + (long long)i0 * D, T - i0, D);
-    __syncthreads();  // Qs complete before the fragment loads
     unsigned qf[NK][4];  // this warp's 16 x D_PAD slice of Q as A fragments, kept for the whole loop
 #pragma unroll
-    for (int kk = 0; kk < NK; ++kk) {
-        const scalar_t* base = Qs + (warp * 16 + g) * LDQ + kk * 16 + 2 * t;
-        qf[kk][0] = load_pair(base);
-        qf[kk][1] = load_pair(base + 8 * LDQ);
-        qf[kk][2] = load_pair(base + 8);
-        qf[kk][3] = load_pair(base + 8 * LDQ + 8);
+    for (int kk = 0; kk < NK; ++kk) {  // rows g, g + 8 of the warp's 16; columns 2t, 2t + 1 and 8 + 2t, 9 + 2t
+        qf[kk][0] = load_q_pair(qb, row_a, kk * 16 + 2 * t, T, D);
+        qf[kk][1] = load_q_pair(qb, row_b, kk * 16 + 2 * t, T, D);
+        qf[kk][2] = load_q_pair(qb, row_a, kk * 16 + 8 + 2 * t, T, D);
+        qf[kk][3] = load_q_pair(qb, row_b, kk * 16 + 8 + 2 * t, T, D);
     }
 
     float m[2] = {NEG_INF, NEG_INF};  // running max of rows a and b (log2 units), uniform in the quad
@@ -345,12 +359,9 @@ __device__ __forceinline__ void flash_v3_body(const scalar_t* __restrict__ q, co
     if (causal) kv_end = min(S, last_visible_key(min(i0 + Br, T) - 1, T, S) + 1);
 
     for (int j0 = 0; j0 < kv_end; j0 += Bc) {
-        __syncthreads();  // every warp is done with the previous Ks and Vt
-        load_tile<scalar_t, Bc, D_PAD, LDQ>(Ks, kb + (long long)j0 * D, S - j0, D);
-        for (int idx = tid; idx < Bc * D_PAD; idx += TT_THREADS) {  // Vt[d][j] = V[j0 + j][d]
-            const int jl = idx / D_PAD, d = idx % D_PAD;
-            Vt[d * LDV + jl] = (j0 + jl < S && d < D) ? vb[(long long)(j0 + jl) * D + d] : scalar_t(0.0f);
-        }
+        __syncthreads();  // every warp is done with the previous Ks and Vs
+        load_tile<scalar_t, Bc, D_PAD, LD>(Ks, kb + (long long)j0 * D, S - j0, D);
+        load_tile<scalar_t, Bc, D_PAD, LD>(Vs, vb + (long long)j0 * D, S - j0, D);
         __syncthreads();  // the tiles are complete before the fragment loads
 
         // S_ij = Q_i K_j^T: NS accumulators of 16 x 8
@@ -360,7 +371,7 @@ __device__ __forceinline__ void flash_v3_body(const scalar_t* __restrict__ q, co
             s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
 #pragma unroll
             for (int kk = 0; kk < NK; ++kk) {
-                const scalar_t* base = Ks + (n * 8 + g) * LDQ + kk * 16 + 2 * t;  // K[j = 8n + g][2t..]
+                const scalar_t* base = Ks + (n * 8 + g) * LD + kk * 16 + 2 * t;  // K[j = 8n + g][2t..]
                 mma_16816(s[n], qf[kk], load_pair(base), load_pair(base + 8), tag);
             }
         }
@@ -419,8 +430,9 @@ __device__ __forceinline__ void flash_v3_body(const scalar_t* __restrict__ q, co
             pf[3] = pack2(s[2 * kk + 1][2], s[2 * kk + 1][3], tag);
 #pragma unroll
             for (int n = 0; n < NO; ++n) {
-                const scalar_t* base = Vt + (n * 8 + g) * LDV + kk * 16 + 2 * t;  // V[16kk + 2t..][8n + g]
-                mma_16816(acc[n], pf, load_pair(base), load_pair(base + 8), tag);
+                const scalar_t* base = Vs + (kk * 16 + 2 * t) * LD + n * 8 + g;  // V[16kk + 2t][8n + g]
+                mma_16816(acc[n], pf, pack_elements(base[0], base[LD]), pack_elements(base[8 * LD], base[9 * LD]),
+                          tag);
             }
         }
     }
