@@ -476,7 +476,8 @@ def _fake_gpu(monkeypatch, failures, prefill_rows):
 
     runtime = SimpleNamespace(getDeviceProperties=lambda i: {"multiProcessorCount": 132},
                               runtimeGetVersion=lambda: 13000, driverGetVersion=lambda: 13000)
-    cupy = SimpleNamespace(__version__="fake", cuda=SimpleNamespace(runtime=runtime, Device=lambda: SimpleNamespace(id=0)))
+    device = SimpleNamespace(id=0)
+    cupy = SimpleNamespace(__version__="fake", cuda=SimpleNamespace(runtime=runtime, Device=lambda: device))
     monkeypatch.setattr(cuda, "cuda_status", lambda: (True, "Fake GPU"))
     monkeypatch.setattr(cuda, "require_cuda", lambda: cupy)
     monkeypatch.setattr(attention, "torch_sdpa", lambda device: (None, "no torch in this test"))

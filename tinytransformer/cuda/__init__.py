@@ -49,7 +49,7 @@ windows, head dims above 128, CUDA graphs or streams other than the current one.
 from __future__ import annotations
 
 from tinytransformer.bfloat16 import from_bfloat16_bits, to_bfloat16_bits
-from tinytransformer.cuda.build import (DEC3_ROWS, DEC3_UNROLL, DEC_BC, DEC_ROWS, DECODE_HEAD_DIMS,
+from tinytransformer.cuda.build import (DEC3_MIN_BLOCKS, DEC3_ROWS, DEC3_UNROLL, DEC_BC, DEC_ROWS, DECODE_HEAD_DIMS,
                                         DECODE_VERSIONS, FLASH_HEAD_DIMS, FLASH_VERSIONS, KERNEL_DIR, PLANTED_BUGS,
                                         THREADS, V2_BC, V2_BR, V3_BC,
                                         V3_BR, V3_PAD, CudaUnavailable, compile_options, cuda_status,
@@ -68,7 +68,8 @@ __all__ = [
     "DECODE_VERSIONS",
     "FLASH_HEAD_DIMS",
     "DECODE_HEAD_DIMS",
-    "THREADS", "V2_BR", "V2_BC", "V3_BR", "V3_BC", "V3_PAD", "DEC_ROWS", "DEC_BC", "DEC3_ROWS", "DEC3_UNROLL",
+    "THREADS", "V2_BR", "V2_BC", "V3_BR", "V3_BC", "V3_PAD", "DEC_ROWS", "DEC_BC",
+    "DEC3_ROWS", "DEC3_UNROLL", "DEC3_MIN_BLOCKS",
     "DECODE_BLOCKS_PER_SM",
     "DECODE3_BLOCKS_PER_SM",
     "cuda_status",

@@ -27,7 +27,8 @@ from pathlib import Path
 
 __all__ = [
     "CudaUnavailable", "KERNEL_DIR", "PLANTED_BUGS", "FLASH_VERSIONS", "DECODE_VERSIONS",
-    "THREADS", "V2_BR", "V2_BC", "V3_BR", "V3_BC", "V3_PAD", "DEC_ROWS", "DEC_BC", "DEC3_ROWS", "DEC3_UNROLL",
+    "THREADS", "V2_BR", "V2_BC", "V3_BR", "V3_BC", "V3_PAD", "DEC_ROWS", "DEC_BC",
+    "DEC3_ROWS", "DEC3_UNROLL", "DEC3_MIN_BLOCKS",
     "FLASH_HEAD_DIMS", "DECODE_HEAD_DIMS", "tile_defines", "v2_block_k", "v3_block_k", "pad_head_dim",
     "cuda_status", "require_cuda", "kernel_source", "compile_options", "load_module", "kernel_budget",
     "nvcc_path", "nvcc_command", "ptxas_report",
@@ -50,6 +51,7 @@ DEC_ROWS = 16  # decode: query rows (group heads x new tokens) per block, 8 thre
 DEC_BC = 32  # decode: keys per tile
 DEC3_ROWS = 4  # decode v3: query rows per block, held in registers (a group of 4 heads: one block)
 DEC3_UNROLL = 4  # decode v3: K loads (and V loads) of 16 bytes each lane has in flight at once
+DEC3_MIN_BLOCKS = 3  # decode v3: blocks per SM; __launch_bounds__ holds registers to 65,536 / (3 x 128)
 FLASH_HEAD_DIMS = {1: None, 2: tuple(V2_BC), 3: tuple(V3_BC)}  # the padded head dims each version is built for
 DECODE_HEAD_DIMS = (64, 128)
 
@@ -58,7 +60,8 @@ def tile_defines() -> tuple[str, ...]:
     """The tile constants as the NAME=VALUE defines the .cu files read."""
     return (f"TT_THREADS={THREADS}", f"V2_BR={V2_BR}", *(f"V2_BC_D{d}={bc}" for d, bc in V2_BC.items()),
             f"V3_BR={V3_BR}", *(f"V3_BC_D{d}={bc}" for d, bc in V3_BC.items()), f"V3_PAD={V3_PAD}",
-            f"DEC_ROWS={DEC_ROWS}", f"DEC_BC={DEC_BC}", f"DEC3_ROWS={DEC3_ROWS}", f"DEC3_UNROLL={DEC3_UNROLL}")
+            f"DEC_ROWS={DEC_ROWS}", f"DEC_BC={DEC_BC}", f"DEC3_ROWS={DEC3_ROWS}", f"DEC3_UNROLL={DEC3_UNROLL}",
+            f"DEC3_MIN_BLOCKS={DEC3_MIN_BLOCKS}")
 
 
 def pad_head_dim(head_dim: int, choices, name: str) -> int:

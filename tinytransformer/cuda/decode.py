@@ -18,16 +18,16 @@ from tinytransformer._validate import attention_scale
 from tinytransformer.cuda.arrays import (NULL, STORAGE, SUFFIX, check_backend, check_contiguous, device_small,
                                          device_tensor, element_type, host, host_float, is_cupy, kernel_args,
                                          like_input)
-from tinytransformer.cuda.build import (DEC3_ROWS, DEC_BC, DEC_ROWS, DECODE_HEAD_DIMS, DECODE_VERSIONS, THREADS,
-                                        load_module, pad_head_dim, require_cuda)
+from tinytransformer.cuda.build import (DEC3_MIN_BLOCKS, DEC3_ROWS, DEC_BC, DEC_ROWS, DECODE_HEAD_DIMS,
+                                        DECODE_VERSIONS, THREADS, load_module, pad_head_dim, require_cuda)
 
 __all__ = ["paged_decode_attention", "check_decode_inputs", "decode_split_len", "DECODE_BLOCKS_PER_SM",
            "DECODE3_BLOCKS_PER_SM"]
 
 DECODE_BLOCKS_PER_SM = 4  # decode is memory-bound: keep several blocks (4 warps each) per SM reading
-# v3 holds 168 registers a thread (ptxas, sm_90), so 3 blocks of 128 threads fit an SM's
-# 65,536 registers: one wave of splits fills the GPU (tests/test_cuda_compile.py checks the fit)
-DECODE3_BLOCKS_PER_SM = 3
+# v3 is compiled for DEC3_MIN_BLOCKS = 3 blocks of 128 threads per SM (its __launch_bounds__
+# holds it to 170 registers a thread): one wave of splits fills the GPU
+DECODE3_BLOCKS_PER_SM = DEC3_MIN_BLOCKS
 
 
 def decode_split_len(max_context: int, n_blocks_without_split: int, n_sms: int,

@@ -52,8 +52,10 @@
 #include "common.cuh"
 
 // DEC_ROWS: query rows (group heads x new tokens) per block; DEC_BC: keys per tile.
-// DEC3_ROWS: v3's query rows per block; DEC3_UNROLL: v3's K (and V) loads in flight per lane.
-#if !defined(DEC_ROWS) || !defined(DEC_BC) || !defined(DEC3_ROWS) || !defined(DEC3_UNROLL)
+// DEC3_ROWS: v3's query rows per block; DEC3_UNROLL: v3's K (and V) loads in flight per lane;
+// DEC3_MIN_BLOCKS: v3's blocks per SM, which its registers must allow (its splits are sized for it).
+#if !defined(DEC_ROWS) || !defined(DEC_BC) || !defined(DEC3_ROWS) || !defined(DEC3_UNROLL) || \
+    !defined(DEC3_MIN_BLOCKS)
 #error "decode tile constants missing: build with the options of tinytransformer.cuda.build.compile_options()"
 #endif
 
@@ -252,18 +254,16 @@ __device__ __forceinline__ void decode_body(
 
 // ---- v3: registers instead of shared-memory tiles -----------------------------------
 
-// 16 bytes of key j's row (elements d0 .. d0 + VEC - 1) of KV head hk, following the block
-// table; zeros past key_end. vec: one 16-byte load (D fills D_PAD, pool aligned); else
-// element by element, zeros past D.
+// 16 bytes of key j's row (elements d0 .. d0 + VEC - 1) of KV head hk, in the cache block
+// `page` (the block table's entry for j, looked up by the caller); zeros past key_end.
+// vec: one 16-byte load (D fills D_PAD, pool aligned); else element by element, zeros past D.
 template <typename scalar_t, int VEC>
-__device__ __forceinline__ uint4 load_key_slice(const scalar_t* __restrict__ pool, const int* __restrict__ table,
-                                                int j, int key_end, int hk, int Hkv, int block_size, int D,
-                                                int d0, bool vec) {
+__device__ __forceinline__ uint4 load_key_slice(const scalar_t* __restrict__ pool, int page, int j, int key_end,
+                                                int hk, int Hkv, int block_size, int D, int d0, bool vec) {
     union { uint4 raw; scalar_t x[VEC]; } u;
     u.raw = make_uint4(0u, 0u, 0u, 0u);
     if (j < key_end) {
-        const int page = table[j / block_size], slot = j % block_size;  // the paging lookup
-        const scalar_t* row = pool + (((long long)page * Hkv + hk) * block_size + slot) * D;
+        const scalar_t* row = pool + (((long long)page * Hkv + hk) * block_size + j % block_size) * D;
         if (vec) {
             u.raw = *reinterpret_cast<const uint4*>(row + d0);
         } else {
@@ -344,13 +344,26 @@ __device__ __forceinline__ void decode_v3_body(
         for (int e = 0; e < VEC; ++e) acc[r][e] = 0.0f;
     }
 
+    // the block-table entries of a step's keys are read one step ahead, so that their latency
+    // hides behind the K/V loads instead of coming before them (the paging lookup)
+    int page[U];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+        const int j = split_begin + warp * STEP + u * KPL + kg;
+        page[u] = j < split_end ? table[j / block_size] : 0;
+    }
     for (int j0 = split_begin + warp * STEP; j0 < split_end; j0 += WARPS * STEP) {
         uint4 kraw[U], vraw[U];
 #pragma unroll
         for (int u = 0; u < U; ++u) {  // every load of the step is in flight before any is used
             const int j = j0 + u * KPL + kg;
-            kraw[u] = load_key_slice<scalar_t, VEC>(k_pool, table, j, split_end, hk, Hkv, block_size, D, d0, vec);
-            vraw[u] = load_key_slice<scalar_t, VEC>(v_pool, table, j, split_end, hk, Hkv, block_size, D, d0, vec);
+            kraw[u] = load_key_slice<scalar_t, VEC>(k_pool, page[u], j, split_end, hk, Hkv, block_size, D, d0, vec);
+            vraw[u] = load_key_slice<scalar_t, VEC>(v_pool, page[u], j, split_end, hk, Hkv, block_size, D, d0, vec);
+        }
+#pragma unroll
+        for (int u = 0; u < U; ++u) {  // the next step's entries, in flight with this step's K and V
+            const int j = j0 + WARPS * STEP + u * KPL + kg;
+            page[u] = j < split_end ? table[j / block_size] : 0;
         }
         float s[R][U];  // s = q.k scale + alibi, for this lane's key of each load
 #pragma unroll
@@ -500,7 +513,7 @@ __device__ __forceinline__ void decode_combine_body(const float* __restrict__ pa
 // v3: grid (B * Hkv, ceil(G * T / DEC3_ROWS), n_splits); with n_splits = 1 and part_o = nullptr the
 // block writes out directly, else decode_combine_* follows as in v2.
 #define DECODE3_ENTRY(NAME, SCALAR, D_PAD)                                                               \
-    extern "C" __global__ void __launch_bounds__(TT_THREADS) decode3_##NAME##_d##D_PAD(                   \
+    extern "C" __global__ void __launch_bounds__(TT_THREADS, DEC3_MIN_BLOCKS) decode3_##NAME##_d##D_PAD(  \
         const SCALAR* q, const SCALAR* k_pool, const SCALAR* v_pool, const int* block_tables,            \
         const int* context_lens, const float* alibi_slopes, SCALAR* out, float* part_o, float* part_lse, \
         int Hq, int Hkv, int T, int D, int block_size, int max_blocks, float scale, int causal,          \
