@@ -25,16 +25,18 @@ __all__ = ["paged_decode_attention", "check_decode_inputs", "decode_split_len", 
            "DECODE3_BLOCKS_PER_SM"]
 
 DECODE_BLOCKS_PER_SM = 4  # decode is memory-bound: keep several blocks (4 warps each) per SM reading
-# v3 is compiled for DEC3_MIN_BLOCKS = 3 blocks of 128 threads per SM (its __launch_bounds__
-# holds it to 170 registers a thread): one wave of splits fills the GPU
+# v3 is compiled for DEC3_MIN_BLOCKS = 2 blocks of 128 threads per SM (its __launch_bounds__
+# holds it to 255 registers a thread, and it needs about 200 for two steps of loads in flight)
 DECODE3_BLOCKS_PER_SM = DEC3_MIN_BLOCKS
 
 
 def decode_split_len(max_context: int, n_blocks_without_split: int, n_sms: int,
                      blocks_per_sm: int = DECODE_BLOCKS_PER_SM) -> int:
-    """v2's and v3's keys per split: enough splits for blocks_per_sm blocks per SM, whole tiles each."""
+    """v2's and v3's keys per split, whole tiles each: as many splits as fit in one wave of
+    blocks_per_sm blocks per SM. One block more than a wave holds would run in a second
+    wave, alone, and take as long as the whole first one."""
     tiles = -(-max_context // DEC_BC)
-    n_splits = max(1, min(tiles, -(-blocks_per_sm * n_sms // max(1, n_blocks_without_split))))
+    n_splits = max(1, min(tiles, blocks_per_sm * n_sms // max(1, n_blocks_without_split)))
     return -(-tiles // n_splits) * DEC_BC
 
 

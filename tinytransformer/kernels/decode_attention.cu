@@ -30,8 +30,9 @@
 //       shuffles; the group's DEC3_ROWS query rows live in registers; each warp
 //       keeps its own online softmax, and the four warps merge through shared
 //       memory at the end as the splits do (by their maxima). Each lane issues
-//       DEC3_UNROLL K loads and DEC3_UNROLL V loads before it uses any, so many
-//       bytes are in flight per SM: the point of a memory-bound kernel.
+//       DEC3_UNROLL K loads and DEC3_UNROLL V loads before it uses any, and the
+//       next step's loads before this step's arithmetic (software pipelining), so
+//       many bytes are in flight per SM: the point of a memory-bound kernel.
 //
 // Contract: q [B, Hq, T, D] (T new tokens per sequence, 1 in plain decoding, a
 // few when verifying a speculative draft); k_pool, v_pool [n_blocks, Hkv,
@@ -344,26 +345,24 @@ __device__ __forceinline__ void decode_v3_body(
         for (int e = 0; e < VEC; ++e) acc[r][e] = 0.0f;
     }
 
-    // the block-table entries of a step's keys are read one step ahead, so that their latency
-    // hides behind the K/V loads instead of coming before them (the paging lookup)
-    int page[U];
+    // Software pipelining: the K and V of the next step are loaded before this step's
+    // arithmetic, so their latency hides behind it (two register sets, kraw/vraw and knext/vnext).
+    const int stride = WARPS * STEP;
+    uint4 kraw[U], vraw[U], knext[U], vnext[U];
 #pragma unroll
-    for (int u = 0; u < U; ++u) {
+    for (int u = 0; u < U; ++u) {  // the warp's first step: every load in flight before any is used
         const int j = split_begin + warp * STEP + u * KPL + kg;
-        page[u] = j < split_end ? table[j / block_size] : 0;
+        const int page = j < split_end ? table[j / block_size] : 0;  // the paging lookup
+        kraw[u] = load_key_slice<scalar_t, VEC>(k_pool, page, j, split_end, hk, Hkv, block_size, D, d0, vec);
+        vraw[u] = load_key_slice<scalar_t, VEC>(v_pool, page, j, split_end, hk, Hkv, block_size, D, d0, vec);
     }
-    for (int j0 = split_begin + warp * STEP; j0 < split_end; j0 += WARPS * STEP) {
-        uint4 kraw[U], vraw[U];
+    for (int j0 = split_begin + warp * STEP; j0 < split_end; j0 += stride) {
 #pragma unroll
-        for (int u = 0; u < U; ++u) {  // every load of the step is in flight before any is used
-            const int j = j0 + u * KPL + kg;
-            kraw[u] = load_key_slice<scalar_t, VEC>(k_pool, page[u], j, split_end, hk, Hkv, block_size, D, d0, vec);
-            vraw[u] = load_key_slice<scalar_t, VEC>(v_pool, page[u], j, split_end, hk, Hkv, block_size, D, d0, vec);
-        }
-#pragma unroll
-        for (int u = 0; u < U; ++u) {  // the next step's entries, in flight with this step's K and V
-            const int j = j0 + WARPS * STEP + u * KPL + kg;
-            page[u] = j < split_end ? table[j / block_size] : 0;
+        for (int u = 0; u < U; ++u) {  // the next step's loads (zeros past the split)
+            const int j = j0 + stride + u * KPL + kg;
+            const int page = j < split_end ? table[j / block_size] : 0;
+            knext[u] = load_key_slice<scalar_t, VEC>(k_pool, page, j, split_end, hk, Hkv, block_size, D, d0, vec);
+            vnext[u] = load_key_slice<scalar_t, VEC>(v_pool, page, j, split_end, hk, Hkv, block_size, D, d0, vec);
         }
         float s[R][U];  // s = q.k scale + alibi, for this lane's key of each load
 #pragma unroll
@@ -415,6 +414,11 @@ __device__ __forceinline__ void decode_v3_body(
             for (int r = 0; r < R; ++r)
 #pragma unroll
                 for (int e = 0; e < VEC; ++e) acc[r][e] += s[r][u] * vx[e];
+        }
+#pragma unroll
+        for (int u = 0; u < U; ++u) {  // the next step's K and V become this step's
+            kraw[u] = knext[u];
+            vraw[u] = vnext[u];
         }
     }
 
