@@ -22,7 +22,7 @@ call as Python sees it (call_seconds).
            to T = 1,024. TFLOP/s counts 4 B H T S D, halved when causal.
   decode   one new token per sequence, Hq 32, Hkv 8, D 128, fp16, block size 16, a
            shuffled block table, B = 1 and 8, context 1,024 / 4,096 / 16,384, versions
-           1, 2 and 3. Before every timed call the L2 cache is flushed (a read of twice its
+           1, 2 and 3. Before every timed call the L2 cache is flushed (a write of twice its
            size), so the K/V bytes come from memory. GB/s counts the K/V bytes read,
            2 B Hkv L D 2, and is compared with a device-to-device copy of 1 GiB measured
            in the same run (counted as bytes read + bytes written).
@@ -165,14 +165,11 @@ def time_gpu(cupy, fn, repeats: int, warmup: int = 2, flush=None, hold=None) -> 
 
 
 def l2_flusher(cupy):
-    """A function that evicts the L2 cache by reading a buffer of twice its size, and that size.
-
-    A read, not a write: written lines would stay dirty in L2, and the timed kernel would
-    pay for writing them back to memory while it reads.
-    """
+    """A function that evicts the L2 cache by writing a buffer of twice its size (as
+    triton.testing.do_bench does), and that size."""
     l2 = int(cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id).get("l2CacheSize", 0)) or 64 << 20
-    buffer = cupy.zeros(2 * l2 // 4, dtype=cupy.float32)
-    return (lambda: buffer.sum()), l2
+    buffer = cupy.empty(2 * l2, dtype=cupy.uint8)
+    return (lambda: buffer.fill(0)), l2
 
 
 def copy_bandwidth(cupy, repeats: int) -> float:

@@ -51,7 +51,7 @@ DEC_ROWS = 16  # decode: query rows (group heads x new tokens) per block, 8 thre
 DEC_BC = 32  # decode: keys per tile
 DEC3_ROWS = 4  # decode v3: query rows per block, held in registers (a group of 4 heads: one block)
 DEC3_UNROLL = 4  # decode v3: K loads (and V loads) of 16 bytes each lane has in flight at once
-DEC3_MIN_BLOCKS = 2  # decode v3: blocks per SM; __launch_bounds__ holds registers to 65,536 / (2 x 128)
+DEC3_MIN_BLOCKS = 3  # decode v3: blocks per SM; __launch_bounds__ holds registers to 65,536 / (3 x 128)
 FLASH_HEAD_DIMS = {1: None, 2: tuple(V2_BC), 3: tuple(V3_BC)}  # the padded head dims each version is built for
 DECODE_HEAD_DIMS = (64, 128)
 
@@ -259,8 +259,8 @@ def kernel_budget(kernel: str, head_dim: int) -> dict:
         D = pad_head_dim(head_dim, DECODE_HEAD_DIMS, "head_dim")
         warps, vec = THREADS // 32, 8  # vec: 16-bit elements per 16-byte load (fp32: 4)
         smem = (2 * warps * DEC3_ROWS + warps * DEC3_ROWS * D) * f32  # Ms, Ls; Os
-        # per lane: Q slices, output slices and scores of its rows, two steps of raw K and V loads
+        # per lane: Q slices, output slices and scores of its rows, the raw K and V loads in flight
         return dict(threads=THREADS, rows_per_block=DEC3_ROWS, keys_per_tile=None, head_dim_pad=D,
-                    smem_bytes=smem, state_floats=2 * DEC3_ROWS * vec + DEC3_ROWS * DEC3_UNROLL + 16 * DEC3_UNROLL)
+                    smem_bytes=smem, state_floats=2 * DEC3_ROWS * vec + DEC3_ROWS * DEC3_UNROLL + 8 * DEC3_UNROLL)
     raise ValueError(f"kernel: expected one of 'flash_v1', 'flash_v2', 'flash_v3', 'decode', 'decode_v3', "
                      f"got {kernel!r}")

@@ -25,8 +25,8 @@ __all__ = ["paged_decode_attention", "check_decode_inputs", "decode_split_len", 
            "DECODE3_BLOCKS_PER_SM"]
 
 DECODE_BLOCKS_PER_SM = 4  # decode is memory-bound: keep several blocks (4 warps each) per SM reading
-# v3 is compiled for DEC3_MIN_BLOCKS = 2 blocks of 128 threads per SM (its __launch_bounds__
-# holds it to 255 registers a thread, and it needs about 200 for two steps of loads in flight)
+# v3 is compiled for DEC3_MIN_BLOCKS = 3 blocks of 128 threads per SM (its __launch_bounds__
+# holds it to 170 registers a thread; it uses 168 in fp16 and bf16)
 DECODE3_BLOCKS_PER_SM = DEC3_MIN_BLOCKS
 
 

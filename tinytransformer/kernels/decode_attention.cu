@@ -30,9 +30,8 @@
 //       shuffles; the group's DEC3_ROWS query rows live in registers; each warp
 //       keeps its own online softmax, and the four warps merge through shared
 //       memory at the end as the splits do (by their maxima). Each lane issues
-//       DEC3_UNROLL K loads and DEC3_UNROLL V loads before it uses any, and the
-//       next step's loads before this step's arithmetic (software pipelining), so
-//       many bytes are in flight per SM: the point of a memory-bound kernel.
+//       DEC3_UNROLL K loads and DEC3_UNROLL V loads before it uses any, so many
+//       bytes are in flight per SM: the point of a memory-bound kernel.
 //
 // Contract: q [B, Hq, T, D] (T new tokens per sequence, 1 in plain decoding, a
 // few when verifying a speculative draft); k_pool, v_pool [n_blocks, Hkv,
@@ -255,16 +254,18 @@ __device__ __forceinline__ void decode_body(
 
 // ---- v3: registers instead of shared-memory tiles -----------------------------------
 
-// 16 bytes of key j's row (elements d0 .. d0 + VEC - 1) of KV head hk, in the cache block
-// `page` (the block table's entry for j, looked up by the caller); zeros past key_end.
-// vec: one 16-byte load (D fills D_PAD, pool aligned); else element by element, zeros past D.
+// 16 bytes of key j's row (elements d0 .. d0 + VEC - 1) of KV head hk, following the block
+// table; zeros past key_end. vec: one 16-byte load (D fills D_PAD, pool aligned); else
+// element by element, zeros past D.
 template <typename scalar_t, int VEC>
-__device__ __forceinline__ uint4 load_key_slice(const scalar_t* __restrict__ pool, int page, int j, int key_end,
-                                                int hk, int Hkv, int block_size, int D, int d0, bool vec) {
+__device__ __forceinline__ uint4 load_key_slice(const scalar_t* __restrict__ pool, const int* __restrict__ table,
+                                                int j, int key_end, int hk, int Hkv, int block_size, int D,
+                                                int d0, bool vec) {
     union { uint4 raw; scalar_t x[VEC]; } u;
     u.raw = make_uint4(0u, 0u, 0u, 0u);
     if (j < key_end) {
-        const scalar_t* row = pool + (((long long)page * Hkv + hk) * block_size + j % block_size) * D;
+        const int page = table[j / block_size], slot = j % block_size;  // the paging lookup
+        const scalar_t* row = pool + (((long long)page * Hkv + hk) * block_size + slot) * D;
         if (vec) {
             u.raw = *reinterpret_cast<const uint4*>(row + d0);
         } else {
@@ -345,24 +346,13 @@ __device__ __forceinline__ void decode_v3_body(
         for (int e = 0; e < VEC; ++e) acc[r][e] = 0.0f;
     }
 
-    // Software pipelining: the K and V of the next step are loaded before this step's
-    // arithmetic, so their latency hides behind it (two register sets, kraw/vraw and knext/vnext).
-    const int stride = WARPS * STEP;
-    uint4 kraw[U], vraw[U], knext[U], vnext[U];
+    for (int j0 = split_begin + warp * STEP; j0 < split_end; j0 += WARPS * STEP) {
+        uint4 kraw[U], vraw[U];
 #pragma unroll
-    for (int u = 0; u < U; ++u) {  // the warp's first step: every load in flight before any is used
-        const int j = split_begin + warp * STEP + u * KPL + kg;
-        const int page = j < split_end ? table[j / block_size] : 0;  // the paging lookup
-        kraw[u] = load_key_slice<scalar_t, VEC>(k_pool, page, j, split_end, hk, Hkv, block_size, D, d0, vec);
-        vraw[u] = load_key_slice<scalar_t, VEC>(v_pool, page, j, split_end, hk, Hkv, block_size, D, d0, vec);
-    }
-    for (int j0 = split_begin + warp * STEP; j0 < split_end; j0 += stride) {
-#pragma unroll
-        for (int u = 0; u < U; ++u) {  // the next step's loads (zeros past the split)
-            const int j = j0 + stride + u * KPL + kg;
-            const int page = j < split_end ? table[j / block_size] : 0;
-            knext[u] = load_key_slice<scalar_t, VEC>(k_pool, page, j, split_end, hk, Hkv, block_size, D, d0, vec);
-            vnext[u] = load_key_slice<scalar_t, VEC>(v_pool, page, j, split_end, hk, Hkv, block_size, D, d0, vec);
+        for (int u = 0; u < U; ++u) {  // every load of the step is in flight before any is used
+            const int j = j0 + u * KPL + kg;
+            kraw[u] = load_key_slice<scalar_t, VEC>(k_pool, table, j, split_end, hk, Hkv, block_size, D, d0, vec);
+            vraw[u] = load_key_slice<scalar_t, VEC>(v_pool, table, j, split_end, hk, Hkv, block_size, D, d0, vec);
         }
         float s[R][U];  // s = q.k scale + alibi, for this lane's key of each load
 #pragma unroll
@@ -414,11 +404,6 @@ __device__ __forceinline__ void decode_v3_body(
             for (int r = 0; r < R; ++r)
 #pragma unroll
                 for (int e = 0; e < VEC; ++e) acc[r][e] += s[r][u] * vx[e];
-        }
-#pragma unroll
-        for (int u = 0; u < U; ++u) {  // the next step's K and V become this step's
-            kraw[u] = knext[u];
-            vraw[u] = vnext[u];
         }
     }
 
