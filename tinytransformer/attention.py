@@ -129,9 +129,11 @@ def attention_weights(q, k, *, mask=None, bias=None, causal=False, window=None, 
     dtype = np.result_type(q, k)
 
     with np.errstate(over="ignore", invalid="ignore"):  # overflow is reported by _check_scores below
-        qg = q.reshape(B, Hkv, G, T, D) * dtype.type(scale)  # [B, Hq, T, D] -> [B, Hkv, G, T, D]; scale the
+        # the G query heads that share a KV head are one matrix of G * T rows (row g T + t): one product
+        # per KV head, not G (in decoding, T = 1, that is G times fewer, and each is G times larger)
+        qg = q.reshape(B, Hkv, G * T, D) * dtype.type(scale)  # [B, Hq, T, D] -> [B, Hkv, G T, D]; scale the
         # smaller operand: (q * scale) k^T = (q k^T) * scale
-        scores = qg @ k[:, :, None].swapaxes(-1, -2)  # [B, Hkv, G, T, D] @ [B, Hkv, 1, D, S] -> [B, Hkv, G, T, S]
+        scores = qg @ k.swapaxes(-1, -2)  # [B, Hkv, G T, D] @ [B, Hkv, D, S] -> [B, Hkv, G T, S]
     scores = scores.reshape(B, Hq, T, S)  # head h = kv head h // G, member h % G
     allowed = _combined_mask(mask, causal, window, (B, Hq, T, S))
     _check_scores(scores, q, k, allowed)
@@ -182,8 +184,8 @@ def scaled_dot_product_attention(q, k, v, *, causal=False, scale=None, alibi_slo
                           alibi_slopes=alibi_slopes)
     B, Hq, T, S = p.shape
     Hkv, Dv = v.shape[1], v.shape[3]
-    pg = p.reshape(B, Hkv, Hq // Hkv, T, S)  # [B, Hq, T, S] -> [B, Hkv, G, T, S]
-    out = pg @ v[:, :, None].astype(p.dtype, copy=False)  # [B, Hkv, G, T, S] @ [B, Hkv, 1, S, Dv] -> [B, Hkv, G, T, Dv]
+    pg = p.reshape(B, Hkv, Hq // Hkv * T, S)  # [B, Hq, T, S] -> [B, Hkv, G T, S]
+    out = pg @ v.astype(p.dtype, copy=False)  # [B, Hkv, G T, S] @ [B, Hkv, S, Dv] -> [B, Hkv, G T, Dv]
     return out.reshape(B, Hq, T, Dv).astype(out_dtype, copy=False)  # [B, Hq, T, Dv]
 
 

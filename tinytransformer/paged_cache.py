@@ -397,12 +397,15 @@ def paged_decode_attention(q, k_pool, v_pool, block_tables, context_lens, *, cau
     scale = attention_scale(scale, D)
     block_tables, context_lens = np.asarray(block_tables), np.asarray(context_lens)
     out = np.zeros((B, Hq, T, D), dtype=np.result_type(q, k_pool, v_pool))
+    heads = np.arange(Hkv)[:, None]  # [Hkv, 1]
     for b in range(B):
         L = int(context_lens[b])
         n_used = -(-L // block_size)
         blocks = block_tables[b, :n_used].astype(np.int64)  # [n_used] physical blocks, in order
-        k = k_pool[blocks].transpose(1, 0, 2, 3).reshape(Hkv, n_used * block_size, D)[None, :, :L]  # [1, Hkv, L, D]
-        v = v_pool[blocks].transpose(1, 0, 2, 3).reshape(Hkv, n_used * block_size, D)[None, :, :L]
+        # pool[blocks[i], h] for every head h and block i: [Hkv, n_used, bs, D], whose last three axes
+        # are already the [Hkv, S, D] layout (one copy; pool[blocks] then a transpose would make two)
+        k = k_pool[blocks[None, :], heads].reshape(Hkv, n_used * block_size, D)[None, :, :L]  # [1, Hkv, L, D]
+        v = v_pool[blocks[None, :], heads].reshape(Hkv, n_used * block_size, D)[None, :, :L]
         out[b] = attention(q[b:b + 1], k, v, causal=causal, scale=scale, alibi_slopes=alibi_slopes)[0]
     return out
 
@@ -427,8 +430,9 @@ def paged_decode_attention_batched(q, k_pool, v_pool, block_tables, context_lens
     # [B, n_used] physical blocks; the -1 padding of shorter tables reads block 0, masked below
     blocks = np.maximum(np.asarray(block_tables)[:, :n_used], 0).astype(np.int64)
     S = n_used * block_size
-    k = k_pool[blocks].transpose(0, 2, 1, 3, 4).reshape(B, Hkv, S, D)  # [B, n_used, Hkv, bs, D] -> [B, Hkv, S, D]
-    v = v_pool[blocks].transpose(0, 2, 1, 3, 4).reshape(B, Hkv, S, D)
+    heads = np.arange(Hkv)[None, :, None]  # [1, Hkv, 1]
+    k = k_pool[blocks[:, None, :], heads].reshape(B, Hkv, S, D)  # [B, Hkv, n_used, bs, D] -> [B, Hkv, S, D], no copy
+    v = v_pool[blocks[:, None, :], heads].reshape(B, Hkv, S, D)
     j = np.arange(S)  # key positions
     p = lengths[:, None] - T + np.arange(T)  # [B, T]: the position of each query
     mask = j[None, None, :] < lengths[:, None, None]  # [B, T or 1, S]: keys this sequence holds
