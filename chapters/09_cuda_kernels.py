@@ -85,7 +85,7 @@ print(f"{'kernel':10s} {'D':>4s} {'Br':>4s} {'Bc':>4s} {'smem bytes':>11s} {'blo
       f"{'state regs/thread':>18s}")
 budget_rows = []
 for kernel, dims in (("flash_v1", (64, 128)), ("flash_v2", (64, 128)), ("flash_v3", (64, 128)),
-                     ("decode", (64, 128))):
+                     ("decode", (64, 128)), ("decode_v3", (64, 128))):
     for d in dims:
         b = cuda.kernel_budget(kernel, d)
         per_sm = 228 * 1024 // b["smem_bytes"] if b["smem_bytes"] else "-"
