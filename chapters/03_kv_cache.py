@@ -67,7 +67,7 @@ assert error < 1e-4, "cached decode must give the logits of the full recompute"
 
 # %%
 heading("time per generated token")
-n_tokens, repeats = (48, 5) if QUICK else (160, 5)
+n_tokens, repeats = (96, 5) if QUICK else (160, 5)
 config = TransformerConfig(vocab_size=1000, d_model=128, n_layers=4, n_heads=8, n_kv_heads=2, max_seq_len=n_tokens + 8)
 model = TinyTransformer(config, seed=1)
 
