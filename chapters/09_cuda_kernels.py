@@ -224,8 +224,9 @@ else:
         by = {r["impl"]: r for r in dec if r["B"] == B and r["L"] == L}
         if {"decode_v1", "decode_v2"} <= set(by):
             gain = by["decode_v1"]["seconds"] / by["decode_v2"]["seconds"]
-            print(f"decode, B = {B}, context {L:,}: splitting the context (v2) is {gain:.1f}x faster than v1; "
-                  + ", ".join(f"{k} reads {r['fraction_of_copy']:.0%} of copy bandwidth" for k, r in sorted(by.items())))
+            shares = ", ".join(f"{k} reads {r['fraction_of_copy']:.0%} of copy bandwidth"
+                               for k, r in sorted(by.items()))
+            print(f"decode, B = {B}, context {L:,}: splitting the context (v2) is {gain:.1f}x faster than v1; {shares}")
             assert gain > 2, "with few sequences, v1 leaves most SMs idle and the splits should fill them"
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     for ax, causal in zip(axes[:2], (False, True)):
