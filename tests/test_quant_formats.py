@@ -189,11 +189,15 @@ def test_double_quantisation_equals_bitsandbytes(x, kind):
     mine = normal_float.quantize_blockwise(absmax, code=code, block_size=256)
     np.testing.assert_array_equal(mine.codes, reference[0].numpy())
     np.testing.assert_array_equal(mine.absmax, reference[1].numpy())
-    # bitsandbytes' CPU kernel (what quantize_4bit ran) searches its table approximately: at most one code off
-    # (a block of scales that are all equal to their mean is 0 / 0 there: any code decodes to the mean)
+    # bitsandbytes' CPU kernel (what quantize_4bit ran) searches its table approximately: at most one code off,
+    # or, near 0, where the dynamic code's entries lie closer together than that search resolves, a code
+    # within 2^-15 of ours (a normalised scale of -2.85e-6 got code -2.12e-5 there, -3.25e-6 here: hypothesis
+    # found it). A block of scales that are all equal to their mean is 0 / 0 there: any code decodes to the mean.
     cpu_codes = state.absmax.numpy().astype(int)
+    our_codes = ours.double_quant.codes.astype(int)
     defined = np.repeat(mine.absmax > normal_float.CLAMP, 256)[:cpu_codes.size]
-    assert np.all(np.abs(cpu_codes - ours.double_quant.codes.astype(int))[defined] <= 1)
+    close = (np.abs(cpu_codes - our_codes) <= 1) | (np.abs(code[cpu_codes] - code[our_codes]) <= 2.0 ** -15)
+    assert np.all(close[defined])
     same = np.repeat((cpu_codes == ours.double_quant.codes) | ~defined, 64)[:x.size].reshape(x.shape)
     theirs = bnb.functional.dequantize_4bit(packed, state).numpy().reshape(x.shape)
     assert_close(ours.dequantize()[same], theirs[same], rtol=1e-5, atol=1e-6 * np.abs(x).max())
