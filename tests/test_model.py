@@ -152,6 +152,29 @@ def test_uncached_equals_contiguous_cache_equals_paged_cache_at_every_step(confi
         assert_close(paged[b], none[b], rtol=1e-4, atol=1e-5)
 
 
+@given(model_configs(), st.lists(st.integers(1, 9), min_size=2, max_size=4), st.integers(1, 4),
+       st.integers(1, 5), st.integers(4, 300))
+def test_the_fast_decode_path_gives_the_reference_logits(config, lengths, steps, block_size, weight_block_bytes):
+    """attention="sdpa-fast", with the weights taken a few rows at a time in the batched steps
+    (layers.linear_in_weight_blocks, its block shrunk so that the small models are cut too),
+    gives the logits of the reference attention with the plain products."""
+    from unittest import mock
+
+    import tinytransformer.layers as layers_module
+    import tinytransformer.model as model_module
+
+    rng = np.random.default_rng(block_size)
+    prompts = [rng.integers(0, config.vocab_size, size=n).tolist() for n in lengths]
+    with mock.patch.object(model_module, "ROW_BLOCK", 1), mock.patch.object(model_module, "linear_in_weight_blocks",
+                                                                            layers_module.linear):
+        reference = _step_logits(TinyTransformer(config, seed=1), prompts, steps, "paged", block_size)
+    with mock.patch.object(layers_module, "WEIGHT_BLOCK_BYTES", weight_block_bytes):
+        fast = _step_logits(TinyTransformer(config, seed=1, attention="sdpa-fast"), prompts, steps, "paged",
+                            block_size)
+    for b in range(len(prompts)):
+        assert_close(fast[b], reference[b], rtol=1e-4, atol=1e-5)
+
+
 @given(model_configs(), st.lists(st.integers(1, 8), min_size=1, max_size=4), st.integers(0, 6), seeds(),
        st.sampled_from([0.0, 1.0]), st.sampled_from([1, 2, 5, 16]))
 def test_generate_many_gives_what_separate_generate_calls_give(config, lengths, n_new, seed, temperature,

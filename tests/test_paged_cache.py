@@ -12,7 +12,7 @@ from strategies import PagedCase, build_paged_cache, paged_cases
 from tinytransformer.attention import scaled_dot_product_attention
 from tinytransformer.model import CausalAttention
 from tinytransformer.paged_cache import (CacheFullError, PagedKVCache, paged_decode_attention,
-                                         paged_decode_attention_batched)
+                                         paged_decode_attention_batched, paged_decode_attention_fast)
 from tinytransformer.positional import alibi_bias, alibi_slopes
 from tinytransformer.testing import assert_close
 
@@ -138,15 +138,39 @@ def test_paged_decode_equals_attention_over_the_contiguous_cache(case, causal, a
     assert_close(out, _decode_reference(case, ks, vs, q, causal, slopes))
 
 
-@given(paged_cases(), st.booleans(), st.booleans())
-def test_batched_paged_decode_equals_the_reference(case, causal, alibi):
+@pytest.mark.parametrize("faster", [paged_decode_attention_batched, paged_decode_attention_fast])
+@given(paged_cases(), st.booleans(), st.booleans(), st.sampled_from(["float16", "float32", "float64"]))
+def test_the_faster_paged_decodes_equal_the_reference(faster, case, causal, alibi, dtype):
     cache, ids, _, _ = build_paged_cache(case)
     tables, lengths = cache.batch(ids)
     Hq = case.n_kv_heads * case.group
-    q = np.random.default_rng(case.seed + 2).standard_normal((len(ids), Hq, case.q_len, case.head_dim))
+    q = np.random.default_rng(case.seed + 2).standard_normal((len(ids), Hq, case.q_len, case.head_dim)).astype(dtype)
+    pools = cache.k_pool[0].astype(dtype), cache.v_pool[0].astype(dtype)
     options = dict(causal=causal, alibi_slopes=alibi_slopes(Hq) if alibi else None)
-    assert_close(paged_decode_attention_batched(q, cache.k_pool[0], cache.v_pool[0], tables, lengths, **options),
-                 paged_decode_attention(q, cache.k_pool[0], cache.v_pool[0], tables, lengths, **options))
+    got = faster(q, *pools, tables, lengths, **options)
+    want = paged_decode_attention(q, *pools, tables, lengths, **options)
+    assert got.dtype == want.dtype
+    assert_close(got, want, dtype=dtype)
+
+
+@pytest.mark.parametrize("bad", ["q", "k"])
+def test_the_fast_paged_decode_raises_the_references_error_on_a_non_finite_score(bad):
+    cache = PagedKVCache(1, 1, 4, n_blocks=4, block_size=2)
+    s = cache.add_sequence()
+    k = np.ones((1, 3, 4))
+    if bad == "k":
+        k[0, 1, 2] = np.inf
+    cache.append(s, k, np.ones((1, 3, 4)))
+    tables, lengths = cache.batch([s])
+    q = np.ones((1, 2, 1, 4))
+    if bad == "q":
+        q[0, 1, 0, 3] = np.nan
+    args = (q, cache.k_pool[0], cache.v_pool[0], tables, lengths)
+    with pytest.raises(ValueError, match=f"{bad}: expected finite values") as reference:
+        paged_decode_attention(*args)
+    with pytest.raises(ValueError) as fast:
+        paged_decode_attention_fast(*args)
+    assert str(fast.value) == str(reference.value)
 
 
 @given(paged_cases(), st.tuples(st.integers(0, 2**31), st.integers(0, 2**31)))

@@ -24,7 +24,8 @@ weights in the checkpoint's layout [out, in], applied as x @ W.T (`layers.linear
 
 Three parts are swappable, each with one signature, and give the same logits:
 
-    attention  "sdpa" | "flash" | "cuda" | "sdpa-batched" | a function f(q, k, v, *, causal, scale, alibi_slopes) -> out
+    attention  "sdpa" | "flash" | "cuda" | "sdpa-batched" | "sdpa-fast"
+               | a function f(q, k, v, *, causal, scale, alibi_slopes) -> out
     cache      None (recompute everything), a `KVCache`, or a ragged batch of a `PagedKVCache`
     weights    float arrays, or quantised weights with .linear(x) (see `layers.linear`)
 
@@ -54,9 +55,10 @@ from tinytransformer.attention import (causal_attention_in_query_blocks, merge_h
                                        split_heads)
 from tinytransformer.flash import flash_attention
 from tinytransformer.kv_cache import KVCache
-from tinytransformer.layers import (embedding, ffn, gelu, layer_norm, linear_in_row_blocks, post_ln_block,
-                                    pre_ln_block, rms_norm, swiglu)
-from tinytransformer.paged_cache import PagedKVCache, paged_decode_attention, paged_decode_attention_batched
+from tinytransformer.layers import (embedding, ffn, gelu, layer_norm, linear_in_row_blocks, linear_in_weight_blocks,
+                                    post_ln_block, pre_ln_block, rms_norm, swiglu)
+from tinytransformer.paged_cache import (PagedKVCache, paged_decode_attention, paged_decode_attention_batched,
+                                         paged_decode_attention_fast)
 from tinytransformer.positional import alibi_slopes, apply_rope, sinusoidal_encoding
 
 __all__ = ["TransformerConfig", "init_params", "TinyTransformer", "CausalAttention", "ATTENTION_IMPLEMENTATIONS"]
@@ -196,6 +198,7 @@ ATTENTION_IMPLEMENTATIONS: dict[str, tuple[Callable, Callable]] = {
     "flash": (flash_attention, functools.partial(paged_decode_attention, attention=flash_attention)),
     "cuda": (_cuda_flash, _cuda_paged),  # NumPy arrays are copied to the GPU and back on every call
     "sdpa-batched": (scaled_dot_product_attention, paged_decode_attention_batched),  # a paged batch in one call
+    "sdpa-fast": (scaled_dot_product_attention, paged_decode_attention_fast),  # the paged reference, sdpa inlined
 }
 
 
@@ -616,9 +619,10 @@ def _keeping_input(saved: dict, name: str, sublayer):
 
 
 def _linear(x, weight, bias=None):
-    """The model's projections: x W^T (+ b), rows padded to a multiple of ROW_BLOCK for the BLAS
-    (same values as layers.linear; ROW_BLOCK = 1 is the plain product)."""
-    return linear_in_row_blocks(x, weight, bias, multiple=ROW_BLOCK)
+    """The model's projections: x W^T (+ b), rows padded to a multiple of ROW_BLOCK for the BLAS, and
+    a few rows (a batched decode step) taken through the weight a block at a time
+    (layers.linear_in_weight_blocks); same values as layers.linear, only faster."""
+    return linear_in_row_blocks(x, weight, bias, multiple=ROW_BLOCK, linear=linear_in_weight_blocks)
 
 
 def _gelu_tanh(x):

@@ -34,7 +34,7 @@ from tinytransformer._validate import attention_scale, positive_int, query_key_h
 from tinytransformer.attention import scaled_dot_product_attention
 
 __all__ = ["BlockManager", "PagedKVCache", "PagedBatch", "CacheFullError", "paged_decode_attention",
-           "paged_decode_attention_batched", "check_paged_decode_inputs"]
+           "paged_decode_attention_batched", "paged_decode_attention_fast", "check_paged_decode_inputs"]
 
 
 class CacheFullError(RuntimeError):
@@ -442,3 +442,56 @@ def paged_decode_attention_batched(q, k_pool, v_pool, block_tables, context_lens
     if alibi_slopes is not None:  # slope_h * (j - p), as the reference adds it
         bias = np.asarray(alibi_slopes)[None, :, None, None] * (j[None, None, None, :] - p[:, None, :, None])
     return scaled_dot_product_attention(q, k, v, scale=attention_scale(scale, D), mask=mask[:, None], bias=bias)
+
+
+def paged_decode_attention_fast(q, k_pool, v_pool, block_tables, context_lens, *, causal=True, scale=None,
+                                alibi_slopes=None):
+    """paged_decode_attention with scaled_dot_product_attention inlined (same arguments, same result).
+
+    The reference's time in a decode step is mostly not arithmetic: for every
+    sequence in every layer, the general attention function checks its arguments
+    and builds masks again. Here the arguments are checked once for the batch,
+    and for each sequence (no padding) the work is the equation and nothing more:
+
+        s = (q * scale) k^T   (+ ALiBi)   [Hkv, G T, L]: the G query heads of a KV head as one matrix
+        out = softmax(s) v                [Hkv, G T, D]
+
+    with the causal mask built only when a sequence brings T > 1 new tokens (a
+    single new token sees every cached key). Should a score not be finite, the
+    batch is handed to the reference, which raises its error.
+    """
+    q, k_pool, v_pool = np.asarray(q), np.asarray(k_pool), np.asarray(v_pool)
+    B, Hq, T, D, Hkv, block_size = check_paged_decode_inputs(q, k_pool, v_pool, block_tables,
+                                                             context_lens, alibi_slopes)
+    G = Hq // Hkv
+    out_dtype = np.result_type(q, k_pool, v_pool)
+    dtype = np.promote_types(out_dtype, np.float32)  # float16 is computed in float32, as the reference does
+    scale = attention_scale(scale, D)
+    block_tables, context_lens = np.asarray(block_tables), np.asarray(context_lens)
+    qs = q.reshape(B, Hkv, G * T, D).astype(dtype) * dtype.type(scale)  # row g T + t: head h G + g, query t
+    slopes = None if alibi_slopes is None else np.asarray(alibi_slopes, dtype=dtype).reshape(Hkv, G, 1, 1)
+    out = np.empty((B, Hkv, G * T, D), dtype=dtype)
+    heads = np.arange(Hkv)[:, None]  # [Hkv, 1]
+    for b in range(B):
+        L = int(context_lens[b])
+        n_used = -(-L // block_size)
+        blocks = block_tables[b, :n_used].astype(np.int64)
+        k = k_pool[blocks[None, :], heads].reshape(Hkv, n_used * block_size, D)[:, :L]  # [Hkv, L, D]
+        v = v_pool[blocks[None, :], heads].reshape(Hkv, n_used * block_size, D)[:, :L]
+        s = qs[b] @ k.astype(dtype, copy=False).transpose(0, 2, 1)  # [Hkv, G T, D] @ [Hkv, D, L] -> [Hkv, G T, L]
+        if not np.isfinite(s).all():
+            return paged_decode_attention(q, k_pool, v_pool, block_tables, context_lens, causal=causal,
+                                          scale=scale, alibi_slopes=alibi_slopes)
+        if slopes is not None or (causal and T > 1):
+            s = s.reshape(Hkv, G, T, L)
+            j, p = np.arange(L), L - T + np.arange(T)[:, None]  # key positions [L]; query positions [T, 1]
+            if slopes is not None:
+                s += slopes * (j - p)  # slope_h * (j - p)
+            if causal and T > 1:
+                s[..., j > p] = -np.inf  # keys in a query's future
+            s = s.reshape(Hkv, G * T, L)
+        s -= s.max(axis=-1, keepdims=True)  # softmax over the L keys; every query sees key 0
+        np.exp(s, out=s)
+        s /= s.sum(axis=-1, keepdims=True)
+        np.matmul(s, v.astype(dtype, copy=False), out=out[b])  # [Hkv, G T, L] @ [Hkv, L, D]
+    return out.reshape(B, Hq, T, D).astype(out_dtype, copy=False)

@@ -12,10 +12,10 @@ checks that both produce the same greedy tokens. Measured, in one run, wall time
     no cache  tokens/s generating M tokens recomputing the whole sequence each step
     batched   ours only: generate_many over 8 ragged prompts (20 to 400 tokens) through the paged
               cache, decode-phase tokens/s against single-sequence decode-phase tokens/s, with
-              each of two attention implementations over the paged batch: "sdpa" (the
-              reference: one attention call per sequence) and "sdpa-batched" (one call for the
-              batch); and the paged cache's reserved-but-empty bytes next to a contiguous cache
-              sized for the longest
+              each of three attention implementations over the paged batch: "sdpa" (the
+              reference: one attention call per sequence), "sdpa-batched" (one call for the
+              padded batch) and "sdpa-fast" (the reference with the attention inlined); and the
+              paged cache's reserved-but-empty bytes next to a contiguous cache sized for the longest
 
 Each timing is the best of --repeats runs, alternating ours and theirs run by run. transformers needs torch, transformers,
 gguf (pip install -e ".[parity]"); with --no-hf only our numbers are printed.
@@ -110,7 +110,7 @@ def _decode_phase_rate(run) -> tuple[float, float]:
     return n / (end - marks[0]), end - start
 
 
-BATCH_ATTENTION = ("sdpa", "sdpa-batched")
+BATCH_ATTENTION = ("sdpa", "sdpa-batched", "sdpa-fast")
 
 
 def _batched(model, prompt_source, args) -> dict:
