@@ -146,15 +146,27 @@ def _batched(model, prompt_source, args) -> dict:
                 mark()
         return n_new - 1
 
+    def one_at_a_time(mark):  # the same prompts decoded one after another: the same work, unbatched
+        decoding = 0.0
+        for prompt in prompts:
+            for i, _ in enumerate(model.stream(prompt, n_new, stop_at_eos=False)):
+                if i == 0:
+                    start = time.perf_counter()
+            decoding += time.perf_counter() - start
+        mark()
+        return len(prompts) * (n_new - 1) / decoding
+
     runs = {"single": single}
     for attention in BATCH_ATTENTION:  # the same weights, another attention over the paged batch
         runs[attention] = many(TinyTransformer(model.config, model.params, attention=attention,
                                                tokenizer=model.tokenizer))
-    best = dict.fromkeys(runs, 0.0)
+    best = dict.fromkeys([*runs, "one_at_a_time"], 0.0)
     for _ in range(args.repeats):
         for name, run in runs.items():
             time.sleep(0.5)
             best[name] = max(best[name], _decode_phase_rate(run)[0])
+        time.sleep(0.5)
+        best["one_at_a_time"] = max(best["one_at_a_time"], one_at_a_time(lambda: None))
     contiguous = len(prompts) * (int(lengths.max()) + n_new) * peak["block_bytes"] // peak["block_size"]
     empty = (peak["blocks"] * peak["block_size"] - peak["held"]) * peak["block_bytes"] // peak["block_size"]
     return {"lengths": lengths.tolist(), "new_tokens": n_new, "tokens_per_s": best,
@@ -173,9 +185,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="BLAS threads for both libraries (default 1)")
     parser.add_argument("--no-hf", action="store_true", help="skip transformers")
     parser.add_argument("--no-batch", action="store_true", help="skip the batched (generate_many) measurement")
+    parser.add_argument("--batch-only", action="store_true", help="only the batched measurement")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, to check that it runs")
     parser.add_argument("--json", default=None, help="also write the measurements to this file")
     args = parser.parse_args(argv)
+    if args.batch_only and args.no_batch:
+        parser.error("--batch-only and --no-batch: expected at most one of them")
     if args.quick:
         args.prompt_tokens, args.new_tokens, args.no_cache_tokens, args.repeats = 32, 8, 4, 1
         args.batch_new_tokens = 4
@@ -196,41 +211,48 @@ def _run(args) -> int:
     expected = model.generate(short, 16, stop_at_eos=False)
     if model.generate(short, 16, stop_at_eos=False, use_cache=False) != expected:
         raise AssertionError("cached and uncached greedy tokens differ")
-    tasks = {"ours (NumPy)": _our_tasks(model, prompt, short, args)}
     label = f"NumPy {np.__version__}, BLAS {blas_description()}"
-    if not args.no_hf:
-        try:
-            tasks["transformers"], hf_label = _hf_tasks(path, prompt, short, args, expected)
-            label += "; " + hf_label
-        except ImportError as e:
-            print(f"transformers skipped: {e}")
-    results = _measure(tasks, args)
-    rows = list(results.items())
-    ours = results["ours (NumPy)"]
+    results = {}
+    if not args.batch_only:
+        tasks = {"ours (NumPy)": _our_tasks(model, prompt, short, args)}
+        if not args.no_hf:
+            try:
+                tasks["transformers"], hf_label = _hf_tasks(path, prompt, short, args, expected)
+                label += "; " + hf_label
+            except ImportError as e:
+                print(f"transformers skipped: {e}")
+        results = _measure(tasks, args)
+        rows = list(results.items())
+        ours = results["ours (NumPy)"]
 
-    print(f"\nmachine: {platform.machine()} {platform.processor() or ''} {os.cpu_count()} CPUs; {label}")
-    print(f"prefill {args.prompt_tokens} tokens; decode {args.new_tokens} tokens from an 8-token prompt; "
-          f"no-cache decode {args.no_cache_tokens} tokens\n")
-    print(f"| {'':14} | prefill {args.prompt_tokens} (s) | decode, cache (tok/s) | decode, no cache (tok/s) |")
-    print("|---|---|---|---|")
-    for name, r in rows:
-        print(f"| {name:14} | {r['prefill']:.2f} | {r['decode']:.1f} | {r['no_cache']:.1f} |")
-    if len(rows) == 2:
-        o, t = ours, rows[1][1]
-        print(f"| ours / theirs  | {o['prefill'] / t['prefill']:.2f}x time | {o['decode'] / t['decode']:.2f}x speed "
-              f"| {o['no_cache'] / t['no_cache']:.2f}x speed |")
-        print(f"\nprefill speed ours/theirs: {t['prefill'] / o['prefill']:.2f}x (goal >= 0.67); "
-              f"cached decode speed ours/theirs: {o['decode'] / t['decode']:.2f}x (goal >= 1.0)")
+        print(f"\nmachine: {platform.machine()} {platform.processor() or ''} {os.cpu_count()} CPUs; {label}")
+        print(f"prefill {args.prompt_tokens} tokens; decode {args.new_tokens} tokens from an 8-token prompt; "
+              f"no-cache decode {args.no_cache_tokens} tokens\n")
+        print(f"| {'':14} | prefill {args.prompt_tokens} (s) | decode, cache (tok/s) | decode, no cache (tok/s) |")
+        print("|---|---|---|---|")
+        for name, r in rows:
+            print(f"| {name:14} | {r['prefill']:.2f} | {r['decode']:.1f} | {r['no_cache']:.1f} |")
+        if len(rows) == 2:
+            o, t = ours, rows[1][1]
+            print(f"| ours / theirs  | {o['prefill'] / t['prefill']:.2f}x time "
+                  f"| {o['decode'] / t['decode']:.2f}x speed | {o['no_cache'] / t['no_cache']:.2f}x speed |")
+            print(f"\nprefill speed ours/theirs: {t['prefill'] / o['prefill']:.2f}x (goal >= 0.67); "
+                  f"cached decode speed ours/theirs: {o['decode'] / t['decode']:.2f}x (goal >= 1.0)")
     if not args.no_batch:
+        if args.batch_only:
+            print(f"\nmachine: {platform.machine()} {platform.processor() or ''} {os.cpu_count()} CPUs; {label}")
         b = _batched(model, _prompt(model.tokenizer, 400), args)
         print(f"\nbatched decode, ours: {len(b['lengths'])} ragged prompts of {b['lengths']} tokens, "
               f"{b['new_tokens']} new tokens each (decode phase, best of {args.repeats})")
         rate = b["tokens_per_s"]
         print("| | decode tok/s | / one sequence |\n|---|---|---|")
-        print(f"| one sequence | {rate['single']:.1f} | 1.00x |")
+        print(f"| one sequence (the shortest prompt) | {rate['single']:.1f} | 1.00x |")
+        print(f"| the {len(b['lengths'])} prompts one at a time | {rate['one_at_a_time']:.1f} "
+              f"| {rate['one_at_a_time'] / rate['single']:.2f}x |")
         for attention in BATCH_ATTENTION:
             print(f"| generate_many, batch {len(b['lengths'])}, attention={attention} | {rate[attention]:.1f} "
-                  f"| {rate[attention] / rate['single']:.2f}x (goal >= 3) |")
+                  f"| {rate[attention] / rate['single']:.2f}x (goal >= 3); "
+                  f"{rate[attention] / rate['one_at_a_time']:.2f}x the prompts one at a time |")
         print(f"\nKV cache memory (float32): contiguous, sized for the longest sequence: "
               f"{b['contiguous_bytes'] / 2**20:.1f} MiB; paged at its peak: {b['paged_peak_bytes'] / 2**20:.1f} MiB "
               f"allocated, of which {b['paged_empty_bytes'] / 2**20:.2f} MiB reserved but empty")
