@@ -96,12 +96,14 @@ def _attention_names(rng) -> dict:
     """The names the multi-head and paged attention cases use."""
     from tinytransformer import cuda
     from tinytransformer.attention import multi_head_attention
-    from tinytransformer.paged_cache import paged_decode_attention, paged_decode_attention_batched
+    from tinytransformer.paged_cache import (paged_decode_attention, paged_decode_attention_batched,
+                                             paged_decode_attention_fast)
 
     projections = {"wq": np.ones((8, 8)), "wk": np.ones((4, 8)), "wv": np.ones((4, 8)), "wo": np.ones((8, 8))}
     return dict(x8=rng.standard_normal((1, 3, 8)), projections=projections, cuda=cuda,
                 multi_head_attention=multi_head_attention, paged_decode_attention=paged_decode_attention,
-                paged_decode_attention_batched=paged_decode_attention_batched, q1=rng.standard_normal((1, 2, 1, 4)),
+                paged_decode_attention_batched=paged_decode_attention_batched,
+                paged_decode_attention_fast=paged_decode_attention_fast, q1=rng.standard_normal((1, 2, 1, 4)),
                 pool=rng.standard_normal((4, 1, 2, 4)), tables=np.array([[0, 1]]), lens=np.array([3]))
 
 
@@ -353,6 +355,10 @@ CASES = {  # module -> [(call text, a regex the ValueError must match | a result
         ("paged_decode_attention(q1, pool, pool, tables, lens, scale=nan)", "scale: expected a finite"),
         ("paged_decode_attention(q1, pool, pool, tables, lens, scale=True)", "scale: expected a finite"),
         ("paged_decode_attention_batched(q1, pool, pool, tables, lens, scale=inf)", "scale: expected a finite"),
+        ("paged_decode_attention_fast(q1, pool, pool, tables, lens, scale=inf)", "scale: expected a finite"),
+        ("paged_decode_attention_fast(q1 * 1j, pool, pool, tables, lens)", "q: expected a floating-point array"),
+        ("paged_decode_attention_fast(q1, pool.astype(int), pool, tables, lens)", "k_pool: expected a floating-point"),
+        ("paged_decode_attention_fast(q1[:0], pool, pool, tables[:0], lens[:0])", is_array(shape=(0, 2, 1, 4))),
         ("paged_decode_attention(q1, pool[:, :0], pool[:, :0], tables, lens)", "expected a number of KV heads"),
         ("paged_decode_attention(q1 * 1j, pool, pool, tables, lens)", "q: expected a floating-point array"),
         ("paged_decode_attention(q1[:0], pool, pool, tables[:0], lens[:0])", is_array(shape=(0, 2, 1, 4))),

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tinytransformer._validate import attention_scale, positive_int, query_key_heads, rank4
+from tinytransformer._validate import attention_scale, float_array, positive_int, query_key_heads, rank4
 from tinytransformer.attention import scaled_dot_product_attention
 
 __all__ = ["BlockManager", "PagedKVCache", "PagedBatch", "CacheFullError", "paged_decode_attention",
@@ -460,7 +460,7 @@ def paged_decode_attention_fast(q, k_pool, v_pool, block_tables, context_lens, *
     single new token sees every cached key). Should a score not be finite, the
     batch is handed to the reference, which raises its error.
     """
-    q, k_pool, v_pool = np.asarray(q), np.asarray(k_pool), np.asarray(v_pool)
+    q, k_pool, v_pool = float_array(q, "q"), float_array(k_pool, "k_pool"), float_array(v_pool, "v_pool")
     B, Hq, T, D, Hkv, block_size = check_paged_decode_inputs(q, k_pool, v_pool, block_tables,
                                                              context_lens, alibi_slopes)
     G = Hq // Hkv
