@@ -211,7 +211,7 @@ def _as_torch(torch, x, kind):
 
 
 def validate_kernels() -> list[tuple[str, str]]:
-    """Check every flash version and both decode versions against NumPy on small ragged cases.
+    """Check every flash version and every decode version (cuda.DECODE_VERSIONS) against NumPy on small ragged cases.
 
     Returns the failures as (implementation, message) pairs; the implementation is named as
     in the timings ("flash_v3 float16", "decode_v2 float16"), so a failed one can be left out.
