@@ -141,9 +141,9 @@ def linear_in_weight_blocks(x, weight, bias=None, *, block_bytes: int | None = N
     a weight of megabytes: the packed copy of the whole weight spills out of the
     cache, and with so few rows to share its cost it is much of the time. Block
     by block (block_bytes each, output columns y[:, s:e] = x W[s:e]^T) it stays in
-    the cache: on one core, 8 rows through SmolLM2's weights take about 12% less
-    time, and its 49152-row output head about 20% less (`bench model` measures the
-    decode step). One row is a matrix-vector product, which packs nothing, and
+    the cache: in a micro-benchmark on one core, 8 rows through SmolLM2's projections
+    took up to 12% less time (noisy; one run showed no gain) and its 49152-row output
+    head about 20% less (`bench model` measures the whole decode step). One row is a matrix-vector product, which packs nothing, and
     many rows share the packing well: both are left to linear.
     block_bytes, max_rows: default to WEIGHT_BLOCK_BYTES and FEW_ROWS.
     """

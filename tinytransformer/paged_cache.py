@@ -397,17 +397,23 @@ def paged_decode_attention(q, k_pool, v_pool, block_tables, context_lens, *, cau
     scale = attention_scale(scale, D)
     block_tables, context_lens = np.asarray(block_tables), np.asarray(context_lens)
     out = np.zeros((B, Hq, T, D), dtype=np.result_type(q, k_pool, v_pool))
-    heads = np.arange(Hkv)[:, None]  # [Hkv, 1]
     for b in range(B):
         L = int(context_lens[b])
-        n_used = -(-L // block_size)
-        blocks = block_tables[b, :n_used].astype(np.int64)  # [n_used] physical blocks, in order
-        # pool[blocks[i], h] for every head h and block i: [Hkv, n_used, bs, D], whose last three axes
-        # are already the [Hkv, S, D] layout (one copy; pool[blocks] then a transpose would make two)
-        k = k_pool[blocks[None, :], heads].reshape(Hkv, n_used * block_size, D)[None, :, :L]  # [1, Hkv, L, D]
-        v = v_pool[blocks[None, :], heads].reshape(Hkv, n_used * block_size, D)[None, :, :L]
+        k = _gather_sequence(k_pool, block_tables[b], L)[None]  # [1, Hkv, L, D]
+        v = _gather_sequence(v_pool, block_tables[b], L)[None]
         out[b] = attention(q[b:b + 1], k, v, causal=causal, scale=scale, alibi_slopes=alibi_slopes)[0]
     return out
+
+
+def _gather_sequence(pool, table, length: int) -> np.ndarray:
+    """One sequence's keys (or values) [Hkv, length, D] from pool [n_blocks, Hkv, bs, D], block table [max_blocks]."""
+    n_blocks, Hkv, block_size, D = pool.shape
+    n_used = -(-length // block_size)
+    blocks = np.asarray(table[:n_used], dtype=np.int64)  # [n_used] physical blocks, in order
+    # pool[blocks[i], h] for every head h and block i: [Hkv, n_used, bs, D], whose last three axes
+    # are already the [Hkv, S, D] layout (one copy; pool[blocks] then a transpose would make two)
+    heads = np.arange(Hkv)[:, None]  # [Hkv, 1]
+    return pool[blocks[None, :], heads].reshape(Hkv, n_used * block_size, D)[:, :length]
 
 
 def paged_decode_attention_batched(q, k_pool, v_pool, block_tables, context_lens, *, causal=True, scale=None,
@@ -471,13 +477,10 @@ def paged_decode_attention_fast(q, k_pool, v_pool, block_tables, context_lens, *
     qs = q.reshape(B, Hkv, G * T, D).astype(dtype) * dtype.type(scale)  # row g T + t: head h G + g, query t
     slopes = None if alibi_slopes is None else np.asarray(alibi_slopes, dtype=dtype).reshape(Hkv, G, 1, 1)
     out = np.empty((B, Hkv, G * T, D), dtype=dtype)
-    heads = np.arange(Hkv)[:, None]  # [Hkv, 1]
     for b in range(B):
         L = int(context_lens[b])
-        n_used = -(-L // block_size)
-        blocks = block_tables[b, :n_used].astype(np.int64)
-        k = k_pool[blocks[None, :], heads].reshape(Hkv, n_used * block_size, D)[:, :L]  # [Hkv, L, D]
-        v = v_pool[blocks[None, :], heads].reshape(Hkv, n_used * block_size, D)[:, :L]
+        k = _gather_sequence(k_pool, block_tables[b], L)  # [Hkv, L, D]
+        v = _gather_sequence(v_pool, block_tables[b], L)
         s = qs[b] @ k.astype(dtype, copy=False).transpose(0, 2, 1)  # [Hkv, G T, D] @ [Hkv, D, L] -> [Hkv, G T, L]
         if not np.isfinite(s).all():
             return paged_decode_attention(q, k_pool, v_pool, block_tables, context_lens, causal=causal,
