@@ -124,7 +124,7 @@ save(fig, CHAPTER, "load")
 
 # %% [markdown]
 # ## 4. A cost model of one step, driving the same scheduler
-# Fit t(step) = c_step + c_forward forwards + c_seq requests + c_token tokens + c_attend sum(n_i S_i) to
+# Fit t(step) = c_step + c_group groups + c_seq requests + c_token tokens + c_attend sum(n_i S_i) to
 # steps measured on the model, then let `SimulatedEngine` replace the model by it. The scheduler is
 # the same code, so the simulation reproduces the measured runs of section 1, and can run what this
 # machine cannot (see `python -m tinytransformer.bench serve`).

@@ -8,8 +8,8 @@ from hypothesis import strategies as st
 
 from conftest import require
 from strategies import dtypes, seeds
-from tinytransformer.layers import (embedding, ffn, gelu, layer_norm, linear, linear_in_row_blocks,
-                                    linear_in_weight_blocks, post_ln_block,
+from tinytransformer.layers import (column_major, embedding, ffn, gelu, layer_norm, linear, linear_in_row_blocks,
+                                    post_ln_block,
                                     pre_ln_block, rms_norm, silu, swiglu)
 from tinytransformer.testing import assert_close
 
@@ -175,40 +175,31 @@ def test_linear_in_row_blocks_equals_linear(rows, batch, multiple, seed, dtype, 
     assert_close(got, linear(x, w, b), dtype=dtype)
 
 
-@given(st.integers(1, 9), st.integers(1, 3), st.integers(1, 11), st.integers(1, 200), seeds(), dtypes(),
-       st.booleans())
-def test_linear_in_weight_blocks_equals_linear(rows, batch, out, block_bytes, seed, dtype, with_bias):
-    """Any block size (one weight row per block, blocks that do not divide the rows, one block) gives linear."""
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((batch, rows, 7)).astype(dtype)
-    w = rng.standard_normal((out, 7)).astype(dtype)
-    b = rng.standard_normal(out).astype(dtype) if with_bias else None
-    got = linear_in_weight_blocks(x, w, b, block_bytes=block_bytes, max_rows=16)
-    assert got.shape == (batch, rows, out) and got.dtype == linear(x, w, b).dtype
-    assert_close(got, linear(x, w, b), dtype=dtype)
+def test_linear_in_row_blocks_pads_two_or_more_rows_to_a_whole_number_of_blocks():
+    seen = []
+
+    class Weight(np.ndarray):  # an array that records the rows of x it is multiplied with
+        def __rmatmul__(self, x):
+            seen.append(x.shape[0])
+            return np.asarray(x) @ np.asarray(self)
+
+    w = np.ones((3, 5), dtype=np.float32)
+    for rows in (1, 2, 3, 4, 5, 9):
+        linear_in_row_blocks(np.ones((rows, 5), np.float32), w.view(Weight), multiple=4)
+    assert seen == [1, 4, 4, 4, 8, 12]
 
 
-def test_linear_in_weight_blocks_splits_only_few_rows_and_names_bad_arguments():
-    calls = []
-
-    class Weight(np.ndarray):  # an array that records the row blocks it is cut into
-        def __getitem__(self, index):
-            calls.append(index)
-            return super().__getitem__(index)
-
-    w = np.ones((10, 4), dtype=np.float32).view(Weight)
-    linear_in_weight_blocks(np.ones((3, 4), np.float32), w, block_bytes=48)  # 48 bytes: 3 rows of 4 float32
-    assert calls == [slice(0, 3), slice(3, 6), slice(6, 9), slice(9, 12)]
-    calls.clear()
-    linear_in_weight_blocks(np.ones((1, 4), np.float32), w, block_bytes=48)  # one row: a matrix-vector product
-    linear_in_weight_blocks(np.ones((33, 4), np.float32), w, block_bytes=48)  # more than FEW_ROWS = 32
-    assert calls == []
-    with pytest.raises(ValueError, match="block_bytes: expected"):
-        linear_in_weight_blocks(np.ones((3, 4)), np.ones((2, 4)), block_bytes=0)
-    with pytest.raises(ValueError, match="max_rows: expected"):
-        linear_in_weight_blocks(np.ones((3, 4)), np.ones((2, 4)), max_rows=-1)
-    with pytest.raises(ValueError, match="weight: expected"):
-        linear_in_weight_blocks(np.ones((3, 4)), np.ones((2, 5)))
+@given(st.integers(1, 6), st.integers(1, 6), seeds(), dtypes())
+def test_a_column_major_weight_is_the_same_matrix(out, inp, seed, dtype):
+    w = np.random.default_rng(seed).standard_normal((out, inp)).astype(dtype)
+    x = np.random.default_rng(seed + 1).standard_normal((3, inp)).astype(dtype)
+    c = column_major(w)
+    assert c.flags.f_contiguous and c.shape == w.shape and c.dtype == w.dtype
+    np.testing.assert_array_equal(c, w)
+    assert_close(linear(x, c), linear(x, w), dtype=dtype)
+    assert column_major(c) is c  # already column-major: no copy
+    vector = np.ones(3)
+    assert column_major(vector) is vector  # not a matrix: as it is
 
 
 def test_ffn_and_swiglu_use_the_product_they_are_given():

@@ -153,26 +153,64 @@ def test_uncached_equals_contiguous_cache_equals_paged_cache_at_every_step(confi
 
 
 @given(model_configs(), st.lists(st.integers(1, 9), min_size=2, max_size=4), st.integers(1, 4),
-       st.integers(1, 5), st.integers(4, 300))
-def test_the_fast_decode_path_gives_the_reference_logits(config, lengths, steps, block_size, weight_block_bytes):
-    """attention="sdpa-fast", with the weights taken a few rows at a time in the batched steps
-    (layers.linear_in_weight_blocks, its block shrunk so that the small models are cut too),
-    gives the logits of the reference attention with the plain products."""
+       st.integers(1, 5))
+def test_the_fast_decode_path_gives_the_reference_logits(config, lengths, steps, block_size):
+    """attention="sdpa-fast" with the rows of the projections padded (ROW_BLOCK) gives the logits of
+    the reference attention with the plain products, at every step of a ragged paged batch."""
     from unittest import mock
 
-    import tinytransformer.layers as layers_module
     import tinytransformer.model as model_module
 
     rng = np.random.default_rng(block_size)
     prompts = [rng.integers(0, config.vocab_size, size=n).tolist() for n in lengths]
-    with mock.patch.object(model_module, "ROW_BLOCK", 1), mock.patch.object(model_module, "linear_in_weight_blocks",
-                                                                            layers_module.linear):
+    with mock.patch.object(model_module, "ROW_BLOCK", 1):
         reference = _step_logits(TinyTransformer(config, seed=1), prompts, steps, "paged", block_size)
-    with mock.patch.object(layers_module, "WEIGHT_BLOCK_BYTES", weight_block_bytes):
-        fast = _step_logits(TinyTransformer(config, seed=1, attention="sdpa-fast"), prompts, steps, "paged",
-                            block_size)
+    fast = _step_logits(TinyTransformer(config, seed=1, attention="sdpa-fast"), prompts, steps, "paged", block_size)
     for b in range(len(prompts)):
         assert_close(fast[b], reference[b], rtol=1e-4, atol=1e-5)
+
+
+def test_the_model_keeps_its_matrices_column_major_and_the_callers_dict_as_it_was():
+    config = TransformerConfig(vocab_size=11, d_model=8, n_layers=1, n_heads=2)
+    params = init_params(config, seed=3)
+    model = TinyTransformer(config, params)
+    for name, w in model.params.items():
+        np.testing.assert_array_equal(w, params[name])
+        assert w.flags.f_contiguous, name
+    assert all(p.flags.c_contiguous for p in params.values())  # the caller's arrays are not changed
+    draft = TinyTransformer(config, model.params)
+    assert all(draft.params[n] is w for n, w in model.params.items())  # already column-major: shared, not copied
+
+
+@given(model_configs(), st.lists(st.tuples(st.integers(0, 6), st.integers(1, 5), st.integers(1, 3)), min_size=1,
+                                  max_size=4), st.integers(1, 5),
+       st.sampled_from(["sdpa", "sdpa-batched", "sdpa-fast", "flash"]))
+def test_a_packed_step_gives_each_sequence_what_its_own_forward_gives(config, sequences, block_size, attention):
+    """Sequences holding 0..6 cached tokens bring different numbers of new tokens (a prefill
+    beside decodes), packed into one row of one forward, for two steps; each sequence's rows
+    equal the uncached forward of that sequence alone."""
+    model = TinyTransformer(config, seed=len(sequences), attention=attention)
+    rng = np.random.default_rng(block_size)
+    texts = [rng.integers(0, config.vocab_size, size=held + n1 + n2).tolist() for held, n1, n2 in sequences]
+    cache = model.new_paged_cache(n_blocks=sum(-(-len(t) // block_size) for t in texts), block_size=block_size)
+    seqs = [cache.add_sequence() for _ in texts]
+    for s, t, (held, _, _) in zip(seqs, texts, sequences):
+        if held:
+            model.hidden_states(np.array([t[:held]]), cache.view([s]))
+    done = [held for held, _, _ in sequences]
+    for step in (1, 2):
+        counts = [n1 if step == 1 else n2 for _, n1, n2 in sequences]
+        view = cache.packed_view(seqs, counts)
+        ids = [tok for t, d, n in zip(texts, done, counts) for tok in t[d:d + n]]
+        hidden = model.hidden_states(np.array([ids]), view)  # [1, N, C]
+        assert hidden.shape == (1, sum(counts), config.d_model)
+        assert view.row_ends.tolist() == (np.cumsum(counts) - 1).tolist()
+        for b, (t, d, n) in enumerate(zip(texts, done, counts)):
+            alone = model.hidden_states(np.array([t[:d + n]]))[0, d:]  # [n, C]
+            rows = hidden[0, view.row_ends[b] + 1 - n:view.row_ends[b] + 1]
+            assert_close(rows, alone, rtol=1e-4, atol=1e-5)
+            assert cache.length(seqs[b]) == d + n
+        done = [d + n for d, n in zip(done, counts)]
 
 
 @given(model_configs(), st.lists(st.integers(1, 8), min_size=1, max_size=4), st.integers(0, 6), seeds(),

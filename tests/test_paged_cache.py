@@ -114,6 +114,56 @@ def test_a_batch_step_stores_each_sequences_keys_where_write_would(case, T):
     assert (cache.k_pool == reference.k_pool).all() and (cache.v_pool == reference.v_pool).all()
 
 
+@given(paged_cases(), st.data())
+def test_a_packed_step_stores_each_sequences_keys_where_write_would(case, data):
+    rng = np.random.default_rng(case.seed)
+    Hkv, D, bs = case.n_kv_heads, case.head_dim, case.block_size
+    counts = data.draw(st.lists(st.integers(1, 4), min_size=len(case.lengths), max_size=len(case.lengths)))
+    n_blocks = sum(-(-(L + n) // bs) for L, n in zip(case.lengths, counts))
+    cache = PagedKVCache(1, Hkv, D, n_blocks=n_blocks, block_size=bs)
+    seq_ids = [cache.add_sequence() for _ in case.lengths]
+    for s, L in zip(seq_ids, case.lengths):
+        cache.append(s, rng.standard_normal((Hkv, L, D)), rng.standard_normal((Hkv, L, D)))
+    reference = copy.deepcopy(cache)
+    N = sum(counts)
+    k_new, v_new = (rng.standard_normal((1, Hkv, N, D)) for _ in range(2))
+    batch = cache.packed_view(seq_ids, counts)
+    positions = batch.reserve(N)
+    batch.attend(0, np.zeros((1, Hkv, N, D)), k_new, v_new, CausalAttention())
+    start = 0
+    for s, L, n in zip(seq_ids, case.lengths, counts):
+        reference.write(0, s, reference.extend(s, n), k_new[0, :, start:start + n], v_new[0, :, start:start + n])
+        assert positions[0, start:start + n].tolist() == list(range(L, L + n))
+        start += n
+    assert (cache.k_pool == reference.k_pool).all() and (cache.v_pool == reference.v_pool).all()
+
+
+def test_a_packed_view_rejects_bad_arguments_and_reserves_all_or_nothing():
+    cache = PagedKVCache(1, 1, 2, n_blocks=3, block_size=2)
+    a, b = cache.add_sequence(), cache.add_sequence()
+    with pytest.raises(ValueError, match="n_new: expected one count per sequence"):
+        cache.packed_view([a, b], [1])
+    with pytest.raises(ValueError, match=r"n_new\[1\]"):
+        cache.packed_view([a, b], [1, 0])
+    with pytest.raises(ValueError, match="seq_ids: expected distinct"):
+        cache.packed_view([a, a], [1, 1])
+    with pytest.raises(ValueError, match="seq_ids: expected at least one"):
+        cache.packed_view([], [])
+    view = cache.packed_view([a, b], [3, 1])
+    with pytest.raises(ValueError, match="ids: expected the 4 tokens packed"):
+        view.reserve(3)
+    with pytest.raises(ValueError, match="call reserve first"):
+        view.attend(0, np.zeros((1, 1, 4, 2)), np.zeros((1, 1, 4, 2)), np.zeros((1, 1, 4, 2)), CausalAttention())
+    with pytest.raises(ValueError, match="of sequence 0 exceed max_seq_len=2"):
+        view.reserve(4, limit=2)
+    with pytest.raises(CacheFullError, match="needs 4 more blocks"):
+        cache.packed_view([a, b], [5, 1]).reserve(6)
+    assert cache.length(a) == cache.length(b) == 0 and cache.n_free_blocks == 3  # nothing was taken
+    view.reserve(4)
+    with pytest.raises(ValueError, match=r"k_new: expected shape \[1, Hkv, N, D\]"):
+        view.attend(0, np.zeros((1, 1, 4, 2)), np.zeros((1, 1, 3, 2)), np.zeros((1, 1, 4, 2)), CausalAttention())
+
+
 def _decode_reference(case, ks, vs, q, causal, slopes):
     """Attention over each sequence's contiguous K/V (the oracle), the last T queries end-aligned."""
     outs = []

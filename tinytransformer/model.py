@@ -12,7 +12,8 @@ random models of chapter 5 and the pretrained SmolLM2-135M run through this same
 code: loading a checkpoint (`llama.load_model`) is reading a config and tensors.
 
 Parameters are one flat dict keyed by the checkpoint's (GGUF's) tensor names,
-weights in the checkpoint's layout [out, in], applied as x @ W.T (`layers.linear`):
+weights in the checkpoint's shape [out, in], applied as x @ W.T (`layers.linear`); the model
+keeps its copy of each matrix column-major (`layers.column_major`), which only makes x @ W.T faster:
 
     token_embd.weight [V, C]            position_embd.weight [max_seq_len, C] (learned only)
     blk.{i}.attn_norm.weight (.bias)    blk.{i}.attn_q.weight [Hq*D, C]
@@ -55,7 +56,7 @@ from tinytransformer.attention import (causal_attention_in_query_blocks, merge_h
                                        split_heads)
 from tinytransformer.flash import flash_attention
 from tinytransformer.kv_cache import KVCache
-from tinytransformer.layers import (embedding, ffn, gelu, layer_norm, linear_in_row_blocks, linear_in_weight_blocks,
+from tinytransformer.layers import (column_major, embedding, ffn, gelu, layer_norm, linear_in_row_blocks,
                                     post_ln_block, pre_ln_block, rms_norm, swiglu)
 from tinytransformer.paged_cache import (PagedKVCache, paged_decode_attention, paged_decode_attention_batched,
                                          paged_decode_attention_fast)
@@ -70,7 +71,7 @@ _CHOICES = {
     "block": ("pre", "post"),
 }
 QUERY_BLOCK = 128  # query rows per attention call during prefill (see causal_attention_in_query_blocks)
-ROW_BLOCK = 4  # a projection of 3, 7, 11, ... rows gets one zero row to complete a block (layers.linear_in_row_blocks)
+ROW_BLOCK = 4  # a projection of 2 or more rows is padded with zero rows to a multiple (layers.linear_in_row_blocks)
 
 
 @dataclass(frozen=True)
@@ -259,7 +260,8 @@ class TinyTransformer:
     def __init__(self, config: TransformerConfig, params: dict | None = None, *, seed: int = 0,
                  attention="sdpa", tokenizer=None):
         self.config = config
-        self.params = init_params(config, seed) if params is None else dict(params)
+        params = init_params(config, seed) if params is None else params
+        self.params = {name: column_major(w) for name, w in dict(params).items()}  # see `column_major`: only faster
         self._check_params()
         self.attention = attention
         self._tokenizer = tokenizer
@@ -619,10 +621,9 @@ def _keeping_input(saved: dict, name: str, sublayer):
 
 
 def _linear(x, weight, bias=None):
-    """The model's projections: x W^T (+ b), rows padded to a multiple of ROW_BLOCK for the BLAS, and
-    a few rows (a batched decode step) taken through the weight a block at a time
-    (layers.linear_in_weight_blocks); same values as layers.linear, only faster."""
-    return linear_in_row_blocks(x, weight, bias, multiple=ROW_BLOCK, linear=linear_in_weight_blocks)
+    """The model's projections: x W^T (+ b), rows padded to a multiple of ROW_BLOCK for the BLAS
+    (layers.linear_in_row_blocks); same values as layers.linear, only faster."""
+    return linear_in_row_blocks(x, weight, bias, multiple=ROW_BLOCK)
 
 
 def _gelu_tanh(x):

@@ -21,7 +21,9 @@ one is full, so it wastes less than one, and gives its blocks back when it ends.
     ([[0, 1], [2, -1]], [3, 1], 1)
 
 `BlockManager` is the bookkeeping, `PagedKVCache` the storage, `PagedBatch` the
-model's view, with queries [B, H, T, D] (docs/09_cuda_kernels.md tells how they fit).
+model's view, with queries [B, H, T, D] (docs/09_cuda_kernels.md tells how they fit),
+and `PackedBatch` a view for a step whose sequences bring different numbers of
+new tokens (a prefill beside decodes), packed into one row of one forward.
 
 Does not handle: sharing blocks between sequences (prefix caching, beam search
 with copy-on-write), swapping blocks to host memory, eviction, quantised blocks.
@@ -33,7 +35,7 @@ import numpy as np
 from tinytransformer._validate import attention_scale, float_array, positive_int, query_key_heads, rank4
 from tinytransformer.attention import scaled_dot_product_attention
 
-__all__ = ["BlockManager", "PagedKVCache", "PagedBatch", "CacheFullError", "paged_decode_attention",
+__all__ = ["BlockManager", "PagedKVCache", "PagedBatch", "PackedBatch", "CacheFullError", "paged_decode_attention",
            "paged_decode_attention_batched", "paged_decode_attention_fast", "check_paged_decode_inputs"]
 
 
@@ -258,6 +260,10 @@ class PagedKVCache:
         """The sequences seq_ids as one batch, with the model's cache protocol (reserve, attend)."""
         return PagedBatch(self, seq_ids)
 
+    def packed_view(self, seq_ids, n_new) -> "PackedBatch":
+        """The sequences seq_ids, bringing n_new[i] new tokens each, packed into one row (see PackedBatch)."""
+        return PackedBatch(self, seq_ids, n_new)
+
     def _layer(self, layer) -> int:
         if isinstance(layer, (bool, np.bool_)) or not isinstance(layer, (int, np.integer)) \
                 or not 0 <= layer < self.n_layers:
@@ -330,13 +336,100 @@ class PagedBatch:
             if np.shape(x) != (B, Hkv, T, D):
                 raise ValueError(f"{name}: expected shape [B, Hkv, T, D] = {[B, Hkv, T, D]}, got {np.shape(x)}")
         layer = self.cache._layer(layer)
-        # every sequence's new positions in one assignment (PagedKVCache.write does one sequence):
-        # pool[layer][block, :, slot, :] is [Hkv, D]; the fancy index puts the B * T positions first
-        k_rows = np.swapaxes(k_new, 1, 2).reshape(B * T, Hkv, D)  # [B, Hkv, T, D] -> [B * T, Hkv, D]
-        v_rows = np.swapaxes(v_new, 1, 2).reshape(B * T, Hkv, D)
-        self.cache.k_pool[layer, self._blocks, :, self._slots, :] = k_rows
-        self.cache.v_pool[layer, self._blocks, :, self._slots, :] = v_rows
+        _write_rows(self.cache, layer, self._blocks, self._slots, k_new, v_new)
         return attention.paged(q, self.cache.k_pool[layer], self.cache.v_pool[layer], self._tables, self._lengths)
+
+
+def _write_rows(cache, layer: int, blocks, slots, k_new, v_new) -> None:
+    """Store k_new, v_new [B, Hkv, T, D] of one layer at (blocks, slots) [B * T], row-major over (b, t)."""
+    B, Hkv, T, D = np.shape(k_new)
+    # every position in one assignment (PagedKVCache.write does one sequence):
+    # pool[layer][block, :, slot, :] is [Hkv, D]; the fancy index puts the B * T positions first
+    cache.k_pool[layer, blocks, :, slots, :] = np.swapaxes(k_new, 1, 2).reshape(B * T, Hkv, D)
+    cache.v_pool[layer, blocks, :, slots, :] = np.swapaxes(v_new, 1, 2).reshape(B * T, Hkv, D)
+
+
+class PackedBatch:
+    """Sequences that bring different numbers of new tokens, packed into one row of the model's batch.
+
+    A server's step mixes a prefill of n tokens for a new request with one token for each
+    decoding request. The model's batch is rectangular [B, T], so these would be several
+    forwards, each reading every weight. Packed, they are one: vLLM's flattening.
+
+        view = cache.packed_view([a, b, c], n_new=[5, 1, 1])   # 7 new tokens in all
+        model.hidden_states(ids [1, 7], view)                  # a's 5 tokens, then b's, then c's
+
+    To the model this is a batch of one sequence of N = sum(n_new) tokens: every
+    projection, norm and FFN is per row and does not care whose row it is. Only
+    the positions and attention do: reserve gives each token its own sequence's
+    position, and attend stores each sequence's keys and values in its own blocks,
+    then runs attention.paged once for each group of sequences that bring the same
+    number of tokens (every decoding request in one call), each query end-aligned
+    to its sequence as in PagedBatch.
+
+    row_ends: the row of each sequence's last new token (where its next token is read).
+    """
+
+    batch = 1  # the model sees one packed row
+
+    def __init__(self, cache: PagedKVCache, seq_ids, n_new):
+        self.cache = cache
+        self.seq_ids = [cache.blocks._known(s) for s in seq_ids]
+        if not self.seq_ids:
+            raise ValueError("seq_ids: expected at least one sequence id, got none")
+        if len(set(self.seq_ids)) != len(self.seq_ids):
+            raise ValueError(f"seq_ids: expected distinct sequence ids, got {self.seq_ids}")
+        if np.ndim(n_new) != 1 or len(n_new) != len(self.seq_ids):
+            raise ValueError(f"n_new: expected one count per sequence ({len(self.seq_ids)}), got {n_new!r}")
+        self.n_new = [positive_int(n, f"n_new[{i}]") for i, n in enumerate(n_new)]
+        self.row_ends = np.cumsum(self.n_new) - 1  # [B]
+        self._positions = None
+
+    def reserve(self, n_new: int, limit: int | None = None) -> np.ndarray:
+        """Grow sequence i by n_new[i] positions (all or none); n_new here is their sum N.
+        Returns the positions of the packed row [1, N]; limit as in PagedBatch.reserve."""
+        N = sum(self.n_new)
+        if n_new != N:
+            raise ValueError(f"ids: expected the {N} tokens packed in this view ({self.n_new}), got {n_new}")
+        blocks = self.cache.blocks
+        if limit is not None:
+            for s, n in zip(self.seq_ids, self.n_new):
+                if blocks.length(s) + n > limit:
+                    raise ValueError(f"ids: positions up to {blocks.length(s) + n - 1} of sequence {s} exceed "
+                                     f"max_seq_len={limit}")
+        need = sum(blocks.blocks_needed(s, n) for s, n in zip(self.seq_ids, self.n_new))
+        if need > blocks.n_free_blocks:
+            raise CacheFullError(f"paged cache is full: this step needs {need} more blocks for {len(self.seq_ids)} "
+                                 f"sequences but only {blocks.n_free_blocks} of {blocks.n_blocks} are free")
+        self._positions = np.concatenate([blocks.extend(s, n) for s, n in zip(self.seq_ids, self.n_new)])  # [N]
+        self._tables, self._lengths = blocks.batch(self.seq_ids)
+        rows = np.repeat(np.arange(len(self.seq_ids)), self.n_new)  # [N]: the sequence of each new token
+        self._blocks = self._tables[rows, self._positions // blocks.block_size].astype(np.int64)
+        self._slots = self._positions % blocks.block_size
+        return self._positions[None]  # [1, N]
+
+    def attend(self, layer: int, q, k_new, v_new, attention):
+        """Store k_new, v_new [1, Hkv, N, D]; attend q [1, Hq, N, D], each sequence over its own blocks."""
+        if self._positions is None:
+            raise ValueError("k_new: no positions reserved for this step; call reserve first")
+        N, Hkv, D = len(self._positions), self.cache.n_kv_heads, self.cache.head_dim
+        for name, x in (("k_new", k_new), ("v_new", v_new)):
+            if np.shape(x) != (1, Hkv, N, D):
+                raise ValueError(f"{name}: expected shape [1, Hkv, N, D] = {[1, Hkv, N, D]}, got {np.shape(x)}")
+        layer = self.cache._layer(layer)
+        _write_rows(self.cache, layer, self._blocks, self._slots, k_new, v_new)
+        k_pool, v_pool = self.cache.k_pool[layer], self.cache.v_pool[layer]
+        counts = np.array(self.n_new)
+        starts = self.row_ends + 1 - counts  # [B]: each sequence's first row
+        out = np.empty(np.shape(q), dtype=np.result_type(q, k_pool, v_pool))  # [1, Hq, N, D]
+        for T in np.unique(counts):  # the sequences that bring T tokens, as one [b, Hq, T, D] batch
+            group = np.flatnonzero(counts == T)
+            rows = (starts[group, None] + np.arange(T)).reshape(-1)  # [b * T], sequence-major
+            Hq = np.shape(q)[1]
+            qg = np.swapaxes(q[0][:, rows].reshape(Hq, len(group), T, D), 0, 1)  # [b, Hq, T, D]
+            og = attention.paged(qg, k_pool, v_pool, self._tables[group], self._lengths[group])
+            out[0][:, rows] = np.swapaxes(og, 0, 1).reshape(Hq, len(group) * T, D)
+        return out
 
 
 def check_paged_decode_inputs(q, k_pool, v_pool, block_tables, context_lens, alibi_slopes=None):

@@ -16,8 +16,9 @@ Measured in this one run:
 2. speculative: greedy decoding of chat prompts whose answers copy from the prompt (repeat a
    code block, rename a variable in it) and of one that does not (a poem): ours with and
    without the prompt-lookup draft, and transformers' generate with and without
-   prompt_lookup_num_tokens, same k and n-gram size, same prompts, same threads. Reported:
-   time, speed-up, acceptance rate, tokens per target forward. The run checks that
+   prompt_lookup_num_tokens, at each draft length k of -k (the same k and n-gram size for
+   both), same prompts, same threads. Reported per k: time, speed-up, acceptance rate,
+   tokens per target forward; and each one's best k. The run checks that
    speculation did not change the ids.
 2b. model draft: the same kind of run with the target's own first n layers (and its final norm and
    head) as the draft, for the acceptance rate such a free draft gets.
@@ -36,6 +37,7 @@ Does not handle: timing on a GPU, HTTP overhead (the engine is timed directly).
 from __future__ import annotations
 
 import argparse
+import functools
 import inspect
 import os
 import platform
@@ -202,55 +204,69 @@ def run_speculative(model, args) -> dict:
             print(f"  competitor: {label}", flush=True)
         except ImportError as e:
             print(f"  transformers skipped: {e}", flush=True)
-    n, k = args.new_tokens, args.k
-    rows = {}
+    n, rows = args.new_tokens, {}
     for name, ids in prompts.items():
-        draft = PromptLookupDraft(model.config.vocab_size, max_ngram=args.ngram)
-        stats = SpeculationStats()
+        stats = {k: SpeculationStats() for k in args.k}
 
-        def ours_lookup():
-            stats.__init__()  # counts of the last run only
-            return speculative_generate(model, draft, ids, n, k=k, stats=stats)
+        def ours_lookup(k):
+            stats[k].__init__()  # counts of the last run only
+            draft = PromptLookupDraft(model.config.vocab_size, max_ngram=args.ngram)
+            return speculative_generate(model, draft, ids, n, k=k, stats=stats[k])
 
-        tasks = {"ours": lambda: model.generate(ids, n), "ours + lookup": ours_lookup}
+        tasks = {"ours": lambda: model.generate(ids, n)}
+        tasks.update({f"ours + lookup k={k}": functools.partial(ours_lookup, k) for k in args.k})
         if hf is not None:
             import torch
 
             tensor = torch.tensor([ids])
 
-            def hf_generate(lookup):
-                extra = {"prompt_lookup_num_tokens": k, "max_matching_ngram_size": args.ngram} if lookup else {}
+            def hf_generate(k=None):
+                extra = {"prompt_lookup_num_tokens": k, "max_matching_ngram_size": args.ngram} if k else {}
                 with torch.inference_mode():
                     out = hf.generate(tensor, attention_mask=torch.ones_like(tensor), max_new_tokens=n,
                                       do_sample=False, **extra)
                 return out[0, len(ids):].tolist()
 
-            tasks["transformers"] = lambda: hf_generate(False)
-            tasks["transformers + lookup"] = lambda: hf_generate(True)
+            tasks["transformers"] = hf_generate
+            tasks.update({f"transformers + lookup k={k}": functools.partial(hf_generate, k) for k in args.k})
         best, best_cpu, outs = {}, {}, {}
         for _ in range(args.repeats):
             for task, fn in tasks.items():  # alternate, so that load changes hit all alike
                 outs[task], wall, cpu = timed(fn)
                 best[task] = min(best.get(task, float("inf")), wall)
                 best_cpu[task] = min(best_cpu.get(task, float("inf")), cpu)
-        if outs["ours + lookup"] != outs["ours"]:
-            raise AssertionError(f"{name}: speculative decoding changed our greedy ids")
-        row = {"tokens": len(outs["ours"]), "seconds": best, "cpu_seconds": best_cpu,
-               "acceptance_rate": stats.acceptance_rate, "tokens_per_forward": stats.tokens_per_round,
-               "speedup_ours": best["ours"] / best["ours + lookup"],
-               "speedup_ours_cpu": best_cpu["ours"] / best_cpu["ours + lookup"]}
+        row = {"tokens": len(outs["ours"]), "seconds": best, "cpu_seconds": best_cpu, "by_k": {}}
         if hf is not None:
-            row["speedup_transformers"] = best["transformers"] / best["transformers + lookup"]
-            row["speedup_transformers_cpu"] = best_cpu["transformers"] / best_cpu["transformers + lookup"]
             row["transformers_same_ids"] = outs["transformers"] == outs["ours"]
-            row["transformers_lookup_unchanged"] = outs["transformers + lookup"] == outs["transformers"]
+        print(f"  {name:16s} {row['tokens']:3d} tokens; without lookup: ours {best['ours']:.2f} s "
+              f"({best_cpu['ours']:.2f} s CPU)" + (f", transformers {best['transformers']:.2f} s "
+                                                  f"({best_cpu['transformers']:.2f} s CPU)" if hf else ""), flush=True)
+        for k in args.k:
+            ours = f"ours + lookup k={k}"
+            if outs[ours] != outs["ours"]:
+                raise AssertionError(f"{name}: speculative decoding with k = {k} changed our greedy ids")
+            by_k = {"acceptance_rate": stats[k].acceptance_rate, "tokens_per_forward": stats[k].tokens_per_round,
+                    "speedup_ours": best["ours"] / best[ours], "speedup_ours_cpu": best_cpu["ours"] / best_cpu[ours]}
+            line = (f"  {'':16s} k = {k:2d}: ours {best[ours]:.2f} s, {by_k['speedup_ours']:.2f}x "
+                    f"({by_k['speedup_ours_cpu']:.2f}x by CPU time)")
+            if hf is not None:
+                theirs = f"transformers + lookup k={k}"
+                by_k["speedup_transformers"] = best["transformers"] / best[theirs]
+                by_k["speedup_transformers_cpu"] = best_cpu["transformers"] / best_cpu[theirs]
+                by_k["transformers_lookup_unchanged"] = outs[theirs] == outs["transformers"]
+                line += (f"; transformers {best[theirs]:.2f} s, {by_k['speedup_transformers']:.2f}x "
+                         f"({by_k['speedup_transformers_cpu']:.2f}x)")
+            print(f"{line}; acceptance {by_k['acceptance_rate']:.0%}, {by_k['tokens_per_forward']:.2f} tokens per "
+                  "target forward", flush=True)
+            row["by_k"][str(k)] = by_k
+        for who in ("ours", "transformers") if hf is not None else ("ours",):
+            k_best = max(args.k, key=lambda k: row["by_k"][str(k)][f"speedup_{who}"])
+            row[f"best_k_{who}"] = k_best
+            row[f"best_speedup_{who}"] = row["by_k"][str(k_best)][f"speedup_{who}"]
+        print(f"  {'':16s} best: ours {row['best_speedup_ours']:.2f}x (k = {row['best_k_ours']})" +
+              (f", transformers {row['best_speedup_transformers']:.2f}x (k = {row['best_k_transformers']})"
+               if hf is not None else ""), flush=True)
         rows[name] = row
-        times = ", ".join(f"{task} {best[task]:.2f} s ({best_cpu[task]:.2f} s CPU)" for task in tasks)
-        theirs = (f", transformers {row['speedup_transformers']:.2f}x ({row['speedup_transformers_cpu']:.2f}x)"
-                  if hf is not None else "")
-        print(f"  {name:16s} {row['tokens']:3d} tokens: {times}\n  {'':16s} speed-up (by CPU time): ours "
-              f"{row['speedup_ours']:.2f}x ({row['speedup_ours_cpu']:.2f}x){theirs}; acceptance "
-              f"{row['acceptance_rate']:.0%}, {row['tokens_per_forward']:.2f} tokens per target forward", flush=True)
     return rows
 
 
@@ -360,7 +376,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--long-max", type=int, default=224)
     parser.add_argument("--long-fraction", type=float, default=0.125)
     parser.add_argument("--new-tokens", type=int, default=96, help="speculative: new tokens per prompt")
-    parser.add_argument("-k", type=int, default=10, help="speculative: drafted tokens per round (default 10)")
+    parser.add_argument("-k", type=int, nargs="+", default=[4, 7, 10, 15],
+                        help="speculative: drafted tokens per round, each measured (default 4 7 10 15)")
     parser.add_argument("--ngram", type=int, default=2, help="speculative: longest n-gram to look up (default 2)")
     parser.add_argument("--draft-layers", type=int, nargs="+", default=[8, 16],
                         help="model draft: the target's first n layers (default 8 16)")
@@ -392,7 +409,7 @@ def main(argv: list[str] | None = None) -> int:
             print("\n1. batching: static vs continuous, same blocks and slots", flush=True)
             results["batching"] = run_batching(model, args)
         if "speculative" in only:
-            print(f"\n2. prompt-lookup speculative decoding, greedy, k = {args.k}, n-gram <= {args.ngram}", flush=True)
+            print(f"\n2. prompt-lookup speculative decoding, greedy, k in {args.k}, n-gram <= {args.ngram}", flush=True)
             results["speculative"] = run_speculative(model, args)
         if "model-draft" in only:
             print("\n2b. a model draft made from the target: its first layers and its head", flush=True)

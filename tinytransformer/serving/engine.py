@@ -3,9 +3,9 @@
 Each step is three moves:
 
     plan = scheduler.schedule(now)        which requests, how many tokens each (see `scheduler`)
-    run the model on the plan             one forward [B, 1] for every request that needs one token
-                                          (decode), one forward [1, n] per request that needs n > 1
-                                          (a prefill, or a chunk of one); sample where a request
+    run the model on the plan             one forward over all the step's tokens, packed in one
+                                          row: a request's whole prompt (prefill), a chunk of it,
+                                          or its one latest token (decode); sample where a request
                                           completed its pending tokens, with its own generator
     scheduler.update(plan, sampled, now)  append the tokens; finished requests free their blocks
 
@@ -25,10 +25,12 @@ aborts requests between steps (`BackgroundEngine`).
     >>> engine.cache.n_free_blocks           # every request finished and gave its blocks back
     6
 
-Does not handle: mixing the prefills of several requests into one forward (vLLM
-flattens all of a step's tokens into one ragged batch with variable-length
-attention; our forward takes a rectangular [B, T]), CUDA graphs, sampling
-penalties, logprobs.
+The packing (`paged_cache.PackedBatch`) is vLLM's: its model runner flattens all of a
+step's tokens into one ragged batch too. Unlike vLLM, attention still runs once per
+group of sequences bringing the same number of tokens (every decode in one call, each
+prefill alone) rather than in one variable-length kernel.
+
+Does not handle: CUDA graphs, sampling penalties, logprobs.
 """
 from __future__ import annotations
 
@@ -76,29 +78,23 @@ class StepRecord:
 
 def run_plan(model, cache, plan: Plan) -> dict[Request, int]:
     """Run the model on one step's plan; return the token sampled for every request that
-    completed its pending tokens. Requests with one pending token share one forward [B, 1]."""
+    completed its pending tokens.
+
+    All the step's tokens go through one forward, packed into one row (`PackedBatch`):
+    a prefill of n tokens and the single tokens of the decoding requests share every
+    weight read. Only the rows that end a request's pending tokens go through the head.
+    """
+    counts = [n for _, n in plan.items]
+    ids = np.array([[t for r, n in plan.items for t in r.tokens[r.n_computed:r.n_computed + n]]])  # [1, N]
+    view = cache.packed_view([r.seq_id for r, _ in plan.items], counts)
+    hidden = model.hidden_states(ids, view)[0]  # [N, C]
+    done = [i for i, (r, n) in enumerate(plan.items) if r.n_computed + n == r.n_tokens]  # the rest: prefill chunks
+    logits = model.logits(hidden[view.row_ends[done]])  # [B', V]
     sampled = {}
-
-    def sample(request, logits):
-        sampled[request] = sampling.sample_next(logits, temperature=request.temperature, top_k=request.top_k,
+    for row, i in enumerate(done):
+        request = plan.items[i][0]
+        sampled[request] = sampling.sample_next(logits[row], temperature=request.temperature, top_k=request.top_k,
                                                 top_p=request.top_p, rng=request.rng)
-
-    singles = [r for r, n in plan.items if n == 1]
-    for request, n in plan.items:
-        if n == 1:
-            continue
-        start = request.n_computed
-        ids = np.array([request.tokens[start:start + n]])  # [1, n]: a prefill, or one chunk of it
-        hidden = model.hidden_states(ids, cache.view([request.seq_id]))  # [1, n, C]
-        if start + n == request.n_tokens:
-            sample(request, model.logits(hidden[0, -1]))
-    if singles:
-        ids = np.array([[r.tokens[r.n_computed]] for r in singles])  # [B, 1]
-        hidden = model.hidden_states(ids, cache.view([r.seq_id for r in singles]))  # [B, 1, C]
-        rows = [i for i, r in enumerate(singles) if r.n_computed + 1 == r.n_tokens]
-        logits = model.logits(hidden[rows, -1])  # [B', V]
-        for row, i in enumerate(rows):
-            sample(singles[i], logits[row])
     return sampled
 
 

@@ -11,11 +11,13 @@ second is measured as fast as the machine computes it.
 `SimulatedEngine` is the same engine and the same `Scheduler` with the model
 replaced by a cost model of one step,
 
-    t(step) = c_step + c_forward * forwards + c_seq * requests + c_token * tokens + c_attend * sum_i n_i * S_i
+    t(step) = c_step + c_group * groups + c_seq * requests + c_token * tokens + c_attend * sum_i n_i * S_i
 
-(forwards: model calls in the step, one per prefill chunk plus one for all the
-decodes; requests and tokens: how many it computes; n_i * S_i: new tokens times
-the context they attend over). `CostModel.fit` calibrates the five constants by
+(the step is one forward over all its tokens, `engine.run_plan`; groups: the
+attention calls per layer, one for each distinct number of new tokens among its
+requests, so all the decodes share one and a prefill adds one; requests and tokens:
+how many it computes; n_i * S_i: new tokens times the context they attend over).
+`CostModel.fit` calibrates the five constants by
 least squares (non-negative) from steps measured on the real model
 (`measure_steps`). The simulation can then run what this machine cannot hold:
 thousands of requests, a cache the size of a GPU's memory.
@@ -27,7 +29,7 @@ stays flat until the batch saturates its compute); each request's output length
 is known in advance (as in vLLM's benchmarks with ignore_eos); the scheduler's
 own time is free.
 
-    >>> cost = CostModel(step=1e-3, forward=0, seq=1e-4, token=1e-5, attend=0)
+    >>> cost = CostModel(step=1e-3, group=0, seq=1e-4, token=1e-5, attend=0)
     >>> engine = SimulatedEngine(cost, n_blocks=64, block_size=16, max_seqs=4)
     >>> done = replay(engine, [Request(prompt=[0] * 8, max_tokens=5, arrival=0.01 * i) for i in range(6)])
     >>> [len(r.output) for r in done], engine.scheduler.blocks.n_free_blocks
@@ -52,16 +54,15 @@ from tinytransformer.serving.scheduler import Plan, Request, Scheduler
 __all__ = ["CostModel", "SimulatedEngine", "replay", "summarize", "step_features", "measure_steps",
            "skewed_workload", "poisson_arrivals", "blocks_in_memory"]
 
-FEATURES = ("step", "forward", "seq", "token", "attend")
+FEATURES = ("step", "group", "seq", "token", "attend")
 
 
 def step_features(plan: Plan) -> np.ndarray:
-    """[1, forwards, requests, tokens, sum n_i * S_i] of a plan (before the step runs)."""
-    singles = sum(1 for _, n in plan.items if n == 1)
-    forwards = sum(1 for _, n in plan.items if n > 1) + (1 if singles else 0)
+    """[1, groups, requests, tokens, sum n_i * S_i] of a plan (before the step runs)."""
+    groups = len({n for _, n in plan.items})  # attention calls per layer (PackedBatch.attend)
     tokens = sum(n for _, n in plan.items)
     attend = sum(n * (r.n_computed + n) for r, n in plan.items)
-    return np.array([1.0, forwards, len(plan.items), tokens, attend])
+    return np.array([1.0, groups, len(plan.items), tokens, attend])
 
 
 @dataclass(frozen=True)
@@ -69,7 +70,7 @@ class CostModel:
     """Seconds of one step as a linear function of `step_features` (see the module docstring)."""
 
     step: float
-    forward: float
+    group: float
     seq: float
     token: float
     attend: float
@@ -79,7 +80,7 @@ class CostModel:
 
     @property
     def coefficients(self) -> np.ndarray:
-        return np.array([self.step, self.forward, self.seq, self.token, self.attend])
+        return np.array([self.step, self.group, self.seq, self.token, self.attend])
 
     @classmethod
     def fit(cls, features, seconds) -> "CostModel":
@@ -99,7 +100,7 @@ class CostModel:
         return cls(*coefficients.tolist())
 
     def __str__(self) -> str:
-        return (f"t = {self.step * 1e3:.2f} ms + {self.forward * 1e3:.2f} ms/forward + {self.seq * 1e3:.3f} ms/request "
+        return (f"t = {self.step * 1e3:.2f} ms + {self.group * 1e3:.2f} ms/group + {self.seq * 1e3:.3f} ms/request "
                 f"+ {self.token * 1e3:.3f} ms/token + {self.attend * 1e6:.4f} us/(token x context)")
 
 
@@ -253,7 +254,7 @@ def measure_steps(model, *, batch_sizes=(1, 2, 4, 8), contexts=(16, 64, 128), pr
             time_plan(plan)
             for r, _ in plan.items:
                 cache.free(r.seq_id)
-    for length in prefill_lengths:  # a prefill alone, and beside a decode batch (two forwards)
+    for length in prefill_lengths:  # a prefill alone, and beside a decode batch (two attention groups)
         for batch in (0, max(batch_sizes)):
             request = Request(prompt=[0] * length, max_tokens=1)
             request.seq_id = cache.add_sequence()
