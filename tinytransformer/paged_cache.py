@@ -419,13 +419,17 @@ class PackedBatch:
         layer = self.cache._layer(layer)
         _write_rows(self.cache, layer, self._blocks, self._slots, k_new, v_new)
         k_pool, v_pool = self.cache.k_pool[layer], self.cache.v_pool[layer]
-        counts = np.array(self.n_new)
+        Hq, counts = np.shape(q)[1], np.array(self.n_new)
+        if (counts == counts[0]).all():  # one group (a step of decodes only): the rows are already in order
+            B, T = len(counts), int(counts[0])
+            qg = np.swapaxes(np.reshape(q, (Hq, B, T, D)), 0, 1)  # [1, Hq, B T, D] -> [B, Hq, T, D]
+            og = attention.paged(qg, k_pool, v_pool, self._tables, self._lengths)
+            return np.swapaxes(og, 0, 1).reshape(1, Hq, N, D)
         starts = self.row_ends + 1 - counts  # [B]: each sequence's first row
         out = np.empty(np.shape(q), dtype=np.result_type(q, k_pool, v_pool))  # [1, Hq, N, D]
         for T in np.unique(counts):  # the sequences that bring T tokens, as one [b, Hq, T, D] batch
             group = np.flatnonzero(counts == T)
             rows = (starts[group, None] + np.arange(T)).reshape(-1)  # [b * T], sequence-major
-            Hq = np.shape(q)[1]
             qg = np.swapaxes(q[0][:, rows].reshape(Hq, len(group), T, D), 0, 1)  # [b, Hq, T, D]
             og = attention.paged(qg, k_pool, v_pool, self._tables[group], self._lengths[group])
             out[0][:, rows] = np.swapaxes(og, 0, 1).reshape(Hq, len(group) * T, D)
