@@ -79,7 +79,9 @@ save(fig, CHAPTER, "slot_occupancy")
 
 # %%
 heading("preemption by recompute")
-tight = -(-max(len(p) + n for p, n in work) // BLOCK) + 2
+need = [-(-(len(p) + 24) // BLOCK) for p, _ in work[:8]]  # blocks each of 8 requests holds at its end
+tight = max(need) + 2  # every request fits alone, but not MAX_SEQS of them at once
+assert tight < sum(sorted(need)[:MAX_SEQS]), "the budget must be too small for a full batch"
 engine = Engine(model, n_blocks=tight, block_size=BLOCK, policy="continuous", max_seqs=MAX_SEQS)
 outputs = engine.generate([p for p, _ in work[:8]], 24, stop_at_eos=False)
 alone = [model.generate(p, 24, stop_at_eos=False) for p, _ in work[:8]]

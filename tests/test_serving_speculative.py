@@ -111,10 +111,12 @@ def test_one_position_of_the_rule_emits_y_with_probability_p_of_y(p, seed):
     assert_close(np.array([got.get(i, 0.0) for i in range(p.size)]), p)
 
 
-def test_prompt_lookup_copies_what_followed_the_latest_earlier_match():
+def test_prompt_lookup_copies_what_followed_the_latest_earlier_match_with_k_tokens_after_it():
     draft = PromptLookupDraft(vocab_size=10, max_ngram=3)
     tokens = [1, 2, 3, 9, 1, 2, 4, 7, 1, 2]
     assert draft.lookup(tokens, 3) == [4, 7, 1]  # (7, 1, 2) never occurred; (1, 2) last at 4
+    assert draft.lookup(tokens, 5) == [3, 9, 1, 2, 4]  # only 4 tokens follow the one at 4: the one at 0
+    assert draft.lookup([1, 2, 1, 2], 5) == [1, 2]  # none is followed by 5: the one followed by most
     assert draft.lookup([5, 6, 7], 3) == []  # nothing repeats
     ids, q = draft.propose(tokens, 2)
     assert ids == [4, 7] and q.shape == (2, 10) and (q.argmax(axis=1) == ids).all() and (q.sum(axis=1) == 1).all()

