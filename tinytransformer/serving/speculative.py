@@ -14,7 +14,8 @@ once. One round, for a text whose last token the target's cache does not hold ye
     all accepted:   emit a bonus token y ~ p_{k+1}
     rewind the cache past the rejected tokens (`KVCache.truncate`)
 
-A round emits 1 to k + 1 tokens, and they are distributed exactly as tokens
+The first round's forward also carries the prompt (all but its last token), so the
+prefill costs no forward of its own, as in a plain decode. A round emits 1 to k + 1 tokens, and they are distributed exactly as tokens
 sampled from the target one at a time. For one position,
 
     P(emit y) = q(y) min(1, p(y)/q(y)) + P(reject) normalise(max(0, p - q))(y)
@@ -151,16 +152,17 @@ def speculative_stream(target, draft, prompt_ids, max_new_tokens: int, *, k: int
     if max_new_tokens == 0:
         return
     cache = target.new_cache(1, len(prompt) + max_new_tokens)
-    if len(prompt) > 1:
-        target.hidden_states(np.array([prompt[:-1]]), cache)  # the cache holds all but the last token
     tokens = list(prompt)
+    uncached = tokens[:-1]  # the first round also prefills the prompt: one forward, as a plain decode's first
     n_new = 0
     while n_new < max_new_tokens:
         m = min(k, max_new_tokens - n_new - 1)  # the round emits at most m + 1 tokens
         draft_ids, q = draft.propose(tokens, m, randomness, **options) if m > 0 else ([], None)
         draft_ids = [int(t) for t in draft_ids][:m]
-        ids = np.array([[tokens[-1]] + draft_ids])  # [1, 1 + m']
-        logits = target.logits(target.hidden_states(ids, cache)[0])  # [1 + m', V]: one forward for all
+        ids = np.array([uncached + [tokens[-1]] + draft_ids])  # [1, n + 1 + m']
+        hidden = target.hidden_states(ids, cache)[0, len(uncached):]  # [1 + m', C]: the last token on
+        logits = target.logits(hidden)  # [1 + m', V]: one forward for all
+        uncached = []
         p = np.stack([sampling.probabilities(row, **options) for row in logits])  # [1 + m', V]
         n_accepted, next_token = accept_or_resample(draft_ids, p, q, randomness)
         cache.truncate(len(tokens) + n_accepted)  # keep the last token and the accepted drafts
