@@ -58,8 +58,9 @@ from tinytransformer.flash import flash_attention
 from tinytransformer.kv_cache import KVCache
 from tinytransformer.layers import (column_major, embedding, ffn, gelu, layer_norm, linear_in_row_blocks,
                                     post_ln_block, pre_ln_block, rms_norm, swiglu)
-from tinytransformer.paged_cache import (PagedKVCache, paged_decode_attention, paged_decode_attention_batched,
-                                         paged_decode_attention_fast)
+from tinytransformer.paged_attention import (paged_decode_attention, paged_decode_attention_batched,
+                                             paged_decode_attention_fast)
+from tinytransformer.paged_cache import PagedKVCache
 from tinytransformer.positional import alibi_slopes, apply_rope, sinusoidal_encoding
 
 __all__ = ["TransformerConfig", "init_params", "TinyTransformer", "CausalAttention", "ATTENTION_IMPLEMENTATIONS"]

@@ -217,7 +217,7 @@ def validate_kernels() -> list[tuple[str, str]]:
     in the timings ("flash_v3 float16", "decode_v2 float16"), so a failed one can be left out.
     """
     from tinytransformer.attention import scaled_dot_product_attention
-    from tinytransformer.paged_cache import paged_decode_attention
+    from tinytransformer.paged_attention import paged_decode_attention
     from tinytransformer.testing import assert_close
 
     failures = []
@@ -365,7 +365,7 @@ def cpu_prefill(torch, config: dict, repeats: int, log) -> list[dict]:
 
 def cpu_decode(config: dict, repeats: int, log) -> list[dict]:
     from tinytransformer.attention import scaled_dot_product_attention
-    from tinytransformer.paged_cache import paged_decode_attention
+    from tinytransformer.paged_attention import paged_decode_attention
 
     B, Hq, Hkv, D, L, bs = (config[x] for x in ("B", "Hq", "Hkv", "D", "L", "block_size"))
     tables, lengths = _shuffled_tables(B, L, bs)

@@ -1,9 +1,9 @@
-"""The paged-decode launcher: kernels/decode_attention.cu with paged_cache.paged_decode_attention's signature.
+"""The paged-decode launcher: kernels/decode_attention.cu with paged_attention.paged_decode_attention's signature.
 
     paged_decode_attention(q, k_pool, v_pool, block_tables, context_lens, ...)   [B, Hq, T, D]
 
-backend="numpy" calls tinytransformer.paged_cache.paged_decode_attention; backend="cuda"
-validates with the same checker (paged_cache.check_paged_decode_inputs), then launches
+backend="numpy" calls tinytransformer.paged_attention.paged_decode_attention; backend="cuda"
+validates with the same checker (paged_attention.check_paged_decode_inputs), then launches
 v1 (a block per sequence, KV head and 16 query rows), v2 (the same, split along the
 context, then a combine kernel that merges the splits by their log-sum-exp) or v3 (v2's
 splits with K and V read into registers, a block per 4 query rows; the default).
@@ -47,7 +47,7 @@ def check_decode_inputs(q, k_pool, v_pool, block_tables, context_lens, *, alibi_
     check_tables=False checks the shapes and dtypes of block_tables and context_lens but not
     their values, which would need a copy to the host (and a synchronisation) on every call.
     """
-    from tinytransformer.paged_cache import check_paged_decode_inputs
+    from tinytransformer.paged_attention import check_paged_decode_inputs
 
     kind = element_type((q, k_pool, v_pool), ("q", "k_pool", "v_pool"), dtype)
     for x, name in ((q, "q"), (k_pool, "k_pool"), (v_pool, "v_pool")):
@@ -70,7 +70,7 @@ def check_decode_inputs(q, k_pool, v_pool, block_tables, context_lens, *, alibi_
 def paged_decode_attention(q, k_pool, v_pool, block_tables, context_lens, *, causal=True, scale=None,
                            alibi_slopes=None, backend="cuda", version=None, dtype=None, split_len=None,
                            check_tables=True, defines=()):
-    """Decode attention over a paged cache, as paged_cache.paged_decode_attention: [B, Hq, T, D].
+    """Decode attention over a paged cache, as paged_attention.paged_decode_attention: [B, Hq, T, D].
 
     q [B, Hq, T, D]; k_pool, v_pool [n_blocks, Hkv, block_size, D]; block_tables
     [B, max_blocks] int; context_lens [B] int, counting the T new tokens (query t of
@@ -86,7 +86,7 @@ def paged_decode_attention(q, k_pool, v_pool, block_tables, context_lens, *, cau
     """
     check_backend(backend)
     if backend == "numpy":
-        from tinytransformer.paged_cache import paged_decode_attention as reference
+        from tinytransformer.paged_attention import paged_decode_attention as reference
 
         kind = element_type((q, k_pool, v_pool), ("q", "k_pool", "v_pool"), dtype) if dtype else None
         q, k_pool, v_pool = (host_float(x, dtype) for x in (q, k_pool, v_pool))
