@@ -72,6 +72,27 @@ axes[-1].set_xlabel("time (CPU seconds)")
 save(fig, CHAPTER, "slot_occupancy")
 
 # %% [markdown]
+# A step that admits a request computes its whole prompt beside one token of each decoding
+# request. The engine packs them into one row of one forward (`PagedKVCache.packed_view`), so the
+# weights are read once per step: every projection works row by row, and only positions and
+# attention need to know whose row is whose.
+
+# %%
+heading("one packed forward: a prefill beside two decodes")
+texts = [p for p, _ in work[:3]]
+cache = model.new_paged_cache(n_blocks=16, block_size=BLOCK)
+a, b, c = (cache.add_sequence() for _ in texts)
+for s, t in ((b, texts[1]), (c, texts[2])):  # b and c are decoding: all but their last token is cached
+    model.hidden_states(np.array([t[:-1]]), cache.view([s]))
+view = cache.packed_view([a, b, c], [len(texts[0]), 1, 1])  # a's whole prompt, then b's and c's last token
+hidden = model.hidden_states(np.array([texts[0] + [texts[1][-1], texts[2][-1]]]), view)[0]  # [N, C]
+alone = [model.hidden_states(np.array([t]))[0, -1] for t in texts]  # each text through its own forward
+worst = max(float(np.abs(hidden[row] - h).max()) for row, h in zip(view.row_ends, alone))
+print(f"{hidden.shape[0]} rows in one forward ({len(texts[0])} + 1 + 1); the last row of each request against "
+      f"its own uncached forward: max |difference| {worst:.1e}")
+assert worst < 1e-4, "a packed step gives each request what its own forward gives"
+
+# %% [markdown]
 # ## 2. Preemption: when the cache runs out
 # Give the engine fewer blocks than the running requests will need. When a running request needs a
 # block and none is free, the newest request is preempted: its blocks are freed and it is queued
