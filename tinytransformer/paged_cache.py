@@ -316,17 +316,9 @@ class PagedBatch:
         longest = max(blocks.length(s) for s in self.seq_ids)
         if limit is not None and longest + n_new > limit:
             raise ValueError(f"ids: positions up to {longest + n_new - 1} exceed max_seq_len={limit}")
-        need = sum(blocks.blocks_needed(s, n_new) for s in self.seq_ids)
-        if need > blocks.n_free_blocks:
-            raise CacheFullError(f"paged cache is full: this step needs {need} more blocks for {self.batch} "
-                                 f"sequences but only {blocks.n_free_blocks} of {blocks.n_blocks} are free")
-        self._positions = np.stack([blocks.extend(s, n_new) for s in self.seq_ids])  # [B, n_new]
-        self._tables, self._lengths = blocks.batch(self.seq_ids)
-        # where each new position lives, for every layer's write: (block, slot) [B * n_new] each
-        rows = np.repeat(np.arange(self.batch), n_new)  # [B * n_new]: the sequence of each new position
-        flat = self._positions.reshape(-1)
-        self._blocks = self._tables[rows, flat // blocks.block_size].astype(np.int64)
-        self._slots = flat % blocks.block_size
+        flat, self._tables, self._lengths, self._blocks, self._slots = _grow(blocks, self.seq_ids,
+                                                                             [n_new] * self.batch)
+        self._positions = flat.reshape(self.batch, n_new)  # [B, n_new]
         return self._positions
 
     def attend(self, layer: int, q, k_new, v_new, attention):
@@ -341,6 +333,23 @@ class PagedBatch:
         layer = self.cache._layer(layer)
         _write_rows(self.cache, layer, self._blocks, self._slots, k_new, v_new)
         return attention.paged(q, self.cache.k_pool[layer], self.cache.v_pool[layer], self._tables, self._lengths)
+
+
+def _grow(blocks: BlockManager, seq_ids, counts):
+    """Grow sequence seq_ids[i] by counts[i] positions, all or none (CacheFullError).
+
+    Returns (positions [N], block_tables, context_lens, and where each new position
+    lives, (block, slot) [N] each, for every layer's write), N = sum(counts), in
+    sequence order."""
+    need = sum(blocks.blocks_needed(s, n) for s, n in zip(seq_ids, counts))
+    if need > blocks.n_free_blocks:
+        raise CacheFullError(f"paged cache is full: this step needs {need} more blocks for {len(seq_ids)} "
+                             f"sequences but only {blocks.n_free_blocks} of {blocks.n_blocks} are free")
+    positions = np.concatenate([blocks.extend(s, n) for s, n in zip(seq_ids, counts)])  # [N]
+    tables, lengths = blocks.batch(seq_ids)
+    rows = np.repeat(np.arange(len(seq_ids)), counts)  # [N]: the sequence of each new position
+    where = tables[rows, positions // blocks.block_size].astype(np.int64)
+    return positions, tables, lengths, where, positions % blocks.block_size
 
 
 def _write_rows(cache, layer: int, blocks, slots, k_new, v_new) -> None:
@@ -400,15 +409,8 @@ class PackedBatch:
                 if blocks.length(s) + n > limit:
                     raise ValueError(f"ids: positions up to {blocks.length(s) + n - 1} of sequence {s} exceed "
                                      f"max_seq_len={limit}")
-        need = sum(blocks.blocks_needed(s, n) for s, n in zip(self.seq_ids, self.n_new))
-        if need > blocks.n_free_blocks:
-            raise CacheFullError(f"paged cache is full: this step needs {need} more blocks for {len(self.seq_ids)} "
-                                 f"sequences but only {blocks.n_free_blocks} of {blocks.n_blocks} are free")
-        self._positions = np.concatenate([blocks.extend(s, n) for s, n in zip(self.seq_ids, self.n_new)])  # [N]
-        self._tables, self._lengths = blocks.batch(self.seq_ids)
-        rows = np.repeat(np.arange(len(self.seq_ids)), self.n_new)  # [N]: the sequence of each new token
-        self._blocks = self._tables[rows, self._positions // blocks.block_size].astype(np.int64)
-        self._slots = self._positions % blocks.block_size
+        self._positions, self._tables, self._lengths, self._blocks, self._slots = _grow(blocks, self.seq_ids,
+                                                                                        self.n_new)
         return self._positions[None]  # [1, N]
 
     def attend(self, layer: int, q, k_new, v_new, attention):
