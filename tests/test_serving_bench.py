@@ -19,7 +19,34 @@ def test_the_serving_benchmark_runs_and_both_policies_give_the_same_ids(tmp_path
     # wall time is the primary figure, the process's CPU time is reported beside it
     assert results["clock"].startswith("wall") and batching["speedup_cpu"] > 0
     row = results["speculative"]["repeat"]
-    assert set(row["seconds"]) == set(row["cpu_seconds"]) == {"ours"} | {f"ours + lookup k={k}" for k in (4, 7, 10, 15)}
-    assert set(row["by_k"]) == {"4", "7", "10", "15"} and row["best_k_ours"] in (4, 7, 10, 15)
+    assert set(row["seconds"]) == set(row["cpu_seconds"]) == {"ours"} | {f"ours + lookup k={k}" for k in (4, 7, 10, 15, 23, 31)}
+    assert set(row["by_k"]) == {"4", "7", "10", "15", "23", "31"} and row["best_k_ours"] in (4, 7, 10, 15, 23, 31)
     assert row["best_speedup_ours"] == max(r["speedup_ours"] for r in row["by_k"].values())
     assert "continuous / static throughput" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("stop_early", [False, True])
+def test_transformers_bare_loop_gives_what_its_generate_gives(stop_early):
+    """The second baseline of the speculative benchmark decodes as transformers' generate() does:
+    the same greedy ids, and the same stop at EOS (the EOS token included)."""
+    from conftest import require
+
+    torch = require("torch", "the bare loop runs transformers' model")
+    transformers = require("transformers", "the bare loop runs transformers' model")
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64)
+    hf = transformers.LlamaForCausalLM(config).eval()
+    ids, n = [3, 1, 4, 1, 5, 9, 2, 6], 12
+    hf.generation_config.eos_token_id = None
+    hf.generation_config.pad_token_id = 0
+    ours = serve._hf_greedy_loop(hf, ids, n)
+    if stop_early:  # make the third generated token the EOS: both must stop there
+        hf.generation_config.eos_token_id = ours[2]
+    tensor = torch.tensor([ids])
+    with torch.inference_mode():
+        theirs = hf.generate(tensor, attention_mask=torch.ones_like(tensor), max_new_tokens=n, do_sample=False)
+    expected = theirs[0, len(ids):].tolist()
+    got = serve._hf_greedy_loop(hf, ids, n)
+    assert got == expected
+    assert len(got) == (ours.index(ours[2]) + 1 if stop_early else n)

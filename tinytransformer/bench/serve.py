@@ -18,8 +18,10 @@ Measured in this one run:
    without the prompt-lookup draft, and transformers' generate with and without
    prompt_lookup_num_tokens, at each draft length k of -k (the same k and n-gram size for
    both), same prompts, same threads. Reported per k: time, speed-up, acceptance rate,
-   tokens per target forward; and each one's best k. The run checks that
-   speculation did not change the ids.
+   tokens per target forward; and each one's best k. A second baseline for transformers:
+   its model in a bare greedy loop (the same forwards without generate()'s work around
+   each), which gives generate()'s cost per token and transformers' speed-up against it.
+   The run checks that speculation did not change the ids, nor the bare loop transformers'.
 2b. model draft: the same kind of run with the target's own first n layers (and its final norm and
    head) as the draft, for the acceptance rate such a free draft gets.
 3. simulate: a cost model of one step fitted to steps measured here (`simulate.measure_steps`),
@@ -228,6 +230,7 @@ def run_speculative(model, args) -> dict:
                 return out[0, len(ids):].tolist()
 
             tasks["transformers"] = hf_generate
+            tasks["transformers loop"] = functools.partial(_hf_greedy_loop, hf, ids, n)
             tasks.update({f"transformers + lookup k={k}": functools.partial(hf_generate, k) for k in args.k})
         best, best_cpu, outs = {}, {}, {}
         for _ in range(args.repeats):
@@ -238,9 +241,18 @@ def run_speculative(model, args) -> dict:
         row = {"tokens": len(outs["ours"]), "seconds": best, "cpu_seconds": best_cpu, "by_k": {}}
         if hf is not None:
             row["transformers_same_ids"] = outs["transformers"] == outs["ours"]
+            if outs["transformers loop"] != outs["transformers"]:
+                raise AssertionError(f"{name}: transformers' forward loop and its generate() gave different ids")
+            # what generate() spends per token outside the model's forwards (a plain decode pays it
+            # on every token, a speculative one once per round)
+            row["transformers_generate_overhead_ms_per_token"] = \
+                (best["transformers"] - best["transformers loop"]) / max(len(outs["transformers"]), 1) * 1e3
         print(f"  {name:16s} {row['tokens']:3d} tokens; without lookup: ours {best['ours']:.2f} s "
               f"({best_cpu['ours']:.2f} s CPU)" + (f", transformers {best['transformers']:.2f} s "
-                                                  f"({best_cpu['transformers']:.2f} s CPU)" if hf else ""), flush=True)
+                                                  f"({best_cpu['transformers']:.2f} s CPU), its bare forward loop "
+                                                  f"{best['transformers loop']:.2f} s, so generate() adds "
+                                                  f"{row['transformers_generate_overhead_ms_per_token']:.1f} ms a token"
+                                                  if hf else ""), flush=True)
         for k in args.k:
             ours = f"ours + lookup k={k}"
             if outs[ours] != outs["ours"]:
@@ -253,9 +265,11 @@ def run_speculative(model, args) -> dict:
                 theirs = f"transformers + lookup k={k}"
                 by_k["speedup_transformers"] = best["transformers"] / best[theirs]
                 by_k["speedup_transformers_cpu"] = best_cpu["transformers"] / best_cpu[theirs]
+                by_k["speedup_transformers_vs_loop"] = best["transformers loop"] / best[theirs]
                 by_k["transformers_lookup_unchanged"] = outs[theirs] == outs["transformers"]
                 line += (f"; transformers {best[theirs]:.2f} s, {by_k['speedup_transformers']:.2f}x "
-                         f"({by_k['speedup_transformers_cpu']:.2f}x)")
+                         f"({by_k['speedup_transformers_cpu']:.2f}x; {by_k['speedup_transformers_vs_loop']:.2f}x "
+                         "against its bare loop)")
             print(f"{line}; acceptance {by_k['acceptance_rate']:.0%}, {by_k['tokens_per_forward']:.2f} tokens per "
                   "target forward", flush=True)
             row["by_k"][str(k)] = by_k
@@ -268,6 +282,28 @@ def run_speculative(model, args) -> dict:
                if hf is not None else ""), flush=True)
         rows[name] = row
     return rows
+
+
+def _hf_greedy_loop(hf, ids: list[int], n: int) -> list[int]:
+    """transformers' model decoding greedily in a bare loop: one forward per token through its
+    DynamicCache, argmax, stop at its EOS; no generate(). The same forwards as generate() without
+    what generate() does around each one."""
+    import torch
+    import transformers
+
+    eos = hf.generation_config.eos_token_id
+    eos = set([eos] if isinstance(eos, int) else eos or [])
+    cache, step, out = transformers.DynamicCache(config=hf.config), torch.tensor([ids]), []
+    # transformers 5.x names the cache argument `cache`; 4.x `past_key_values`
+    cache_name = "cache" if "cache" in inspect.signature(hf.forward).parameters else "past_key_values"
+    with torch.inference_mode():
+        while len(out) < n:
+            logits = hf(step, use_cache=True, logits_to_keep=1, **{cache_name: cache}).logits  # [1, T, V] -> [1, 1, V]
+            out.append(int(logits[0, -1].argmax()))
+            if out[-1] in eos:
+                break
+            step = torch.tensor([[out[-1]]])
+    return out
 
 
 def run_model_draft(model, args) -> dict:
@@ -376,8 +412,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--long-max", type=int, default=224)
     parser.add_argument("--long-fraction", type=float, default=0.125)
     parser.add_argument("--new-tokens", type=int, default=96, help="speculative: new tokens per prompt")
-    parser.add_argument("-k", type=int, nargs="+", default=[4, 7, 10, 15],
-                        help="speculative: drafted tokens per round, each measured (default 4 7 10 15)")
+    parser.add_argument("-k", type=int, nargs="+", default=[4, 7, 10, 15, 23, 31],
+                        help="speculative: drafted tokens per round, each measured (default 4 7 10 15 23 31)")
     parser.add_argument("--ngram", type=int, default=2, help="speculative: longest n-gram to look up (default 2)")
     parser.add_argument("--draft-layers", type=int, nargs="+", default=[8, 16],
                         help="model draft: the target's first n layers (default 8 16)")
