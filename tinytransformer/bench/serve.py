@@ -220,13 +220,19 @@ def run_speculative(model, args) -> dict:
         if hf is not None:
             import torch
 
-            tensor = torch.tensor([ids])
+            tensor, hf_forwards = torch.tensor([ids]), {}
 
             def hf_generate(k=None):
                 extra = {"prompt_lookup_num_tokens": k, "max_matching_ngram_size": args.ngram} if k else {}
-                with torch.inference_mode():
-                    out = hf.generate(tensor, attention_mask=torch.ones_like(tensor), max_new_tokens=n,
-                                      do_sample=False, **extra)
+                calls = [0]  # its target forwards, counted by a hook
+                hook = hf.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+                try:
+                    with torch.inference_mode():
+                        out = hf.generate(tensor, attention_mask=torch.ones_like(tensor), max_new_tokens=n,
+                                          do_sample=False, **extra)
+                finally:
+                    hook.remove()
+                hf_forwards[k] = calls[0]
                 return out[0, len(ids):].tolist()
 
             tasks["transformers"] = hf_generate
@@ -258,6 +264,7 @@ def run_speculative(model, args) -> dict:
             if outs[ours] != outs["ours"]:
                 raise AssertionError(f"{name}: speculative decoding with k = {k} changed our greedy ids")
             by_k = {"acceptance_rate": stats[k].acceptance_rate, "tokens_per_forward": stats[k].tokens_per_round,
+                    "rounds": stats[k].rounds,
                     "speedup_ours": best["ours"] / best[ours], "speedup_ours_cpu": best_cpu["ours"] / best_cpu[ours]}
             line = (f"  {'':16s} k = {k:2d}: ours {best[ours]:.2f} s, {by_k['speedup_ours']:.2f}x "
                     f"({by_k['speedup_ours_cpu']:.2f}x by CPU time)")
@@ -267,11 +274,13 @@ def run_speculative(model, args) -> dict:
                 by_k["speedup_transformers_cpu"] = best_cpu["transformers"] / best_cpu[theirs]
                 by_k["speedup_transformers_vs_loop"] = best["transformers loop"] / best[theirs]
                 by_k["transformers_lookup_unchanged"] = outs[theirs] == outs["transformers"]
+                by_k["transformers_forwards"] = hf_forwards[k]
                 line += (f"; transformers {best[theirs]:.2f} s, {by_k['speedup_transformers']:.2f}x "
                          f"({by_k['speedup_transformers_cpu']:.2f}x; {by_k['speedup_transformers_vs_loop']:.2f}x "
                          "against its bare loop)")
             print(f"{line}; acceptance {by_k['acceptance_rate']:.0%}, {by_k['tokens_per_forward']:.2f} tokens per "
-                  "target forward", flush=True)
+                  f"target forward, {stats[k].rounds} forwards" +
+                  (f" (transformers {hf_forwards[k]})" if hf is not None else ""), flush=True)
             row["by_k"][str(k)] = by_k
         for who in ("ours", "transformers") if hf is not None else ("ours",):
             k_best = max(args.k, key=lambda k: row["by_k"][str(k)][f"speedup_{who}"])
@@ -280,8 +289,75 @@ def run_speculative(model, args) -> dict:
         print(f"  {'':16s} best: ours {row['best_speedup_ours']:.2f}x (k = {row['best_k_ours']})" +
               (f", transformers {row['best_speedup_transformers']:.2f}x (k = {row['best_k_transformers']})"
                if hf is not None else ""), flush=True)
+        row["step_costs"] = _step_costs(model, hf, ids, row, args)
         rows[name] = row
     return rows
+
+
+def _step_costs(model, hf, ids: list[int], row: dict, args) -> dict:
+    """What a speed-up is made of, timed apart (best of --repeats): P, the prompt's prefill
+    (logits of its last row only), and s(m), one forward of m rows after the prompt through
+    the cache with the logits of all m rows: s(1) is a plain decoding step, s(k + 1) a
+    verification round. A plain decode of n tokens costs about P + (n - 1) s(1); a
+    speculative one of R rounds about P + (R - 1) s(k + 1), its first round riding on the
+    prefill. The ratio of the two, beside the measured speed-up, shows which part decides it."""
+    widths = sorted({1} | {k + 1 for k in args.k if k + 1 < len(ids)})
+
+    def ours_prefill():
+        cache = model.new_cache(1, len(ids))
+        model.logits(model.hidden_states(np.array([ids]), cache)[0, -1])  # [T, C] -> [V]
+        return cache
+
+    def ours_step(cache, m):
+        cache.truncate(len(ids) - m)  # the prompt's last m tokens again, as m new rows
+        model.logits(model.hidden_states(np.array([ids[-m:]]), cache)[0])  # [m, C] -> [m, V]
+
+    parts = {"ours": (ours_prefill, ours_step)}
+    if hf is not None:
+        import torch
+        import transformers
+
+        tensor = torch.tensor([ids])
+        cache_name = _hf_cache_argument(hf)
+
+        def hf_prefill():
+            cache = transformers.DynamicCache(config=hf.config)
+            with torch.inference_mode():
+                hf(tensor, use_cache=True, logits_to_keep=1, **{cache_name: cache})
+            return cache
+
+        def hf_step(cache, m):
+            cache.crop(-m)  # drop the last m positions
+            with torch.inference_mode():
+                hf(tensor[:, -m:], use_cache=True, **{cache_name: cache})  # logits of all m rows
+
+        parts["transformers"] = (hf_prefill, hf_step)
+    n, costs = row["tokens"], {}
+    for who, (prefill, step) in parts.items():
+        best = {"prefill": float("inf")} | {m: float("inf") for m in widths}
+        for _ in range(args.repeats):
+            cache, wall, _cpu = timed(prefill)
+            best["prefill"] = min(best["prefill"], wall)
+            for m in widths:
+                best[m] = min(best[m], timed(lambda: step(cache, m))[1])
+        P, d = best["prefill"], best[1]
+        costs[who] = {"prefill_s": P, "step_s": {str(m): best[m] for m in widths}, "prefill_over_step": P / d}
+        model_speedups = {}
+        for k in args.k:
+            if k + 1 in best:
+                by_k = row["by_k"][str(k)]
+                rounds = by_k["rounds"] if who == "ours" else by_k["transformers_forwards"]
+                model_speedups[str(k)] = (P + (n - 1) * d) / (P + (rounds - 1) * best[k + 1])
+        costs[who]["speedup_from_parts"] = model_speedups
+        print(f"  {'':16s} {who}: prefill P {P * 1e3:.0f} ms = {P / d:.1f} steps; step s(m) " +
+              ", ".join(f"s({m}) {best[m] * 1e3:.0f} ms" for m in widths) + "; speed-up from these parts " +
+              ", ".join(f"k = {k}: {x:.2f}x" for k, x in model_speedups.items()), flush=True)
+    return costs
+
+
+def _hf_cache_argument(hf) -> str:
+    """The name of the KV cache argument of transformers' forward: `cache` in 5.x, `past_key_values` before."""
+    return "cache" if "cache" in inspect.signature(hf.forward).parameters else "past_key_values"
 
 
 def _hf_greedy_loop(hf, ids: list[int], n: int) -> list[int]:
@@ -294,8 +370,7 @@ def _hf_greedy_loop(hf, ids: list[int], n: int) -> list[int]:
     eos = hf.generation_config.eos_token_id
     eos = set([eos] if isinstance(eos, int) else eos or [])
     cache, step, out = transformers.DynamicCache(config=hf.config), torch.tensor([ids]), []
-    # transformers 5.x names the cache argument `cache`; 4.x `past_key_values`
-    cache_name = "cache" if "cache" in inspect.signature(hf.forward).parameters else "past_key_values"
+    cache_name = _hf_cache_argument(hf)
     with torch.inference_mode():
         while len(out) < n:
             logits = hf(step, use_cache=True, logits_to_keep=1, **{cache_name: cache}).logits  # [1, T, V] -> [1, 1, V]
