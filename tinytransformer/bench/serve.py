@@ -21,6 +21,8 @@ Measured in this one run:
    tokens per target forward; and each one's best k. A second baseline for transformers:
    its model in a bare greedy loop (the same forwards without generate()'s work around
    each), which gives generate()'s cost per token and transformers' speed-up against it.
+   Then, for each, the parts a speed-up is made of, timed apart (`_step_costs`): the prefill,
+   a forward of 1 row and of k + 1 rows, and the speed-up they predict.
    The run checks that speculation did not change the ids, nor the bare loop transformers'.
 2b. model draft: the same kind of run with the target's own first n layers (and its final norm and
    head) as the draft, for the acceptance rate such a free draft gets.
