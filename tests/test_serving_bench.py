@@ -31,18 +31,22 @@ def test_the_serving_benchmark_runs_and_both_policies_give_the_same_ids(tmp_path
     assert "continuous / static throughput" in capsys.readouterr().out
 
 
+def _tiny_hf_llama():
+    from conftest import require
+
+    torch = require("torch", "the benchmark runs transformers' model")
+    transformers = require("transformers", "the benchmark runs transformers' model")
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64)
+    return torch, transformers.LlamaForCausalLM(config).eval()
+
+
 @pytest.mark.parametrize("stop_early", [False, True])
 def test_transformers_bare_loop_gives_what_its_generate_gives(stop_early):
     """The second baseline of the speculative benchmark decodes as transformers' generate() does:
     the same greedy ids, and the same stop at EOS (the EOS token included)."""
-    from conftest import require
-
-    torch = require("torch", "the bare loop runs transformers' model")
-    transformers = require("transformers", "the bare loop runs transformers' model")
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64)
-    hf = transformers.LlamaForCausalLM(config).eval()
+    torch, hf = _tiny_hf_llama()
     ids, n = [3, 1, 4, 1, 5, 9, 2, 6], 12
     hf.generation_config.eos_token_id = None
     hf.generation_config.pad_token_id = 0
@@ -56,3 +60,23 @@ def test_transformers_bare_loop_gives_what_its_generate_gives(stop_early):
     got = serve._hf_greedy_loop(hf, ids, n)
     assert got == expected
     assert len(got) == (ours.index(ours[2]) + 1 if stop_early else n)
+
+
+def test_the_parts_of_a_speedup_are_timed_for_both_and_give_the_ratio_of_the_formula():
+    """_step_costs times a prefill and forwards of 1 and k + 1 rows for ours and transformers, and
+    predicts (P + (n - 1) s(1)) / (P + (R - 1) s(k + 1)) with each one's own count of rounds."""
+    import argparse
+
+    from tinytransformer.model import TinyTransformer, TransformerConfig
+
+    _, hf = _tiny_hf_llama()
+    model = TinyTransformer(TransformerConfig(vocab_size=32, d_model=16, n_layers=2, n_heads=2, max_seq_len=64), seed=0)
+    ids = list(range(3, 23))
+    row = {"tokens": 12, "by_k": {"4": {"rounds": 3, "transformers_forwards": 5}, "30": {"rounds": 1}}}
+    costs = serve._step_costs(model, hf, ids, row, argparse.Namespace(k=[4, 30], repeats=2))
+    for who, rounds in (("ours", 3), ("transformers", 5)):
+        c = costs[who]
+        assert set(c["step_s"]) == {"1", "5"}  # k = 30 needs 31 rows, more than the 20-token prompt
+        P, d, r = c["prefill_s"], c["step_s"]["1"], c["step_s"]["5"]
+        assert min(P, d, r) > 0 and c["prefill_over_step"] == P / d
+        assert c["speedup_from_parts"] == {"4": (P + 11 * d) / (P + (rounds - 1) * r)}
