@@ -15,8 +15,9 @@ once. One round, for a text whose last token the target's cache does not hold ye
     rewind the cache past the rejected tokens (`KVCache.truncate`)
 
 The first round's forward also carries the prompt (all but its last token), so the
-prefill costs no forward of its own, as in a plain decode. A round emits 1 to k + 1 tokens, and they are distributed exactly as tokens
-sampled from the target one at a time. For one position,
+prefill costs no forward of its own, as in a plain decode. A round emits 1 to k + 1
+tokens, and they are distributed exactly as tokens sampled from the target one at a
+time. For one position,
 
     P(emit y) = q(y) min(1, p(y)/q(y)) + P(reject) normalise(max(0, p - q))(y)
               = min(p, q)(y) + (1 - sum min(p, q)) max(0, p - q)(y) / sum max(0, p - q) = p(y)
