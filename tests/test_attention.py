@@ -18,6 +18,7 @@ from tinytransformer.attention import (
     padding_mask,
     repeat_kv,
     scaled_dot_product_attention,
+    scaled_dot_product_attention_fast,
     sliding_window_mask,
     softmax,
     split_heads,
@@ -257,6 +258,24 @@ def test_causal_attention_in_query_blocks_equals_one_causal_call(shape, seed, bl
     assert_close(blocked, scaled_dot_product_attention(q, k, v, causal=True, alibi_slopes=slopes))
 
 
+@given(attention_shapes(), seeds(), dtypes(), st.booleans(), st.booleans(), st.integers(1, 8))
+def test_fast_attention_gives_the_reference_result(shape, seed, dtype, causal, alibi, block):
+    q, k, v = random_qkv(shape, seed, dtype)
+    options = dict(alibi_slopes=alibi_slopes(shape.n_heads) if alibi else None)
+    fast = scaled_dot_product_attention_fast(q, k, v, causal=causal, **options)
+    assert fast.dtype == np.result_type(q, k, v)
+    assert_close(fast, scaled_dot_product_attention(q, k, v, causal=causal, **options), dtype=dtype)
+    assert_close(causal_attention_in_query_blocks(scaled_dot_product_attention_fast, q, k, v, block=block, **options),
+                 scaled_dot_product_attention(q, k, v, causal=True, **options), dtype=dtype)
+
+
+def test_fast_attention_gives_zeros_to_a_query_that_sees_no_key_as_the_reference_does():
+    q, k, v = random_qkv(AttentionShape(batch=1, n_heads=2, n_kv_heads=1, q_len=4, kv_len=2, head_dim=3), 0)
+    out = scaled_dot_product_attention_fast(q, k, v, causal=True)  # 4 queries, 2 keys: the first 2 see nothing
+    assert (out[:, :, :2] == 0).all()
+    assert_close(out, scaled_dot_product_attention(q, k, v, causal=True))
+
+
 # --- non-finite edges -----------------------------------------------------------------
 
 @given(st.lists(st.floats(-50, 50), min_size=1, max_size=12), st.data())
@@ -281,7 +300,8 @@ def _flash(q, k, v, **kwargs):
     return flash_attention(q, k, v, **kwargs)
 
 
-@pytest.mark.parametrize("attend", [scaled_dot_product_attention, _flash], ids=["sdpa", "flash"])
+@pytest.mark.parametrize("attend", [scaled_dot_product_attention, scaled_dot_product_attention_fast, _flash],
+                         ids=["sdpa", "sdpa-fast", "flash"])
 @pytest.mark.parametrize("big, problem", [
     (1e20, "q, k: the scores q k\\^T \\* scale overflow float32"),
     (np.nan, "q: expected finite values, got NaN or inf"),

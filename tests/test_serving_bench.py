@@ -19,13 +19,14 @@ def test_the_serving_benchmark_runs_and_both_policies_give_the_same_ids(tmp_path
     # wall time is the primary figure, the process's CPU time is reported beside it
     assert results["clock"].startswith("wall") and batching["speedup_cpu"] > 0
     row = results["speculative"]["repeat"]
-    assert set(row["seconds"]) == set(row["cpu_seconds"]) == {"ours"} | {f"ours + lookup k={k}" for k in (4, 7, 10, 15, 23, 31)}
-    assert set(row["by_k"]) == {"4", "7", "10", "15", "23", "31"} and row["best_k_ours"] in (4, 7, 10, 15, 23, 31)
+    ks = (4, 7, 10, 15, 23, 31, 47)
+    assert set(row["seconds"]) == set(row["cpu_seconds"]) == {"ours"} | {f"ours + lookup k={k}" for k in ks}
+    assert set(row["by_k"]) == {str(k) for k in ks} and row["best_k_ours"] in ks
     assert row["best_speedup_ours"] == max(r["speedup_ours"] for r in row["by_k"].values())
-    assert sum(1 for r in row["by_k"].values() if r["rounds"] >= 1) == 6
+    assert sum(1 for r in row["by_k"].values() if r["rounds"] >= 1) == len(ks)
     # the parts of a speed-up: a prefill and forwards of 1 and k + 1 rows, and the ratio they predict
     costs = row["step_costs"]["ours"]
-    assert set(costs["step_s"]) == {"1", "5", "8", "11", "16", "24", "32"} and costs["prefill_s"] > 0
+    assert set(costs["step_s"]) == {"1"} | {str(k + 1) for k in ks} and costs["prefill_s"] > 0
     assert costs["prefill_over_step"] == costs["prefill_s"] / costs["step_s"]["1"]
     assert set(costs["speedup_from_parts"]) == set(row["by_k"]) and all(x > 0 for x in costs["speedup_from_parts"].values())
     assert "continuous / static throughput" in capsys.readouterr().out

@@ -118,6 +118,9 @@ def test_prompt_lookup_copies_what_followed_the_latest_earlier_match_with_k_toke
     assert draft.lookup(tokens, 5) == [3, 9, 1, 2, 4]  # only 4 tokens follow the one at 4: the one at 0
     assert draft.lookup([1, 2, 1, 2], 5) == [1, 2]  # none is followed by 5: the one followed by most
     assert draft.lookup([5, 6, 7], 3) == []  # nothing repeats
+    assert draft.lookup([5, 6, 7, 5], 2) == []  # one token seen before is not enough by default,
+    assert PromptLookupDraft(10, min_ngram=1).lookup([5, 6, 7, 5], 2) == [6, 7]  # but is when allowed
+    assert PromptLookupDraft(10, max_ngram=1).lookup([5, 6, 7, 5], 2) == [6, 7]
     ids, q = draft.propose(tokens, 2)
     assert ids == [4, 7] and q.shape == (2, 10) and (q.argmax(axis=1) == ids).all() and (q.sum(axis=1) == 1).all()
 

@@ -44,6 +44,8 @@ __all__ = [
     "padding_mask",
     "attention_weights",
     "scaled_dot_product_attention",
+    "scaled_dot_product_attention_fast",
+    "softmax_attention_rows",
     "causal_attention_in_query_blocks",
     "repeat_kv",
     "split_heads",
@@ -187,6 +189,63 @@ def scaled_dot_product_attention(q, k, v, *, causal=False, scale=None, alibi_slo
     pg = p.reshape(B, Hkv, Hq // Hkv * T, S)  # [B, Hq, T, S] -> [B, Hkv, G T, S]
     out = pg @ v.astype(p.dtype, copy=False)  # [B, Hkv, G T, S] @ [B, Hkv, S, Dv] -> [B, Hkv, G T, Dv]
     return out.reshape(B, Hq, T, Dv).astype(out_dtype, copy=False)  # [B, Hq, T, Dv]
+
+
+def scaled_dot_product_attention_fast(q, k, v, *, causal=False, scale=None, alibi_slopes=None):
+    """scaled_dot_product_attention with only the equation left (same arguments but the masks, same result).
+
+    The reference checks its inputs, builds a boolean mask [B, Hq, T, S] and
+    copies the scores to apply it; in a model's prefill those passes over the
+    scores cost more than the two products. Here each sequence's scores are made
+    once and changed in place (`softmax_attention_rows`). Where that could differ
+    from the reference (a query that sees no key, a score that is not finite),
+    the reference is called instead, and gives its result or its error.
+    """
+    q, k, v = float_array(q, "q"), float_array(k, "k"), float_array(v, "v")
+    B, Hq, Hkv, T, S, D, Dv = attention_shapes(q, k, v)
+    out_dtype = np.result_type(q, k, v)
+    dtype = np.promote_types(out_dtype, np.float32)  # float16 is computed in float32, as the reference does
+    scale = attention_scale(scale, D)
+    slopes = None if alibi_slopes is None else float_array(alibi_slopes, "alibi_slopes")
+    if (causal and T > S) or (slopes is not None and slopes.shape != (Hq,)):  # rows with no key; or a bad argument
+        return scaled_dot_product_attention(q, k, v, causal=causal, scale=scale, alibi_slopes=alibi_slopes)
+    qs = q.reshape(B, Hkv, Hq // Hkv * T, D).astype(dtype, copy=False) * dtype.type(scale)  # [B, Hkv, G T, D]
+    out = np.empty((B, Hkv, Hq // Hkv * T, Dv), dtype=dtype)
+    for b in range(B):
+        if not softmax_attention_rows(qs[b], k[b].astype(dtype, copy=False), v[b].astype(dtype, copy=False), T,
+                                      causal=causal, alibi_slopes=slopes, out=out[b]):
+            return scaled_dot_product_attention(q, k, v, causal=causal, scale=scale, alibi_slopes=alibi_slopes)
+    return out.reshape(B, Hq, T, Dv).astype(out_dtype, copy=False)
+
+
+def softmax_attention_rows(qs, k, v, T: int, *, causal: bool, alibi_slopes=None, out) -> bool:
+    """out = softmax(qs k^T (+ ALiBi), causal mask) v for one sequence, the scores changed in place.
+
+    qs [Hkv, G T, D]: the queries, already scaled, the G query heads of a KV head
+    as one matrix (row g T + t: head h G + g, query t); k [Hkv, S, D]; v [Hkv, S, Dv];
+    out [Hkv, G T, Dv]. Query t sits at key position S - T + t (end-aligned), and
+    T <= S, so every query sees key 0. Returns False, with out unfilled, if a
+    score is not finite (the caller hands such inputs to the reference).
+    """
+    Hkv, GT, _ = qs.shape
+    S = k.shape[1]
+    with np.errstate(over="ignore", invalid="ignore"):
+        s = qs @ k.transpose(0, 2, 1)  # [Hkv, G T, D] @ [Hkv, D, S] -> [Hkv, G T, S]
+    if not np.isfinite(s).all():
+        return False
+    if alibi_slopes is not None or (causal and T > 1):
+        s = s.reshape(Hkv, GT // T, T, S)  # [Hkv, G, T, S]
+        j, p = np.arange(S), S - T + np.arange(T)[:, None]  # key positions [S]; query positions [T, 1]
+        if alibi_slopes is not None:
+            s += np.asarray(alibi_slopes, s.dtype).reshape(Hkv, GT // T, 1, 1) * (j - p)  # slope_h * (j - p)
+        if causal and T > 1:
+            s[..., j > p] = -np.inf  # keys in a query's future
+        s = s.reshape(Hkv, GT, S)
+    s -= s.max(axis=-1, keepdims=True)  # softmax over the S keys
+    np.exp(s, out=s)
+    s /= s.sum(axis=-1, keepdims=True)
+    np.matmul(s, v, out=out)  # [Hkv, G T, S] @ [Hkv, S, Dv] -> [Hkv, G T, Dv]
+    return True
 
 
 def causal_attention_in_query_blocks(attention, q, k, v, *, block: int = 128, scale=None, alibi_slopes=None):

@@ -83,12 +83,19 @@ def gelu(x, approximate: str = "none"):
 
 
 def silu(x):
-    """SiLU(x) = x * sigmoid(x), with sigmoid(x) = (1 + tanh(x/2)) / 2, which never overflows."""
+    """SiLU(x) = x * sigmoid(x) = x / (1 + exp(-x)).
+
+    For very negative x, exp(-x) overflows to inf and x / inf is the right limit, -0.
+    """
     x = float_array(x, "x")
-    half = x * x.dtype.type(0.5)
-    with np.errstate(invalid="ignore"):  # -inf: -inf + inf is NaN; the limit is 0, set below
-        y = half + half * np.tanh(half)  # x/2 (1 + tanh(x/2)) = x sigmoid(x)
-    return np.where(x == -np.inf, x.dtype.type(0), y)
+    y = np.negative(x, out=np.empty_like(x))  # one new array, then in place: a model FFN calls this in every layer
+    with np.errstate(over="ignore", invalid="ignore"):  # -inf / inf is NaN; the limit is 0, set below
+        np.exp(y, out=y)
+        y += 1
+        np.divide(x, y, out=y)  # x / (1 + exp(-x))
+    if y.size and np.fmin.reduce(x, axis=None) == -np.inf:  # (fmin skips NaN)
+        y[x == -np.inf] = 0
+    return y
 
 
 def linear(x, weight, bias=None):

@@ -53,7 +53,7 @@ import numpy as np
 from tinytransformer import sampling
 from tinytransformer._validate import positive_float, positive_int, random_generator, seed_value
 from tinytransformer.attention import (causal_attention_in_query_blocks, merge_heads, scaled_dot_product_attention,
-                                       split_heads)
+                                       scaled_dot_product_attention_fast, split_heads)
 from tinytransformer.flash import flash_attention
 from tinytransformer.kv_cache import KVCache
 from tinytransformer.layers import (column_major, embedding, ffn, gelu, layer_norm, linear_in_row_blocks,
@@ -199,8 +199,10 @@ ATTENTION_IMPLEMENTATIONS: dict[str, tuple[Callable, Callable]] = {
     "sdpa": (scaled_dot_product_attention, paged_decode_attention),
     "flash": (flash_attention, functools.partial(paged_decode_attention, attention=flash_attention)),
     "cuda": (_cuda_flash, _cuda_paged),  # NumPy arrays are copied to the GPU and back on every call
-    "sdpa-batched": (scaled_dot_product_attention, paged_decode_attention_batched),  # a paged batch in one call
-    "sdpa-fast": (scaled_dot_product_attention, paged_decode_attention_fast),  # the paged reference, sdpa inlined
+    # the reference with the equation inlined, over contiguous keys; over a paged batch, in one padded call
+    "sdpa-batched": (scaled_dot_product_attention_fast, paged_decode_attention_batched),
+    # the same over contiguous keys; the paged reference's loop with the equation inlined
+    "sdpa-fast": (scaled_dot_product_attention_fast, paged_decode_attention_fast),
 }
 
 

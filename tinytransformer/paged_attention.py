@@ -32,7 +32,7 @@ from __future__ import annotations
 import numpy as np
 
 from tinytransformer._validate import attention_scale, float_array, query_key_heads, rank4
-from tinytransformer.attention import scaled_dot_product_attention
+from tinytransformer.attention import scaled_dot_product_attention, softmax_attention_rows
 
 __all__ = ["check_paged_decode_inputs", "paged_decode_attention", "paged_decode_attention_batched",
            "paged_decode_attention_fast"]
@@ -156,7 +156,8 @@ def paged_decode_attention_fast(q, k_pool, v_pool, block_tables, context_lens, *
     The reference's time in a decode step is mostly not arithmetic: for every
     sequence in every layer, the general attention function checks its arguments
     and builds masks again. Here the arguments are checked once for the batch,
-    and for each sequence (no padding) the work is the equation and nothing more:
+    and for each sequence (no padding) the work is the equation and nothing more
+    (`attention.softmax_attention_rows`, in place on the scores):
 
         s = (q * scale) k^T   (+ ALiBi)   [Hkv, G T, L]: the G query heads of a KV head as one matrix
         out = softmax(s) v                [Hkv, G T, D]
@@ -174,26 +175,13 @@ def paged_decode_attention_fast(q, k_pool, v_pool, block_tables, context_lens, *
     scale = attention_scale(scale, D)
     block_tables, context_lens = np.asarray(block_tables), np.asarray(context_lens)
     qs = q.reshape(B, Hkv, G * T, D).astype(dtype) * dtype.type(scale)  # row g T + t: head h G + g, query t
-    slopes = None if alibi_slopes is None else np.asarray(alibi_slopes, dtype=dtype).reshape(Hkv, G, 1, 1)
+    slopes = None if alibi_slopes is None else np.asarray(alibi_slopes, dtype=dtype)  # [Hq]
     out = np.empty((B, Hkv, G * T, D), dtype=dtype)
     for b in range(B):
         L = int(context_lens[b])
-        k = _gather_sequence(k_pool, block_tables[b], L)  # [Hkv, L, D]
-        v = _gather_sequence(v_pool, block_tables[b], L)
-        s = qs[b] @ k.astype(dtype, copy=False).transpose(0, 2, 1)  # [Hkv, G T, D] @ [Hkv, D, L] -> [Hkv, G T, L]
-        if not np.isfinite(s).all():
+        k = _gather_sequence(k_pool, block_tables[b], L).astype(dtype, copy=False)  # [Hkv, L, D]
+        v = _gather_sequence(v_pool, block_tables[b], L).astype(dtype, copy=False)
+        if not softmax_attention_rows(qs[b], k, v, T, causal=causal, alibi_slopes=slopes, out=out[b]):
             return paged_decode_attention(q, k_pool, v_pool, block_tables, context_lens, causal=causal,
                                           scale=scale, alibi_slopes=alibi_slopes)
-        if slopes is not None or (causal and T > 1):
-            s = s.reshape(Hkv, G, T, L)
-            j, p = np.arange(L), L - T + np.arange(T)[:, None]  # key positions [L]; query positions [T, 1]
-            if slopes is not None:
-                s += slopes * (j - p)  # slope_h * (j - p)
-            if causal and T > 1:
-                s[..., j > p] = -np.inf  # keys in a query's future
-            s = s.reshape(Hkv, G * T, L)
-        s -= s.max(axis=-1, keepdims=True)  # softmax over the L keys; every query sees key 0
-        np.exp(s, out=s)
-        s /= s.sum(axis=-1, keepdims=True)
-        np.matmul(s, v.astype(dtype, copy=False), out=out[b])  # [Hkv, G T, L] @ [Hkv, L, D]
     return out.reshape(B, Hq, T, D).astype(out_dtype, copy=False)

@@ -214,7 +214,7 @@ def run_speculative(model, args) -> dict:
 
         def ours_lookup(k):
             stats[k].__init__()  # counts of the last run only
-            draft = PromptLookupDraft(model.config.vocab_size, max_ngram=args.ngram)
+            draft = PromptLookupDraft(model.config.vocab_size, max_ngram=args.ngram, min_ngram=args.min_ngram)
             return speculative_generate(model, draft, ids, n, k=k, stats=stats[k])
 
         tasks = {"ours": lambda: model.generate(ids, n)}
@@ -489,9 +489,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--long-max", type=int, default=224)
     parser.add_argument("--long-fraction", type=float, default=0.125)
     parser.add_argument("--new-tokens", type=int, default=96, help="speculative: new tokens per prompt")
-    parser.add_argument("-k", type=int, nargs="+", default=[4, 7, 10, 15, 23, 31],
-                        help="speculative: drafted tokens per round, each measured (default 4 7 10 15 23 31)")
+    parser.add_argument("-k", type=int, nargs="+", default=[4, 7, 10, 15, 23, 31, 47],
+                        help="speculative: drafted tokens per round, each measured (default 4 7 10 15 23 31 47)")
     parser.add_argument("--ngram", type=int, default=2, help="speculative: longest n-gram to look up (default 2)")
+    parser.add_argument("--min-ngram", type=int, default=None,
+                        help="speculative: shortest n-gram our lookup takes (default 2, or 1 if --ngram is 1; "
+                             "transformers' takes 1)")
     parser.add_argument("--draft-layers", type=int, nargs="+", default=[8, 16],
                         help="model draft: the target's first n layers (default 8 16)")
     parser.add_argument("--draft-k", type=int, default=4, help="model draft: drafted tokens per round (default 4)")
@@ -522,7 +525,9 @@ def main(argv: list[str] | None = None) -> int:
             print("\n1. batching: static vs continuous, same blocks and slots", flush=True)
             results["batching"] = run_batching(model, args)
         if "speculative" in only:
-            print(f"\n2. prompt-lookup speculative decoding, greedy, k in {args.k}, n-gram <= {args.ngram}", flush=True)
+            shortest = args.min_ngram or min(2, args.ngram)  # as PromptLookupDraft takes None
+            print(f"\n2. prompt-lookup speculative decoding, greedy, k in {args.k}, n-gram <= {args.ngram} "
+                  f"(ours >= {shortest}, transformers' >= 1)", flush=True)
             results["speculative"] = run_speculative(model, args)
         if "model-draft" in only:
             print("\n2b. a model draft made from the target: its first layers and its head", flush=True)

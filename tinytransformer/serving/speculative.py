@@ -191,12 +191,17 @@ class PromptLookupDraft:
     occurrence has k tokens after it, the one with the most (the earliest).
     On chapter 12's code-copying prompts with k = 15 this takes SmolLM2 through 96
     tokens in 7 target forwards, where always taking the latest took 10.
+
+    A single token seen before (n = 1) is weak evidence of a copy, so by default
+    the tail must match at least 2 tokens (min_ngram=None: 2, or 1 if max_ngram is 1). On those prompts the n = 1 drafts were
+    all rejected (the answer's first tokens, where nothing is being copied yet),
+    and on a prompt that copies nothing they made every round's forward k rows longer.
     """
 
-    def __init__(self, vocab_size: int, *, max_ngram: int = 3, min_ngram: int = 1):
+    def __init__(self, vocab_size: int, *, max_ngram: int = 3, min_ngram: int | None = None):
         self.vocab_size = positive_int(vocab_size, "vocab_size")
         self.max_ngram = positive_int(max_ngram, "max_ngram")
-        self.min_ngram = positive_int(min_ngram, "min_ngram")
+        self.min_ngram = min(2, self.max_ngram) if min_ngram is None else positive_int(min_ngram, "min_ngram")
         if self.min_ngram > self.max_ngram:
             raise ValueError(f"min_ngram: expected at most max_ngram={max_ngram}, got {min_ngram}")
 
