@@ -64,6 +64,32 @@ def test_greedy_speculation_gives_exactly_the_targets_greedy_ids(model, k, n_new
     assert stats.rounds <= max(len(got), 0) and (not got or stats.rounds >= -(-len(got) // (k + 1)))
 
 
+class _PlantedDraft:
+    """Proposes the target's own greedy continuation, with one wrong token planted at index `wrong`."""
+
+    def __init__(self, continuation, wrong, vocab_size):
+        self.continuation, self.wrong, self.vocab_size = continuation, wrong, vocab_size
+
+    def propose(self, tokens, k, randomness, **sampling_options):
+        ids = list(self.continuation[:k])
+        if self.wrong < k:
+            ids[self.wrong] = (ids[self.wrong] + 1) % self.vocab_size
+        return ids, np.eye(self.vocab_size)[ids]
+
+
+@pytest.mark.parametrize("wrong", [0, 1, 3, 5])
+def test_a_greedy_round_keeps_the_drafts_before_the_first_that_is_not_the_argmax(wrong):
+    model = TinyTransformer(TransformerConfig(vocab_size=7, d_model=8, n_layers=2, n_heads=2, max_seq_len=32), seed=3)
+    prompt = [1, 5, 2, 6]
+    target = model.generate(prompt, 8, stop_at_eos=False)
+    stats = SpeculationStats()
+    first_round = next(speculative_stream(model, _PlantedDraft(target, wrong, 7), prompt, 8, k=5, stats=stats))
+    # drafts 0 .. wrong - 1 kept, then the target's own token in place of the wrong one
+    # (with nothing wrong, all 5 kept and a bonus token)
+    assert first_round == target[:min(wrong, 5) + 1]
+    assert stats.accepted == min(wrong, 5) and stats.drafted == 5
+
+
 @pytest.mark.parametrize("kind,k,temperature,top_p", [("random table", 1, 1.0, None), ("random table", 2, 0.7, None),
                                                      ("random table", 2, 1.3, 0.8), ("another model", 1, 0.8, None)])
 def test_the_first_two_emitted_tokens_have_exactly_the_targets_distribution(kind, k, temperature, top_p):

@@ -164,8 +164,13 @@ def speculative_stream(target, draft, prompt_ids, max_new_tokens: int, *, k: int
         hidden = target.hidden_states(ids, cache)[0, len(uncached):]  # [1 + m', C]: the last token on
         logits = target.logits(hidden)  # [1 + m', V]: one forward for all
         uncached = []
-        p = np.stack([sampling.probabilities(row, **options) for row in logits])  # [1 + m', V]
-        n_accepted, next_token = accept_or_resample(draft_ids, p, q, randomness)
+        if temperature == 0:  # the rule with one-hot p and q: keep drafts while each is the target's argmax
+            best = [sampling.greedy(row) for row in logits]  # [1 + m']
+            n_accepted = next((i for i, x in enumerate(draft_ids) if x != best[i]), len(draft_ids))
+            next_token = best[n_accepted]  # the residual at a rejection is the argmax; so is the bonus token
+        else:
+            p = np.stack([sampling.probabilities(row, **options) for row in logits])  # [1 + m', V]
+            n_accepted, next_token = accept_or_resample(draft_ids, p, q, randomness)
         cache.truncate(len(tokens) + n_accepted)  # keep the last token and the accepted drafts
         emitted = draft_ids[:n_accepted] + [next_token]
         if eos is not None and eos in emitted:
