@@ -26,6 +26,11 @@ A query whose every key is masked gets an output of zeros, never NaN.
     >>> out[0, 0, 0].tolist()   # the first query can only see the first key
     [1.0, 0.0]
 
+`scaled_dot_product_attention` is the reference: general masks and biases, every
+input checked. `scaled_dot_product_attention_fast` follows it, for what a model
+asks (causal or not, ALiBi): the same equation with the scores changed in place
+and no mask built, tested equal to the reference; a model's prefill runs it.
+
 Does not handle: dropout, attention over packed variable-length batches (use a
 key-padding mask), or memory efficiency (see `flash` for the tiled version).
 """

@@ -27,6 +27,8 @@ Three parts are swappable, each with one signature, and give the same logits:
 
     attention  "sdpa" | "flash" | "cuda" | "sdpa-batched" | "sdpa-fast"
                | a function f(q, k, v, *, causal, scale, alibi_slopes) -> out
+               ("sdpa-batched" and "sdpa-fast": the reference with the equation inlined;
+               over a paged batch, one padded call or a loop over its sequences)
     cache      None (recompute everything), a `KVCache`, or a ragged batch of a `PagedKVCache`
     weights    float arrays, or quantised weights with .linear(x) (see `layers.linear`)
 
