@@ -20,7 +20,7 @@ from tinytransformer.corpus import load_corpus
 from tinytransformer.chat import chat_prompt
 from tinytransformer.llama import load_model
 from tinytransformer.model import TinyTransformer
-from tinytransformer.testing import assert_close
+from tinytransformer.testing import assert_close, tolerance
 
 pytestmark = [pytest.mark.model, pytest.mark.slow]
 
@@ -93,7 +93,11 @@ def test_cached_generation_equals_uncached_on_smollm2(ours):
 def test_forward_on_a_prefix_equals_the_first_rows_on_smollm2(ours):
     ids = ours.tokenizer.encode(PROMPTS["non_english"])
     full = ours.forward(ids)
-    assert_close(ours.forward(ids[:10]), full[:10], rtol=0, atol=1e-4)
+    # 10 rows and 40 go through different product kernels, whose float32 roundings add up over
+    # 30 layers: the table's float32 rtol taken relative to the largest logit (34 here; measured
+    # differences up to 1.1e-4, run to run, against an allowance of 3.4e-4)
+    scale = tolerance(np.float32)[0] * float(np.abs(full).max())
+    assert_close(ours.forward(ids[:10]), full[:10], rtol=0, atol=scale)
     assert np.array_equal(full.argmax(-1)[:10], ours.forward(ids[:10]).argmax(-1))
 
 
