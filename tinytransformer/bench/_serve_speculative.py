@@ -17,6 +17,7 @@ import numpy as np
 
 from tinytransformer.bench.serve import _has_tokenizer, timed
 
+
 def copy_prompts(model) -> dict[str, str]:
     """Chat prompts: two whose answers copy a code block from the prompt, one that copies nothing."""
     from tinytransformer.chat import chat_prompt

@@ -272,7 +272,10 @@ def main(argv: list[str] | None = None) -> int:
         if "speculative" in only or "model-draft" in only:
             from tinytransformer.bench._serve_speculative import run_model_draft, run_speculative  # part 2, apart
         if "speculative" in only:
-            shortest = args.min_ngram or min(2, args.ngram)  # as PromptLookupDraft takes None
+            from tinytransformer.serving.speculative import PromptLookupDraft
+
+            shortest = PromptLookupDraft(model.config.vocab_size, max_ngram=args.ngram,
+                                         min_ngram=args.min_ngram).min_ngram  # its default when None
             print(f"\n2. prompt-lookup speculative decoding, greedy, k in {args.k}, n-gram <= {args.ngram} "
                   f"(ours >= {shortest}, transformers' >= 1)", flush=True)
             results["speculative"] = run_speculative(model, args)
