@@ -1,5 +1,18 @@
 """Argument checks shared by the public functions: each error names the argument,
-what was expected and what was given."""
+what was expected and what was given.
+
+The two predicates say what counts as a number here: bools are not (True is 1 to Python,
+but `max_new_tokens=True` is a mistake, not a request for one token).
+
+    >>> is_integer(3), is_integer(np.int64(3)), is_integer(True), is_integer(3.0)
+    (True, True, False, False)
+    >>> integer(5, "n", low=0, high=9)
+    5
+    >>> integer(-1, "max_new_tokens", low=0)
+    Traceback (most recent call last):
+    ...
+    ValueError: max_new_tokens: expected an integer >= 0, got -1
+"""
 from __future__ import annotations
 
 import math
@@ -7,25 +20,51 @@ import math
 import numpy as np
 
 
+def is_integer(value) -> bool:
+    """True for a Python or NumPy integer, False for anything else (a bool included)."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def is_real(value) -> bool:
+    """True for a Python or NumPy integer or float (finite or not), False for anything else (a bool included)."""
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+
+
+def integer(value, name: str, *, low: int | None = None, high: int | None = None) -> int:
+    """value as an int, or ValueError unless it is an integer (not a bool) in [low, high] (either bound optional)."""
+    if not is_integer(value) or (low is not None and value < low) or (high is not None and value > high):
+        if low is not None and high is not None:
+            wanted = f"an integer in [{low}, {high}]"
+        elif low is not None:
+            wanted = f"an integer >= {low}"
+        elif high is not None:
+            wanted = f"an integer <= {high}"
+        else:
+            wanted = "an integer"
+        raise ValueError(f"{name}: expected {wanted}, got {value!r}")
+    return int(value)
+
+
 def positive_int(value, name: str) -> int:
     """value as an int, or ValueError unless it is an integer >= 1 (bools are not integers here)."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name}: expected an integer >= 1, got {value!r}")
-    return int(value)
+    return integer(value, name, low=1)
+
+
+def nonnegative_int(value, name: str) -> int:
+    """value as an int, or ValueError unless it is an integer >= 0 (not a bool)."""
+    return integer(value, name, low=0)
 
 
 def positive_float(value, name: str) -> float:
     """value as a float, or ValueError unless it is a finite number > 0."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)) \
-            or not math.isfinite(value) or not value > 0:
+    if not is_real(value) or not math.isfinite(value) or not value > 0:
         raise ValueError(f"{name}: expected a finite number > 0, got {value!r}")
     return float(value)
 
 
 def nonnegative_float(value, name: str) -> float:
     """value as a float, or ValueError unless it is a finite number >= 0 (not a bool)."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)) \
-            or not math.isfinite(value) or not value >= 0:
+    if not is_real(value) or not math.isfinite(value) or not value >= 0:
         raise ValueError(f"{name}: expected a finite number >= 0, got {value!r}")
     return float(value)
 
@@ -35,7 +74,7 @@ def seed_value(value, name: str = "seed"):
     else ValueError (a bool, a float or a str is not a seed)."""
     if value is None or isinstance(value, np.random.Generator):
         return value
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 0:
+    if not is_integer(value) or value < 0:
         raise ValueError(f"{name}: expected a numpy Generator, an integer seed >= 0, or None, got {value!r}")
     return int(value)
 
@@ -109,8 +148,7 @@ def attention_scale(scale, head_dim: int) -> float:
     """The score scale: 1 / sqrt(D) when None, else a finite real number (not a bool)."""
     if scale is None:
         return 1.0 / math.sqrt(head_dim)
-    if isinstance(scale, (bool, np.bool_)) or not isinstance(scale, (int, float, np.integer, np.floating)) \
-            or not math.isfinite(scale):
+    if not is_real(scale) or not math.isfinite(scale):
         raise ValueError(f"scale: expected a finite real number (or None for 1/sqrt(D)), got {scale!r}")
     return float(scale)
 
