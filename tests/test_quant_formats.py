@@ -164,8 +164,25 @@ def test_four_bit_codes_and_values_equal_bitsandbytes(x, kind, block_size):
     ours = normal_float.quantize_4bit(x, kind, block_size=block_size)
     np.testing.assert_array_equal(ours.packed, packed.numpy().reshape(-1))  # codes, nibble order included
     np.testing.assert_array_equal(ours.absmax, state.absmax.numpy())
-    theirs = bnb.functional.dequantize_4bit(packed, state).numpy()
-    np.testing.assert_array_equal(ours.dequantize(), theirs.reshape(x.shape))
+    # the values by the definition, from bitsandbytes' own code table, codes and absmax:
+    # x_i = code[nibble_i] * absmax[i // block_size], blocks running over the flattened tensor
+    code = bnb.functional.get_4bit_type(kind, device="cpu").numpy()
+    np.testing.assert_array_equal(normal_float.CODES[kind], code)
+    nibbles = np.stack([packed.numpy().reshape(-1) >> 4, packed.numpy().reshape(-1) & 0x0F], axis=1).reshape(-1)
+    by_definition = code[nibbles[:x.size]] * state.absmax.numpy()[np.arange(x.size) // block_size]
+    np.testing.assert_array_equal(ours.dequantize(), by_definition.reshape(x.shape))
+    # bitsandbytes' dequantize_4bit of the tensor as one row gives the same values ...
+    flat = bnb.functional.QuantState(absmax=state.absmax, shape=torch.Size([x.size]), dtype=torch.float32,
+                                     blocksize=block_size, quant_type=kind)
+    theirs_flat = bnb.functional.dequantize_4bit(packed, flat).numpy().reshape(-1)  # [n] ([n, 1] when n <= 2)
+    np.testing.assert_array_equal(ours.dequantize().reshape(-1), theirs_flat)
+    # ... and in x's shape too when every row is whole blocks. When a block runs over a row's end (the last axis
+    # not a multiple of block_size), bitsandbytes 0.50's AVX-512 CPU kernel (dequantizeBlockwise4bitCpu, taken
+    # when the last axis is a multiple of 16) reads absmax[row * (n // block_size) + column // block_size],
+    # a block its quantiser did not write for those values: it disagrees with its own definition above.
+    if x.ndim == 1 or x.shape[-1] % block_size == 0:
+        theirs = bnb.functional.dequantize_4bit(packed, state).numpy()
+        np.testing.assert_array_equal(ours.dequantize(), theirs.reshape(x.shape))
 
 
 @settings(max_examples=settings.default.max_examples // 2)  # each example quantises many blocks
