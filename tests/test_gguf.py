@@ -262,8 +262,8 @@ def test_bool_and_number_arrays_are_read_in_one_step_not_element_by_element(tmp_
     path = tmp_path / "arrays.gguf"
     write_gguf(path, {"flags": np.arange(2**20) % 3 == 0, "numbers": np.arange(2**20, dtype=np.float32)}, {})
     reads = []
-    original = gguf._Cursor.take
-    monkeypatch.setattr(gguf._Cursor, "take", lambda self, n, what: reads.append(what) or original(self, n, what))
+    original = gguf.reader.Cursor.take
+    monkeypatch.setattr(gguf.reader.Cursor, "take", lambda self, n, what: reads.append(what) or original(self, n, what))
     with GGUFFile(path) as f:
         assert f.metadata["flags"].sum() == (2**20 + 2) // 3 and f.metadata["numbers"][-1] == 2**20 - 1
     assert len(reads) < 30, f"{len(reads)} reads for two arrays"
@@ -387,7 +387,7 @@ def test_python_ints_are_written_in_the_narrowest_type_that_holds_them(tmp_path,
     with GGUFFile(path) as f:
         read = f.metadata["n"]
         if isinstance(value, list):
-            assert read.dtype == gguf._VALUE_DTYPES[value_type] and read.tolist() == value
+            assert read.dtype == gguf.VALUE_DTYPES[value_type] and read.tolist() == value
         else:
             assert f.metadata_types["n"] == value_type and read == value
 
@@ -400,7 +400,7 @@ def test_a_write_that_fails_half_way_leaves_the_old_file_and_no_temporary(tmp_pa
     def broken_quantize(x, kind):
         raise OSError("disk full")
 
-    monkeypatch.setattr(gguf, "quantize", broken_quantize)
+    monkeypatch.setattr(gguf.writer, "quantize", broken_quantize)  # the name write_gguf calls
     with pytest.raises(OSError, match="disk full"):
         write_gguf(path, {"new": "yes"}, {"w": np.zeros(4, np.float32)})
     assert path.read_bytes() == before and _folder_listing(path) == ["model.gguf"]

@@ -10,8 +10,9 @@ from hypothesis import strategies as st
 from strategies import QUANT_VALUE_KINDS, quant_tensors, quant_values, seeds
 
 from tinytransformer import gguf
-from tinytransformer.quant import ggml, kquants, normal_float, uniform
-from tinytransformer.quant.kquants import unpack_scales_mins
+from tinytransformer.gguf import kquants, legacy_quants
+from tinytransformer.gguf.kquants import unpack_scales_mins
+from tinytransformer.quant import normal_float, uniform
 from tinytransformer.testing import assert_close
 
 LEGACY = ("Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1")
@@ -30,7 +31,7 @@ def _ggml_type(gguf_package, name):
 def test_legacy_quantisers_give_the_bytes_of_the_gguf_package(x, name):
     package = require("gguf", "the reference quantisers")
     theirs = package.quants.quantize(x, _ggml_type(package, name)).reshape(-1)
-    np.testing.assert_array_equal(ggml.QUANTIZERS[name](x), theirs)
+    np.testing.assert_array_equal(legacy_quants.QUANTIZERS[name](x), theirs)
 
 
 @given(x=quant_tensors(multiple_of=256, max_blocks=2), name=st.sampled_from(K_QUANTS))
@@ -68,7 +69,7 @@ def test_the_docstring_layouts_hold_on_hand_made_blocks():
     # Q5_0: q_i = low nibble | bit i of qh << 4. Bit 0 set: q_0 = 1 | 16 = 17 -> d (17 - 16) = 0.5
     qh = np.uint32(1).tobytes()
     qs = bytes([0x01] + [0x00] * 15)
-    assert ggml.dequantize_q5_0(np.frombuffer(d + qh + qs, np.uint8))[:2].tolist() == [0.5, -8.0]
+    assert legacy_quants.dequantize_q5_0(np.frombuffer(d + qh + qs, np.uint8))[:2].tolist() == [0.5, -8.0]
     # Q4_K: bytes 0, 1 = sc_0, sc_1 = 2, 1; bytes 4, 5 = m_0, m_1 = 1, 2;
     # qs[0] holds weight 0 (sub-block 0) low and weight 32 (sub-block 1) high
     scales = bytes([2, 1, 0, 0, 1, 2, 0, 0, 0, 0, 0, 0])
@@ -102,7 +103,7 @@ def test_k_quant_values_are_the_nearest_point_of_their_sub_block_grid(name, x):
 @given(x=quant_tensors(), name=st.sampled_from(LEGACY))
 def test_legacy_dequantize_of_quantize_is_within_half_a_step(x, name):
     blocks = x.reshape(-1, 32).astype(np.float64)
-    y = ggml.DEQUANTIZERS[name](ggml.QUANTIZERS[name](x)).reshape(-1, 32)
+    y = legacy_quants.DEQUANTIZERS[name](legacy_quants.QUANTIZERS[name](x)).reshape(-1, 32)
     amax = np.abs(blocks).max(axis=1, keepdims=True)
     step, q_max = {"Q8_0": (amax / 127, 127), "Q4_0": (amax / 8, 8), "Q5_0": (amax / 16, 16),
                    "Q4_1": (np.ptp(blocks, axis=1, keepdims=True) / 15, 15),
@@ -163,8 +164,25 @@ def test_four_bit_codes_and_values_equal_bitsandbytes(x, kind, block_size):
     ours = normal_float.quantize_4bit(x, kind, block_size=block_size)
     np.testing.assert_array_equal(ours.packed, packed.numpy().reshape(-1))  # codes, nibble order included
     np.testing.assert_array_equal(ours.absmax, state.absmax.numpy())
-    theirs = bnb.functional.dequantize_4bit(packed, state).numpy()
-    np.testing.assert_array_equal(ours.dequantize(), theirs.reshape(x.shape))
+    # the values by the definition, from bitsandbytes' own code table, codes and absmax:
+    # x_i = code[nibble_i] * absmax[i // block_size], blocks running over the flattened tensor
+    code = bnb.functional.get_4bit_type(kind, device="cpu").numpy()
+    np.testing.assert_array_equal(normal_float.CODES[kind], code)
+    nibbles = np.stack([packed.numpy().reshape(-1) >> 4, packed.numpy().reshape(-1) & 0x0F], axis=1).reshape(-1)
+    by_definition = code[nibbles[:x.size]] * state.absmax.numpy()[np.arange(x.size) // block_size]
+    np.testing.assert_array_equal(ours.dequantize(), by_definition.reshape(x.shape))
+    # bitsandbytes' dequantize_4bit of the tensor as one row gives the same values ...
+    flat = bnb.functional.QuantState(absmax=state.absmax, shape=torch.Size([x.size]), dtype=torch.float32,
+                                     blocksize=block_size, quant_type=kind)
+    theirs_flat = bnb.functional.dequantize_4bit(packed, flat).numpy().reshape(-1)  # [n] ([n, 1] when n <= 2)
+    np.testing.assert_array_equal(ours.dequantize().reshape(-1), theirs_flat)
+    # ... and in x's shape too when every row is whole blocks. When a block runs over a row's end (the last axis
+    # not a multiple of block_size), bitsandbytes 0.50's AVX-512 CPU kernel (dequantizeBlockwise4bitCpu, taken
+    # when the last axis is a multiple of 16) reads absmax[row * (n // block_size) + column // block_size],
+    # a block its quantiser did not write for those values: it disagrees with its own definition above.
+    if x.ndim == 1 or x.shape[-1] % block_size == 0:
+        theirs = bnb.functional.dequantize_4bit(packed, state).numpy()
+        np.testing.assert_array_equal(ours.dequantize(), theirs.reshape(x.shape))
 
 
 @settings(max_examples=settings.default.max_examples // 2)  # each example quantises many blocks
@@ -228,7 +246,7 @@ def test_four_bit_dequantize_of_quantize_is_within_half_a_code_gap(x, kind):
 # --- bad input ------------------------------------------------------------------------------
 
 QUANTISERS = {
-    **{name: (lambda x, n=name: ggml.QUANTIZERS[n](x)) for name in LEGACY},
+    **{name: (lambda x, n=name: legacy_quants.QUANTIZERS[n](x)) for name in LEGACY},
     **{name: (lambda x, n=name: kquants.quantize(np.tile(x, (1, 8)), n)) for name in K_QUANTS},
     "absmax": lambda x: uniform.quantize_absmax(x, bits=4),
     "zero-point": lambda x: uniform.quantize_zero_point(x, bits=4, group=32),
@@ -248,7 +266,7 @@ def test_nan_and_infinity_are_refused_with_a_clear_error(name, bad, where):
 
 def test_shapes_that_do_not_fit_the_blocks_are_refused():
     with pytest.raises(ValueError, match="multiple of 32"):
-        ggml.quantize_q8_0(np.ones(33, np.float32))
+        legacy_quants.quantize_q8_0(np.ones(33, np.float32))
     with pytest.raises(ValueError, match="multiple of 256"):
         kquants.quantize_q4_k(np.ones((2, 128), np.float32))
     with pytest.raises(ValueError, match="whole number of 144-byte blocks"):

@@ -11,14 +11,17 @@ building on the one before:
     normal_float  NF4 and FP4 with blockwise absmax (QLoRA, bitsandbytes), and double
                   quantisation of the block scales
     int8_matmul   LLM.int8(): vector-wise int8 matrix multiply, outlier columns in float
-    ggml          GGUF's Q8_0, Q4_0, Q4_1, Q5_0 blocks, byte for byte as llama.cpp writes them
-    kquants       GGUF's k-quants Q4_K, Q5_K, Q6_K: super-blocks with quantised scales
     gptq          GPTQ: round column by column, pushing each error onto the columns not
                   yet rounded through the inverse Hessian of the layer's inputs
     awq           AWQ: scale up the input channels that see large activations before rounding
     weights       a weight kept in its GGUF blocks, dequantised a chunk at a time as it multiplies
     evaluate      quantise every projection of a model by any of the above; perplexity, KL divergence
                   and same-top-token rate against the unquantised model
+
+GGUF's own block types (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1 and the k-quants Q4_K, Q5_K,
+Q6_K, byte for byte as llama.cpp writes them) are part of the file format and live
+with it, in `tinytransformer.gguf.legacy_quants` and `tinytransformer.gguf.kquants`;
+`weights` keeps a model's weights in those blocks.
 
 Convention: a weight matrix is [out, in] (rows are output features) and is
 applied as x @ W.T, as in the model's parameter dict; blocks and groups run

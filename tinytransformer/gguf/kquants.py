@@ -1,6 +1,6 @@
 """GGUF's k-quants Q4_K, Q5_K and Q6_K: super-blocks of 256 with quantised scales, as llama.cpp writes them.
 
-The formats of `tinytransformer.quant.ggml` spend 16 bits on the scale of every
+The formats of `tinytransformer.gguf.legacy_quants` spend 16 bits on the scale of every
 32 weights (0.5 bits per weight). The k-quants (Kawrakow, llama.cpp PR #1684,
 2023) group 8 or 16 sub-blocks into a *super-block* of 256 weights and store
 the sub-block scales themselves as 6- or 8-bit integers times one float16
@@ -70,7 +70,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from tinytransformer.quant.ggml import as_blocks, f16_bytes, f16_field, pack_nibbles, raw_blocks, unpack_nibbles
+from tinytransformer.gguf.legacy_quants import (as_blocks, f16_bytes, f16_field, pack_nibbles, raw_blocks,
+                                                unpack_nibbles)
 
 __all__ = ["QK_K", "TYPE_SIZES", "quantize", "dequantize", "nearest_int", "make_qkx2_quants", "make_qx_quants",
            "quantize_q4_k", "dequantize_q4_k", "quantize_q5_k", "dequantize_q5_k", "quantize_q6_k",

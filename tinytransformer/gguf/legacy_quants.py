@@ -50,7 +50,7 @@ and friends in ggml-quants.c) and the `gguf` Python package.
     True
 
 The k-quants (Q4_K, Q5_K, Q6_K: super-blocks of 256 with quantised scales)
-are in `tinytransformer.quant.kquants`.
+are in `tinytransformer.gguf.kquants`; `tinytransformer.gguf.codecs` maps ggml type ids to both.
 
 Does not handle: Q8_1 (an internal type for activations), the i-quants,
 importance-weighted quantisation (llama.cpp's imatrix), or rows whose length
