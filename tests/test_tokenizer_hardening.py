@@ -19,11 +19,11 @@ from hypothesis import strategies as st
 from conftest import require
 from fuzzing import run_bounded
 from strategies import sentencepiece_model_bytes, sentencepiece_vocabularies, tiny_tokenizer_json
-from tinytransformer.tokenizer import (BPETokenizer, ByteLevelBPETokenizer, SentencePieceError,
-                                       SentencePieceTokenizer, TokenizerFileError)
-from tinytransformer.tokenizers import PieceCache
+from tinytransformer.tokenizers import (BPETokenizer, ByteLevelBPETokenizer, SentencePieceError,
+                                        SentencePieceTokenizer, TokenizerFileError)
+from tinytransformer.tokenizers.piece_cache import PieceCache
 from tinytransformer.tokenizers.byte_level import bytes_to_unicode
-from tinytransformer.tokenizers.spm import BPE, CONTROL, NORMAL, UNIGRAM, UNKNOWN, UNUSED, USER_DEFINED
+from tinytransformer.tokenizers.spm_model_file import BPE, CONTROL, NORMAL, UNIGRAM, UNKNOWN, UNUSED, USER_DEFINED
 
 BASE_PIECES = [("<unk>", 0.0, UNKNOWN), ("a", -2.0, NORMAL), ("b", -2.5, NORMAL), ("▁", -1.0, NORMAL)]
 

@@ -8,10 +8,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import require
-from strategies import tokenizer_text
+from strategies import sentencepiece_model_bytes, sentencepiece_vocabularies, tokenizer_text
 from tinytransformer.corpus import load_corpus
-from tinytransformer.tokenizer import SentencePieceError, SentencePieceTokenizer
-from tinytransformer.tokenizers.spm import decode_bytes_like_sentencepiece
+from tinytransformer.tokenizers import SentencePieceError, SentencePieceTokenizer
+from tinytransformer.tokenizers.spm_model_file import (BPE, UNIGRAM, model_file_bytes, parse_model_file,
+                                                      round_float32)
+from tinytransformer.tokenizers.spm_normalizer import decode_bytes_like_sentencepiece
 
 # (name, trainer options): both model types, several vocabulary sizes, byte fallback on and off,
 # the default nmt_nfkc rule, identity and nfkc_cf, user-defined and control symbols, no dummy
@@ -135,6 +137,16 @@ def test_partial_byte_sequences_decode_to_one_replacement_per_invalid_byte(model
     e2, x82 = ours.piece_to_id("<0xE2>"), ours.piece_to_id("<0x82>")
     assert ours.decode([e2, x82]) == reference.decode([e2, x82]) == "\ufffd\ufffd"
     assert decode_bytes_like_sentencepiece(b"\xe2\x82\xac\xe2") == "€\ufffd"
+
+
+# ---- the model file ------------------------------------------------------------------------
+@given(pieces=sentencepiece_vocabularies(), model_type=st.sampled_from([UNIGRAM, BPE]))
+def test_a_written_model_file_reads_back_to_its_pieces(pieces, model_type):
+    data = model_file_bytes(pieces, model_type=model_type)
+    assert data == sentencepiece_model_bytes(pieces, model_type=model_type)  # the tests' own writer
+    model = parse_model_file(data, "written.model")
+    assert model.pieces == [(p, round_float32(s), t) for p, s, t in pieces]
+    assert (model.model_type, model.byte_fallback, model.normalizer.name) == (model_type, False, "identity")
 
 
 # ---- bad input -------------------------------------------------------------------------------

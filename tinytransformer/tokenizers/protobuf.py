@@ -1,4 +1,4 @@
-"""Just enough of the protobuf wire format to read a SentencePiece .model file.
+"""Just enough of the protobuf wire format to read (and write) a SentencePiece .model file.
 
 A protobuf message is a sequence of (key, value) records. The key is a varint
 `field_number << 3 | wire_type`; the wire type says how long the value is:
@@ -12,15 +12,18 @@ same key appearing again. The reader knows nothing about the schema: it returns
 
     >>> parse_message(bytes([0x08, 0x96, 0x01, 0x12, 0x02, 0x68, 0x69]), "example")
     {1: [150], 2: [b'hi']}
+    >>> encode_field(1, 150) + encode_field(2, "hi") == bytes([0x08, 0x96, 0x01, 0x12, 0x02, 0x68, 0x69])
+    True
 
 Does not handle: groups (wire types 3 and 4, deprecated), packed repeated
-fields (the caller unpacks them), writing.
+fields (the caller unpacks them), writing 8-byte or signed-zigzag fields.
 """
 from __future__ import annotations
 
 import struct
 
-__all__ = ["ProtobufError", "parse_message", "as_int32", "as_float", "as_bool", "as_str"]
+__all__ = ["ProtobufError", "parse_message", "as_int32", "as_float", "as_bool", "as_bytes", "as_str",
+           "encode_varint", "encode_field"]
 
 
 class ProtobufError(ValueError):
@@ -123,3 +126,28 @@ def as_str(fields, number, default: str) -> str:
         return value.decode("utf-8")
     except UnicodeDecodeError:
         raise ProtobufError(f"field {number} should be a UTF-8 string") from None
+
+
+# ---- writing: the inverse, for the few field kinds a .model file uses ----------------------
+def encode_varint(n: int) -> bytes:
+    """n (0 <= n < 2**64) as a varint: 7 bits per byte, low bits first, high bit = "more"."""
+    out = bytearray()
+    while True:
+        low, n = n & 0x7F, n >> 7
+        out.append(low | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def encode_field(number: int, value) -> bytes:
+    """One record: str/bytes length-delimited (2), float as 4 bytes (5), int/bool as a varint (0).
+
+    A negative int is written as its 64-bit two's complement, as protobuf writes an int32.
+    """
+    if isinstance(value, str):
+        value = value.encode("utf-8", errors="surrogatepass")
+    if isinstance(value, bytes):
+        return encode_varint(number << 3 | 2) + encode_varint(len(value)) + value
+    if isinstance(value, float):
+        return encode_varint(number << 3 | 5) + struct.pack("<f", value)
+    return encode_varint(number << 3) + encode_varint(int(value) & (2**64 - 1))
