@@ -52,7 +52,7 @@ encoders = st.booleans().map(lambda causal: {"causal": causal})
 @given(model_configs(), encoders, seeds())
 def test_model_gradients_equal_torch_autograd_for_every_config(config, causal, seed):
     torch = require("torch", "autograd is the oracle for the model's backward pass")
-    from tinytransformer.bench._torch_decoder import torch_decoder
+    from tinytransformer.bench.torch_decoder import torch_decoder
 
     config = dataclasses.replace(config, **causal)
     model = _model(config, seed)
@@ -74,7 +74,7 @@ def _train_both(torch, config, seed, steps, batch_size, T, training):
     """Train one model in our trainer and in PyTorch (float64, same weights, same batches, same AdamW,
     schedule and clipping); training.micro_batches batches are accumulated (torch sees them as one) and
     training.checkpoint and .attention choose our backward. An encoder gets BERT-masked batches."""
-    from tinytransformer.bench._torch_decoder import torch_adamw, torch_decoder
+    from tinytransformer.bench.torch_decoder import torch_adamw, torch_decoder
 
     model = _model(config, seed, spread=0.05)
     tensors, forward = torch_decoder(config, model.params, dtype="float64", causal=config.causal)

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tinytransformer.bench import save_figure, write_report
+from tinytransformer.bench.common import save_figure, write_report
 from tinytransformer.ngram import SMOOTHINGS, NGramLM, bits_per_byte, text_to_sentences
 from tinytransformer.threads import blas_description, blas_threads
 

@@ -33,7 +33,7 @@ import time
 import numpy as np
 
 from tinytransformer import gguf
-from tinytransformer.bench import save_figure, write_report
+from tinytransformer.bench.common import save_figure, write_report
 from tinytransformer.corpus import load_corpus, train_heldout_split
 from tinytransformer.llama import load_model
 from tinytransformer.quant.evaluate import (METHODS, TinyTransformer, calibration_statistics, compare,

@@ -31,7 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tinytransformer.bench import best_time, write_report
+from tinytransformer.bench.common import best_time, write_report
 from tinytransformer.corpus import load_corpus
 from tinytransformer.threads import blas_description
 from tinytransformer.tokenizer import GPT2_PATTERN, BPETokenizer, ByteLevelBPETokenizer, SentencePieceTokenizer

@@ -39,7 +39,7 @@ import tracemalloc
 
 import numpy as np
 
-from tinytransformer.bench import save_figure, write_report
+from tinytransformer.bench.common import save_figure, write_report
 from tinytransformer.model import TinyTransformer, TransformerConfig
 from tinytransformer.threads import blas_description, blas_threads
 from tinytransformer.training.data import byte_tokenizer, encode, random_batches
@@ -101,7 +101,7 @@ def torch_trainer(config, params, training: TrainingConfig, dtype="float32"):
     """step(ids, targets, lr) -> loss: the same training step in PyTorch (our schedule's lr)."""
     import torch
 
-    from tinytransformer.bench._torch_decoder import torch_adamw, torch_decoder
+    from tinytransformer.bench.torch_decoder import torch_adamw, torch_decoder
 
     tensors, forward = torch_decoder(config, params, dtype=dtype)
     optimizer = torch_adamw(tensors, lr=training.max_lr, betas=training.betas, eps=training.eps,
