@@ -1,5 +1,5 @@
 """Quantised weights in the one model: kept-quantised weights, writing them back to GGUF, quantising a
-whole model by every method, and the measurement (tinytransformer.quant.weights, .evaluate)."""
+whole model by every method, and the measurement (tinytransformer.quant.weights, model_quantization, metrics)."""
 from __future__ import annotations
 
 import numpy as np
@@ -12,8 +12,9 @@ from strategies import quant_values, seeds
 from tinytransformer import gguf
 from tinytransformer.llama import load_model, save_model
 from tinytransformer.model import TinyTransformer, TransformerConfig
-from tinytransformer.quant.evaluate import (METHODS, awq_fold_scales, calibration_statistics, compare,
-                                            projection_names, quantize_model, reference_log_probs)
+from tinytransformer.metrics import compare, reference_log_probs
+from tinytransformer.model_quantization import (METHODS, awq_fold_scales, calibration_statistics, projection_names,
+                                                quantize_model)
 from tinytransformer.quant.weights import QuantizedWeight
 from tinytransformer.testing import assert_close, write_random_llama
 
