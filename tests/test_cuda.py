@@ -244,7 +244,7 @@ def test_model_decodes_a_ragged_batch_through_the_kernels_as_through_numpy(tmp_p
     """attention="cuda" (prefill through cuda.flash_attention, the batched decode through
     cuda.paged_decode_attention) gives the greedy ids of attention="sdpa", for ragged prompts."""
     from tinytransformer.llama import load_model
-    from tinytransformer.testing import write_random_llama
+    from tinytransformer.random_llama import write_random_llama
 
     path = write_random_llama(tmp_path / "tiny.gguf", n_layers=1, seed=3)
     prompts = [[5, 70, 33], list(range(40, 51)), [200, 7, 7, 9, 120, 64]]
