@@ -179,7 +179,7 @@ assert theirs.perplexity(grams) < ours.perplexity([sentence])
 # compare bits per byte of the same held-out text: total -log2 P / UTF-8 bytes.
 # Unknown words cost P(<unk>) plus the bits to spell them out. The transformer scores the
 # first 3,000 characters of the held-out text (cut back to a line end), the slice that
-# `python -m tinytransformer.bench ngram` uses: both print the same numbers.
+# the n-gram benchmark (`bench/ngram.py`) uses: both print the same numbers.
 
 # %%
 heading("bits per byte, n-gram models vs SmolLM2-135M")

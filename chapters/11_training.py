@@ -175,7 +175,7 @@ ax.set(xlabel="optimiser step", ylabel="bits per byte", title="a small decoder l
 ax.legend()
 save(fig, CHAPTER, "loss_curves")
 print(f"byte {ngram['order']}-gram (modified Kneser-Ney): {ngram['bpb']:.3f} bits/byte on the {scope}; "
-      f"`python -m tinytransformer.bench train` trains for 15 minutes and scores it on the same bytes")
+      f"the training benchmark (bench/train.py) trains for 15 minutes and scores it on the same bytes")
 assert curve["heldout"][-1] < curve["heldout"][0] - (0.5 if QUICK else 2.0)  # it learns
 
 # %% [markdown]
