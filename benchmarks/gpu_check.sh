@@ -116,9 +116,9 @@ import numpy as np
 SKIP = 3
 missing = []
 try:
-    from tinytransformer.testing import write_random_llama
+    from tinytransformer.random_llama import write_random_llama
 except ImportError:
-    missing.append("tinytransformer.testing.write_random_llama")
+    missing.append("tinytransformer.random_llama.write_random_llama")
 try:
     from tinytransformer.llama import load_model
     if "attention" not in inspect.signature(load_model).parameters:

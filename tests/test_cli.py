@@ -10,7 +10,7 @@ import pytest
 
 from tinytransformer import cli, llama
 from tinytransformer.llama import INSTALL_COMMAND, load_model
-from tinytransformer.testing import write_random_llama
+from tinytransformer.random_llama import write_random_llama
 
 
 @pytest.fixture(scope="module")

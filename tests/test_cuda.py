@@ -244,7 +244,7 @@ def test_model_decodes_a_ragged_batch_through_the_kernels_as_through_numpy(tmp_p
     """attention="cuda" (prefill through cuda.flash_attention, the batched decode through
     cuda.paged_decode_attention) gives the greedy ids of attention="sdpa", for ragged prompts."""
     from tinytransformer.llama import load_model
-    from tinytransformer.testing import write_random_llama
+    from tinytransformer.random_llama import write_random_llama
 
     path = write_random_llama(tmp_path / "tiny.gguf", n_layers=1, seed=3)
     prompts = [[5, 70, 33], list(range(40, 51)), [200, 7, 7, 9, 120, 64]]
@@ -377,7 +377,7 @@ def test_every_kernel_fits_the_48_kilobyte_static_shared_memory_limit(kernel, he
 
 
 def test_benchmark_counts_flops_and_bytes_the_usual_way():
-    from tinytransformer.bench.attention import attention_flops, decode_bytes, decode_configs, prefill_configs
+    from tinytransformer.bench.attention_workload import attention_flops, decode_bytes, decode_configs, prefill_configs
 
     assert attention_flops(4, 16, 4096, 4096, 128, False) == 4 * 4 * 16 * 4096 * 4096 * 128
     assert attention_flops(4, 16, 4096, 4096, 128, True) == 2 * 4 * 16 * 4096 * 4096 * 128
@@ -469,10 +469,10 @@ def test_bench_summary_holds_each_gpu_goal_to_its_measured_figure():
 
 
 def _fake_gpu(monkeypatch, failures, prefill_rows):
-    """bench attention's GPU path with CuPy, the kernels and the timings replaced by stand-ins."""
+    """bench attention's GPU path (attention_gpu) with CuPy, the kernels and the timings replaced by stand-ins."""
     from types import SimpleNamespace
 
-    from tinytransformer.bench import attention
+    from tinytransformer.bench import attention, attention_gpu
 
     runtime = SimpleNamespace(getDeviceProperties=lambda i: {"multiProcessorCount": 132},
                               runtimeGetVersion=lambda: 13000, driverGetVersion=lambda: 13000)
@@ -480,16 +480,16 @@ def _fake_gpu(monkeypatch, failures, prefill_rows):
     cupy = SimpleNamespace(__version__="fake", cuda=SimpleNamespace(runtime=runtime, Device=lambda: device))
     monkeypatch.setattr(cuda, "cuda_status", lambda: (True, "Fake GPU"))
     monkeypatch.setattr(cuda, "require_cuda", lambda: cupy)
-    monkeypatch.setattr(attention, "torch_sdpa", lambda device: (None, "no torch in this test"))
-    monkeypatch.setattr(attention, "validate_kernels", lambda: failures)
-    monkeypatch.setattr(attention, "gpu_hold", lambda cupy: None)
+    monkeypatch.setattr(attention_gpu, "torch_sdpa", lambda device: (None, "no torch in this test"))
+    monkeypatch.setattr(attention_gpu, "validate_kernels", lambda: failures)
+    monkeypatch.setattr(attention_gpu, "gpu_hold", lambda cupy: None)
     seen = []
 
     def gpu_prefill(cupy, torch, config, repeats, log, invalid=frozenset(), hold=None):
         seen.append(invalid)
         return prefill_rows(config, invalid)
 
-    monkeypatch.setattr(attention, "gpu_prefill", gpu_prefill)
+    monkeypatch.setattr(attention_gpu, "gpu_prefill", gpu_prefill)
     return attention, seen
 
 

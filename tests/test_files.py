@@ -61,7 +61,7 @@ def _readers():
     from tinytransformer import cli
     from tinytransformer.gguf import GGUFFile
     from tinytransformer.llama import load_model
-    from tinytransformer.ngram import BackoffLM, read_arpa
+    from tinytransformer.ngram import read_arpa
     from tinytransformer.tokenizers import BPETokenizer, ByteLevelBPETokenizer, SentencePieceTokenizer
 
     def info(path):
@@ -70,7 +70,7 @@ def _readers():
         raise ValueError(f"{path}: expected a regular file, got a FIFO (the CLI's message is checked below)")
 
     return {"GGUFFile": GGUFFile, "load_model": load_model, "read_arpa": read_arpa,
-            "BackoffLM.from_arpa": BackoffLM.from_arpa, "from_tokenizer_json": ByteLevelBPETokenizer.from_tokenizer_json,
+            "from_tokenizer_json": ByteLevelBPETokenizer.from_tokenizer_json,
             "ByteLevelBPETokenizer.from_gguf": ByteLevelBPETokenizer.from_gguf,
             "SentencePieceTokenizer": SentencePieceTokenizer, "BPETokenizer.load": BPETokenizer.load, "cli info": info}
 

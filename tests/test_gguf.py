@@ -16,7 +16,7 @@ from strategies import (gguf_header, gguf_kv, gguf_metadata, gguf_python_value, 
 
 from tinytransformer import gguf
 from tinytransformer.gguf import GGUFError, GGUFFile, dequantize, quantize, write_gguf
-from tinytransformer.testing import write_random_llama
+from tinytransformer.random_llama import write_random_llama
 from tinytransformer.testing import assert_close
 
 QUANTISED = [gguf.Q4_0, gguf.Q4_1, gguf.Q8_0]

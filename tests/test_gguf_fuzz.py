@@ -50,7 +50,7 @@ from strategies import apply_gguf_mutation, gguf_mutations  # noqa: E402
 from tinytransformer import gguf  # noqa: E402
 from tinytransformer.gguf import GGUFError, GGUFFile, write_gguf  # noqa: E402
 from tinytransformer.llama import ModelNotFoundError, default_model_path, load_model  # noqa: E402
-from tinytransformer.testing import write_random_llama  # noqa: E402
+from tinytransformer.random_llama import write_random_llama  # noqa: E402
 from tinytransformer.tokenizers.byte_level import TokenizerFileError  # noqa: E402
 
 SCALE = 10 if os.environ.get("HYPOTHESIS_PROFILE") == "thorough" else 1

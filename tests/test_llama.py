@@ -14,7 +14,8 @@ from tinytransformer.gguf import GGUFError, GGUFFile, write_gguf
 from tinytransformer.llama import load_model, save_model
 from tinytransformer.model import TinyTransformer, TransformerConfig
 from tinytransformer.positional import apply_rope, rope_half_permutation
-from tinytransformer.testing import assert_close, write_random_llama
+from tinytransformer.random_llama import write_random_llama
+from tinytransformer.testing import assert_close
 
 # A chain of layers in float32: looser than one attention call (see testing.py).
 CHAIN = dict(rtol=1e-4, atol=1e-4)

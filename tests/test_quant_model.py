@@ -1,5 +1,5 @@
 """Quantised weights in the one model: kept-quantised weights, writing them back to GGUF, quantising a
-whole model by every method, and the measurement (tinytransformer.quant.weights, .evaluate)."""
+whole model by every method, and the measurement (tinytransformer.quant.weights, model_quantization, metrics)."""
 from __future__ import annotations
 
 import numpy as np
@@ -11,11 +11,13 @@ from strategies import quant_values, seeds
 
 from tinytransformer import gguf
 from tinytransformer.llama import load_model, save_model
+from tinytransformer.metrics import compare, reference_log_probs
 from tinytransformer.model import TinyTransformer, TransformerConfig
-from tinytransformer.quant.evaluate import (METHODS, awq_fold_scales, calibration_statistics, compare,
-                                            projection_names, quantize_model, reference_log_probs)
+from tinytransformer.model_quantization import (METHODS, awq_fold_scales, calibration_statistics, projection_names,
+                                                quantize_model)
 from tinytransformer.quant.weights import QuantizedWeight
-from tinytransformer.testing import assert_close, write_random_llama
+from tinytransformer.random_llama import write_random_llama
+from tinytransformer.testing import assert_close
 
 BLOCK_TYPES = ["Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K"]
 CHAIN = dict(rtol=1e-4, atol=1e-4)  # a few layers of float32: looser than one operation

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from tinytransformer.bench import _serve_speculative, serve
+from tinytransformer.bench import serve, serve_speculative
 
 
 @pytest.mark.slow
@@ -51,20 +51,20 @@ def test_transformers_bare_loop_gives_what_its_generate_gives(stop_early):
     ids, n = [3, 1, 4, 1, 5, 9, 2, 6], 12
     hf.generation_config.eos_token_id = None
     hf.generation_config.pad_token_id = 0
-    ours = _serve_speculative._hf_greedy_loop(hf, ids, n)
+    ours = serve_speculative.hf_greedy_loop(hf, ids, n)
     if stop_early:  # make the third generated token the EOS: both must stop there
         hf.generation_config.eos_token_id = ours[2]
     tensor = torch.tensor([ids])
     with torch.inference_mode():
         theirs = hf.generate(tensor, attention_mask=torch.ones_like(tensor), max_new_tokens=n, do_sample=False)
     expected = theirs[0, len(ids):].tolist()
-    got = _serve_speculative._hf_greedy_loop(hf, ids, n)
+    got = serve_speculative.hf_greedy_loop(hf, ids, n)
     assert got == expected
     assert len(got) == (ours.index(ours[2]) + 1 if stop_early else n)
 
 
 def test_the_parts_of_a_speedup_are_timed_for_both_and_give_the_ratio_of_the_formula():
-    """_step_costs times a prefill and forwards of 1 and k + 1 rows for ours and transformers, and
+    """step_costs times a prefill and forwards of 1 and k + 1 rows for ours and transformers, and
     predicts (P + (n - 1) s(1)) / (P + (R - 1) s(k + 1)) with each one's own count of rounds."""
     import argparse
 
@@ -74,7 +74,7 @@ def test_the_parts_of_a_speedup_are_timed_for_both_and_give_the_ratio_of_the_for
     model = TinyTransformer(TransformerConfig(vocab_size=32, d_model=16, n_layers=2, n_heads=2, max_seq_len=64), seed=0)
     ids = list(range(3, 23))
     row = {"tokens": 12, "by_k": {"4": {"rounds": 3, "transformers_forwards": 5}, "30": {"rounds": 1}}}
-    costs = _serve_speculative._step_costs(model, hf, ids, row, argparse.Namespace(k=[4, 30], repeats=2))
+    costs = serve_speculative.step_costs(model, hf, ids, row, argparse.Namespace(k=[4, 30], repeats=2))
     for who, rounds in (("ours", 3), ("transformers", 5)):
         c = costs[who]
         assert set(c["step_s"]) == {"1", "5"}  # k = 30 needs 31 rows, more than the 20-token prompt

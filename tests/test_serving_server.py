@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from conftest import require
 from tinytransformer.attention import scaled_dot_product_attention
 from tinytransformer.chat import chat_prompt
-from tinytransformer.testing import write_random_llama
+from tinytransformer.random_llama import write_random_llama
 
 require("starlette", "the serve extra")
 require("uvicorn", "the serve extra")

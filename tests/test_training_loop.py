@@ -1,9 +1,8 @@
 """Training the model: its gradients, a whole training step against PyTorch, accumulation,
-checkpointing, held-out scoring, and checkpoints that the loader and the command line run."""
+checkpointing, held-out evaluation, and checkpoints that the loader and the command line run."""
 from __future__ import annotations
 
 import dataclasses
-import math
 import tracemalloc
 
 import numpy as np
@@ -17,7 +16,7 @@ from tinytransformer.model import TinyTransformer, TransformerConfig, init_param
 from tinytransformer.testing import assert_close
 from tinytransformer.training.data import byte_tokenizer, encode, random_batches
 from tinytransformer.training.gradients import loss_and_gradients
-from tinytransformer.training.loop import Trainer, TrainingConfig, heldout_loss, save_checkpoint, train_step
+from tinytransformer.training.loop import Trainer, TrainingConfig, save_checkpoint, train_step
 from tinytransformer.training.objectives import IGNORE, mask_tokens, next_token_targets
 from tinytransformer.training.optim import AdamW
 
@@ -52,7 +51,7 @@ encoders = st.booleans().map(lambda causal: {"causal": causal})
 @given(model_configs(), encoders, seeds())
 def test_model_gradients_equal_torch_autograd_for_every_config(config, causal, seed):
     torch = require("torch", "autograd is the oracle for the model's backward pass")
-    from tinytransformer.bench._torch_decoder import torch_decoder
+    from tinytransformer.bench.torch_decoder import torch_decoder
 
     config = dataclasses.replace(config, **causal)
     model = _model(config, seed)
@@ -74,7 +73,7 @@ def _train_both(torch, config, seed, steps, batch_size, T, training):
     """Train one model in our trainer and in PyTorch (float64, same weights, same batches, same AdamW,
     schedule and clipping); training.micro_batches batches are accumulated (torch sees them as one) and
     training.checkpoint and .attention choose our backward. An encoder gets BERT-masked batches."""
-    from tinytransformer.bench._torch_decoder import torch_adamw, torch_decoder
+    from tinytransformer.bench.torch_decoder import torch_adamw, torch_decoder
 
     model = _model(config, seed, spread=0.05)
     tensors, forward = torch_decoder(config, model.params, dtype="float64", causal=config.causal)
@@ -188,30 +187,6 @@ def test_checkpointing_keeps_less_in_memory():
     assert peaks[True] < 0.5 * peaks[False], peaks  # measured: 0.36
 
 
-def test_heldout_loss_scores_every_token_but_the_first_exactly_once():
-    class Counter:  # a "model" that records which positions it was asked about
-        config = TransformerConfig(vocab_size=50, d_model=2, n_layers=1, n_heads=1)
-
-        def forward(self, ids):
-            return np.zeros(ids.shape + (50,))  # uniform: each scored token costs log 50
-
-    for n, context in ((50, 8), (7, 8), (2, 3), (33, 33), (34, 33), (100, 2)):
-        total, count = heldout_loss(Counter(), np.arange(n) % 50, context=context)
-        assert count == n - 1, (n, context)
-        assert_close(total, (n - 1) * math.log(50))
-
-
-def test_heldout_loss_gives_each_token_its_past():
-    config = TransformerConfig(vocab_size=20, d_model=8, n_layers=1, n_heads=2, max_seq_len=32)
-    model = TinyTransformer(config, seed=1)
-    tokens = np.random.default_rng(0).integers(0, 20, size=30)
-    total, count = heldout_loss(model, tokens, context=30)  # one window: the plain definition
-    logits = model.forward(tokens[None])[0].astype(np.float64)
-    logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
-    assert count == 29
-    assert_close(total, -logp[np.arange(29), tokens[1:]].sum(), rtol=1e-6)
-
-
 @given(seeds(), st.integers(1, 5), st.integers(1, 12))
 def test_batches_are_windows_of_the_tokens_drawn_reproducibly_from_the_seed(seed, batch_size, context):
     tokens = np.arange(3, 3 + context + 1 + 20)  # each token says where it is
@@ -228,10 +203,10 @@ def test_batches_are_windows_of_the_tokens_drawn_reproducibly_from_the_seed(seed
 
 
 def test_trainers_given_the_same_seed_see_the_same_batches_of_the_built_in_corpus():
-    from tinytransformer.bench.train import byte_corpus
     from tinytransformer.corpus import builtin_corpus
+    from tinytransformer.training.data import byte_corpus
 
-    tokenizer, train, heldout, n_bytes = byte_corpus(quick=True)
+    tokenizer, train, heldout, n_bytes = byte_corpus(max_train_bytes=60_000, max_heldout_chars=4000)
     assert tokenizer.decode(train.tolist()) in builtin_corpus()  # one token per byte of the corpus
     assert heldout[0] == tokenizer.special_tokens["<|endoftext|>"] and heldout.size == n_bytes + 1
     config = TransformerConfig(vocab_size=tokenizer.vocab_size, d_model=8, n_layers=1, n_heads=2, max_seq_len=16)

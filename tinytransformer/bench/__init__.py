@@ -3,43 +3,22 @@
 Each benchmark is a module here with a `main(argv)` function. Benchmarks are
 not tests: they measure, side by side in one run, our code and the competitor
 it is compared with, and print (or write as JSON) what they measured.
+
+    attention   the CUDA kernels next to torch SDPA (GPU), the NumPy references (CPU);
+                its GPU half (CUDA-event timing, competitors, validation) in `attention_gpu`
+    gguf        opening a GGUF file's metadata, ours next to gguf-py's GGUFReader
+    model       SmolLM2's prefill and decode, next to transformers
+    ngram       n-gram models on the built-in corpus, next to nltk and the transformer
+    quant       every quantisation format on SmolLM2, against llama.cpp's quantisers, and kept quantised
+    serve       continuous vs static batching, the cost-model simulation; its speculative
+                part (prompt lookup against transformers, the model draft) in `serve_speculative`
+    tokenizer   our tokenizers next to Hugging Face `tokenizers` and `sentencepiece`
+    train       a training step next to PyTorch eager, and what 15 minutes of training buys
+
+The modules without a `main` are the benchmarks' helpers: `common` (timers, reports and
+figures written whole), `torch_decoder` (our decoder written again in PyTorch, the
+training benchmark's competitor and the tests' oracle), `attention_gpu`, `serve_speculative`.
+
+Benchmarks are leaves: nothing in the package, no lecture, imports them; what a lecture
+needs from a measurement (a metric, a corpus split, an n-gram table) lives in the library.
 """
-
-import json
-import time
-
-import numpy as np
-
-from tinytransformer._files import atomic_writer
-
-
-def best_time(fn, repeats: int, clock=time.perf_counter) -> float:
-    """The shortest of `repeats` runs of fn(), in seconds of `clock`: wall time by default;
-    time.process_time (CPU time of this process) is less disturbed by a busy shared machine."""
-    best = float("inf")
-    for _ in range(repeats):
-        start = clock()
-        fn()
-        best = min(best, clock() - start)
-    return best
-
-
-def json_number(value):
-    """json.dumps' fallback: NumPy scalars become Python numbers; anything else is refused."""
-    if isinstance(value, (np.integer, np.floating)):
-        return value.item()
-    raise TypeError(f"report: a value of type {type(value).__name__} is not a number or a JSON type")
-
-
-def write_report(report: dict, path, *, default=json_number) -> None:
-    """Write the measurements as JSON: encoded first, then written next to `path` and renamed
-    over it, so that a failure (a value JSON cannot hold, a full disk) leaves the old file whole."""
-    data = (json.dumps(report, indent=1, default=default) + "\n").encode("utf-8")
-    with atomic_writer(path, f"report file {str(path)!r}") as handle:
-        handle.write(data)
-
-
-def save_figure(fig, path, *, dpi: int = 120) -> None:
-    """Save a matplotlib figure as PNG the same way: beside `path`, then renamed over it."""
-    with atomic_writer(path, f"figure {str(path)!r}") as handle:
-        fig.savefig(handle, format="png", dpi=dpi, bbox_inches="tight")

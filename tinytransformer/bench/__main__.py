@@ -1,15 +1,26 @@
-"""Dispatch `python -m tinytransformer.bench NAME ...` to tinytransformer/bench/NAME.py."""
+"""Dispatch `python -m tinytransformer.bench NAME ...` to tinytransformer/bench/NAME.py.
+
+A benchmark is a module of this folder that defines `main(argv)`; the others are its helpers.
+The list is read from the source (no module is imported until one is run).
+"""
 from __future__ import annotations
 
+import ast
 import importlib
-import pkgutil
 import sys
 from pathlib import Path
 
 
 def available() -> list[str]:
-    folder = Path(__file__).parent
-    return sorted(m.name for m in pkgutil.iter_modules([str(folder)]) if not m.name.startswith("_"))
+    """The benchmarks: modules of this folder (no leading underscore) with a top-level `def main`."""
+    names = []
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        if path.name.startswith("_"):
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        if any(isinstance(node, ast.FunctionDef) and node.name == "main" for node in tree.body):
+            names.append(path.stem)
+    return names
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tinytransformer.bench import best_time, write_report
+from tinytransformer.bench.common import best_time, write_report
 from tinytransformer.gguf import GGUFFile, write_gguf
 from tinytransformer.llama import ModelNotFoundError, default_model_path
 from tinytransformer.threads import blas_description

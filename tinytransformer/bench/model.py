@@ -31,7 +31,7 @@ import time
 
 import numpy as np
 
-from tinytransformer.bench import write_report
+from tinytransformer.bench.common import write_report
 from tinytransformer.llama import default_model_path, load_model
 from tinytransformer.model import TinyTransformer
 from tinytransformer.threads import blas_description, blas_threads

@@ -11,12 +11,13 @@ Three measurements, each taken in this one run:
    scores only the first `--nltk-trigrams`, it needs ~40 ms each), and both perplexities
    on those trigrams.
 2. bits per byte of the held-out text for n = 1..5 under every estimator, word-level and
-   byte-level (`tinytransformer.ngram.bits_per_byte`).
+   byte-level (`tinytransformer.ngram.comparison.bits_per_byte_table`).
 3. the pretrained transformer (SmolLM2 via `tinytransformer.load_model`) on the first
-   `--transformer-bytes` characters of the held-out text (cut back to a line end: 2,944
-   bytes of the built-in corpus), next to the n-gram models on the same bytes, and how many
-   times fewer bits it needs; reported as not available, with the reason, when the model
-   cannot load. Chapter 7's lecture scores the same slice and prints the same numbers.
+   `--transformer-bytes` characters of the held-out text (`corpus.heldout_slice`, cut back to
+   a line end: 2,944 bytes of the built-in corpus), in bits per byte (`metrics.text_bits_per_byte`),
+   next to the n-gram models on the same bytes, and how many times fewer bits it needs;
+   reported as not available, with the reason, when the model cannot load. Chapter 7's
+   lecture scores the same slice and prints the same numbers.
 
 Times are wall-clock (`time.perf_counter`), one run each; the report says which BLAS
 library ran and with how many threads. The JSON and PNG files are written whole or not
@@ -33,44 +34,18 @@ from pathlib import Path
 
 import numpy as np
 
-from tinytransformer.bench import save_figure, write_report
-from tinytransformer.ngram import SMOOTHINGS, NGramLM, bits_per_byte, text_to_sentences
+from tinytransformer.bench.common import save_figure, write_report
+from tinytransformer.corpus import TRANSFORMER_CHARS, heldout_slice, split_corpus
+from tinytransformer.metrics import text_bits_per_byte
+from tinytransformer.ngram import NGramLM, text_to_sentences
+from tinytransformer.ngram.comparison import ORDERS, best_by_level, bits_per_byte_table
 from tinytransformer.threads import blas_description, blas_threads
-
-ORDERS = (1, 2, 3, 4, 5)
-LEVELS = ("word", "byte")
-ADD_K = 0.01  # the k of the "add-k" rows (Laplace is k = 1)
-TRANSFORMER_CHARS = 3000  # the held-out slice the transformer scores (cut back to a line end)
-
-
-def split_corpus(path=None, heldout_fraction=0.1, max_train_bytes=None):
-    """(train, heldout) text of the built-in corpus (or a file), from tinytransformer.corpus."""
-    from tinytransformer.corpus import load_corpus, train_heldout_split
-
-    train, heldout = train_heldout_split(load_corpus(path), heldout_fraction)
-    if max_train_bytes is not None:
-        train = train[-max_train_bytes:]
-        train = train[train.find("\n") + 1:] if "\n" in train else train
-    return train, heldout
-
-
-def heldout_slice(heldout, n_chars=TRANSFORMER_CHARS):
-    """The first n_chars characters of the held-out text, cut back to the last line end (no word is cut).
-
-    The transformer scores only this slice (it needs ~15 ms a byte on 2 cores); the lecture and
-    this benchmark both use it, so they print the same numbers.
-    """
-    text = heldout[:n_chars]
-    return text[:text.rfind("\n") + 1] or text
 
 
 def best_against_transformer(rows, transformer):
     """{level: best n-gram row on the slice}, and how many times fewer bits the transformer needs than
     the best of them (None when the transformer did not run)."""
-    best = {}
-    for r in rows:
-        if r["level"] not in best or r["bpb_slice"] < best[r["level"]]["bpb_slice"]:
-            best[r["level"]] = r
+    best = best_by_level(rows, "bpb_slice")
     overall = min(r["bpb_slice"] for r in best.values())
     ratio = overall / transformer["bpb"] if "bpb" in transformer else None
     return best, ratio
@@ -87,31 +62,6 @@ def print_comparison(rows, transformer, n_bytes):
     print(f"  transformer (SmolLM2-135M): {transformer['bpb']:.3f} bits/byte "
           f"({transformer['tokens']} tokens, {transformer['seconds']:.1f} s)")
     print(f"  the transformer needs {ratio:.2f}x fewer bits than the best n-gram on these {n_bytes:,} bytes")
-
-
-def make_model(order, smoothing, sentences, min_count=1):
-    k = ADD_K if smoothing == "add-k" else 1.0
-    return NGramLM(order, smoothing=smoothing, k=k, min_count=min_count).fit(sentences)
-
-
-def bits_per_byte_table(train, heldout, orders=ORDERS, smoothings=SMOOTHINGS, levels=LEVELS,
-                        extra_texts=None):
-    """Rows {level, order, smoothing, bpb, fit_s, score_s, [bpb_<name> for extra texts]}."""
-    rows = []
-    for level in levels:
-        sentences = text_to_sentences(train, level)
-        for order in orders:
-            for smoothing in smoothings:
-                start = time.perf_counter()
-                lm = make_model(order, smoothing, sentences)
-                fitted = time.perf_counter()
-                bpb = bits_per_byte(lm, heldout, level)
-                row = {"level": level, "order": order, "smoothing": smoothing, "bpb": bpb,
-                       "fit_s": fitted - start, "score_s": time.perf_counter() - fitted}
-                for name, text in (extra_texts or {}).items():
-                    row[f"bpb_{name}"] = bits_per_byte(lm, text, level)
-                rows.append(row)
-    return rows
 
 
 def nltk_speed(train, heldout, n_trigrams=1000):
@@ -172,58 +122,13 @@ def nltk_speed(train, heldout, n_trigrams=1000):
     return result
 
 
-def _document_start(model):
-    """The id that precedes a document: <|endoftext|> if the tokenizer has it, else BOS, else None."""
-    added = getattr(model.tokenizer, "added_tokens", None) or {}
-    if "<|endoftext|>" in added:
-        return int(added["<|endoftext|>"])
-    bos = getattr(getattr(model, "config", None), "bos_id", None)
-    return None if bos is None else int(bos)
-
-
-def transformer_bits_per_byte(text, model=None, chunk=256):
-    """Bits per UTF-8 byte of `text` under a pretrained model with `.tokenizer` and `.forward`.
-
-    The text is tokenized once; each token is scored given every token before it (a KV cache
-    carries the context across chunks of `chunk` tokens when the model has one, else each
-    window of `chunk` tokens restarts). The first token is conditioned on the document-start
-    token, or costs log2(vocab) bits when there is none.
-    Returns {"bpb", "tokens", "bytes", "seconds"}.
-    """
-    if model is None:
-        import tinytransformer
-
-        model = tinytransformer.load_model()
-    start = time.perf_counter()
-    ids = [int(i) for i in model.tokenizer.encode(text)]
-    first = _document_start(model)
-    sequence = ([first] if first is not None else []) + ids
-    bits = 0.0
-    use_cache = all(hasattr(model, name) for name in ("new_cache", "hidden_states", "logits"))
-    cache = model.new_cache(max_seq_len=len(sequence)) if use_cache else None
-    for begin in range(0, len(sequence) - 1, chunk):
-        window = np.array(sequence[begin:begin + chunk + 1])  # predicts window[1:] from window[:-1]
-        inputs = window[:-1]
-        if use_cache:
-            logits = model.logits(model.hidden_states(inputs, cache))
-        else:
-            logits = model.forward(inputs)  # [T, vocab]
-        logits = np.asarray(logits, dtype=np.float64)
-        top = logits.max(axis=-1, keepdims=True)
-        log_z = (top + np.log(np.exp(logits - top).sum(axis=-1, keepdims=True)))[:, 0]  # [T]
-        target = window[1:]
-        bits += float((log_z - logits[np.arange(len(target)), target]).sum()) / math.log(2)
-    if first is None:
-        bits += math.log2(model.config.vocab_size)  # the first token, uniformly
-    n_bytes = len(text.encode("utf-8"))
-    return {"bpb": bits / n_bytes, "tokens": len(ids), "bytes": n_bytes,
-            "seconds": time.perf_counter() - start}
-
-
 def transformer_column(text, chunk=256):
-    """transformer_bits_per_byte, or {"error": reason} when the model is not available."""
+    """metrics.text_bits_per_byte of the text under the default pretrained model (`tinytransformer.load_model`),
+    or {"error": reason} when the model is not available."""
+    import tinytransformer
+
     try:
-        return transformer_bits_per_byte(text, chunk=chunk)
+        return text_bits_per_byte(tinytransformer.load_model(), text, chunk=chunk)
     except Exception as error:  # the model is optional: say why it is missing, keep the table
         return {"error": f"{type(error).__name__}: {error}"}
 

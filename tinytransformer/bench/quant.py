@@ -33,12 +33,13 @@ import time
 import numpy as np
 
 from tinytransformer import gguf
-from tinytransformer.bench import save_figure, write_report
+from tinytransformer.bench.common import save_figure, write_report
 from tinytransformer.corpus import load_corpus, train_heldout_split
 from tinytransformer.llama import load_model
-from tinytransformer.quant.evaluate import (METHODS, TinyTransformer, calibration_statistics, compare,
-                                            gguf_type_for, projection_names, quantize_model,
-                                            reference_log_probs)
+from tinytransformer.metrics import compare, reference_log_probs
+from tinytransformer.model import TinyTransformer
+from tinytransformer.model_quantization import (METHODS, calibration_statistics, gguf_type_for, projection_names,
+                                                quantize_model)
 from tinytransformer.threads import blas_description, blas_threads
 
 LLAMA_CPP_TYPES = ("Q8_0", "Q6_K", "Q4_K", "Q4_0")

@@ -26,7 +26,7 @@ Measured in this one run:
    The run checks that speculation did not change the ids, nor the bare loop transformers'.
 2b. model draft: the same kind of run with the target's own first n layers (and its final norm and
    head) as the draft, for the acceptance rate such a free draft gets.
-   (Parts 2 and 2b are in `_serve_speculative`.)
+   (Parts 2 and 2b are in `serve_speculative`.)
 3. simulate: a cost model of one step fitted to steps measured here (`simulate.measure_steps`),
    its prediction for workload 1 next to what was measured, then its prediction for
    thousands of requests with a KV cache the size of an 80 GB GPU.
@@ -45,22 +45,11 @@ import argparse
 import os
 import platform
 import sys
-import time
 
 import numpy as np
 
-from tinytransformer.bench import write_report
+from tinytransformer.bench.common import CLOCK, has_tokenizer, timed, write_report
 from tinytransformer.threads import blas_description, blas_threads
-
-CLOCK = time.perf_counter  # wall time: the primary figure
-CPU_CLOCK = time.process_time  # CPU time of this process, reported beside it
-
-
-def timed(fn):
-    """(fn's result, wall seconds, CPU seconds) of one call."""
-    wall, cpu = CLOCK(), CPU_CLOCK()
-    result = fn()
-    return result, CLOCK() - wall, CPU_CLOCK() - cpu
 
 
 def _load(args):
@@ -75,17 +64,10 @@ def _load(args):
     return load_model(args.model)
 
 
-def _has_tokenizer(model) -> bool:
-    try:
-        return model.tokenizer is not None
-    except ValueError:  # the model came without one
-        return False
-
-
 def _prompts_from_corpus(model, n: int, lengths, seed: int) -> list[list[int]]:
     """n prompts of real text (the built-in corpus), lengths drawn from `lengths` tokens."""
     rng = np.random.default_rng(seed)
-    if not _has_tokenizer(model):
+    if not has_tokenizer(model):
         return [rng.integers(0, model.config.vocab_size, int(rng.integers(*lengths) + 1)).tolist() for _ in range(n)]
     from tinytransformer.corpus import load_corpus
 
@@ -270,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
             print("\n1. batching: static vs continuous, same blocks and slots", flush=True)
             results["batching"] = run_batching(model, args)
         if "speculative" in only or "model-draft" in only:
-            from tinytransformer.bench._serve_speculative import run_model_draft, run_speculative  # part 2, apart
+            from tinytransformer.bench.serve_speculative import run_model_draft, run_speculative  # part 2, apart
         if "speculative" in only:
             from tinytransformer.serving.speculative import PromptLookupDraft
 

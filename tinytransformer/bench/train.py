@@ -39,11 +39,14 @@ import tracemalloc
 
 import numpy as np
 
-from tinytransformer.bench import save_figure, write_report
+from tinytransformer.bench.common import save_figure, write_report
+from tinytransformer.corpus import split_corpus
+from tinytransformer.metrics import heldout_bits_per_byte
 from tinytransformer.model import TinyTransformer, TransformerConfig
+from tinytransformer.ngram.comparison import bits_per_byte_table
 from tinytransformer.threads import blas_description, blas_threads
-from tinytransformer.training.data import byte_tokenizer, encode, random_batches
-from tinytransformer.training.loop import Trainer, TrainingConfig, heldout_loss, train_step
+from tinytransformer.training.data import byte_corpus, encode, random_batches
+from tinytransformer.training.loop import Trainer, TrainingConfig, train_step
 from tinytransformer.training.objectives import IGNORE
 from tinytransformer.training.optim import AdamW
 
@@ -54,40 +57,17 @@ NANOGPT_TRAINING = dict(batch_size=12, context=64, max_lr=1e-3, min_lr=1e-4, war
                         betas=(0.9, 0.99), grad_clip=1.0)
 
 
-# --- data: chapter 7's corpus split, as bytes ----------------------------------------------
+# --- data and the n-gram to beat ------------------------------------------------------------
 
-
-def byte_corpus(quick: bool = False):
-    """(tokenizer, train tokens, held-out tokens, held-out bytes): the built-in corpus split as in
-    chapter 7, one token per byte; the held-out tokens start with <|endoftext|> so that the first
-    byte is predicted too."""
-    from tinytransformer.bench.ngram import split_corpus
-
-    train, heldout = split_corpus(max_train_bytes=60_000 if quick else None)
-    if quick:
-        heldout = heldout[:4000]
-    tokenizer = byte_tokenizer()
-    eot = tokenizer.special_tokens["<|endoftext|>"]
-    return (tokenizer, encode(tokenizer, train), np.concatenate([[eot], encode(tokenizer, heldout)]),
-            len(heldout.encode("utf-8")))
-
-
-def bits_per_byte(model, heldout_tokens, n_bytes: int, context: int) -> float:
-    """Total -log2 p of the held-out bytes (each given up to `context` tokens of past) / bytes."""
-    total, count = heldout_loss(model, heldout_tokens, context=context)
-    if count != n_bytes:  # one token per byte, every byte predicted once
-        raise ValueError(f"heldout_tokens: expected one token per byte after the first, {n_bytes} in all; "
-                         f"{count} were scored")
-    return total / math.log(2) / n_bytes
+QUICK_CORPUS = dict(max_train_bytes=60_000, max_heldout_chars=4000)  # --quick: the split's small version
 
 
 def best_ngram(quick: bool = False) -> dict:
     """The byte-level 5-gram (modified Kneser-Ney) on the same split, fitted and scored now."""
-    from tinytransformer.bench.ngram import bits_per_byte_table, split_corpus
-
-    train, heldout = split_corpus(max_train_bytes=60_000 if quick else None)
+    sizes = QUICK_CORPUS if quick else {}
+    train, heldout = split_corpus(max_train_bytes=sizes.get("max_train_bytes"))
     if quick:
-        heldout = heldout[:4000]
+        heldout = heldout[:sizes["max_heldout_chars"]]
     order = 3 if quick else 5
     row = bits_per_byte_table(train, heldout, orders=(order,), smoothings=("modified-kneser-ney",),
                               levels=("byte",))[0]
@@ -101,7 +81,7 @@ def torch_trainer(config, params, training: TrainingConfig, dtype="float32"):
     """step(ids, targets, lr) -> loss: the same training step in PyTorch (our schedule's lr)."""
     import torch
 
-    from tinytransformer.bench._torch_decoder import torch_adamw, torch_decoder
+    from tinytransformer.bench.torch_decoder import torch_adamw, torch_decoder
 
     tensors, forward = torch_decoder(config, params, dtype=dtype)
     optimizer = torch_adamw(tensors, lr=training.max_lr, betas=training.betas, eps=training.eps,
@@ -187,11 +167,12 @@ def train_for(minutes: float, *, quick: bool, eval_every: float, sizes: dict, tr
     `eval_every` minutes (evaluation time not counted as training time). fit_schedule: after 20 steps,
     set total_steps so that the cosine schedule ends when the budget does, and shorten the warm-up to
     a tenth of that (at least the 20 steps already taken)."""
-    tokenizer, train_tokens, heldout_tokens, n_bytes = byte_corpus(quick)
+    tokenizer, train_tokens, heldout_tokens, n_bytes = byte_corpus(**(QUICK_CORPUS if quick else {}))
     config = TransformerConfig(vocab_size=tokenizer.vocab_size, eos_id=256, name="byte-level decoder", **sizes)
     model = TinyTransformer(config, seed=training.seed)
     trainer = Trainer(model, train_tokens, training, tokenizer=tokenizer)
-    curve = [{"minutes": 0.0, "step": 0, "bpb": bits_per_byte(model, heldout_tokens, n_bytes, training.context)}]
+    bpb = heldout_bits_per_byte(model, heldout_tokens, n_bytes, training.context)
+    curve = [{"minutes": 0.0, "step": 0, "bpb": bpb}]
     trained, wall, next_eval = 0.0, 0.0, eval_every
     losses, cpu = [], []
     while trained < minutes * 60 and trainer.step_count < trainer.config.total_steps:
@@ -208,7 +189,7 @@ def train_for(minutes: float, *, quick: bool, eval_every: float, sizes: dict, tr
             warmup = max(20, min(trainer.config.warmup_steps, total // 10))
             trainer.config = dataclasses.replace(trainer.config, total_steps=total, warmup_steps=warmup)
         if trained >= next_eval * 60 or trained >= minutes * 60 or trainer.step_count == training.total_steps:
-            bpb = bits_per_byte(model, heldout_tokens, n_bytes, training.context)
+            bpb = heldout_bits_per_byte(model, heldout_tokens, n_bytes, training.context)
             point = {"minutes": trained / 60, "wall_minutes": wall / 60, "step": trainer.step_count, "bpb": bpb,
                      "train_bpb": float(np.mean(losses[-50:])) / math.log(2)}
             curve.append(point)
@@ -260,7 +241,7 @@ def describe_crossing(curve: list[dict], target: float, meet: dict | None) -> st
 
 def nanogpt_curves(iters: int, quick: bool, eval_every: int = 250) -> dict:
     """Loss per iteration of the same run in our trainer and in PyTorch (same weights, same batches)."""
-    tokenizer, train_tokens, heldout_tokens, n_bytes = byte_corpus(quick)
+    tokenizer, train_tokens, heldout_tokens, n_bytes = byte_corpus(**(QUICK_CORPUS if quick else {}))
     sizes = dict(NANOGPT, n_layers=2) if quick else NANOGPT
     config = TransformerConfig(vocab_size=tokenizer.vocab_size, **sizes)
     training = TrainingConfig(total_steps=iters, **NANOGPT_TRAINING)
@@ -286,8 +267,8 @@ def nanogpt_curves(iters: int, quick: bool, eval_every: int = 250) -> dict:
         if (it + 1) % eval_every == 0 or it + 1 == iters:
             heldout["iter"].append(it + 1)
             for name, m in (("ours", model), ("pytorch", theirs_model)):
-                heldout[name].append(bits_per_byte(m, heldout_tokens[:8001], min(8000, n_bytes), training.context)
-                                     * math.log(2))  # nats per byte on the first 8,000 held-out bytes
+                bpb = heldout_bits_per_byte(m, heldout_tokens[:8001], min(8000, n_bytes), training.context)
+                heldout[name].append(bpb * math.log(2))  # nats per byte on the first 8,000 held-out bytes
     ours, theirs = np.array(curves["ours"]), np.array(curves["pytorch"])
     window = min(100, iters)
     smooth = np.convolve(ours - theirs, np.ones(window) / window, mode="valid")

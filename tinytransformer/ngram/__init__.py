@@ -16,8 +16,8 @@ discounting every seen count and interpolating with lower orders:
 One file per step of the lesson: counting (padding, counts, MLE, add-k), scoring
 (sentence scores, perplexity, sampling), kneser_ney, backoff (what Kneser-Ney
 produces and ARPA stores), arpa (files), bits (bits per byte), lm (`NGramLM`, one
-front door by name) and nltk_compat (nltk's classes and convention, next to ours);
-docs/07_ngrams.md has the table.
+front door by name), comparison (every estimator and order in bits per byte) and
+nltk_compat (nltk's classes and convention, next to ours); docs/07_ngrams.md has the table.
 
 Does not handle: pruning, Katz or Witten-Bell smoothing, gzip-compressed or binary
 (KenLM) model files, class-based and cache models.
@@ -25,6 +25,7 @@ Does not handle: pruning, Katz or Witten-Bell smoothing, gzip-compressed or bina
 from tinytransformer.ngram.arpa import read_arpa, write_arpa
 from tinytransformer.ngram.backoff import BackoffLM, BackoffTable
 from tinytransformer.ngram.bits import bits_per_byte, text_to_sentences, unknown_word_bits
+from tinytransformer.ngram.comparison import best_by_level, bits_per_byte_table
 from tinytransformer.ngram.counting import AddKLM, NGramCounts, add_k_probability, count_ngrams, pad, vocabulary
 from tinytransformer.ngram.kneser_ney import (
     FALLBACK_DISCOUNT, FALLBACK_MODIFIED_DISCOUNTS, KneserNeyReference, chen_goodman_discounts, kneser_ney_model,
@@ -43,7 +44,7 @@ __all__ = [
     "KneserNeyReference", "kneser_ney_counts", "kneser_ney_discounts", "kneser_ney_model", "chen_goodman_discounts",
     "FALLBACK_DISCOUNT", "FALLBACK_MODIFIED_DISCOUNTS",
     "BackoffLM", "BackoffTable", "read_arpa", "write_arpa",
-    "text_to_sentences", "unknown_word_bits", "bits_per_byte",
+    "text_to_sentences", "unknown_word_bits", "bits_per_byte", "bits_per_byte_table", "best_by_level",
     # nltk's API and convention
     "MLE", "Lidstone", "Laplace", "KneserNeyInterpolated", "Vocabulary", "padded_everygram_pipeline",
 ]

@@ -32,6 +32,7 @@ import re
 import numpy as np
 
 from tinytransformer._files import atomic_writer, open_regular_file
+from tinytransformer._validate import integer
 from tinytransformer.ngram.backoff import BackoffLM, BackoffTable
 from tinytransformer.ngram.counting import lookup
 from tinytransformer.ngram.scoring import BOS, EOS, UNK
@@ -97,8 +98,7 @@ def read_arpa(path, *, max_order: int = 64) -> BackoffLM:
     above 1. `<unk>` missing from the file gets log10 P = -100, as in KenLM. Files are
     untrusted: reading takes time and memory in proportion to the file.
     """
-    if isinstance(max_order, bool) or not isinstance(max_order, int) or max_order < 1:
-        raise ValueError(f"max_order: expected an integer >= 1, got {max_order!r}")
+    max_order = integer(max_order, "max_order", low=1)
     where = f"ARPA file {os.fspath(path)!r}" if isinstance(path, (str, os.PathLike)) else "path"
     handle = open_regular_file(path, where)
 

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tinytransformer._validate import is_integer
 from tinytransformer.ngram.counting import lookup
 from tinytransformer.ngram.scoring import BOS, EOS, UNK, LanguageModel
 
@@ -61,7 +62,7 @@ class BackoffLM(LanguageModel):
 
     vocab: the words, starting `<unk>`, `<s>`, `</s>`; tables: one `BackoffTable` per
     order, the first holding every word of the vocabulary (key = word id). Built by
-    `kneser_ney_model` or read with `BackoffLM.from_arpa`.
+    `kneser_ney_model` or read from an ARPA file by `arpa.read_arpa` (written by `arpa.write_arpa`).
     """
 
     def __init__(self, vocab, tables):
@@ -93,7 +94,7 @@ class BackoffLM(LanguageModel):
     # ------------------------------------------------------------------ what is stored
     def distinct_ngrams(self, order) -> int:
         """Number of n-grams of this order stored in the model."""
-        if isinstance(order, bool) or not isinstance(order, (int, np.integer)) or not 1 <= order <= self.order:
+        if not is_integer(order) or not 1 <= order <= self.order:
             raise ValueError(f"order: expected an integer in 1..{self.order}, got {order!r}")
         return int(self.tables[order - 1].keys.size)
 
@@ -120,20 +121,6 @@ class BackoffLM(LanguageModel):
         if index < 0:
             raise KeyError(f"the n-gram {' '.join(ngram)!r} is not stored in the model")
         return int(index)
-
-    # ------------------------------------------------------------------ ARPA files
-    def to_arpa(self, path) -> None:
-        """Write the model as an ARPA file (see `arpa.write_arpa`)."""
-        from tinytransformer.ngram.arpa import write_arpa
-
-        write_arpa(self, path)
-
-    @classmethod
-    def from_arpa(cls, path, *, max_order: int = 64) -> "BackoffLM":
-        """Read an ARPA file (ours, KenLM's, SRILM's); see `arpa.read_arpa`."""
-        from tinytransformer.ngram.arpa import read_arpa
-
-        return read_arpa(path, max_order=max_order)
 
     # ------------------------------------------------------------------ scoring
     def _lookup(self, grams) -> np.ndarray:

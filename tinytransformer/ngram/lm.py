@@ -26,6 +26,8 @@ import math
 
 import numpy as np
 
+from tinytransformer._validate import integer, is_integer, is_real
+from tinytransformer.ngram.arpa import write_arpa
 from tinytransformer.ngram.backoff import BackoffLM
 from tinytransformer.ngram.counting import AddKLM, NGramCounts
 from tinytransformer.ngram.kneser_ney import kneser_ney_discounts, kneser_ney_model
@@ -47,18 +49,16 @@ class NGramLM(LanguageModel):
     """
 
     def __init__(self, order, smoothing="mle", k=1.0, min_count=1):
-        if isinstance(order, bool) or not isinstance(order, (int, np.integer)) or order < 1:
+        if not is_integer(order) or order < 1:
             raise ValueError(f"order: expected an integer >= 1 (1 = unigram), got {order!r}")
         if smoothing not in SMOOTHINGS:
             raise ValueError(f"smoothing: expected one of {SMOOTHINGS}, got {smoothing!r}")
-        if isinstance(k, bool) or not isinstance(k, (int, float, np.integer, np.floating)) \
-                or not math.isfinite(k) or k <= 0:
+        if not is_real(k) or not math.isfinite(k) or k <= 0:
             raise ValueError(f"k: expected a finite number > 0, got {k!r}")
         if smoothing == "laplace" and k != 1:
             raise ValueError(f"k: smoothing='laplace' is add-k with k=1, got k={k!r}; "
                              "use smoothing='add-k' for another k")
-        if isinstance(min_count, bool) or not isinstance(min_count, (int, np.integer)) or min_count < 1:
-            raise ValueError(f"min_count: expected an integer >= 1, got {min_count!r}")
+        min_count = integer(min_count, "min_count", low=1)
         self.order = int(order)
         self.smoothing = smoothing
         self.k = float(k)
@@ -106,7 +106,7 @@ class NGramLM(LanguageModel):
         """
         self._check_fitted("training_counts")
         order = self.order if order is None else order
-        if isinstance(order, bool) or not isinstance(order, (int, np.integer)) or not 1 <= order <= self.order:
+        if not is_integer(order) or not 1 <= order <= self.order:
             raise ValueError(f"order: expected an integer in 1..{self.order}, got {order!r}")
         grams = self._scored_ngrams(sentences)[:, self.order - order:]
         index = self.counts.lookup(grams)
@@ -115,7 +115,7 @@ class NGramLM(LanguageModel):
     def distinct_ngrams(self, order) -> int:
         """Number of distinct n-grams of this order seen in (padded) training text."""
         self._check_fitted("distinct_ngrams")
-        if isinstance(order, bool) or not isinstance(order, (int, np.integer)) or not 1 <= order <= self.order:
+        if not is_integer(order) or not 1 <= order <= self.order:
             raise ValueError(f"order: expected an integer in 1..{self.order}, got {order!r}")
         return int(np.count_nonzero(self.counts.tables[order - 1].count))
 
@@ -128,4 +128,4 @@ class NGramLM(LanguageModel):
                 f"to_arpa: smoothing={self.smoothing!r} is not a back-off model (its probability "
                 "after an unseen context is not a lower-order probability times a weight), so an "
                 "ARPA file cannot hold it; fit with 'kneser-ney' or 'modified-kneser-ney'")
-        self.model.to_arpa(path)
+        write_arpa(self.model, path)

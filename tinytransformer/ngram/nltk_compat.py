@@ -33,6 +33,8 @@ from bisect import bisect
 from collections import Counter, defaultdict
 from itertools import accumulate, chain
 
+from tinytransformer._validate import integer, is_real
+
 __all__ = [
     "MLE", "Lidstone", "Laplace", "KneserNeyInterpolated", "Vocabulary",
     "padded_everygram_pipeline", "pad_both_ends", "ngrams", "everygrams",
@@ -71,8 +73,7 @@ class Vocabulary:
     """Words seen at least `unk_cutoff` times, and `<UNK>` for the rest (nltk.lm.Vocabulary)."""
 
     def __init__(self, counts=None, unk_cutoff: int = 1, unk_label: str = UNK_LABEL):
-        if isinstance(unk_cutoff, bool) or not isinstance(unk_cutoff, int) or unk_cutoff < 1:
-            raise ValueError(f"unk_cutoff: expected an integer >= 1, got {unk_cutoff!r}")
+        unk_cutoff = integer(unk_cutoff, "unk_cutoff", low=1)
         self.unk_label, self.cutoff = unk_label, unk_cutoff
         self.counts: Counter = Counter()
         self.update(counts if counts is not None else [])
@@ -103,8 +104,7 @@ class _NltkStyleModel:
     """What nltk.lm.api.LanguageModel does: fit on n-gram sentences, score, perplexity, generate."""
 
     def __init__(self, order, vocabulary=None):
-        if isinstance(order, bool) or not isinstance(order, int) or order < 1:
-            raise ValueError(f"order: expected an integer >= 1, got {order!r}")
+        order = integer(order, "order", low=1)
         self.order = order
         self.vocab = Vocabulary() if vocabulary is None else vocabulary
         self._counts: dict[int, dict[tuple, Counter]] = defaultdict(lambda: defaultdict(Counter))
@@ -166,8 +166,7 @@ class _NltkStyleModel:
         Each word is drawn among those seen after the longest context that has any,
         weighted by `score`; random_seed is an int or a `random.Random`.
         """
-        if isinstance(num_words, bool) or not isinstance(num_words, int) or num_words < 0:
-            raise ValueError(f"num_words: expected an integer >= 0, got {num_words!r}")
+        num_words = integer(num_words, "num_words", low=0)
         text_seed = [] if text_seed is None else list(text_seed)
         rng = random_seed if isinstance(random_seed, random.Random) else random.Random(random_seed)
         if num_words == 1:
@@ -201,7 +200,7 @@ class Lidstone(_NltkStyleModel):
     """P(w | h) = (c(h w) + gamma) / (c(h .) + gamma |V|) (nltk.lm.Lidstone)."""
 
     def __init__(self, gamma, order, vocabulary=None):
-        if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not gamma > 0 or not math.isfinite(gamma):
+        if not is_real(gamma) or not gamma > 0 or not math.isfinite(gamma):
             raise ValueError(f"gamma: expected a finite number > 0, got {gamma!r}")
         super().__init__(order, vocabulary)
         self.gamma = gamma
@@ -235,7 +234,7 @@ class KneserNeyInterpolated(_NltkStyleModel):
     """
 
     def __init__(self, order, discount=0.1, vocabulary=None):
-        if isinstance(discount, bool) or not isinstance(discount, (int, float)) or not 0 <= discount <= 1:
+        if not is_real(discount) or not 0 <= discount <= 1:
             raise ValueError(f"discount: expected a number in [0, 1], got {discount!r}")
         super().__init__(order, vocabulary)
         self.discount = discount

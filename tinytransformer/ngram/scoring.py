@@ -29,7 +29,7 @@ import math
 
 import numpy as np
 
-from tinytransformer._validate import random_generator
+from tinytransformer._validate import integer, random_generator
 
 __all__ = ["LanguageModel", "BOS", "EOS", "UNK"]
 
@@ -104,8 +104,7 @@ class LanguageModel:
         seed: an int (or None for fresh randomness) for numpy's default_rng.
         """
         self._check_fitted("generate")
-        if isinstance(n_words, bool) or not isinstance(n_words, (int, np.integer)) or n_words < 0:
-            raise ValueError(f"n_words: expected an integer >= 0, got {n_words!r}")
+        n_words = integer(n_words, "n_words", low=0)
         if isinstance(context, str):
             raise TypeError(f"context: expected a sequence of words, got the str {context!r}")
         rng = random_generator(seed)

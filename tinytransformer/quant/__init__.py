@@ -15,8 +15,10 @@ building on the one before:
                   yet rounded through the inverse Hessian of the layer's inputs
     awq           AWQ: scale up the input channels that see large activations before rounding
     weights       a weight kept in its GGUF blocks, dequantised a chunk at a time as it multiplies
-    evaluate      quantise every projection of a model by any of the above; perplexity, KL divergence
-                  and same-top-token rate against the unquantised model
+
+A whole model is quantised by `tinytransformer.model_quantization` (every projection, by any
+of the above) and measured by `tinytransformer.metrics.compare` (perplexity, KL divergence and
+same-top-token rate against the unquantised model): evaluating a model is not a codec.
 
 GGUF's own block types (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1 and the k-quants Q4_K, Q5_K,
 Q6_K, byte for byte as llama.cpp writes them) are part of the file format and live

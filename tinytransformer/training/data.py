@@ -11,6 +11,9 @@ the same seed see the same batches.
     >>> batch.shape, bool(np.all(np.diff(batch, axis=1) == 1))     # 2 windows of 5 consecutive tokens
     ((2, 5), True)
 
+`byte_corpus` is chapter 7's split of the built-in corpus as byte tokens, the data of
+chapter 11 and of `python -m tinytransformer.bench train`.
+
 The tokenizer is ours (`tokenizers.bpe.BPETokenizer`): with no merges it is
 byte-level, one token per UTF-8 byte, so that the loss in nats per token
 divided by ln 2 is bits per byte, the measure of chapter 7. A checkpoint
@@ -25,11 +28,12 @@ from __future__ import annotations
 import numpy as np
 
 from tinytransformer._validate import positive_int, random_generator
+from tinytransformer.corpus import split_corpus
 from tinytransformer.tokenizers.bpe import BPETokenizer
 from tinytransformer.tokenizers.byte_level import bytes_to_unicode
 from tinytransformer.tokenizers.unicode_regex import GPT2_PATTERN
 
-__all__ = ["byte_tokenizer", "encode", "random_batches", "tokenizer_metadata"]
+__all__ = ["byte_tokenizer", "encode", "byte_corpus", "random_batches", "tokenizer_metadata"]
 
 END_OF_TEXT = "<|endoftext|>"
 MASK = "<|mask|>"
@@ -43,6 +47,20 @@ def byte_tokenizer(special_tokens=(END_OF_TEXT,)) -> BPETokenizer:
 def encode(tokenizer, text: str) -> np.ndarray:
     """The token ids of text as an int32 array [N] (the whole corpus fits: 4 bytes a token)."""
     return np.asarray(tokenizer.encode(text), dtype=np.int32)
+
+
+def byte_corpus(*, max_train_bytes: int | None = None, max_heldout_chars: int | None = None):
+    """(tokenizer, train tokens, held-out tokens, held-out bytes): the built-in corpus split as in
+    chapter 7 (`corpus.split_corpus`), one token per byte; the held-out tokens start with
+    <|endoftext|> so that the first byte is predicted too. The two limits make a quick run:
+    the last max_train_bytes of the training text, the first max_heldout_chars of the held-out."""
+    train, heldout = split_corpus(max_train_bytes=max_train_bytes)
+    if max_heldout_chars is not None:
+        heldout = heldout[:max_heldout_chars]
+    tokenizer = byte_tokenizer()
+    eot = tokenizer.special_tokens[END_OF_TEXT]
+    return (tokenizer, encode(tokenizer, train), np.concatenate([[eot], encode(tokenizer, heldout)]),
+            len(heldout.encode("utf-8")))
 
 
 def random_batches(tokens, *, batch_size: int, context: int, seed):

@@ -50,12 +50,13 @@ from pathlib import Path
 import numpy as np
 
 from tinytransformer._validate import positive_float, positive_int, seed_value
+from tinytransformer.metrics import heldout_loss, target_loss
 from tinytransformer.training.data import random_batches, tokenizer_metadata
 from tinytransformer.training.gradients import ATTENTION_BACKWARDS, loss_and_gradients
-from tinytransformer.training.objectives import IGNORE, mask_tokens
+from tinytransformer.training.objectives import mask_tokens
 from tinytransformer.training.optim import AdamW, clip_grad_norm, global_norm, warmup_cosine
 
-__all__ = ["TrainingConfig", "Trainer", "train_step", "heldout_loss", "save_checkpoint"]
+__all__ = ["TrainingConfig", "Trainer", "train_step", "save_checkpoint"]
 
 OBJECTIVES = ("next-token", "masked")
 
@@ -180,14 +181,14 @@ class Trainer:
         return record
 
     def evaluate(self, tokens, *, batch_size: int = 16) -> float:
-        """Mean loss (nats per predicted token) on a held-out token array; see heldout_loss."""
+        """Mean loss (nats per predicted token) on a held-out token array; see metrics.heldout_loss."""
         if self.config.objective == "masked":
             rng = np.random.default_rng([self.config.seed, 2])  # the same masks every evaluation
             windows = _windows(np.asarray(tokens), self.config.context)
             c = self.config
             ids, targets = mask_tokens(windows, vocab_size=self.model.config.vocab_size, mask_id=c.mask_id,
                                        special_ids=(c.mask_id, *c.special_ids), rng=rng)
-            total, count = _score(self.model, ids, targets, batch_size)
+            total, count = target_loss(self.model, ids, targets, batch_size=batch_size)
             return total / max(count, 1)
         total, count = heldout_loss(self.model, tokens, context=self.config.context, batch_size=batch_size)
         return total / max(count, 1)
@@ -199,47 +200,6 @@ class Trainer:
             info["training.loss"] = np.float32(self.history[-1]["loss"])
         info["training.config"] = repr(asdict(self.config))
         return save_checkpoint(self.model, path, tokenizer=self.tokenizer, metadata=info)
-
-
-def heldout_loss(model, tokens, *, context: int, batch_size: int = 16) -> tuple[float, int]:
-    """(total nats, tokens predicted) of a causal model on tokens[1:], each given its past.
-
-    Windows of `context` tokens advance by context // 2: every token after the
-    first window is predicted with at least half a context of history, and each
-    is scored exactly once. Bits per byte = total / ln 2 / bytes of text.
-    """
-    tokens = np.asarray(tokens, dtype=np.int64)
-    if positive_int(context, "context") < 2:
-        raise ValueError(f"context: expected at least 2 tokens (one to see, one to predict), got {context}")
-    if tokens.ndim != 1 or tokens.size < 2:
-        raise ValueError(f"tokens: expected a 1-D array of at least 2 tokens, got shape {tokens.shape}")
-    stride = max(1, context // 2)
-    starts = list(range(0, max(tokens.size - context, 0) + 1, stride))
-    if starts[-1] + context < tokens.size:
-        starts.append(tokens.size - context)
-    length = min(context, tokens.size)
-    ids = np.stack([tokens[s:s + length] for s in starts])  # [W, T]
-    targets = np.full(ids.shape, IGNORE, dtype=np.int64)
-    scored_up_to = 0  # tokens[1 : scored_up_to + 1] are already scored
-    for w, s in enumerate(starts):
-        first = max(scored_up_to, s)  # predict tokens[first + 1 .. s + length - 1]
-        targets[w, first - s:length - 1] = tokens[first + 1:s + length]
-        scored_up_to = s + length - 1
-    return _score(model, ids, targets, batch_size)
-
-
-def _score(model, ids, targets, batch_size):
-    """(sum of -log p[target], count) over rows of ids/targets, batch_size rows at a time."""
-    total, count = 0.0, 0
-    for r in range(0, ids.shape[0], batch_size):
-        logits = model.forward(ids[r:r + batch_size]).astype(np.float64)  # [b, T, V]
-        t = targets[r:r + batch_size]
-        keep = t != IGNORE
-        shifted = logits - logits.max(-1, keepdims=True)
-        logp = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))  # log softmax
-        total -= float(np.take_along_axis(logp, np.where(keep, t, 0)[..., None], -1)[..., 0][keep].sum())
-        count += int(keep.sum())
-    return total, count
 
 
 def _windows(tokens, context):

@@ -3,7 +3,7 @@
 2. prompt lookup (`run_speculative`): ours with and without `PromptLookupDraft`, and
    transformers' generate() with and without prompt_lookup_num_tokens, at each k of -k,
    same prompts (`copy_prompts`), same threads; transformers' model also in a bare greedy
-   loop (`_hf_greedy_loop`); then the parts of a speed-up timed apart (`_step_costs`).
+   loop (`hf_greedy_loop`); then the parts of a speed-up timed apart (`step_costs`).
 2b. a model draft (`run_model_draft`): the target's own first n layers as the draft.
 
 The options, the timing rules and what is reported are described in `serve`'s docstring.
@@ -15,7 +15,7 @@ import inspect
 
 import numpy as np
 
-from tinytransformer.bench.serve import _has_tokenizer, timed
+from tinytransformer.bench.common import has_tokenizer, timed
 
 
 def copy_prompts(model) -> dict[str, str]:
@@ -49,7 +49,7 @@ def _hf_model(path):
 def run_speculative(model, args) -> dict:
     from tinytransformer.serving.speculative import PromptLookupDraft, SpeculationStats, speculative_generate
 
-    if not _has_tokenizer(model):  # --quick: random ids that repeat
+    if not has_tokenizer(model):  # --quick: random ids that repeat
         rng = np.random.default_rng(0)
         block = rng.integers(0, model.config.vocab_size, 24).tolist()
         prompts = {"repeat": block * 3, "random": rng.integers(0, model.config.vocab_size, 72).tolist()}
@@ -96,7 +96,7 @@ def run_speculative(model, args) -> dict:
                 return out[0, len(ids):].tolist()
 
             tasks["transformers"] = hf_generate
-            tasks["transformers loop"] = functools.partial(_hf_greedy_loop, hf, ids, n)
+            tasks["transformers loop"] = functools.partial(hf_greedy_loop, hf, ids, n)
             tasks.update({f"transformers + lookup k={k}": functools.partial(hf_generate, k) for k in args.k})
         best, best_cpu, outs = {}, {}, {}
         for _ in range(args.repeats):
@@ -149,12 +149,12 @@ def run_speculative(model, args) -> dict:
         print(f"  {'':16s} best: ours {row['best_speedup_ours']:.2f}x (k = {row['best_k_ours']})" +
               (f", transformers {row['best_speedup_transformers']:.2f}x (k = {row['best_k_transformers']})"
                if hf is not None else ""), flush=True)
-        row["step_costs"] = _step_costs(model, hf, ids, row, args)
+        row["step_costs"] = step_costs(model, hf, ids, row, args)
         rows[name] = row
     return rows
 
 
-def _step_costs(model, hf, ids: list[int], row: dict, args) -> dict:
+def step_costs(model, hf, ids: list[int], row: dict, args) -> dict:
     """What a speed-up is made of, timed apart (best of --repeats): P, the prompt's prefill
     (logits of its last row only), and s(m), one forward of m rows after the prompt through
     the cache with the logits of all m rows: s(1) is a plain decoding step, s(k + 1) a
@@ -220,7 +220,7 @@ def _hf_cache_argument(hf) -> str:
     return "cache" if "cache" in inspect.signature(hf.forward).parameters else "past_key_values"
 
 
-def _hf_greedy_loop(hf, ids: list[int], n: int) -> list[int]:
+def hf_greedy_loop(hf, ids: list[int], n: int) -> list[int]:
     """transformers' model decoding greedily in a bare loop: one forward per token through its
     DynamicCache, argmax, stop at its EOS; no generate(). The same forwards as generate() without
     what generate() does around each one."""
@@ -245,7 +245,7 @@ def run_model_draft(model, args) -> dict:
     """A draft made from the model itself: its first n layers with its norm and head (greedy)."""
     from tinytransformer.serving.speculative import ModelDraft, SpeculationStats, layer_draft, speculative_generate
 
-    if not _has_tokenizer(model):
+    if not has_tokenizer(model):
         prompts = {"random": np.random.default_rng(0).integers(0, model.config.vocab_size, 40).tolist()}
     else:
         texts = copy_prompts(model)

@@ -1,4 +1,4 @@
-"""Quantising a whole model, and measuring what it cost: perplexity, KL divergence, same top token.
+"""Quantising a whole model: every projection of every block, by any method of `tinytransformer.quant`.
 
 Every format in `tinytransformer.quant` is applied to the seven projection
 matrices of every block (attn_q, attn_k, attn_v, attn_output, ffn_gate,
@@ -11,21 +11,16 @@ stays an `Int8Linear`. Methods that look at activations (GPTQ, AWQ) first run
 calibration text through the model and keep, per projection, the statistics
 of its input x [n, C_in]: G = x^T x / n and mean |x|.
 
-The measurement people trust compares the quantised model with the one it came
-from, on held-out text, token by token (position t predicts token t+1):
-
-    perplexity   exp(mean_t -log q(x_{t+1} | x_<=t))
-    KL           mean_t sum_v p(v | x_<=t) log(p(v | x_<=t) / q(v | x_<=t))    (p: the reference model)
-    same top     fraction of positions where argmax q = argmax p
+What it cost is measured as people trust it (`tinytransformer.metrics.compare`): the
+quantised model against the one it came from, on held-out text, token by token:
+perplexity, KL divergence from the reference, and how often the most likely next token agrees.
 
     >>> import numpy as np
+    >>> from tinytransformer.metrics import compare, reference_log_probs
     >>> from tinytransformer.model import TinyTransformer, TransformerConfig
     >>> model = TinyTransformer(TransformerConfig(vocab_size=40, d_model=64, n_layers=1, n_heads=2, d_ff=64))
     >>> windows = np.arange(24).reshape(2, 12) % 40
     >>> reference = reference_log_probs(model, windows)
-    >>> same = compare(model, windows, reference)
-    >>> abs(same.kl) < 1e-6, same.same_top               # the reference is stored in float32
-    (True, 1.0)
     >>> q8, bits = quantize_model(model, "Q8_0")
     >>> r = compare(q8, windows, reference)
     >>> bits, bool(0 < r.kl < 1e-3)
@@ -48,8 +43,8 @@ from tinytransformer.quant.awq import awq_search_statistics
 from tinytransformer.quant.gptq import gptq_quantize
 from tinytransformer.quant.int8_matmul import Int8Linear
 
-__all__ = ["PROJECTIONS", "METHODS", "awq_fold_scales", "K_QUANT_FALLBACK", "gguf_type_for", "projection_names", "calibration_statistics", "quantize_model",
-           "reference_log_probs", "compare", "Comparison", "log_softmax"]
+__all__ = ["PROJECTIONS", "METHODS", "awq_fold_scales", "K_QUANT_FALLBACK", "gguf_type_for", "projection_names",
+           "InputStatistics", "calibration_statistics", "quantize_model"]
 
 PROJECTIONS = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
 GGUF_TYPES = ("Q8_0", "Q6_K", "Q5_K", "Q5_0", "Q4_K", "Q4_1", "Q4_0")
@@ -190,39 +185,3 @@ def awq_fold_scales(params: dict, config, statistics: dict, n_grid: int = 20) ->
             else:
                 params[norm] = np.asarray(params[norm], np.float32) / s  # gamma / s
     return params
-
-
-# --- measuring ------------------------------------------------------------------------------
-
-def log_softmax(logits: np.ndarray) -> np.ndarray:
-    """log softmax over the last axis, in float64, without overflow."""
-    z = np.asarray(logits, dtype=np.float64)
-    z = z - z.max(axis=-1, keepdims=True)
-    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
-
-
-def reference_log_probs(model: TinyTransformer, windows) -> np.ndarray:
-    """The reference model's log-probabilities for every window and position: [B, T, V] float32."""
-    return np.stack([log_softmax(model.forward(ids)).astype(np.float32) for ids in np.asarray(windows)])
-
-
-@dataclass(frozen=True)
-class Comparison:
-    perplexity: float
-    kl: float  # mean KL(reference || model), nats per token
-    same_top: float  # fraction of positions whose most likely next token agrees with the reference's
-    n_tokens: int
-
-
-def compare(model: TinyTransformer, windows, reference: np.ndarray) -> Comparison:
-    """Perplexity on the windows' next tokens, and agreement with the reference log-probabilities."""
-    windows = np.asarray(windows)
-    nll, kl, same, n = 0.0, 0.0, 0, 0
-    for ids, ref in zip(windows, reference):
-        logq = log_softmax(model.forward(ids))[:-1]  # [T-1, V]: position t predicts token t+1
-        logp = ref[:-1].astype(np.float64)
-        nll -= logq[np.arange(len(ids) - 1), ids[1:]].sum()
-        kl += np.sum(np.exp(logp) * (logp - logq))
-        same += int(np.sum(logq.argmax(-1) == logp.argmax(-1)))
-        n += len(ids) - 1
-    return Comparison(float(np.exp(nll / n)), float(kl / n), same / n, n)
