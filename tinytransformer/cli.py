@@ -18,6 +18,7 @@ from pathlib import Path
 
 from tinytransformer import __version__
 from tinytransformer.chat import chat_prompt, default_system_prompt
+from tinytransformer.generation import stream
 from tinytransformer.gguf import GGUFError, GGUFFile
 from tinytransformer.llama import ModelNotFoundError, default_model_path, load_model
 from tinytransformer.serving import cli as serving_cli
@@ -140,9 +141,10 @@ def _check_file(path, argument: str = "--model") -> None:
 
 
 def _load(args):
+    """The model of --model (or the default), on the decoder's BLAS fast path (fast_linear=True)."""
     path = Path(args.model) if args.model else default_model_path()
     return load_model(path, progress=_ProgressBar(f"loading {path.name}"),
-                      keep_quantized=getattr(args, "keep_quantized", False))
+                      keep_quantized=getattr(args, "keep_quantized", False), fast_linear=True)
 
 
 # --- generation -----------------------------------------------------------------------------
@@ -172,8 +174,8 @@ def _stream(model, ids, args, out, cache=None) -> tuple[list[int], float, float,
     new, first, interrupted = [], None, False
     start = time.perf_counter()
     try:
-        for token in model.stream(ids, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                                  top_p=args.top_p, seed=args.seed, use_cache=not args.no_cache, cache=cache):
+        for token in stream(model, ids, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                            top_p=args.top_p, seed=args.seed, use_cache=not args.no_cache, cache=cache):
             if first is None:
                 first = time.perf_counter() - start
             new.append(token)
