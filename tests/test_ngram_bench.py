@@ -100,8 +100,9 @@ def test_the_table_has_a_row_per_level_order_and_estimator_and_kneser_ney_beats_
 
 @pytest.mark.model
 def test_smollm2_scores_a_sentence_in_a_sensible_number_of_bits(smollm2_path):
-    model = tinytransformer.load_model(smollm2_path)
-    result = bench.transformer_bits_per_byte("The quick brown fox jumps over the lazy dog.\n", model=model)
+    loaded = tinytransformer.load_model(smollm2_path)
+    result = bench.transformer_bits_per_byte("The quick brown fox jumps over the lazy dog.\n", model=loaded.model,
+                                             tokenizer=loaded.tokenizer)
     assert 0.3 < result["bpb"] < 4.0  # English under a real model: far below 8 bits per byte
 
 

@@ -17,14 +17,14 @@ any of our models back as a GGUF file that this loader (and llama.cpp, for the
 Llama-shaped ones) reads.
 
     >>> from tinytransformer.generation import generate
-    >>> model = load_model()                                # doctest: +SKIP
-    >>> ids = model.tokenizer.encode("The capital city of Korea is")  # doctest: +SKIP
-    >>> model.tokenizer.decode(generate(model, ids, 8))     # doctest: +SKIP
+    >>> loaded = load_model()                               # doctest: +SKIP
+    >>> model, tokenizer = loaded.model, loaded.tokenizer   # doctest: +SKIP
+    >>> tokenizer.decode(generate(model, tokenizer.encode("The capital city of Korea is"), 8))  # doctest: +SKIP
 
-What the file says besides the weights stays with the loaded model, not in the
-decoder: a `LoadedModel` is a `TinyTransformer` plus the file's tokenizer (read
-on first use), metadata, tensor storage types and path. It takes the decoder's
-BLAS fast path (fast_linear=True) unless told otherwise.
+load_model returns a `LoadedModel`: the decoder (`.model`, a TinyTransformer that
+knows nothing of files) beside what the file says besides the weights: its
+tokenizer (read on first use), metadata, tensor storage types and path. The model
+takes the decoder's BLAS fast path (fast_linear=True) unless told otherwise.
 
 With keep_quantized=True the quantised matrices stay in their GGUF blocks
 (`quant.weights.QuantizedWeight`, dequantised a chunk at a time as they
@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -187,20 +188,24 @@ def gguf_metadata(config: TransformerConfig) -> dict:
     return meta
 
 
-class LoadedModel(TinyTransformer):
-    """A TinyTransformer read from a GGUF file, with what the file says besides the weights.
+@dataclass(eq=False)
+class LoadedModel:
+    """What load_model read from a GGUF file: the decoder, and what the file says besides the weights.
 
-    .tokenizer     the file's tokenizer (ValueError if it has none), read on first use
+    .model         the TinyTransformer (config and weights; nothing of the file)
+    .tokenizer     the file's tokenizer, read on first use (ValueError if the file has none)
     .metadata      the file's metadata, key -> value
     .tensor_types  name -> storage type of each tensor in the file ("Q8_0", "F32", ...)
     .path          the file
+
+    print(loaded) shows the model's structure with the storage types (`describe`).
     """
 
-    def __init__(self, config: TransformerConfig, params: dict, *, path, metadata: dict,
-                 tensor_types: dict[str, str], attention="sdpa", fast_linear: bool = True):
-        super().__init__(config, params, attention=attention, fast_linear=fast_linear)
-        self.path, self.metadata, self.tensor_types = Path(path), metadata, tensor_types
-        self._tokenizer = None
+    model: TinyTransformer
+    path: Path
+    metadata: dict
+    tensor_types: dict[str, str] = field(default_factory=dict)
+    _tokenizer: object = field(default=None, repr=False)
 
     @property
     def tokenizer(self):
@@ -214,7 +219,7 @@ class LoadedModel(TinyTransformer):
         return self._tokenizer
 
     def __repr__(self) -> str:
-        return describe(self, self.tensor_types)
+        return describe(self.model, self.tensor_types)
 
 
 def load_model(path=None, *, progress: Callable[[int, int], None] | None = None,
@@ -224,8 +229,9 @@ def load_model(path=None, *, progress: Callable[[int, int], None] | None = None,
     Every tensor is dequantised to float32 once, here, unless keep_quantized is
     set: then every quantised matrix is kept as its blocks (a `QuantizedWeight`).
     progress(done, total) is called after each tensor (for a progress bar). The
-    tokenizer comes from the same file and is loaded on first use of `model.tokenizer`.
+    tokenizer comes from the same file and is loaded on first use of `.tokenizer`.
     fast_linear: the decoder's BLAS fast path (the same logits; False for the reference).
+    Returns a LoadedModel: .model, .tokenizer, .metadata, .tensor_types, .path.
     """
     path = default_model_path() if path is None else Path(path)
     with GGUFFile(path) as f:
@@ -257,8 +263,8 @@ def load_model(path=None, *, progress: Callable[[int, int], None] | None = None,
         bad = next(n for n, p in params.items() if not finite(p))
         raise GGUFError(f"{path}: tensor {bad!r} holds NaN or infinite values (a corrupt file?)")
 
-    return LoadedModel(config, params, path=path, metadata=metadata, tensor_types=types, attention=attention,
-                       fast_linear=fast_linear)
+    model = TinyTransformer(config, params, attention=attention, fast_linear=fast_linear)
+    return LoadedModel(model, path, metadata, types)
 
 
 def save_model(model: TinyTransformer, path, *, metadata: dict | None = None, types: dict | None = None,

@@ -172,17 +172,18 @@ def nltk_speed(train, heldout, n_trigrams=1000):
     return result
 
 
-def _document_start(model):
+def _document_start(model, tokenizer):
     """The id that precedes a document: <|endoftext|> if the tokenizer has it, else BOS, else None."""
-    added = getattr(model.tokenizer, "added_tokens", None) or {}
+    added = getattr(tokenizer, "added_tokens", None) or {}
     if "<|endoftext|>" in added:
         return int(added["<|endoftext|>"])
     bos = getattr(getattr(model, "config", None), "bos_id", None)
     return None if bos is None else int(bos)
 
 
-def transformer_bits_per_byte(text, model=None, chunk=256):
-    """Bits per UTF-8 byte of `text` under a pretrained model with `.tokenizer` and `.forward`.
+def transformer_bits_per_byte(text, model=None, chunk=256, tokenizer=None):
+    """Bits per UTF-8 byte of `text` under a pretrained model with `.forward` and its tokenizer
+    (default: the model's `.tokenizer`; with no model, SmolLM2's, from `tinytransformer.load_model`).
 
     The text is tokenized once; each token is scored given every token before it (a KV cache
     carries the context across chunks of `chunk` tokens when the model has one, else each
@@ -193,10 +194,12 @@ def transformer_bits_per_byte(text, model=None, chunk=256):
     if model is None:
         import tinytransformer
 
-        model = tinytransformer.load_model()
+        loaded = tinytransformer.load_model()
+        model, tokenizer = loaded.model, loaded.tokenizer
+    tokenizer = model.tokenizer if tokenizer is None else tokenizer
     start = time.perf_counter()
-    ids = [int(i) for i in model.tokenizer.encode(text)]
-    first = _document_start(model)
+    ids = [int(i) for i in tokenizer.encode(text)]
+    first = _document_start(model, tokenizer)
     sequence = ([first] if first is not None else []) + ids
     bits = 0.0
     use_cache = all(hasattr(model, name) for name in ("new_cache", "hidden_states", "logits"))

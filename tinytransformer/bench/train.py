@@ -40,6 +40,7 @@ import tracemalloc
 import numpy as np
 
 from tinytransformer.bench import save_figure, write_report
+from tinytransformer.generation import generate
 from tinytransformer.model import TinyTransformer, TransformerConfig
 from tinytransformer.threads import blas_description, blas_threads
 from tinytransformer.training.data import byte_tokenizer, encode, random_batches
@@ -409,8 +410,8 @@ def main(argv: list[str] | None = None) -> int:
             result["crossing"] = meet = crossing(result["curve"], ngram["bpb"])
             report["bpb"] = result
             print("  " + describe_crossing(result["curve"], ngram["bpb"], meet))
-            new = trainer.model.generate(encode(trainer.tokenizer, "The ").tolist(), context - 4, temperature=0.8,
-                                         top_k=40, seed=0)
+            new = generate(trainer.model, encode(trainer.tokenizer, "The ").tolist(), context - 4, temperature=0.8,
+                           top_k=40, seed=0)
             sample = trainer.tokenizer.decode(new)
             print(f"  sample: {'The ' + sample!r}")
         if "nanogpt" in sections:
