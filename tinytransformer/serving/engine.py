@@ -106,7 +106,8 @@ def run_plan(model, cache, plan: Plan) -> dict[Request, int]:
 class Engine:
     """The scheduler and the model, one step at a time.
 
-    model: a TinyTransformer. n_blocks, block_size: the paged cache (by default
+    model: a TinyTransformer (for speed, on the BLAS fast path: load_model's is; build
+    your own with fast_linear=True). n_blocks, block_size: the paged cache (by default
     enough blocks for max_seqs sequences of the full context). policy, max_seqs,
     max_tokens_per_step, max_wait: the scheduler's (see `Scheduler`).
     clock: the time source for arrival and token times (seconds).
