@@ -263,4 +263,4 @@ with tempfile.TemporaryDirectory() as folder:
     print(f"{path.name}: {path.stat().st_size / 1024:.0f} KiB, step {loaded.metadata['training.step']}; "
           f"sample {(prompt_text + loaded.tokenizer.decode(new))!r}")
     probe = heldout_tokens[1:33][None].astype(np.int64)
-    assert np.allclose(loaded.forward(probe), trainer.model.forward(probe), atol=1e-5)
+    assert np.allclose(loaded.model.forward(probe), trainer.model.forward(probe), atol=1e-5)
