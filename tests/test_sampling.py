@@ -8,7 +8,8 @@ from hypothesis import strategies as st
 
 from strategies import seeds
 from tinytransformer.attention import softmax
-from tinytransformer.sampling import check_options, filter_top_k, filter_top_p, generate, greedy, sample_next, stop_reason
+from tinytransformer.sampling import (check_options, filter_top_k, filter_top_p, generate, greedy, sample_next,
+                                      stop_reason)
 
 vocab_logits = st.builds(lambda n, seed, scale: np.random.default_rng(seed).standard_normal(n) * scale,
                          st.integers(1, 60), seeds(), st.floats(0.1, 20))

@@ -358,9 +358,9 @@ class PagedBatch:
 
 def _claim(blocks: BlockManager, seq_ids, counts):
     """Claim counts[i] positions in the blocks of sequence seq_ids[i], all or none (ValueError if one
-    has no room: blocks are allocated before the step, never here). Returns (positions [N], block_tables, context_lens, and where each new position
-    lives, (block, slot) [N] each, for every layer's write), N = sum(counts), in
-    sequence order."""
+    has no room: blocks are allocated before the step, never here). Returns (positions [N],
+    block_tables, context_lens, and where each new position lives, (block, slot) [N] each, for
+    every layer's write), N = sum(counts), in sequence order."""
     for s, n in zip(seq_ids, counts):  # every sequence first: all or none
         blocks.check_room(s, n)
     positions = np.concatenate([blocks.claim(s, n) for s, n in zip(seq_ids, counts)])  # [N]
