@@ -8,6 +8,7 @@ import numpy as np
 from _lecture import heading, plt, save
 
 from tinytransformer.attention import softmax
+from tinytransformer.generation import generate
 from tinytransformer.layers import gelu, layer_norm, rms_norm, silu
 from tinytransformer.model import TinyTransformer, TransformerConfig
 from tinytransformer.sampling import filter_top_k, filter_top_p
@@ -74,7 +75,7 @@ for name, config in configs.items():
           f"positions, {config.norm} norm, {config.ffn} FFN; {n_params:,} parameters, "
           f"{config.vocab_size * config.d_model:,} of them in the token embeddings")
     assert n_params == expected_parameters(config), f"{name}: {n_params} parameters, not the architecture's count"
-    out = model.generate([1, 2, 3], 8, temperature=0.8, top_k=20, seed=0)
+    out = generate(model, [1, 2, 3], 8, temperature=0.8, top_k=20, seed=0)
     print(f"   sampled continuation of [1, 2, 3] (random weights, so random-looking): {out}")
     assert len(out) == 8 and all(0 <= token < config.vocab_size for token in out)
 
@@ -106,6 +107,6 @@ full = variants["temperature 1"]
 assert full[kept].sum() >= 0.8 > full[kept].sum() - full[kept].min(), "top-p keeps the smallest set reaching p"
 
 model = TinyTransformer(configs["Llama-like"], seed=0)
-greedy, top_1 = model.generate([1, 2, 3], 8), model.generate([1, 2, 3], 8, temperature=1.0, top_k=1, seed=1)
+greedy, top_1 = generate(model, [1, 2, 3], 8), generate(model, [1, 2, 3], 8, temperature=1.0, top_k=1, seed=1)
 print(f"greedy from [1, 2, 3]: {greedy} (temperature 0 and top_k=1 give the same: {top_1})")
 assert greedy == top_1, "top-k with k = 1 is greedy decoding, whatever the temperature"

@@ -196,7 +196,8 @@ for level, r in best.items():
 transformer, ratio = {"error": "skipped in quick mode (scoring takes about a minute)"}, None
 if not QUICK:
     try:
-        transformer = text_bits_per_byte(load_model(), slice_text)
+        loaded = load_model()
+        transformer = text_bits_per_byte(loaded.model, loaded.tokenizer, slice_text)
     except Exception as error:  # the model is optional: say why it is missing, keep the table
         transformer = {"error": f"{type(error).__name__}: {error}"}
 if "error" in transformer:

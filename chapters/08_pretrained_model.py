@@ -18,6 +18,7 @@ import numpy as np
 from _lecture import QUICK, heading, plt, save
 
 from tinytransformer import gguf
+from tinytransformer.generation import generate, stream
 from tinytransformer.llama import ModelNotFoundError, default_model_path, load_model
 from tinytransformer.model import TinyTransformer
 from tinytransformer.random_llama import write_random_llama
@@ -77,9 +78,10 @@ with gguf.GGUFFile(path) as f:
 # %%
 heading("the model")
 start = time.perf_counter()
-model = load_model(path)
+loaded = load_model(path)  # the decoder, beside what the file says besides the weights
+model, tokenizer = loaded.model, loaded.tokenizer
 print(f"loaded in {time.perf_counter() - start:.1f} s")
-print(model)
+print(loaded)  # the structure, with each tensor's storage type in the file
 cfg = model.config
 print(f"\n{model.n_parameters:,} parameters; KV cache per token: "
       f"{2 * cfg.n_layers * cfg.kv_heads * cfg.head_dim * 4:,} bytes in float32")
@@ -93,18 +95,18 @@ assert type(model) is TinyTransformer and cfg.rope_interleaved
 # %%
 heading("one token at a time, by hand")
 prompt = "The capital city of Korea is"
-ids = model.tokenizer.encode(prompt)
+ids = tokenizer.encode(prompt)
 print(f"prompt {prompt!r} -> ids {ids}")
 for step in range(4 if QUICK else 8):
     logits = model.forward(ids)  # [T, vocab]
     next_id = int(np.argmax(logits[-1]))  # the most likely next token
     top = np.argsort(logits[-1])[::-1][:3]
-    print(f"step {step}: next {model.tokenizer.decode([next_id])!r:14}  "
-          f"(top 3: {[model.tokenizer.decode([int(t)]) for t in top]})")
+    print(f"step {step}: next {tokenizer.decode([next_id])!r:14}  "
+          f"(top 3: {[tokenizer.decode([int(t)]) for t in top]})")
     ids = ids + [next_id]
-print(f"text: {model.tokenizer.decode(ids)}")
+print(f"text: {tokenizer.decode(ids)}")
 if REAL:
-    assert "Seoul" in model.tokenizer.decode(ids), "SmolLM2 should know the capital of Korea"
+    assert "Seoul" in tokenizer.decode(ids), "SmolLM2 should know the capital of Korea"
 
 # %% [markdown]
 # ## 4. What the model predicts at every position
@@ -113,10 +115,10 @@ if REAL:
 
 # %%
 heading("argmax at every position")
-ids = model.tokenizer.encode(prompt)
+ids = tokenizer.encode(prompt)
 predicted = model.forward(ids).argmax(-1)
 for i, (token, guess) in enumerate(zip(ids, predicted)):
-    print(f"after {model.tokenizer.decode(ids[:i + 1])!r:32} the model expects {model.tokenizer.decode([int(guess)])!r}")
+    print(f"after {tokenizer.decode(ids[:i + 1])!r:32} the model expects {tokenizer.decode([int(guess)])!r}")
 
 # %% [markdown]
 # ## 5. The wrong RoPE pairing
@@ -130,15 +132,15 @@ for i, (token, guess) in enumerate(zip(ids, predicted)):
 heading("RoPE pairing: interleaved (right for GGUF) vs rotate-half (wrong here)")
 from tinytransformer.corpus import load_corpus  # noqa: E402
 
-text_ids = model.tokenizer.encode(load_corpus()[:300 if QUICK else 1200])
+text_ids = tokenizer.encode(load_corpus()[:300 if QUICK else 1200])
 accuracy = {}
 for interleaved in (True, False):
     # the same weights, read with the other pairing: a second model object sharing the arrays
-    variant = TinyTransformer(dataclasses.replace(cfg, rope_interleaved=interleaved), model.params)
+    variant = TinyTransformer(dataclasses.replace(cfg, rope_interleaved=interleaved), model.params, fast_linear=True)
     guesses = variant.forward(text_ids).argmax(-1)[:-1]  # prediction for each next token
     accuracy[interleaved] = float(np.mean(guesses == np.array(text_ids[1:])))
-    new = variant.generate(model.tokenizer.encode(prompt), 6 if QUICK else 16)
-    continuation = model.tokenizer.decode(new).replace("\n", " / ")
+    new = generate(variant, tokenizer.encode(prompt), 6 if QUICK else 16)
+    continuation = tokenizer.decode(new).replace("\n", " / ")
     print(f"interleaved={interleaved!s:5}: next-token accuracy {accuracy[interleaved]:.1%} on {len(text_ids)} "
           f"tokens; {prompt} >> {continuation}")
 if REAL:
@@ -152,8 +154,8 @@ if REAL:
 
 # %%
 heading("the model on chapter 4's flash attention")
-ids = model.tokenizer.encode(prompt)
-flash_model = TinyTransformer(cfg, model.params, attention="flash")
+ids = tokenizer.encode(prompt)
+flash_model = TinyTransformer(cfg, model.params, attention="flash", fast_linear=model.fast_linear)
 start = time.perf_counter()
 flash_logits = flash_model.forward(ids)
 flash_time = time.perf_counter() - start
@@ -165,10 +167,10 @@ print(f"max |logits(flash) - logits(sdpa)| = {difference:.1e} over {len(ids)} po
 print(f"flash (NumPy tiles) {flash_time:.2f} s, sdpa {sdpa_time:.2f} s: the tiles teach the algorithm; "
       "the speed comes when a GPU runs them (chapter 9)")
 assert_close(flash_logits, sdpa_logits, rtol=1e-4, atol=1e-4)
-flash_new = flash_model.generate(ids, 6 if QUICK else 16)
-assert flash_new == model.generate(ids, 6 if QUICK else 16)
+flash_new = generate(flash_model, ids, 6 if QUICK else 16)
+assert flash_new == generate(model, ids, 6 if QUICK else 16)
 print(f"greedy continuation through flash attention: {prompt} >> "
-      f"{model.tokenizer.decode(flash_new).replace(chr(10), ' / ')}")
+      f"{tokenizer.decode(flash_new).replace(chr(10), ' / ')}")
 
 # %% [markdown]
 # ## 7. Generation with and without the KV cache
@@ -182,7 +184,7 @@ print(f"greedy continuation through flash attention: {prompt} >> "
 heading("time per token, with and without the KV cache")
 n_new = 12 if QUICK else 48
 repeats = 3
-ids = model.tokenizer.encode(prompt)
+ids = tokenizer.encode(prompt)
 times = {}
 with blas_threads(1):
     print(f"BLAS: {blas_description()}; best of {repeats} runs per position")
@@ -191,14 +193,14 @@ with blas_threads(1):
         for _ in range(repeats):
             stamps = [time.perf_counter()]
             tokens = []
-            for token in model.stream(ids, n_new, use_cache=use_cache, stop_at_eos=False):
+            for token in stream(model, ids, n_new, use_cache=use_cache, stop_at_eos=False):
                 stamps.append(time.perf_counter())
                 tokens.append(token)
             runs.append(np.diff(stamps))
         times[use_cache] = np.min(runs, axis=0)  # [n_new] the fastest of the runs, per position
         label = "with cache" if use_cache else "no cache  "
         print(f"{label}: {len(tokens)} tokens in {times[use_cache].sum():.2f} s "
-              f"({len(tokens) / times[use_cache].sum():.1f} tokens/s); {model.tokenizer.decode(tokens)[:50]!r}")
+              f"({len(tokens) / times[use_cache].sum():.1f} tokens/s); {tokenizer.decode(tokens)[:50]!r}")
 positions = len(ids) + np.arange(n_new)
 fig, ax = plt.subplots(figsize=(6, 3.5))
 ax.plot(positions[1:], 1000 * times[False][1:], "o-", ms=3, label="no cache (recompute the prefix)")
@@ -224,10 +226,10 @@ heading("a chat turn")
 from tinytransformer.chat import chat_prompt, default_system_prompt  # noqa: E402
 
 text = chat_prompt([{"role": "user", "content": "What is the capital of France?"}],
-                   default_system=default_system_prompt(model.metadata))
+                   default_system=default_system_prompt(loaded.metadata))
 print(text)
-reply = model.generate(model.tokenizer.encode(text), 12 if QUICK else 40)
-answer = model.tokenizer.decode([t for t in reply if t != cfg.eos_id])
+reply = generate(model, tokenizer.encode(text), 12 if QUICK else 40)
+answer = tokenizer.decode([t for t in reply if t != cfg.eos_id])
 print("assistant:", answer)
 if REAL:
     assert "Paris" in answer

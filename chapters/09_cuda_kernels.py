@@ -16,8 +16,10 @@ from _lecture import QUICK, ROOT, heading, plt, save
 from tinytransformer import cuda
 from tinytransformer.attention import scaled_dot_product_attention
 from tinytransformer.flash import flash_attention, flash_attention_states
+from tinytransformer.generation import generate
 from tinytransformer.kv_cache import kv_cache_bytes
-from tinytransformer.paged_cache import CacheFullError, PagedKVCache, paged_decode_attention
+from tinytransformer.paged_attention import paged_decode_attention
+from tinytransformer.paged_cache import CacheFullError, PagedKVCache
 
 CHAPTER = "09_cuda_kernels"
 rng = np.random.default_rng(0)
@@ -270,41 +272,42 @@ from pathlib import Path  # noqa: E402
 from tinytransformer.corpus import load_corpus  # noqa: E402
 from tinytransformer.llama import ModelNotFoundError, default_model_path, load_model  # noqa: E402
 from tinytransformer.random_llama import write_random_llama  # noqa: E402
+from tinytransformer.serving.engine import generate_batch  # noqa: E402
 
 try:
-    model = load_model(default_model_path())
+    loaded = load_model(default_model_path())
 except ModelNotFoundError as error:
     print(f"{error}\n-> a tiny random Llama instead (its text is gibberish)")
     scratch = tempfile.TemporaryDirectory()
-    model = load_model(write_random_llama(Path(scratch.name) / "tiny.gguf", n_layers=2, context_length=1024))
+    loaded = load_model(write_random_llama(Path(scratch.name) / "tiny.gguf", n_layers=2, context_length=1024))
+model, tokenizer = loaded.model, loaded.tokenizer
 corpus = load_corpus()
 texts = ["The capital city of Korea is", "def fibonacci(n):", corpus[:300], "Water boils at", corpus[2000:2900]]
 texts = texts[:3] if QUICK else texts
-prompts = [model.tokenizer.encode(t) for t in texts]
+prompts = [tokenizer.encode(t) for t in texts]
 n_new = 6 if QUICK else 24
 block_size = 16
 steps = []  # after the prefills and after each decode step: (sequences live, blocks in use, tokens held)
-cache = model.new_paged_cache(n_blocks=sum(-(-(len(p) + n_new) // block_size) for p in prompts),
-                              block_size=block_size)
 
 
-def record(c):
+def record(c):  # called after every step of the engine, with its paged cache
     held = sum(c.length(s) for s in c.sequences())
     steps.append((len(c.sequences()), c.n_blocks - c.n_free_blocks, held))
 
 
-together = model.generate_many(prompts, n_new, cache=cache, on_step=record)
+# the serving engine with the static policy: every prompt prefilled in one step, then decoded together
+together = generate_batch(model, prompts, n_new, block_size=block_size, on_step=record)
 for prompt, text, new in zip(prompts, texts, together):
-    print(f"{len(prompt):4d}-token prompt {text[:28]!r:32} -> {model.tokenizer.decode(new)[:40]!r}")
-alone = [model.generate(p, n_new) for p in prompts]
+    print(f"{len(prompt):4d}-token prompt {text[:28]!r:32} -> {tokenizer.decode(new)[:40]!r}")
+alone = [generate(model, p, n_new) for p in prompts]
 print(f"the same tokens as {len(prompts)} separate generate calls: {together == alone}")
 assert together == alone
 if ok:
-    on_gpu = load_model(model.path, attention="cuda").generate_many(prompts, n_new)
+    on_gpu = generate_batch(load_model(loaded.path, attention="cuda").model, prompts, n_new)
     print(f"through the CUDA paged decode kernel: the same tokens: {on_gpu == together}")
     assert on_gpu == together
 
-block_bytes = cache.block_bytes
+block_bytes = model.new_paged_cache(n_blocks=1, block_size=block_size).block_bytes  # K and V, all layers
 contiguous_bytes = len(prompts) * max(len(p) + n_new for p in prompts) * block_bytes // block_size
 live, used, held = (np.array(column) for column in zip(*steps))
 print(f"contiguous cache sized for the longest sequence: {contiguous_bytes / 2**20:.1f} MiB for the whole run")

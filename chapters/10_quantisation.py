@@ -33,10 +33,11 @@ from tinytransformer.threads import blas_threads
 CHAPTER = "10_quantisation"
 rng = np.random.default_rng(0)
 
-model = None
+model = loaded = None
 if not QUICK:
     try:
-        model = load_model(default_model_path())
+        loaded = load_model(default_model_path())
+        model = loaded.model
     except ModelNotFoundError as e:
         print(f"{e}\n-> using a small random model instead")
 if model is None:  # a small random decoder with heavy-tailed weights, so that the lessons still show
@@ -151,7 +152,7 @@ save(fig, CHAPTER, "nf4_codes")
 heading("outlier features and LLM.int8")
 if REAL:
     text = open(statistics.__file__, encoding="utf-8").read()[:4000]
-    ids = np.asarray(model.tokenizer.encode(text)[: 64 if QUICK else 256])
+    ids = np.asarray(loaded.tokenizer.encode(text)[: 64 if QUICK else 256])
 else:
     ids = rng.integers(0, model.config.vocab_size, 64)
 

@@ -19,6 +19,7 @@ from _lecture import QUICK, heading, plt, save
 
 from tinytransformer.corpus import split_corpus
 from tinytransformer.flash import flash_attention_with_lse
+from tinytransformer.generation import generate
 from tinytransformer.layers import rms_norm
 from tinytransformer.llama import load_model
 from tinytransformer.metrics import heldout_bits_per_byte
@@ -158,7 +159,7 @@ for step in range(steps):
         curve["step"].append(step + 1)
         curve["train"].append(np.mean([r["loss"] for r in trainer.history[-every:]]) / math.log(2))
         curve["heldout"].append(heldout_bits_per_byte(trainer.model, eval_tokens, eval_bytes, training.context))
-        sample = tokenizer.decode(trainer.model.generate(prompt, n_sample, temperature=0.8, top_k=20, seed=0))
+        sample = tokenizer.decode(generate(trainer.model, prompt, n_sample, temperature=0.8, top_k=20, seed=0))
         print(f"step {step + 1:5d} ({time.perf_counter() - start:5.0f} s): training {curve['train'][-1]:.3f}, "
               f"held-out {curve['heldout'][-1]:.3f} bits/byte   sample: {('The ' + sample)!r}")
 train_text, heldout_text = split_corpus(max_train_bytes=CORPUS.get("max_train_bytes"))  # the same split, as text
@@ -262,10 +263,10 @@ assert after_loss < before - 1.0
 heading("save, load, generate")
 with tempfile.TemporaryDirectory() as folder:
     path = trainer.save(Path(folder) / "chapter11.gguf")
-    loaded = load_model(path)
+    loaded = load_model(path)  # the model, and the file's tokenizer and metadata
     prompt_text = "def "
-    new = loaded.generate(loaded.tokenizer.encode(prompt_text), n_sample, temperature=0.8, top_k=20, seed=1)
+    new = generate(loaded.model, loaded.tokenizer.encode(prompt_text), n_sample, temperature=0.8, top_k=20, seed=1)
     print(f"{path.name}: {path.stat().st_size / 1024:.0f} KiB, step {loaded.metadata['training.step']}; "
           f"sample {(prompt_text + loaded.tokenizer.decode(new))!r}")
     probe = heldout_tokens[1:33][None].astype(np.int64)
-    assert np.allclose(loaded.forward(probe), trainer.model.forward(probe), atol=1e-5)
+    assert np.allclose(loaded.model.forward(probe), trainer.model.forward(probe), atol=1e-5)

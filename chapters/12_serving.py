@@ -14,6 +14,7 @@ import numpy as np
 from _lecture import QUICK, heading, plt, save
 
 from tinytransformer import sampling
+from tinytransformer.generation import generate
 from tinytransformer.model import TinyTransformer, TransformerConfig, init_params
 from tinytransformer.serving.engine import Engine
 from tinytransformer.serving.scheduler import Request
@@ -27,7 +28,8 @@ CHAPTER = "12_serving"
 CLOCK = time.process_time  # CPU seconds of this process: steadier than wall time on a shared machine
 config = TransformerConfig(vocab_size=96, d_model=32 if QUICK else 64, n_layers=4, n_heads=4,
                            n_kv_heads=2, max_seq_len=160, tie_embeddings=False, name="random decoder")
-model = TinyTransformer(config, init_params(config, seed=0), attention="sdpa-batched")  # a paged batch in one call
+# attention "sdpa-padded": a paged batch in one padded call; fast_linear: the BLAS fast path (the same logits)
+model = TinyTransformer(config, init_params(config, seed=0), attention="sdpa-padded", fast_linear=True)
 threads = blas_threads(1)  # small matrices: one BLAS thread is fastest and steadiest
 threads.__enter__()
 print(f"{config.name}: {model.n_parameters:,} parameters; {blas_description()}; times are CPU seconds")
@@ -83,7 +85,10 @@ texts = [p for p, _ in work[:3]]
 cache = model.new_paged_cache(n_blocks=16, block_size=BLOCK)
 a, b, c = (cache.add_sequence() for _ in texts)
 for s, t in ((b, texts[1]), (c, texts[2])):  # b and c are decoding: all but their last token is cached
+    cache.allocate(s, len(t) - 1)  # blocks first (the scheduler's job); the forward only writes into them
     model.hidden_states(np.array([t[:-1]]), cache.view([s]))
+for s, n in ((a, len(texts[0])), (b, 1), (c, 1)):
+    cache.allocate(s, n)
 view = cache.packed_view([a, b, c], [len(texts[0]), 1, 1])  # a's whole prompt, then b's and c's last token
 hidden = model.hidden_states(np.array([texts[0] + [texts[1][-1], texts[2][-1]]]), view)[0]  # [N, C]
 alone = [model.hidden_states(np.array([t]))[0, -1] for t in texts]  # each text through its own forward
@@ -105,7 +110,7 @@ tight = max(need) + 2  # every request fits alone, but not MAX_SEQS of them at o
 assert tight < sum(sorted(need)[:MAX_SEQS]), "the budget must be too small for a full batch"
 engine = Engine(model, n_blocks=tight, block_size=BLOCK, policy="continuous", max_seqs=MAX_SEQS)
 outputs = engine.generate([p for p, _ in work[:8]], 24, stop_at_eos=False)
-alone = [model.generate(p, 24, stop_at_eos=False) for p, _ in work[:8]]
+alone = [generate(model, p, 24, stop_at_eos=False) for p, _ in work[:8]]
 print(f"{tight} blocks of {BLOCK}: {engine.scheduler.n_preemptions} preemptions; outputs equal to running each alone: "
       f"{outputs == alone}; free blocks at the end: {engine.cache.n_free_blocks}/{tight}")
 assert engine.scheduler.n_preemptions > 0 and outputs == alone and engine.cache.n_free_blocks == tight
@@ -226,7 +231,7 @@ prompt = work[0][0]
 n_new = 32 if QUICK else 96
 draft_model = layer_draft(model, 1)
 start = CLOCK()
-plain = model.generate(prompt, n_new, stop_at_eos=False)
+plain = generate(model, prompt, n_new, stop_at_eos=False)
 plain_time = CLOCK() - start
 rows = []
 for k in range(1, 7 if QUICK else 9):

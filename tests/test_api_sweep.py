@@ -96,8 +96,8 @@ def _attention_names(rng) -> dict:
     """The names the multi-head and paged attention cases use."""
     from tinytransformer import cuda
     from tinytransformer.attention import multi_head_attention
-    from tinytransformer.paged_cache import (paged_decode_attention, paged_decode_attention_batched,
-                                             paged_decode_attention_fast)
+    from tinytransformer.paged_attention import (paged_decode_attention, paged_decode_attention_batched,
+                                                 paged_decode_attention_fast)
 
     projections = {"wq": np.ones((8, 8)), "wk": np.ones((4, 8)), "wv": np.ones((4, 8)), "wo": np.ones((8, 8))}
     return dict(x8=rng.standard_normal((1, 3, 8)), projections=projections, cuda=cuda,
@@ -109,8 +109,10 @@ def _attention_names(rng) -> dict:
 
 def _seeded(rng) -> dict:
     """The names the seed cases use: every public function or class that takes a seed."""
+    from tinytransformer import generation
     from tinytransformer.model import TinyTransformer, TransformerConfig, init_params
     from tinytransformer.ngram import NGramLM
+    from tinytransformer.serving.engine import generate_batch
     from tinytransformer.positional import learned_position_table
     from tinytransformer.serving.scheduler import Request
     from tinytransformer.serving.simulate import poisson_arrivals, skewed_workload
@@ -120,9 +122,9 @@ def _seeded(rng) -> dict:
 
     config = TransformerConfig(vocab_size=10, d_model=8, n_layers=1, n_heads=2, max_seq_len=16)
     return dict(config=config, model=TinyTransformer(config, seed=0), lm=NGramLM(2, "laplace").fit([list("abc")]),
-                rng=rng, **{f.__name__: f for f in (TinyTransformer, init_params, learned_position_table, Request,
-                                                    poisson_arrivals, skewed_workload, Randomness, random_batches,
-                                                    TrainingConfig)})
+                rng=rng, generation=generation, **{f.__name__: f for f in (
+                    TinyTransformer, init_params, learned_position_table, Request, poisson_arrivals, skewed_workload,
+                    Randomness, random_batches, TrainingConfig, generate_batch)})
 
 
 E = "expected"  # shorthand: a ValueError whose message says what was expected
@@ -369,7 +371,8 @@ CASES = {  # module -> [(call text, a regex the ValueError must match | a result
     ],
     "seeds": [(call.format(seed), "seed: expected a numpy Generator, an integer seed >= 0") for call in (
         "init_params(config, seed={})", "TinyTransformer(config, seed={})",
-        "model.generate([1], 2, temperature=1.0, seed={})", "model.generate_many([[1]], 2, temperature=1.0, seed={})",
+        "generation.generate(model, [1], 2, temperature=1.0, seed={})",
+        "generate_batch(model, [[1]], 2, temperature=1.0, seed={})",
         "lm.generate(3, seed={})", "learned_position_table(4, 4, seed={})",
         "next(random_batches(np.arange(100), batch_size=2, context=4, seed={}))", "skewed_workload(3, seed={})",
         "poisson_arrivals(3, 1.0, seed={})", "Request([1], 2, seed={})", "Randomness({})")
@@ -377,7 +380,7 @@ CASES = {  # module -> [(call text, a regex the ValueError must match | a result
         ("TrainingConfig(seed=None)", "seed: expected an integer seed >= 0"),
         ("TrainingConfig(seed=1.5)", "seed: expected"),
         ("init_params(config, seed=rng)['token_embd.weight'].shape", is_value((10, 8))),
-        ("len(model.generate_many([[1]], 2, temperature=1.0, seed=np.int64(3))[0])", is_value(2)),
+        ("len(generate_batch(model, [[1]], 2, temperature=1.0, seed=np.int64(3))[0])", is_value(2)),
     ],
     "flash": [
         ("flash_attention(big, big, big)", "q, k: the scores q k\\^T \\* scale overflow float32"),

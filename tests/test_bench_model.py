@@ -19,7 +19,7 @@ def test_quick_model_benchmark_writes_every_measurement(tmp_path, capsys):
     assert all(rate > 0 for rate in batched["tokens_per_s"].values())
     assert 0 <= batched["paged_empty_bytes"] < batched["paged_peak_bytes"]
     printed = capsys.readouterr().out
-    assert "attention=sdpa-batched" in printed and f"results written to {out}" in printed
+    assert "attention=sdpa-padded" in printed and f"results written to {out}" in printed
 
 
 def test_batch_only_measures_just_the_batched_decode(tmp_path, capsys):

@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from tinytransformer import cli, llama
+from tinytransformer.generation import generate
 from tinytransformer.llama import INSTALL_COMMAND, load_model
 from tinytransformer.random_llama import write_random_llama
 
@@ -21,10 +22,11 @@ def tiny_path(tmp_path_factory):
 def test_generate_prints_the_prompt_its_continuation_and_the_speed(tiny_path, capsys):
     assert cli.main(["generate", "the cat", "--model", str(tiny_path), "--max-new-tokens", "6"]) == 0
     out, err = capsys.readouterr()
-    model = load_model(tiny_path)
-    ids = model.tokenizer.encode("the cat")
-    new = model.generate(ids, 6)
-    expected = model.tokenizer.decode([t for t in new if t != model.config.eos_id])
+    loaded = load_model(tiny_path)
+    model, tokenizer = loaded.model, loaded.tokenizer
+    ids = tokenizer.encode("the cat")
+    new = generate(model, ids, 6)
+    expected = tokenizer.decode([t for t in new if t != model.config.eos_id])
     assert out == "the cat" + expected + "\n"
     assert "tokens/s" in err and f"prompt {len(ids)} tokens" in err
 
@@ -71,18 +73,16 @@ def test_chat_with_the_kv_cache_kept_between_turns_says_what_recomputing_says(ti
 
 
 def test_ctrl_c_during_a_reply_stops_that_reply_and_keeps_the_conversation(tiny_path, capsys, monkeypatch):
-    from tinytransformer.model import TinyTransformer
+    real_stream, calls = cli.stream, []
 
-    real_stream, calls = TinyTransformer.stream, []
-
-    def stream(self, *args, **kwargs):  # the first reply is interrupted after two tokens
+    def stream(model, *args, **kwargs):  # the first reply is interrupted after two tokens
         calls.append(1)
-        for i, token in enumerate(real_stream(self, *args, **kwargs)):
+        for i, token in enumerate(real_stream(model, *args, **kwargs)):
             if len(calls) == 1 and i == 2:
                 raise KeyboardInterrupt
             yield token
 
-    monkeypatch.setattr(TinyTransformer, "stream", stream)
+    monkeypatch.setattr(cli, "stream", stream)
     code, out, err = _chat(tiny_path, capsys, monkeypatch, "hi there\nand again\n")
     assert code == 0 and out.count("model> ") == 2 and "(reply stopped)" in err and len(calls) == 2
 

@@ -245,11 +245,12 @@ def test_model_decodes_a_ragged_batch_through_the_kernels_as_through_numpy(tmp_p
     cuda.paged_decode_attention) gives the greedy ids of attention="sdpa", for ragged prompts."""
     from tinytransformer.llama import load_model
     from tinytransformer.random_llama import write_random_llama
+    from tinytransformer.serving.engine import generate_batch
 
     path = write_random_llama(tmp_path / "tiny.gguf", n_layers=1, seed=3)
     prompts = [[5, 70, 33], list(range(40, 51)), [200, 7, 7, 9, 120, 64]]
-    want = load_model(path, attention="sdpa").generate_many(prompts, 4, stop_at_eos=False)
-    got = load_model(path, attention="cuda").generate_many(prompts, 4, stop_at_eos=False)
+    want = generate_batch(load_model(path, attention="sdpa").model, prompts, 4, stop_at_eos=False)
+    got = generate_batch(load_model(path, attention="cuda").model, prompts, 4, stop_at_eos=False)
     assert got == want
 
 

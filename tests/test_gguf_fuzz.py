@@ -74,9 +74,9 @@ def read_header(path):
 
 def load_llama(path):
     """The whole path of `tinytransformer generate`: load the model, then its tokenizer (if the file has one)."""
-    model = load_model(path)
-    if model._tokenizer is not None:
-        model.tokenizer.encode("hello world")
+    loaded = load_model(path)
+    if "tokenizer.ggml.tokens" in loaded.metadata:
+        loaded.tokenizer.encode("hello world")
 
 
 CLEAN = {read_everything: (GGUFError,), read_header: (GGUFError,),

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from strategies import seeds, tiny_llama_configs, token_ids
 
 from strategies import model_configs
+from tinytransformer.generation import generate, stream
 from tinytransformer.gguf import GGUFError, GGUFFile, write_gguf
 from tinytransformer.llama import load_model, save_model
 from tinytransformer.model import TinyTransformer, TransformerConfig
@@ -27,12 +28,17 @@ def tiny_path(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def tiny(tiny_path):
-    return load_model(tiny_path)
+def tiny_file(tiny_path):
+    return load_model(tiny_path)  # a LoadedModel: the model, and the file's tokenizer, metadata, types, path
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_file):
+    return tiny_file.model
 
 
 def _random_model(tmp_path_factory, config) -> TinyTransformer:
-    return load_model(write_random_llama(tmp_path_factory.mktemp("rand") / "m.gguf", **config))
+    return load_model(write_random_llama(tmp_path_factory.mktemp("rand") / "m.gguf", **config)).model
 
 
 def test_config_comes_from_the_metadata(tiny):
@@ -74,38 +80,38 @@ def test_cached_decode_logits_equal_full_recompute(tmp_path_factory, config, dat
        top_k=st.sampled_from([None, 5]), top_p=st.sampled_from([None, 0.9]))
 def test_cached_generation_equals_uncached_generation_token_for_token(tiny, seed, prompt, temperature, top_k, top_p):
     kwargs = dict(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
-    assert tiny.generate(prompt, 10, use_cache=True, **kwargs) == tiny.generate(prompt, 10, use_cache=False, **kwargs)
+    assert generate(tiny, prompt, 10, use_cache=True, **kwargs) == generate(tiny, prompt, 10, use_cache=False, **kwargs)
 
 
 def test_sampling_with_the_same_seed_repeats_and_other_seeds_differ(tiny):
-    runs = [tiny.generate([10, 20], 12, temperature=1.0, seed=s) for s in (1, 1, 2, 3)]
+    runs = [generate(tiny, [10, 20], 12, temperature=1.0, seed=s) for s in (1, 1, 2, 3)]
     assert runs[0] == runs[1]
     assert any(r != runs[0] for r in runs[2:])
 
 
 def test_greedy_generation_takes_the_argmax_each_step(tiny):
     ids = [40, 41, 42]
-    new = tiny.generate(ids, 6, stop_at_eos=False)
+    new = generate(tiny, ids, 6, stop_at_eos=False)
     for token in new:
         assert token == int(np.argmax(tiny.forward(ids)[-1]))
         ids = ids + [token]
 
 
 def test_generation_stops_at_the_end_of_sequence_token(tiny):
-    free = tiny.generate([7, 8, 9], 8, stop_at_eos=False)
+    free = generate(tiny, [7, 8, 9], 8, stop_at_eos=False)
     stopper = TinyTransformer(dataclasses.replace(tiny.config, eos_id=free[2]), tiny.params)
-    assert stopper.generate([7, 8, 9], 8) == free[:3]
-    assert stopper.generate([7, 8, 9], 8, stop_at_eos=False) == free
+    assert generate(stopper, [7, 8, 9], 8) == free[:3]
+    assert generate(stopper, [7, 8, 9], 8, stop_at_eos=False) == free
 
 
 def test_streaming_yields_the_same_tokens_as_generate(tiny):
     seen = []
-    new = tiny.generate([1, 2, 3], 7, temperature=0.9, seed=4, on_token=seen.append)
-    assert seen == new == list(tiny.stream([1, 2, 3], 7, temperature=0.9, seed=4))
+    new = generate(tiny, [1, 2, 3], 7, temperature=0.9, seed=4, on_token=seen.append)
+    assert seen == new == list(stream(tiny, [1, 2, 3], 7, temperature=0.9, seed=4))
 
 
 def test_tied_output_head_uses_the_embedding_matrix(tmp_path):
-    model = load_model(write_random_llama(tmp_path / "tied.gguf", tied_embeddings=True, n_layers=1))
+    model = load_model(write_random_llama(tmp_path / "tied.gguf", tied_embeddings=True, n_layers=1)).model
     assert model.config.tie_embeddings and "output.weight" not in model.params
     assert_close(model.forward([3])[0], model.hidden_states([3])[0] @ model.params["token_embd.weight"].T)
 
@@ -125,14 +131,15 @@ def test_interleaved_rope_on_gguf_rows_equals_rotate_half_on_the_original_rows(s
     assert_close(scores_gguf, scores_hf)
 
 
-def test_tokenizer_round_trips_text(tiny):
+def test_tokenizer_round_trips_text(tiny_file):
     text = "the cat in the hat, then <|im_end|>"
-    ids = tiny.tokenizer.encode(text)
-    assert tiny.tokenizer.decode(ids) == text and 2 in ids
+    ids = tiny_file.tokenizer.encode(text)
+    assert tiny_file.tokenizer.decode(ids) == text and 2 in ids
 
 
-def test_print_shows_the_structure_and_the_storage_types(tiny):
-    text = repr(tiny)
+def test_print_shows_the_structure_and_the_storage_types(tiny_file):
+    tiny = tiny_file.model
+    text = repr(tiny_file)
     assert f"{tiny.config.n_layers} x pre-norm block" in text and "RoPE interleaved" in text
     assert "Linear(64 -> 32)  [Q4_1]" in text and "kv_heads 2" in text and "RMSNorm(64" in text
 
@@ -146,7 +153,7 @@ def test_bad_ids_raise_value_error_naming_ids(tiny, ids, problem):
 
 def test_too_many_new_tokens_for_the_context_raise(tiny):
     with pytest.raises(ValueError, match="context length max_seq_len=128"):
-        tiny.generate([1] * 100, 29)
+        generate(tiny, [1] * 100, 29)
     with pytest.raises(ValueError, match="exceed max_seq_len=128"):
         tiny.forward([1] * 129)
     assert tiny.forward([1] * 128).shape == (128, 265)
@@ -167,7 +174,7 @@ def test_missing_tensor_or_wrong_architecture_raise_gguf_error(tmp_path, tiny_pa
 
 
 def test_rope_pairing_matters_except_at_position_zero(tmp_path):
-    model = load_model(write_random_llama(tmp_path / "m.gguf", n_layers=1, seed=5))
+    model = load_model(write_random_llama(tmp_path / "m.gguf", n_layers=1, seed=5)).model
     right = model.forward([10, 20, 30, 40])
     wrong = TinyTransformer(dataclasses.replace(model.config, rope_interleaved=False), model.params).forward(
         [10, 20, 30, 40])
@@ -182,7 +189,7 @@ def test_a_saved_model_loads_back_to_the_same_logits(tmp_path_factory, config, s
     # pairing), the others as our own architecture; either way the same forward pass reads them back.
     model = TinyTransformer(config, seed=seed)
     path = save_model(model, tmp_path_factory.mktemp("save") / "m.gguf")
-    loaded = load_model(path)
+    loaded = load_model(path).model
     with GGUFFile(path) as f:
         arch = f.metadata["general.architecture"]
     llama_shaped = (config.norm, config.ffn, config.position, config.block) == ("rms", "swiglu", "rope", "pre")
@@ -194,9 +201,9 @@ def test_a_saved_model_loads_back_to_the_same_logits(tmp_path_factory, config, s
 def test_a_chapter_5_model_and_smollm2_share_the_loader_and_the_forward_pass(tmp_path):
     config = TransformerConfig(vocab_size=50, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=64)
     model = TinyTransformer(config, seed=7)  # chapter 5's default: rotate-half RoPE
-    loaded = load_model(save_model(model, tmp_path / "small.gguf"))
+    loaded = load_model(save_model(model, tmp_path / "small.gguf")).model
     assert type(loaded) is TinyTransformer and loaded.config.rope_interleaved
-    assert loaded.generate([1, 2, 3], 10) == model.generate([1, 2, 3], 10)
+    assert generate(loaded, [1, 2, 3], 10) == generate(model, [1, 2, 3], 10)
 
 
 def _rewrite(src, dst, tensors=None, **metadata_changes):

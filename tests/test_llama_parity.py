@@ -18,6 +18,7 @@ from conftest import require
 
 from tinytransformer.corpus import load_corpus
 from tinytransformer.chat import chat_prompt
+from tinytransformer.generation import generate
 from tinytransformer.llama import load_model
 from tinytransformer.model import TinyTransformer
 from tinytransformer.testing import assert_close, tolerance
@@ -33,8 +34,18 @@ PROMPTS = {
 
 
 @pytest.fixture(scope="session")
-def ours(smollm2_path):
+def ours_file(smollm2_path):
     return load_model(smollm2_path)
+
+
+@pytest.fixture(scope="session")
+def ours(ours_file):
+    return ours_file.model
+
+
+@pytest.fixture(scope="session")
+def tokenizer(ours_file):
+    return ours_file.tokenizer
 
 
 @pytest.fixture(scope="session")
@@ -54,44 +65,44 @@ def _their_logits(model, ids):
         return model(torch.tensor([ids])).logits[0].numpy()
 
 
-def _prompt_ids(ours, name):
+def _prompt_ids(tokenizer, name):
     if name == "long":  # a few hundred tokens of English prose and code
-        ids = ours.tokenizer.encode(load_corpus()[:1500])
+        ids = tokenizer.encode(load_corpus()[:1500])
         assert len(ids) >= 256
         return ids[:256]
-    return ours.tokenizer.encode(PROMPTS[name])
+    return tokenizer.encode(PROMPTS[name])
 
 
 @pytest.mark.parametrize("name", ["long", "non_english"])
-def test_logits_equal_transformers(ours, theirs, name):
-    ids = _prompt_ids(ours, name)
+def test_logits_equal_transformers(tokenizer, ours, theirs, name):
+    ids = _prompt_ids(tokenizer, name)
     assert_close(ours.forward(ids), _their_logits(theirs, ids), rtol=0, atol=1e-3)
 
 
 @pytest.mark.parametrize("name", ["short", "chat"])
-def test_greedy_continuation_of_32_tokens_and_its_logits_equal_transformers(ours, theirs, name):
+def test_greedy_continuation_of_32_tokens_and_its_logits_equal_transformers(tokenizer, ours, theirs, name):
     # Greedy decoding gives the same 32 tokens iff at every step the other model's argmax,
     # given the same prefix, is the token we chose: one teacher-forced forward pass of
     # transformers over prompt + our continuation checks all 32 steps at once.
-    ids = _prompt_ids(ours, name)
-    new = ours.generate(ids, 32, stop_at_eos=False)
+    ids = _prompt_ids(tokenizer, name)
+    new = generate(ours, ids, 32, stop_at_eos=False)
     logits = _their_logits(theirs, ids + new)  # [T + 32, V]
     assert logits[len(ids) - 1:-1].argmax(-1).tolist() == new
     assert_close(ours.forward(ids + new), logits, rtol=0, atol=1e-3)
 
 
-def test_smollm2_knows_the_capital_of_korea(ours):
-    new = ours.generate(ours.tokenizer.encode(PROMPTS["short"]), 4)
-    assert "Seoul" in ours.tokenizer.decode(new)
+def test_smollm2_knows_the_capital_of_korea(tokenizer, ours):
+    new = generate(ours, tokenizer.encode(PROMPTS["short"]), 4)
+    assert "Seoul" in tokenizer.decode(new)
 
 
-def test_cached_generation_equals_uncached_on_smollm2(ours):
-    ids = ours.tokenizer.encode(PROMPTS["chat"])
-    assert ours.generate(ids, 8, use_cache=True) == ours.generate(ids, 8, use_cache=False)
+def test_cached_generation_equals_uncached_on_smollm2(tokenizer, ours):
+    ids = tokenizer.encode(PROMPTS["chat"])
+    assert generate(ours, ids, 8, use_cache=True) == generate(ours, ids, 8, use_cache=False)
 
 
-def test_forward_on_a_prefix_equals_the_first_rows_on_smollm2(ours):
-    ids = ours.tokenizer.encode(PROMPTS["non_english"])
+def test_forward_on_a_prefix_equals_the_first_rows_on_smollm2(tokenizer, ours):
+    ids = tokenizer.encode(PROMPTS["non_english"])
     full = ours.forward(ids)
     # 10 rows and 40 go through different product kernels, whose float32 roundings add up over
     # 30 layers: the table's float32 rtol taken relative to the largest logit (34 here; measured
@@ -101,7 +112,7 @@ def test_forward_on_a_prefix_equals_the_first_rows_on_smollm2(ours):
     assert np.array_equal(full.argmax(-1)[:10], ours.forward(ids[:10]).argmax(-1))
 
 
-def test_rotate_half_pairing_on_gguf_rows_does_not_match_transformers(ours, theirs):
-    ids = _prompt_ids(ours, "chat")
+def test_rotate_half_pairing_on_gguf_rows_does_not_match_transformers(tokenizer, ours, theirs):
+    ids = _prompt_ids(tokenizer, "chat")
     wrong = TinyTransformer(dataclasses.replace(ours.config, rope_interleaved=False), ours.params).forward(ids)
     assert np.abs(wrong - _their_logits(theirs, ids)).max() > 1.0

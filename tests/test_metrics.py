@@ -69,7 +69,7 @@ class CountingModel(UniformModel):
        chunk=st.integers(1, 9), bos=st.sampled_from([None, 0]))
 def test_a_uniform_model_costs_log2_vocab_bits_per_token(text, chunk, bos):
     model = UniformModel(bos_id=bos)
-    result = text_bits_per_byte(model, text, chunk=chunk)
+    result = text_bits_per_byte(model, model.tokenizer, text, chunk=chunk)
     n_bytes = len(text.encode("utf-8"))
     # every byte-token is scored once; with no document-start id the first one is charged uniformly
     assert_close(result["bpb"], math.log2(256), rtol=1e-12, atol=0)
@@ -80,7 +80,7 @@ def test_a_uniform_model_costs_log2_vocab_bits_per_token(text, chunk, bos):
 def test_windows_without_a_cache_restart_their_context():
     text = "abcabcabc"
     model = CountingModel(bos_id=0)
-    result = text_bits_per_byte(model, text, chunk=4)
+    result = text_bits_per_byte(model, model.tokenizer, text, chunk=4)
     # inside a window, the logit of the true next token is 3 exactly when the true token was fed
     # at the following input position; at the last position of each window it is not visible
     p_hit = math.exp(3) / (math.exp(3) + 255)
@@ -115,8 +115,8 @@ def test_heldout_loss_gives_each_token_its_past():
 
 @pytest.mark.model
 def test_smollm2_scores_a_sentence_in_a_sensible_number_of_bits(smollm2_path):
-    model = tinytransformer.load_model(smollm2_path)
-    result = text_bits_per_byte(model, "The quick brown fox jumps over the lazy dog.\n")
+    loaded = tinytransformer.load_model(smollm2_path)
+    result = text_bits_per_byte(loaded.model, loaded.tokenizer, "The quick brown fox jumps over the lazy dog.\n")
     assert 0.3 < result["bpb"] < 4.0  # English under a real model: far below 8 bits per byte
 
 

@@ -10,7 +10,9 @@ from hypothesis import strategies as st
 
 from strategies import model_configs, seeds
 from tinytransformer.attention import scaled_dot_product_attention
+from tinytransformer.generation import generate
 from tinytransformer.model import TinyTransformer, TransformerConfig, init_params
+from tinytransformer.serving.engine import generate_batch
 from tinytransformer.testing import assert_close
 
 
@@ -42,9 +44,9 @@ def test_cached_generation_equals_uncached_generation(config, seed, temperature)
     model = TinyTransformer(config, seed=2)
     prompt = np.random.default_rng(seed).integers(0, config.vocab_size, size=3).tolist()
     kwargs = dict(temperature=temperature, top_k=5, top_p=0.9, seed=seed)
-    cached = model.generate(prompt, 6, **kwargs)
+    cached = generate(model, prompt, 6, **kwargs)
     assert len(cached) == 6
-    assert cached == model.generate(prompt, 6, use_cache=False, **kwargs)
+    assert cached == generate(model, prompt, 6, use_cache=False, **kwargs)
 
 
 def test_gqa_model_with_repeated_kv_weights_equals_the_mha_model():
@@ -75,14 +77,14 @@ def test_same_seed_same_model_and_different_seed_different_model():
     (lambda: TinyTransformer(TransformerConfig(5, 8, 1, 2, max_seq_len=4)).forward(np.zeros((1, 5), int)), "exceed max_seq_len=4"),
     (lambda: TinyTransformer(TransformerConfig(5, 8, 1, 2)).forward(np.array([[1.0, 2.0]])), r"ids: expected a non-empty integer array \[B, T\]"),
     (lambda: TinyTransformer(TransformerConfig(5, 8, 1, 2)).forward(np.zeros((1, 0), int)), r"ids: expected a non-empty integer array"),
-    (lambda: TinyTransformer(TransformerConfig(5, 8, 1, 2)).generate("12", 3), "prompt_ids: expected a sequence of token ids, got a str"),
-    (lambda: TinyTransformer(TransformerConfig(5, 8, 1, 2)).generate([1.7, 3], 3), "prompt_ids: expected a non-empty sequence of integer token ids"),
-    (lambda: TinyTransformer(TransformerConfig(5, 8, 1, 2)).generate([True], 3), "prompt_ids: expected a non-empty sequence of integer token ids"),
-    (lambda: TinyTransformer(TransformerConfig(5, 8, 1, 2)).generate([1], True), "max_new_tokens: expected an integer >= 0"),
-    (lambda: TinyTransformer(TransformerConfig(5, 8, 1, 2)).generate([1], 2, temperature=True), "temperature: expected a finite number"),
+    (lambda: generate(TinyTransformer(TransformerConfig(5, 8, 1, 2)), "12", 3), "prompt_ids: expected a sequence of token ids, got a str"),
+    (lambda: generate(TinyTransformer(TransformerConfig(5, 8, 1, 2)), [1.7, 3], 3), "prompt_ids: expected a non-empty sequence of integer token ids"),
+    (lambda: generate(TinyTransformer(TransformerConfig(5, 8, 1, 2)), [True], 3), "prompt_ids: expected a non-empty sequence of integer token ids"),
+    (lambda: generate(TinyTransformer(TransformerConfig(5, 8, 1, 2)), [1], True), "max_new_tokens: expected an integer >= 0"),
+    (lambda: generate(TinyTransformer(TransformerConfig(5, 8, 1, 2)), [1], 2, temperature=True), "temperature: expected a finite number"),
     (lambda: TinyTransformer(TransformerConfig(5, 8, 1, 2)).forward(np.array([[1, 2]]) + 0j), r"ids: expected a non-empty integer array"),
-    (lambda: TinyTransformer(TransformerConfig(5, 8, 1, 2, max_seq_len=4)).generate([1, 2], 3), "exceed the context length max_seq_len=4"),
-    (lambda: TinyTransformer(TransformerConfig(5, 8, 1, 2)).generate_many([[1], [9]], 3), r"prompts\[1\]: expected"),
+    (lambda: generate(TinyTransformer(TransformerConfig(5, 8, 1, 2, max_seq_len=4)), [1, 2], 3), "exceed the context length max_seq_len=4"),
+    (lambda: generate_batch(TinyTransformer(TransformerConfig(5, 8, 1, 2)), [[1], [9]], 3), r"prompts\[1\]: expected"),
     (lambda: TinyTransformer(TransformerConfig(5, 8, 1, 2), attention="fast"), "attention: expected one of"),
     (lambda: TinyTransformer(TransformerConfig(5, 8, 1, 2), {"token_embd.weight": np.zeros((5, 8))}), "params: expected a tensor"),
     (lambda: TransformerConfig(5, 8, 1, 2, eos_id=5), r"eos_id: expected None or a token id in \[0, 5\)"),
@@ -130,9 +132,14 @@ def _step_logits(model, prompts, steps, cache_kind, block_size):
     cache = model.new_paged_cache(n_blocks=sum(-(-(len(p) + steps) // block_size) for p in prompts),
                                   block_size=block_size)
     seqs = [cache.add_sequence() for _ in prompts]
-    out = [[model.forward(np.array([p]), cache.view([s]))[0, -1]] for p, s in zip(prompts, seqs)]
+    out = []
+    for p, s in zip(prompts, seqs):
+        cache.allocate(s, len(p))  # blocks first: a view only writes into the blocks a sequence holds
+        out.append([model.forward(np.array([p]), cache.view([s]))[0, -1]])
     batch = cache.view(seqs)
     for t in range(steps):
+        for s in seqs:
+            cache.allocate(s, 1)
         logits = model.forward(tokens[:, t:t + 1], batch)[:, -1]  # [B, V]
         for b in range(len(prompts)):
             out[b].append(logits[b])
@@ -155,36 +162,35 @@ def test_uncached_equals_contiguous_cache_equals_paged_cache_at_every_step(confi
 @given(model_configs(), st.lists(st.integers(1, 9), min_size=2, max_size=4), st.integers(1, 4),
        st.integers(1, 5))
 def test_the_fast_decode_path_gives_the_reference_logits(config, lengths, steps, block_size):
-    """attention="sdpa-fast" with the rows of the projections padded (ROW_BLOCK) gives the logits of
-    the reference attention with the plain products, at every step of a ragged paged batch."""
-    from unittest import mock
-
-    import tinytransformer.model as model_module
-
+    """attention="sdpa-inlined" on the BLAS fast path (fast_linear: column-major matrices, rows of the
+    projections padded) gives the logits of the reference attention with the plain products, at every
+    step of a ragged paged batch."""
     rng = np.random.default_rng(block_size)
     prompts = [rng.integers(0, config.vocab_size, size=n).tolist() for n in lengths]
-    with mock.patch.object(model_module, "ROW_BLOCK", 1):
-        reference = _step_logits(TinyTransformer(config, seed=1), prompts, steps, "paged", block_size)
-    fast = _step_logits(TinyTransformer(config, seed=1, attention="sdpa-fast"), prompts, steps, "paged", block_size)
+    reference = _step_logits(TinyTransformer(config, seed=1), prompts, steps, "paged", block_size)
+    fast = _step_logits(TinyTransformer(config, seed=1, attention="sdpa-inlined", fast_linear=True), prompts, steps,
+                        "paged", block_size)
     for b in range(len(prompts)):
         assert_close(fast[b], reference[b], rtol=1e-4, atol=1e-5)
 
 
-def test_the_model_keeps_its_matrices_column_major_and_the_callers_dict_as_it_was():
+def test_the_fast_path_keeps_its_matrices_column_major_and_the_callers_dict_as_it_was():
     config = TransformerConfig(vocab_size=11, d_model=8, n_layers=1, n_heads=2)
     params = init_params(config, seed=3)
-    model = TinyTransformer(config, params)
+    model = TinyTransformer(config, params, fast_linear=True)
     for name, w in model.params.items():
         np.testing.assert_array_equal(w, params[name])
         assert w.flags.f_contiguous, name
     assert all(p.flags.c_contiguous for p in params.values())  # the caller's arrays are not changed
-    draft = TinyTransformer(config, model.params)
+    draft = TinyTransformer(config, model.params, fast_linear=True)
     assert all(draft.params[n] is w for n, w in model.params.items())  # already column-major: shared, not copied
+    reference = TinyTransformer(config, params)  # the reference path: the checkpoint's arrays, as they are
+    assert all(reference.params[n] is w for n, w in params.items()) and reference.params is not params
 
 
 @given(model_configs(), st.lists(st.tuples(st.integers(0, 6), st.integers(1, 5), st.integers(1, 3)), min_size=1,
                                   max_size=4), st.integers(1, 5),
-       st.sampled_from(["sdpa", "sdpa-batched", "sdpa-fast", "flash"]))
+       st.sampled_from(["sdpa", "sdpa-padded", "sdpa-inlined", "flash"]))
 def test_a_packed_step_gives_each_sequence_what_its_own_forward_gives(config, sequences, block_size, attention):
     """Sequences holding 0..6 cached tokens bring different numbers of new tokens (a prefill
     beside decodes), packed into one row of one forward, for two steps; each sequence's rows
@@ -196,10 +202,13 @@ def test_a_packed_step_gives_each_sequence_what_its_own_forward_gives(config, se
     seqs = [cache.add_sequence() for _ in texts]
     for s, t, (held, _, _) in zip(seqs, texts, sequences):
         if held:
+            cache.allocate(s, held)
             model.hidden_states(np.array([t[:held]]), cache.view([s]))
     done = [held for held, _, _ in sequences]
     for step in (1, 2):
         counts = [n1 if step == 1 else n2 for _, n1, n2 in sequences]
+        for s, n in zip(seqs, counts):  # the blocks first, as the serving scheduler allocates them
+            cache.allocate(s, n)
         view = cache.packed_view(seqs, counts)
         ids = [tok for t, d, n in zip(texts, done, counts) for tok in t[d:d + n]]
         hidden = model.hidden_states(np.array([ids]), view)  # [1, N, C]
@@ -215,30 +224,34 @@ def test_a_packed_step_gives_each_sequence_what_its_own_forward_gives(config, se
 
 @given(model_configs(), st.lists(st.integers(1, 8), min_size=1, max_size=4), st.integers(0, 6), seeds(),
        st.sampled_from([0.0, 1.0]), st.sampled_from([1, 2, 5, 16]))
-def test_generate_many_gives_what_separate_generate_calls_give(config, lengths, n_new, seed, temperature,
-                                                               block_size):
+def test_generate_batch_gives_what_separate_generate_calls_give(config, lengths, n_new, seed, temperature,
+                                                                block_size):
     model = TinyTransformer(config, seed=seed % 97)
     rng = np.random.default_rng(seed)
     prompts = [rng.integers(0, config.vocab_size, size=n).tolist() for n in lengths]
     kwargs = dict(temperature=temperature, seed=seed)
-    assert model.generate_many(prompts, n_new, block_size=block_size, **kwargs) == \
-        [model.generate(p, n_new, **kwargs) for p in prompts]
+    assert generate_batch(model, prompts, n_new, block_size=block_size, **kwargs) == \
+        [generate(model, p, n_new, **kwargs) for p in prompts]
 
 
-def test_generate_many_stops_each_sequence_at_its_own_end_and_frees_its_blocks_at_once():
+def test_generate_batch_stops_each_sequence_at_its_own_end_and_frees_its_blocks_at_once():
     config = TransformerConfig(vocab_size=37, d_model=16, n_layers=1, n_heads=2, max_seq_len=64, tie_embeddings=False)
     params = {name: w if "norm" in name else 30 * w for name, w in init_params(config, seed=9).items()}
     free_running = TinyTransformer(config, params)  # large weights: peaked, varied greedy continuations
     prompts = [[1, 2, 3], [4, 5], [6, 7, 8, 9, 10]]
     kwargs = dict(temperature=0.0)
-    outputs = free_running.generate_many(prompts, 12, stop_at_eos=False, **kwargs)
+    outputs = generate_batch(free_running, prompts, 12, stop_at_eos=False, **kwargs)
     # an end-of-sequence id that ends the second sequence early and never shows up in the others
     eos = next(t for t in outputs[1][1:6] if t not in outputs[0] + outputs[2])
     model = TinyTransformer(dataclasses.replace(config, eos_id=int(eos)), free_running.params)
-    cache = model.new_paged_cache(n_blocks=64, block_size=2)
-    live = []  # after each step: (sequences holding blocks, blocks in use)
-    stopped = model.generate_many(prompts, 12, cache=cache, **kwargs,
-                                  on_step=lambda c: live.append((len(c.sequences()), c.n_blocks - c.n_free_blocks)))
+    live, caches = [], set()  # after each step: (sequences holding blocks, blocks in use); the cache used
+
+    def watch(c):
+        caches.add(c)
+        live.append((len(c.sequences()), c.n_blocks - c.n_free_blocks))
+
+    stopped = generate_batch(model, prompts, 12, block_size=2, **kwargs, on_step=watch)
+    (cache,) = caches
     assert stopped[1] == outputs[1][:outputs[1].index(eos) + 1] and stopped[0] == outputs[0] \
         and stopped[2] == outputs[2]
     assert cache.n_free_blocks == cache.n_blocks and not cache.sequences()  # every block came back
@@ -256,6 +269,7 @@ def test_flash_attention_gives_the_logits_of_sdpa(config, seed):
     assert_close(flash.forward(ids), sdpa.forward(ids), rtol=1e-4, atol=1e-5)
     cache = flash.new_paged_cache(n_blocks=8, block_size=4)  # flash over the paged cache too
     s = cache.add_sequence()
+    cache.allocate(s, ids.shape[1])
     assert_close(flash.forward(ids[:1], cache.view([s])), sdpa.forward(ids[:1]), rtol=1e-4, atol=1e-5)
 
 
@@ -276,7 +290,7 @@ def test_any_function_with_the_attention_signature_can_be_the_models_attention()
 def test_long_prefill_in_query_blocks_equals_one_attention_call():
     config = TransformerConfig(vocab_size=11, d_model=8, n_layers=1, n_heads=2, max_seq_len=400)
     model = TinyTransformer(config, seed=2)
-    ids = np.random.default_rng(0).integers(0, 11, size=(1, 300))  # over QUERY_BLOCK = 128 rows
+    ids = np.random.default_rng(0).integers(0, 11, size=(1, 300))  # over QUERY_BLOCK = 128 rows (ModelAttention)
     unblocked = TinyTransformer(config, model.params)
     unblocked._attention.query_block = None
     assert_close(model.forward(ids), unblocked.forward(ids))
@@ -323,7 +337,7 @@ def test_an_encoder_sees_the_future_and_refuses_to_generate():
     assert_close(decoder.forward(ids)[0, :3], decoder.forward(changed)[0, :3])
     assert_close(encoder.forward(ids)[0, -1], decoder.forward(ids)[0, -1])  # with one block, the last row sees all keys either way
     with pytest.raises(ValueError, match="an encoder .* cannot generate"):
-        encoder.generate([1, 2], 3)
+        generate(encoder, [1, 2], 3)
     with pytest.raises(ValueError, match="cache: an encoder"):
         encoder.forward(ids, encoder.new_cache(1))
     with pytest.raises(ValueError, match="causal: expected a bool"):
@@ -331,24 +345,20 @@ def test_an_encoder_sees_the_future_and_refuses_to_generate():
 
 
 @given(model_configs(), seeds(), st.integers(1, 12))
-def test_row_padded_projections_give_the_plain_products_logits(config, seed, T):
-    """The model pads the rows of its projections (ROW_BLOCK, layers.linear_in_row_blocks) for
-    speed; with ROW_BLOCK = 1 it computes the plain x W^T. Same logits, cached or not."""
-    from unittest import mock
-
-    import tinytransformer.model as model_module
-
-    model = TinyTransformer(config, seed=seed % 1000)
+def test_the_fast_path_gives_the_reference_paths_logits(config, seed, T):
+    """The fast path (fast_linear=True: column-major matrices, rows of every projection padded to
+    a multiple of 4, layers.linear_in_row_blocks) computes the plain x W^T of the reference path
+    (layers.linear on the checkpoint's arrays). Same logits, cached or not."""
     ids = np.random.default_rng(seed).integers(0, config.vocab_size, size=(1, T))
     prefix = ids[:, :1]
 
-    def run():
+    def run(model):
         cache = model.new_cache(batch=1)
         model.forward(prefix, cache)
         return model.forward(ids, None), model.forward(ids[:, 1:] if T > 1 else ids, cache)
 
-    padded = run()
-    with mock.patch.object(model_module, "ROW_BLOCK", 1):
-        plain = run()
+    params = init_params(config, seed=seed % 1000)
+    padded = run(TinyTransformer(config, params, fast_linear=True))
+    plain = run(TinyTransformer(config, params))
     for a, b in zip(padded, plain):
         assert_close(a, b, rtol=1e-4, atol=1e-5)

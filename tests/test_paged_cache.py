@@ -1,4 +1,5 @@
-"""The paged KV cache holds what was appended, allocates blocks as it claims, and decode over it is attention."""
+"""The paged KV cache holds what was appended, its views only claim positions in allocated blocks, and decode
+over it is attention."""
 from __future__ import annotations
 
 import copy
@@ -10,9 +11,9 @@ from hypothesis import strategies as st
 
 from strategies import PagedCase, build_paged_cache, paged_cases
 from tinytransformer.attention import scaled_dot_product_attention
-from tinytransformer.model import CausalAttention
-from tinytransformer.paged_cache import (CacheFullError, PagedKVCache, paged_decode_attention,
-                                         paged_decode_attention_batched, paged_decode_attention_fast)
+from tinytransformer.paged_attention import (PagedKeys, paged_decode_attention, paged_decode_attention_batched,
+                                             paged_decode_attention_fast)
+from tinytransformer.paged_cache import CacheFullError, PagedKVCache
 from tinytransformer.positional import alibi_bias, alibi_slopes
 from tinytransformer.testing import assert_close
 
@@ -105,9 +106,12 @@ def test_a_batch_step_stores_each_sequences_keys_where_write_would(case, T):
         cache.append(s, rng.standard_normal((Hkv, L, D)), rng.standard_normal((Hkv, L, D)))
     reference = copy.deepcopy(cache)
     k_new, v_new = (rng.standard_normal((len(seq_ids), Hkv, T, D)) for _ in range(2))
+    for s in seq_ids:
+        cache.allocate(s, T)
     batch = cache.view(seq_ids)
-    positions = batch.reserve(T)
-    batch.attend(0, k_new, k_new, v_new, CausalAttention())  # one assignment for the whole batch
+    positions = batch.new_positions(T)
+    stored = batch.store(0, k_new, v_new)  # one assignment for the whole batch
+    assert isinstance(stored, PagedKeys) and stored.counts is None and np.shares_memory(stored.k_pool, cache.k_pool)
     for b, s in enumerate(seq_ids):
         reference.write(0, s, reference.extend(s, T), k_new[b], v_new[b])  # one sequence at a time
         assert positions[b].tolist() == list(range(case.lengths[b], case.lengths[b] + T))
@@ -127,9 +131,11 @@ def test_a_packed_step_stores_each_sequences_keys_where_write_would(case, data):
     reference = copy.deepcopy(cache)
     N = sum(counts)
     k_new, v_new = (rng.standard_normal((1, Hkv, N, D)) for _ in range(2))
+    for s, n in zip(seq_ids, counts):
+        cache.allocate(s, n)
     batch = cache.packed_view(seq_ids, counts)
-    positions = batch.reserve(N)
-    batch.attend(0, np.zeros((1, Hkv, N, D)), k_new, v_new, CausalAttention())
+    positions = batch.new_positions(N)
+    assert batch.store(0, k_new, v_new).counts == tuple(counts)
     start = 0
     for s, L, n in zip(seq_ids, case.lengths, counts):
         reference.write(0, s, reference.extend(s, n), k_new[0, :, start:start + n], v_new[0, :, start:start + n])
@@ -138,7 +144,7 @@ def test_a_packed_step_stores_each_sequences_keys_where_write_would(case, data):
     assert (cache.k_pool == reference.k_pool).all() and (cache.v_pool == reference.v_pool).all()
 
 
-def test_a_packed_view_rejects_bad_arguments_and_reserves_all_or_nothing():
+def test_a_packed_view_rejects_bad_arguments_and_claims_all_or_nothing():
     cache = PagedKVCache(1, 1, 2, n_blocks=3, block_size=2)
     a, b = cache.add_sequence(), cache.add_sequence()
     with pytest.raises(ValueError, match="n_new: expected one count per sequence"):
@@ -151,17 +157,39 @@ def test_a_packed_view_rejects_bad_arguments_and_reserves_all_or_nothing():
         cache.packed_view([], [])
     view = cache.packed_view([a, b], [3, 1])
     with pytest.raises(ValueError, match="ids: expected the 4 tokens packed"):
-        view.reserve(3)
-    with pytest.raises(ValueError, match="call reserve first"):
-        view.attend(0, np.zeros((1, 1, 4, 2)), np.zeros((1, 1, 4, 2)), np.zeros((1, 1, 4, 2)), CausalAttention())
+        view.new_positions(3)
+    with pytest.raises(ValueError, match="call new_positions first"):
+        view.store(0, np.zeros((1, 1, 4, 2)), np.zeros((1, 1, 4, 2)))
     with pytest.raises(ValueError, match="of sequence 0 exceed max_seq_len=2"):
-        view.reserve(4, limit=2)
-    with pytest.raises(CacheFullError, match="needs 4 more blocks"):
-        cache.packed_view([a, b], [5, 1]).reserve(6)
-    assert cache.length(a) == cache.length(b) == 0 and cache.n_free_blocks == 3  # nothing was taken
-    view.reserve(4)
+        view.new_positions(4, limit=2)
+    with pytest.raises(ValueError, match="sequence 0 has room for 0 more positions"):  # nothing allocated yet
+        view.new_positions(4)
+    with pytest.raises(CacheFullError, match="needs 3 more blocks"):  # the pool has 3 blocks, b holds 1
+        cache.allocate(b, 1)
+        cache.allocate(a, 5)
+    assert cache.block_table(a) == [] and cache.n_free_blocks == 2  # all or nothing: a took no block
+    cache.allocate(a, 3)
+    with pytest.raises(ValueError, match="sequence 1 has room for 2 more positions in its blocks, but the step "
+                                         "brings 3"):
+        cache.packed_view([a, b], [3, 3]).new_positions(6)
+    assert cache.length(a) == cache.length(b) == 0 and cache.n_free_blocks == 0  # nothing was claimed
+    view.new_positions(4)
     with pytest.raises(ValueError, match=r"k_new: expected shape \[1, Hkv, N, D\]"):
-        view.attend(0, np.zeros((1, 1, 4, 2)), np.zeros((1, 1, 3, 2)), np.zeros((1, 1, 4, 2)), CausalAttention())
+        view.store(0, np.zeros((1, 1, 3, 2)), np.zeros((1, 1, 4, 2)))
+
+
+def test_a_view_only_claims_and_refuses_a_sequence_whose_blocks_have_no_room():
+    """One writer takes blocks (the scheduler, before the step); the model's view only claims positions."""
+    cache = PagedKVCache(1, 1, 2, n_blocks=4, block_size=2)
+    a, b = cache.add_sequence(), cache.add_sequence()
+    cache.allocate(a, 3)  # 2 blocks; b has none
+    with pytest.raises(ValueError, match="sequence 1 has room for 0 more positions in its blocks"):
+        cache.view([a, b]).new_positions(1)
+    assert cache.length(a) == 0 and cache.n_free_blocks == 2  # all or nothing, and no block taken
+    cache.allocate(b, 1)
+    free = cache.n_free_blocks
+    assert cache.view([a, b]).new_positions(1).tolist() == [[0], [0]] and cache.n_free_blocks == free
+    assert cache.blocks.room(a) == 3 and cache.blocks.room(b) == 1
 
 
 def _decode_reference(case, ks, vs, q, causal, slopes):

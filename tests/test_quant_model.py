@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from strategies import quant_values, seeds
 
 from tinytransformer import gguf
+from tinytransformer.generation import generate
 from tinytransformer.llama import load_model, save_model
 from tinytransformer.metrics import compare, reference_log_probs
 from tinytransformer.model import TinyTransformer, TransformerConfig
@@ -47,29 +48,30 @@ def test_kept_quantised_weight_multiplies_as_its_dequantised_matrix(name, rows, 
 
 
 def test_kept_quantised_model_gives_the_logits_of_the_dequantised_model(tiny_file):
-    dense, kept = load_model(tiny_file), load_model(tiny_file, keep_quantized=True)
+    dense, kept = load_model(tiny_file).model, load_model(tiny_file, keep_quantized=True).model
     quantised = [n for n, p in kept.params.items() if isinstance(p, QuantizedWeight)]
     assert len(quantised) == len(projection_names(kept.config)) + 2  # + the embedding and the output head
     ids = [5, 6, 7, 100, 3, 9]
     assert_close(kept.forward(ids), dense.forward(ids), **CHAIN)
-    assert kept.generate(ids, 6, stop_at_eos=False) == dense.generate(ids, 6, stop_at_eos=False)
+    assert generate(kept, ids, 6, stop_at_eos=False) == generate(dense, ids, 6, stop_at_eos=False)
 
 
 def test_kept_quantised_model_writes_back_byte_for_byte(tiny_file, tmp_path):
-    kept = load_model(tiny_file, keep_quantized=True)
-    path = save_model(kept, tmp_path / "again.gguf", metadata={k: v for k, v in kept.metadata.items()
+    kept_file = load_model(tiny_file, keep_quantized=True)
+    kept = kept_file.model
+    path = save_model(kept, tmp_path / "again.gguf", metadata={k: v for k, v in kept_file.metadata.items()
                                                                 if k.startswith("tokenizer.")})
     with gguf.GGUFFile(tiny_file) as before, gguf.GGUFFile(path) as after:
         for name in projection_names(kept.config):
             assert after.tensors[name].type == before.tensors[name].type
             np.testing.assert_array_equal(after.raw_tensor(name), before.raw_tensor(name))
-    again = load_model(path, keep_quantized=True)
+    again = load_model(path, keep_quantized=True).model
     assert_close(again.forward([1, 2, 3]), kept.forward([1, 2, 3]), rtol=0, atol=0)
 
 
 def test_requantised_model_reads_back_with_our_reader_and_the_gguf_package(tiny_file, tmp_path):
     package = require("gguf", "an independent GGUF reader")
-    model = load_model(tiny_file)
+    model = load_model(tiny_file).model
     types = {n: (gguf.Q4_K if model.params[n].shape[1] % 256 == 0 else gguf.Q5_0) for n in projection_names(model.config)}
     path = save_model(model, tmp_path / "k.gguf", types=types)
     reader = package.GGUFReader(str(path))
@@ -80,19 +82,20 @@ def test_requantised_model_reads_back_with_our_reader_and_the_gguf_package(tiny_
             np.testing.assert_array_equal(np.asarray(theirs[name].data).reshape(-1).view(np.uint8), f.raw_tensor(name))
             expected = package.quants.dequantize(np.asarray(theirs[name].data), theirs[name].tensor_type)
             np.testing.assert_array_equal(f.tensor(name), np.asarray(expected).reshape(f.tensors[name].shape))
-    kept = load_model(path, keep_quantized=True)
+    kept = load_model(path, keep_quantized=True).model
     assert {kept.params[n].type_name for n in types} == {"Q4_K", "Q5_0"}
-    assert_close(kept.forward([4, 5, 6]), load_model(path).forward([4, 5, 6]), **CHAIN)
+    assert_close(kept.forward([4, 5, 6]), load_model(path).model.forward([4, 5, 6]), **CHAIN)
 
 
 @pytest.mark.slow
 @pytest.mark.model
 def test_smollm2_kept_quantised_gives_the_logits_of_the_float32_model(smollm2_path):
-    kept = load_model(smollm2_path, keep_quantized=True)
+    kept_file = load_model(smollm2_path, keep_quantized=True)
+    kept = kept_file.model
     assert {kept.params[n].type_name for n in projection_names(kept.config)} == {"Q4_1"}
     assert sum(p.nbytes for p in kept.params.values()) < 110e6  # the blocks, not 540 MB of float32
-    ids = kept.tokenizer.encode("The capital city of Korea is")
-    dense = load_model(smollm2_path)
+    ids = kept_file.tokenizer.encode("The capital city of Korea is")
+    dense = load_model(smollm2_path).model
     assert_close(kept.forward(ids), dense.forward(ids), **CHAIN)
 
 

@@ -8,7 +8,8 @@ from hypothesis import strategies as st
 
 from strategies import seeds
 from tinytransformer.attention import softmax
-from tinytransformer.sampling import filter_top_k, filter_top_p, generate, greedy, sample_next
+from tinytransformer.sampling import (check_options, filter_top_k, filter_top_p, generate, greedy, sample_next,
+                                      stop_reason)
 
 vocab_logits = st.builds(lambda n, seed, scale: np.random.default_rng(seed).standard_normal(n) * scale,
                          st.integers(1, 60), seeds(), st.floats(0.1, 20))
@@ -152,3 +153,20 @@ def test_generate_checks_its_arguments_before_the_first_step():
     with pytest.raises(ValueError, match="top_p"):
         generate(step, [1, 2], 3, temperature=1.0, top_p=2.0)
     assert calls == []
+
+
+def test_check_options_returns_them_checked_and_names_the_bad_one():
+    assert check_options(0.5, 3, 0.9) == (0.5, 3, 0.9) and check_options() == (0.0, None, None)
+    for options, name in [((-1.0,), "temperature"), ((True,), "temperature"), ((1.0, 0), "top_k"),
+                          ((1.0, None, 1.5), "top_p"), ((1.0, None, True), "top_p")]:
+        with pytest.raises(ValueError, match=f"{name}: expected"):
+            check_options(*options)
+
+
+@given(st.lists(st.integers(0, 5), max_size=8), st.integers(0, 8), st.sampled_from([None, 2]))
+def test_every_loop_stops_at_the_end_of_sequence_id_first_then_at_the_limit(new_ids, limit, eos):
+    reason = stop_reason(new_ids, limit, eos)
+    if new_ids and new_ids[-1] == eos:
+        assert reason == "stop"
+    else:
+        assert reason == ("length" if len(new_ids) >= limit else None)

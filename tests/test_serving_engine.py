@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from strategies import seeds, serving_models, serving_prompts
+from tinytransformer.generation import generate
 from tinytransformer.paged_cache import BlockManager
 from tinytransformer.serving.engine import Engine
 from tinytransformer.serving.scheduler import POLICIES, RUNNING, WAITING, Plan, Request, Scheduler
@@ -36,7 +37,7 @@ def test_every_policy_gives_each_request_its_output_run_alone_with_preemption_fo
             forced += 1
         engine.step(now=float("inf"))  # dynamic batching's deadline has passed
     for i, (request, prompt) in enumerate(zip(requests, prompts)):
-        alone = model.generate(prompt, max_tokens, temperature=temperature, seed=seed + i)
+        alone = generate(model, prompt, max_tokens, temperature=temperature, seed=seed + i)
         assert request.output == alone, f"request {i} (preempted {request.n_preemptions} times)"
     assert engine.cache.n_free_blocks == n_blocks
 
@@ -47,13 +48,13 @@ def test_preemption_happens_when_blocks_run_out_and_the_outputs_still_match():
     engine = Engine(model, n_blocks=6, block_size=2, max_seqs=4)  # 12 positions for 4 growing sequences
     outputs = engine.generate(prompts, 6, stop_at_eos=False)
     assert engine.scheduler.n_preemptions > 0
-    assert outputs == [model.generate(p, 6, stop_at_eos=False) for p in prompts]
+    assert outputs == [generate(model, p, 6, stop_at_eos=False) for p in prompts]
 
 
 def test_each_request_stops_at_its_own_end_of_sequence_and_frees_its_blocks_at_once():
     model = _model(eos_id=3)
     prompts = [[1, 2], [4, 5, 6], [7]]
-    alone = [model.generate(p, 10) for p in prompts]
+    alone = [generate(model, p, 10) for p in prompts]
     assert any(out[-1] == 3 and len(out) < 10 for out in alone), "the fixture model should stop early"
     engine = Engine(model, n_blocks=12, block_size=2, max_seqs=3)
     requests = [engine.add_request(p, 10) for p in prompts]

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from conftest import require
 from tinytransformer.attention import scaled_dot_product_attention
 from tinytransformer.chat import chat_prompt
+from tinytransformer.generation import generate
 from tinytransformer.random_llama import write_random_llama
 
 require("starlette", "the serve extra")
@@ -38,17 +39,17 @@ def _slow_attention(q, k, v, **options):
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     path = write_random_llama(tmp_path_factory.mktemp("serve") / "tiny.gguf", context_length=128)
-    model = load_model(path)
-    app = create_app(model, model_name="tiny", n_blocks=N_BLOCKS, block_size=8, max_seqs=4, max_body_bytes=4096)
+    loaded = load_model(path)
+    app = create_app(loaded, model_name="tiny", n_blocks=N_BLOCKS, block_size=8, max_seqs=4, max_body_bytes=4096)
     with BackgroundServer(app) as server:
         client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=TIMEOUT)
-        yield model, app.state.engine, server, client
+        yield loaded, app.state.engine, server, client
     assert not app.state.engine._thread.is_alive(), "the engine thread should stop with the server"
 
 
-def _text(model, ids) -> str:
-    eos = model.config.eos_id
-    return b"".join(model.tokenizer.token_bytes(t) for t in ids if t != eos).decode("utf-8", errors="replace")
+def _text(loaded, ids) -> str:
+    eos = loaded.model.config.eos_id
+    return b"".join(loaded.tokenizer.token_bytes(t) for t in ids if t != eos).decode("utf-8", errors="replace")
 
 
 def _idle(engine, seconds: float = 10.0) -> tuple[int, int]:
@@ -62,13 +63,14 @@ def _idle(engine, seconds: float = 10.0) -> tuple[int, int]:
 
 
 def test_the_openai_client_gets_the_models_greedy_completion_streamed_or_not(served):
-    model, engine, _, client = served
+    loaded, engine, _, client = served
+    model, tokenizer = loaded.model, loaded.tokenizer
     prompt = "the cat"
-    expected = _text(model, model.generate(model.tokenizer.encode(prompt), 12))
+    expected = _text(loaded, generate(model, tokenizer.encode(prompt), 12))
     reply = client.completions.create(model="tiny", prompt=prompt, max_tokens=12, temperature=0)
     assert reply.choices[0].text == expected
     assert reply.choices[0].finish_reason in ("stop", "length") and reply.usage.prompt_tokens == len(
-        model.tokenizer.encode(prompt))
+        tokenizer.encode(prompt))
     chunks = list(client.completions.create(model="tiny", prompt=prompt, max_tokens=12, temperature=0, stream=True))
     assert "".join(c.choices[0].text for c in chunks) == expected
     assert chunks[-1].choices[0].finish_reason == reply.choices[0].finish_reason
@@ -76,10 +78,11 @@ def test_the_openai_client_gets_the_models_greedy_completion_streamed_or_not(ser
 
 
 def test_the_openai_client_chats_with_the_chat_template_streamed_or_not(served):
-    model, engine, _, client = served
+    loaded, engine, _, client = served
+    model, tokenizer = loaded.model, loaded.tokenizer
     messages = [{"role": "user", "content": "hi there"}]
-    ids = model.tokenizer.encode(chat_prompt(messages, default_system=None))
-    expected = _text(model, model.generate(ids, 10))
+    ids = tokenizer.encode(chat_prompt(messages, default_system=None))
+    expected = _text(loaded, generate(model, ids, 10))
     reply = client.chat.completions.create(model="tiny", messages=messages, max_tokens=10, temperature=0)
     assert reply.choices[0].message.content == expected and reply.choices[0].message.role == "assistant"
     stream = client.chat.completions.create(model="tiny", messages=messages, max_tokens=10, temperature=0, stream=True)
@@ -87,11 +90,12 @@ def test_the_openai_client_chats_with_the_chat_template_streamed_or_not(served):
 
 
 def test_seeded_sampling_repeats_and_top_p_and_stop_strings_apply(served):
-    model, engine, _, client = served
+    loaded, engine, _, client = served
+    model, tokenizer = loaded.model, loaded.tokenizer
     ask = dict(model="tiny", prompt="a b c", max_tokens=16, temperature=1.2, top_p=0.9, seed=11)
     first, second = (client.completions.create(**ask).choices[0].text for _ in range(2))
     assert first == second
-    expected = _text(model, model.generate(model.tokenizer.encode("a b c"), 16, temperature=1.2, top_p=0.9, seed=11))
+    expected = _text(loaded, generate(model, tokenizer.encode("a b c"), 16, temperature=1.2, top_p=0.9, seed=11))
     assert first == expected
     if len(first) > 3:  # a stop string cuts the text before it and ends the request
         stop = first[2:4]
@@ -101,7 +105,8 @@ def test_seeded_sampling_repeats_and_top_p_and_stop_strings_apply(served):
 
 
 def test_concurrent_clients_are_all_answered_and_no_block_leaks(served):
-    model, engine, server, _ = served
+    loaded, engine, server, _ = served
+    model, tokenizer = loaded.model, loaded.tokenizer
     answers, errors = {}, []
 
     def one_client(i):
@@ -126,14 +131,15 @@ def test_concurrent_clients_are_all_answered_and_no_block_leaks(served):
         t.join(timeout=4 * TIMEOUT)
     assert not errors and len(answers) == 12
     for (i, j), text in answers.items():
-        ids = model.tokenizer.encode(f"client {i} request {j}")
-        assert text == _text(model, model.generate(ids, 6 + i)), (i, j)
+        ids = tokenizer.encode(f"client {i} request {j}")
+        assert text == _text(loaded, generate(model, ids, 6 + i)), (i, j)
     assert _idle(engine) == (N_BLOCKS, 0)
 
 
 def test_a_client_that_hangs_up_mid_stream_frees_its_blocks(served):
-    model, engine, server, _ = served
-    prompt = model.tokenizer.encode("hang up")
+    loaded, engine, server, _ = served
+    model, tokenizer = loaded.model, loaded.tokenizer
+    prompt = tokenizer.encode("hang up")
     model.attention = _slow_attention
     try:
         body = {"model": "tiny", "prompt": prompt, "max_tokens": 100, "temperature": 0, "stream": True}

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from conftest import require
 from strategies import model_configs, seeds
+from tinytransformer.generation import generate
 from tinytransformer.model import TinyTransformer, TransformerConfig, init_params
 from tinytransformer.testing import assert_close
 from tinytransformer.training.data import byte_tokenizer, encode, random_batches
@@ -243,12 +244,13 @@ def test_checkpoint_file_loads_and_runs_with_load_model_and_the_command_line(tok
     path = trainer.save(tmp_path / "tiny.gguf")
     loaded = load_model(path)
     eos = tokenizer.special_tokens["<|endoftext|>"]
-    assert (loaded.config.vocab_size, loaded.config.eos_id, loaded.config.name) == (eos + 1, eos, config.name)
+    c = loaded.model.config
+    assert (c.vocab_size, c.eos_id, c.name) == (eos + 1, eos, config.name)
     assert loaded.metadata["training.step"] == 3
     for probe in ("the cat", "héllo wörld, the hat!<|endoftext|>the  dog\n"):  # the same ids, merges and all
         assert loaded.tokenizer.encode(probe) == encode(tokenizer, probe).tolist()
     ids = encode(tokenizer, "the cat")
-    assert_close(loaded.forward(ids), model.forward(ids))
+    assert_close(loaded.model.forward(ids), model.forward(ids))
     assert not list(tmp_path.glob("*.partial"))
     assert cli.main(["generate", "the cat", "--model", str(path), "--max-new-tokens", "5"]) == 0
     assert capsys.readouterr().out.startswith("the cat")  # the prompt, then what the model continues with
@@ -269,10 +271,10 @@ def test_masked_language_model_trains_and_saves_as_an_encoder(tmp_path):
     for _ in range(40):
         trainer.step()
     assert trainer.evaluate(tokens[:200]) < before / 2
-    loaded = load_model(save_checkpoint(trainer.model, tmp_path / "encoder.gguf", tokenizer=tokenizer))
+    loaded = load_model(save_checkpoint(trainer.model, tmp_path / "encoder.gguf", tokenizer=tokenizer)).model
     assert loaded.config.causal is False
     with pytest.raises(ValueError, match="an encoder"):
-        loaded.generate([1, 2], 3)
+        generate(loaded, [1, 2], 3)
 
 
 def test_a_diverged_step_raises_and_leaves_the_parameters_alone():

@@ -6,14 +6,18 @@ Chapters (module -> idea):
     kv_cache    the per-layer key/value cache and its size in bytes
     flash       flash attention: tiles and the online softmax
     layers      LayerNorm, RMSNorm, GELU, SiLU, FFN, SwiGLU, pre-/post-LN blocks
-    model       a small decoder-only transformer with cached decode
-    sampling    greedy, temperature, top-k, top-p, and the generate loop
+    model       a small decoder-only transformer: its forward pass and caches
+    attention_implementations  the model's swappable attention, by name
+    describe    a model's structure, printed part by part
+    sampling    greedy, temperature, top-k, top-p, the stopping rule, and the decode loop
+    generation  generate and stream: one sequence through its KV cache
     tokenizer   BPE, SentencePiece, byte-level BPE of a real model
     ngram       count-based language models and Kneser-Ney
     gguf        the GGUF file format and dequantisation
     quant       quantisation: absmax, NF4, LLM.int8, GGUF blocks and k-quants, GPTQ, AWQ
     llama       a real pretrained model (SmolLM2) built from the modules above
-    paged_cache the paged KV cache (vLLM) and decode attention over it
+    paged_cache the paged KV cache (vLLM): blocks, block tables, the model's views
+    paged_attention  decode attention over a paged cache
     cuda        CUDA kernels through CuPy (CuPy itself is imported only when a kernel runs)
     serving     batching schedulers, speculative decoding, an OpenAI-compatible server
     bfloat16    bfloat16 as uint16 bit patterns (GGUF's BF16 tensors, the kernels' bf16 inputs)

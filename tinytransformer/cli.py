@@ -18,6 +18,7 @@ from pathlib import Path
 
 from tinytransformer import __version__
 from tinytransformer.chat import chat_prompt, default_system_prompt
+from tinytransformer.generation import stream
 from tinytransformer.gguf import GGUFError, GGUFFile
 from tinytransformer.llama import ModelNotFoundError, default_model_path, load_model
 from tinytransformer.serving import cli as serving_cli
@@ -140,9 +141,10 @@ def _check_file(path, argument: str = "--model") -> None:
 
 
 def _load(args):
+    """The llama.LoadedModel of --model (or the default), on the decoder's BLAS fast path (fast_linear=True)."""
     path = Path(args.model) if args.model else default_model_path()
     return load_model(path, progress=_ProgressBar(f"loading {path.name}"),
-                      keep_quantized=getattr(args, "keep_quantized", False))
+                      keep_quantized=getattr(args, "keep_quantized", False), fast_linear=True)
 
 
 # --- generation -----------------------------------------------------------------------------
@@ -166,20 +168,20 @@ class _TextStream:
         return bool(pending)
 
 
-def _stream(model, ids, args, out, cache=None) -> tuple[list[int], float, float, bool]:
+def _stream(loaded, ids, args, out, cache=None) -> tuple[list[int], float, float, bool]:
     """Generate and print. Returns (new ids, seconds to first token, total seconds, interrupted)."""
     text = _TextStream(out)
     new, first, interrupted = [], None, False
     start = time.perf_counter()
     try:
-        for token in model.stream(ids, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                                  top_p=args.top_p, seed=args.seed, use_cache=not args.no_cache, cache=cache):
+        for token in stream(loaded.model, ids, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                            top_p=args.top_p, seed=args.seed, use_cache=not args.no_cache, cache=cache):
             if first is None:
                 first = time.perf_counter() - start
             new.append(token)
-            if token == model.config.eos_id:
+            if token == loaded.model.config.eos_id:
                 break
-            text.write(model.tokenizer.token_bytes(token))
+            text.write(loaded.tokenizer.token_bytes(token))
     except KeyboardInterrupt:
         interrupted = True
     if text.close():
@@ -194,10 +196,10 @@ def _report(n_prompt: int, new: list[int], first: float, total: float, use_cache
           f"decode {speed}{'' if use_cache else ', no KV cache'}]", file=sys.stderr)
 
 
-def _system(args, model):
+def _system(args, loaded):
     if args.system is not None:
         return args.system
-    return default_system_prompt(model.metadata) if "tokenizer.chat_template" in model.metadata else None
+    return default_system_prompt(loaded.metadata) if "tokenizer.chat_template" in loaded.metadata else None
 
 
 def _context_check(model, n_prompt: int, args, held: int = 0) -> None:
@@ -211,15 +213,15 @@ def cmd_generate(args) -> int:
     if not args.prompt.strip():
         raise UsageError("the prompt is empty: give some text for the model to continue")
     _check_options(args)
-    model = _load(args)
+    loaded = _load(args)
     text = args.prompt
     if args.chat:
-        text = chat_prompt([{"role": "user", "content": text}], default_system=_system(args, model))
-    ids = model.tokenizer.encode(text)
-    _context_check(model, len(ids), args)
+        text = chat_prompt([{"role": "user", "content": text}], default_system=_system(args, loaded))
+    ids = loaded.tokenizer.encode(text)
+    _context_check(loaded.model, len(ids), args)
     if not args.chat:
         sys.stdout.write(args.prompt)
-    new, first, total, interrupted = _stream(model, ids, args, sys.stdout)
+    new, first, total, interrupted = _stream(loaded, ids, args, sys.stdout)
     sys.stdout.write("\n")
     sys.stdout.flush()
     _report(len(ids), new, first, total, not args.no_cache)
@@ -245,7 +247,8 @@ def cmd_chat(args, stdin=None) -> int:
     """A conversation. The KV cache is kept between turns: each turn feeds only its new tokens."""
     stdin = stdin or sys.stdin
     _check_options(args)
-    model = _load(args)
+    loaded = _load(args)
+    model = loaded.model
     eos = model.config.eos_id
     print("Chatting with the model. Ctrl-C stops a reply; Ctrl-D, Ctrl-C at the prompt or /quit ends.",
           file=sys.stderr)
@@ -266,11 +269,11 @@ def cmd_chat(args, stdin=None) -> int:
             continue
         turn = [{"role": "user", "content": line.strip()}]
         if first_turn:  # the opening turn carries the system message
-            text = chat_prompt(messages + turn, default_system=_system(args, model))
+            text = chat_prompt(messages + turn, default_system=_system(args, loaded))
         else:  # close the previous reply, then the new turn (ChatML)
             text = "<|im_end|>\n" if history and history[-1] != eos else "\n"
             text += chat_prompt(turn, default_system=None)
-        new_ids = model.tokenizer.encode(text)
+        new_ids = loaded.tokenizer.encode(text)
         if cache is not None:  # feed only what the cache does not hold yet
             held = cache.length
             prompt = history[held:] + new_ids  # (the reply's last token was sampled but never fed)
@@ -282,7 +285,7 @@ def cmd_chat(args, stdin=None) -> int:
             return 1
         sys.stdout.write("model> ")
         budget = argparse.Namespace(**{**vars(args), "max_new_tokens": min(args.max_new_tokens, room)})
-        new, first, total, interrupted = _stream(model, prompt, budget, sys.stdout, cache=cache)
+        new, first, total, interrupted = _stream(loaded, prompt, budget, sys.stdout, cache=cache)
         sys.stdout.write("\n")
         if interrupted:
             print("(reply stopped)", file=sys.stderr)

@@ -19,12 +19,13 @@ Layout: one preallocated array per tensor, [n_layers, B, Hkv, max_seq_len, D];
 [B, Hkv, length, D] (no copy). Positions are absolute: the new tokens of a step
 sit at cache.length, cache.length + 1, ...
 
-The model talks to its cache through two calls, which the paged cache of
-`paged_cache` answers too, so the two are interchangeable under one model:
+The model talks to its cache through two calls (`ModelCache`), which the views of
+`paged_cache` answer too, so the two are interchangeable under one model:
 
-    positions = cache.reserve(T)                  # [B, T]: where each sequence's T new tokens go
-    out = cache.attend(layer, q, k, v, attention)  # store k, v [B, Hkv, T, D] there, then
-                                                   # attention(q, all keys, all values) -> [B, Hq, T, D]
+    positions = cache.new_positions(T)         # [B, T]: where each sequence's T new tokens go
+    stored = cache.store(layer, k, v)          # store k, v [B, Hkv, T, D] there; returns what
+                                               # attention reads: (k, v) [B, Hkv, S, D] here
+    out = attention(q, *stored)                # [B, Hq, T, D], the model's own attention
 
     >>> import numpy as np
     >>> cache = KVCache(n_layers=1, batch=1, n_kv_heads=1, head_dim=2, max_seq_len=4)
@@ -38,11 +39,30 @@ eviction or sliding-window truncation, quantised caches.
 """
 from __future__ import annotations
 
+from typing import Protocol
+
 import numpy as np
 
-from tinytransformer._validate import positive_int
+from tinytransformer._validate import integer, is_integer, positive_int
 
-__all__ = ["KVCache", "kv_cache_bytes"]
+__all__ = ["KVCache", "kv_cache_bytes", "ModelCache"]
+
+
+class ModelCache(Protocol):
+    """What the model asks of a cache in a forward pass (`model.TinyTransformer.hidden_states`).
+
+    A contiguous `KVCache` answers, and so do the paged cache's views (`paged_cache.PagedBatch`,
+    `PackedBatch`), whose `store` returns a `paged_attention.PagedKeys` instead of arrays.
+    """
+
+    batch: int  # B, the rows of the ids the model is given
+
+    def new_positions(self, n_new: int, limit: int | None = None) -> np.ndarray:
+        """The absolute positions [B, n_new] of the step's new tokens (limit: the context length)."""
+
+    def store(self, layer: int, k_new, v_new):
+        """Store one layer's new keys and values [B, Hkv, T, D]; return what attention reads:
+        (k, v) [B, Hkv, S, D] over every position held, or where they lie in a paged pool."""
 
 
 def kv_cache_bytes(n_layers: int, n_kv_heads: int, head_dim: int, seq_len: int, batch: int = 1,
@@ -125,10 +145,10 @@ class KVCache:
         layer = self._layer(layer)
         return self.v[layer, :, :, : self._lengths[layer]]  # [B, Hkv, length, D]
 
-    # --- the cache protocol of the model ---------------------------------------------
+    # --- the cache protocol of the model (ModelCache) ---------------------------------
 
-    def reserve(self, n_new: int, limit: int | None = None) -> np.ndarray:
-        """Make room for n_new tokens per sequence; returns their positions [B, n_new].
+    def new_positions(self, n_new: int, limit: int | None = None) -> np.ndarray:
+        """The positions [B, n_new] of n_new tokens per sequence, after what the cache holds.
 
         limit: positions must stay below it (the model's context length).
         """
@@ -141,22 +161,18 @@ class KVCache:
                              f"positions and cannot take {n_new} more")
         return np.broadcast_to(np.arange(start, start + n_new), (self.batch, n_new))  # every row alike
 
-    def attend(self, layer: int, q, k_new, v_new, attention):
-        """Append k_new, v_new [B, Hkv, T, D] to `layer`, then attention(q, k, v) over all it holds."""
-        k, v = self.append(layer, k_new, v_new)  # [B, Hkv, S, D], S = cached + T
-        return attention(q, k, v)  # [B, Hq, T, D]
+    def store(self, layer: int, k_new, v_new):
+        """append: the new keys and values of `layer`; returns views (k, v) [B, Hkv, S, D] of all it holds."""
+        return self.append(layer, k_new, v_new)
 
     def _layer(self, layer) -> int:
-        if isinstance(layer, (bool, np.bool_)) or not isinstance(layer, (int, np.integer)) \
-                or not 0 <= layer < self.n_layers:
+        if not is_integer(layer) or not 0 <= layer < self.n_layers:
             raise ValueError(f"layer: expected an integer in [0, {self.n_layers}), got {layer!r}")
         return int(layer)
 
     def truncate(self, length: int) -> None:
         """Forget positions >= length in every layer (to rewind, e.g. after rejected draft tokens)."""
-        if not isinstance(length, (int, np.integer)) or not 0 <= length <= self.length:
-            raise ValueError(f"length: expected an integer in [0, {self.length}], got {length!r}")
-        self._lengths[:] = length
+        self._lengths[:] = integer(length, "length", low=0, high=self.length)
 
     def reset(self) -> None:
         self._lengths[:] = 0

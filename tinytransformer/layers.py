@@ -21,6 +21,11 @@ Convention: activations are [..., C]; a weight W is [out, in], the layout of
 PyTorch's nn.Linear and of GGUF files, applied as x @ W.T (a view, no copy).
 Normalisations act on the last axis.
 
+Two helpers change only the speed of x W^T on a CPU BLAS, never its value: the
+model's opt-in fast path (`TinyTransformer(..., fast_linear=True)`) keeps every
+matrix column-major (`column_major`) and pads a product's rows to a multiple of 4
+(`linear_in_row_blocks`). The reference path calls plain `linear`.
+
     >>> import numpy as np
     >>> rms_norm(np.array([3.0, 4.0]), np.ones(2), eps=0.0).round(4).tolist()
     [0.8485, 1.1314]
@@ -37,9 +42,10 @@ import numpy as np
 
 from tinytransformer._validate import float_array, nonnegative_float
 
-__all__ = ["layer_norm", "rms_norm", "gelu", "silu", "linear", "linear_in_row_blocks", "column_major", "embedding", "ffn", "swiglu", "pre_ln_block", "post_ln_block"]
+__all__ = ["layer_norm", "rms_norm", "gelu", "gelu_tanh", "erf", "silu", "linear", "linear_in_row_blocks",
+           "column_major", "embedding", "ffn", "swiglu", "pre_ln_block", "post_ln_block"]
 
-_erf = np.vectorize(math.erf, otypes=[np.float64])
+erf = np.vectorize(math.erf, otypes=[np.float64])  # the error function, elementwise (float64)
 
 
 def layer_norm(x, weight, bias, eps: float = 1e-5):
@@ -75,11 +81,16 @@ def gelu(x, approximate: str = "none"):
         raise ValueError(f"approximate: expected 'none' or 'tanh', got {approximate!r}")
     with np.errstate(over="ignore", invalid="ignore"):  # x^3 may overflow to inf; -inf gives NaN, fixed below
         if approximate == "none":
-            y = (0.5 * x * (1.0 + _erf(x / math.sqrt(2.0)))).astype(x.dtype)  # x/2 (1 + erf(x/sqrt 2))
+            y = (0.5 * x * (1.0 + erf(x / math.sqrt(2.0)))).astype(x.dtype)  # x/2 (1 + erf(x/sqrt 2))
         else:
             inner = math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3)
             y = 0.5 * x * (1.0 + np.tanh(inner))
     return np.where(x == -np.inf, y.dtype.type(0), y)  # -inf * 0 is NaN; the limit is 0
+
+
+def gelu_tanh(x):
+    """gelu(x, approximate="tanh"): GPT-2's approximation, the GELU of the model's FFN."""
+    return gelu(x, approximate="tanh")
 
 
 def silu(x):

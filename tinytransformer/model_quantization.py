@@ -158,7 +158,7 @@ def quantize_model(model: TinyTransformer, method: str, statistics: dict | None 
         else:
             params[name], b = _fake(method, w)
         bits, count = bits + b * w.size, count + w.size
-    quantized = TinyTransformer(config, params, attention=model.attention, tokenizer=model._tokenizer)
+    quantized = TinyTransformer(config, params, attention=model.attention, fast_linear=model.fast_linear)
     return quantized, bits / count
 
 

@@ -15,6 +15,10 @@ padded call; `paged_decode_attention_fast` is the reference loop with the
 equation inlined. The tests check both against the reference, and the CUDA
 kernel (`cuda.paged_decode_attention`) shares the reference's argument checks.
 
+A paged cache hands the model a `PagedKeys` (where one layer's keys lie: the pool,
+the tables, the lengths); `packed_paged_attention` attends a packed step, whose
+sequences bring different numbers of new tokens in one row, group by group.
+
     >>> import numpy as np
     >>> rng = np.random.default_rng(0)
     >>> k_pool, v_pool = rng.standard_normal((2, 4, 1, 2, 8))      # 4 blocks of 2 positions, 1 head
@@ -23,11 +27,14 @@ kernel (`cuda.paged_decode_attention`) shares the reference's argument checks.
     >>> bool(np.allclose(out, paged_decode_attention_fast(q, k_pool, v_pool, np.array([[3, 0]]), np.array([3]))))
     True
 
-Does not handle: a variable-length kernel over a packed step (`paged_cache.PackedBatch`
+Does not handle: a variable-length kernel over a packed step (`packed_paged_attention`
 calls these once per group of sequences with the same number of new tokens),
 quantised blocks.
 """
 from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -35,7 +42,24 @@ from tinytransformer._validate import attention_scale, float_array, query_key_he
 from tinytransformer.attention import scaled_dot_product_attention, softmax_attention_rows
 
 __all__ = ["check_paged_decode_inputs", "paged_decode_attention", "paged_decode_attention_batched",
-           "paged_decode_attention_fast"]
+           "paged_decode_attention_fast", "PagedKeys", "packed_paged_attention"]
+
+
+@dataclass(frozen=True)
+class PagedKeys:
+    """Where one layer's keys and values lie for a step over a paged cache: what attention reads.
+
+    k_pool, v_pool [n_blocks, Hkv, block_size, D]; block_tables [B, max_blocks];
+    context_lens [B] (the new tokens included). counts: None for a rectangular batch
+    (queries [B, Hq, T, D]), or the new tokens of each sequence when the step is
+    packed into one row (queries [1, Hq, sum(counts), D], sequence after sequence).
+    """
+
+    k_pool: np.ndarray
+    v_pool: np.ndarray
+    block_tables: np.ndarray
+    context_lens: np.ndarray
+    counts: tuple[int, ...] | None = None
 
 
 def check_paged_decode_inputs(q, k_pool, v_pool, block_tables, context_lens, alibi_slopes=None):
@@ -185,3 +209,32 @@ def paged_decode_attention_fast(q, k_pool, v_pool, block_tables, context_lens, *
             return paged_decode_attention(q, k_pool, v_pool, block_tables, context_lens, causal=causal,
                                           scale=scale, alibi_slopes=alibi_slopes)
     return out.reshape(B, Hq, T, D).astype(out_dtype, copy=False)
+
+
+def packed_paged_attention(paged: Callable, q, keys: PagedKeys):
+    """Attention of a packed step: q [1, Hq, N, D], N = sum(keys.counts), sequence i's rows after
+    sequence i-1's; each query end-aligned to its own sequence, as `paged` (a function with
+    paged_decode_attention's arguments, e.g. a bound one without options) does for a batch.
+
+    Sequences that bring the same number T of new tokens form one [b, Hq, T, D] batch: one call
+    of `paged` per distinct T (every decode of a step in one call, each prefill alone).
+    """
+    counts = np.array(keys.counts)
+    Hq, N, D = np.shape(q)[1:]
+    if counts.sum() != N:
+        raise ValueError(f"q: expected the {int(counts.sum())} packed rows of keys.counts, got shape {np.shape(q)}")
+    pools = keys.k_pool, keys.v_pool
+    if (counts == counts[0]).all():  # one group (a step of decodes only): the rows are already in order
+        B, T = len(counts), int(counts[0])
+        qg = np.swapaxes(np.reshape(q, (Hq, B, T, D)), 0, 1)  # [1, Hq, B T, D] -> [B, Hq, T, D]
+        og = paged(qg, *pools, keys.block_tables, keys.context_lens)
+        return np.swapaxes(og, 0, 1).reshape(1, Hq, N, D)
+    starts = np.cumsum(counts) - counts  # [B]: each sequence's first row
+    out = np.empty(np.shape(q), dtype=np.result_type(q, *pools))  # [1, Hq, N, D]
+    for T in np.unique(counts):  # the sequences that bring T tokens, as one [b, Hq, T, D] batch
+        group = np.flatnonzero(counts == T)
+        rows = (starts[group, None] + np.arange(T)).reshape(-1)  # [b * T], sequence-major
+        qg = np.swapaxes(q[0][:, rows].reshape(Hq, len(group), T, D), 0, 1)  # [b, Hq, T, D]
+        og = paged(qg, *pools, keys.block_tables[group], keys.context_lens[group])
+        out[0][:, rows] = np.swapaxes(og, 0, 1).reshape(Hq, len(group) * T, D)
+    return out

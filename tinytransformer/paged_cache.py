@@ -26,6 +26,13 @@ the attention over the pool is in `paged_attention`),
 and `PackedBatch` a view for a step whose sequences bring different numbers of
 new tokens (a prefill beside decodes), packed into one row of one forward.
 
+One writer takes blocks: whoever plans the step (the serving scheduler) allocates
+them before the forward (`allocate`); a view only claims positions inside the
+blocks a sequence holds, and refuses a sequence whose blocks have no room:
+
+    cache.allocate(s, T)                                  # before the step: blocks for T more tokens
+    model.hidden_states(ids [1, T], cache.view([s]))      # the forward writes into them
+
 Does not handle: sharing blocks between sequences (prefix caching, beam search
 with copy-on-write), swapping blocks to host memory, eviction, quantised blocks.
 """
@@ -33,13 +40,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from tinytransformer._validate import positive_int
-# the attention over a paged pool lives in its own module; imported here too, where it was first
-from tinytransformer.paged_attention import (check_paged_decode_inputs, paged_decode_attention,
-                                             paged_decode_attention_batched, paged_decode_attention_fast)
+from tinytransformer._validate import integer, is_integer, positive_int
+from tinytransformer.paged_attention import PagedKeys
 
-__all__ = ["BlockManager", "PagedKVCache", "PagedBatch", "PackedBatch", "CacheFullError", "paged_decode_attention",
-           "paged_decode_attention_batched", "paged_decode_attention_fast", "check_paged_decode_inputs"]
+__all__ = ["BlockManager", "PagedKVCache", "PagedBatch", "PackedBatch", "CacheFullError"]
 
 
 class CacheFullError(RuntimeError):
@@ -90,11 +94,14 @@ class BlockManager:
         self._tables[seq_id], self._lengths[seq_id] = [], 0
         return seq_id
 
-    def extend(self, seq_id: int, n_tokens: int) -> np.ndarray:
-        """Grow a sequence by n_tokens positions, taking blocks from the free list.
+    def room(self, seq_id: int) -> int:
+        """Positions the blocks of seq_id can still take: len(table) * block_size - length."""
+        seq_id = self._known(seq_id)
+        return len(self._tables[seq_id]) * self.block_size - self._lengths[seq_id]
 
-        Returns the new positions. All or nothing: on CacheFullError nothing changed.
-        """
+    def allocate(self, seq_id: int, n_tokens: int) -> None:
+        """Take the blocks that n_tokens more positions of seq_id need, all or nothing (CacheFullError).
+        The length does not change: the step that writes the positions claims them (`claim`)."""
         n_tokens = positive_int(n_tokens, "n_tokens")
         need = self.blocks_needed(seq_id, n_tokens)
         if need > len(self._free):
@@ -102,19 +109,33 @@ class BlockManager:
                 f"paged cache is full: sequence {seq_id} needs {need} more blocks for {n_tokens} tokens "
                 f"but only {len(self._free)} of {self.n_blocks} are free; free a finished sequence first")
         self._tables[seq_id].extend(self._free.pop() for _ in range(need))
+
+    def check_room(self, seq_id: int, n_tokens: int) -> None:
+        """ValueError unless the blocks seq_id holds can take n_tokens more positions."""
+        if n_tokens > self.room(seq_id):
+            raise ValueError(f"seq_ids: sequence {seq_id} has room for {self.room(seq_id)} more positions in its "
+                             f"blocks, but the step brings {n_tokens}; allocate its blocks before the forward "
+                             "(PagedKVCache.allocate; the serving scheduler does)")
+
+    def claim(self, seq_id: int, n_tokens: int) -> np.ndarray:
+        """Grow seq_id by n_tokens positions inside the blocks it holds (it takes none); returns them."""
+        self.check_room(seq_id, positive_int(n_tokens, "n_tokens"))
         old = self._lengths[seq_id]
         self._lengths[seq_id] = old + n_tokens
         return np.arange(old, old + n_tokens)
 
+    def extend(self, seq_id: int, n_tokens: int) -> np.ndarray:
+        """allocate, then claim: grow a sequence by n_tokens positions (all or nothing); returns them."""
+        self.allocate(seq_id, n_tokens)
+        return self.claim(seq_id, n_tokens)
+
     def truncate(self, seq_id: int, length: int) -> None:
         """Forget positions >= length (a rewind, e.g. past rejected draft tokens); frees emptied blocks."""
         seq_id = self._known(seq_id)
-        if isinstance(length, (bool, np.bool_)) or not isinstance(length, (int, np.integer)) \
-                or not 0 <= length <= self._lengths[seq_id]:
-            raise ValueError(f"length: expected an integer in [0, {self._lengths[seq_id]}], got {length!r}")
-        self._lengths[seq_id] = int(length)
+        length = integer(length, "length", low=0, high=self._lengths[seq_id])
+        self._lengths[seq_id] = length
         table = self._tables[seq_id]
-        keep = -(-int(length) // self.block_size)
+        keep = -(-length // self.block_size)
         while len(table) > keep:
             self._free.append(table.pop())
 
@@ -143,8 +164,7 @@ class BlockManager:
         return tables, lengths
 
     def _known(self, seq_id) -> int:
-        if isinstance(seq_id, (bool, np.bool_)) or not isinstance(seq_id, (int, np.integer)) \
-                or int(seq_id) not in self._tables:
+        if not is_integer(seq_id) or int(seq_id) not in self._tables:
             raise KeyError(f"seq_id: no live sequence {seq_id!r}; live ids are {sorted(self._tables)}")
         return int(seq_id)
 
@@ -155,7 +175,7 @@ class PagedKVCache:
     n_layers, n_kv_heads (Hkv), head_dim (D): the model's cache geometry.
     n_blocks: blocks in the pool; block_size: positions per block.
     The pool is allocated once: 2 * n_layers * n_blocks * Hkv * block_size * D elements.
-    The bookkeeping calls (add_sequence, extend, free, length, ...) pass through to `.blocks`.
+    The bookkeeping calls (add_sequence, allocate, extend, free, length, ...) pass through to `.blocks`.
     """
 
     def __init__(self, n_layers: int, n_kv_heads: int, head_dim: int, *, n_blocks: int,
@@ -179,6 +199,9 @@ class PagedKVCache:
 
     def add_sequence(self) -> int:
         return self.blocks.add_sequence()
+
+    def allocate(self, seq_id: int, n_tokens: int) -> None:
+        self.blocks.allocate(seq_id, n_tokens)
 
     def extend(self, seq_id: int, n_tokens: int) -> np.ndarray:
         return self.blocks.extend(seq_id, n_tokens)
@@ -260,7 +283,7 @@ class PagedKVCache:
         return np.swapaxes(k, 0, 1), np.swapaxes(v, 0, 1)  # [Hkv, length, D]
 
     def view(self, seq_ids) -> "PagedBatch":
-        """The sequences seq_ids as one batch, with the model's cache protocol (reserve, attend)."""
+        """The sequences seq_ids as one batch, with the model's cache protocol (new_positions, store)."""
         return PagedBatch(self, seq_ids)
 
     def packed_view(self, seq_ids, n_new) -> "PackedBatch":
@@ -268,8 +291,7 @@ class PagedKVCache:
         return PackedBatch(self, seq_ids, n_new)
 
     def _layer(self, layer) -> int:
-        if isinstance(layer, (bool, np.bool_)) or not isinstance(layer, (int, np.integer)) \
-                or not 0 <= layer < self.n_layers:
+        if not is_integer(layer) or not 0 <= layer < self.n_layers:
             raise ValueError(f"layer: expected an integer in [0, {self.n_layers}), got {layer!r}")
         return int(layer)
 
@@ -283,16 +305,15 @@ class PagedBatch:
     """A ragged batch of sequences of one PagedKVCache, seen through the model's cache protocol.
 
     `PagedKVCache.view(seq_ids)` makes one, so the model decodes a ragged batch through
-    the same protocol (reserve, attend) as the contiguous `kv_cache`. Queries keep the
-    [B, H, T, D] convention, end-aligned: query t of sequence b sits at position
+    the same protocol (`kv_cache.ModelCache`) as the contiguous `kv_cache`. Queries keep
+    the [B, H, T, D] convention, end-aligned: query t of sequence b sits at position
     context_lens[b] - T + t.
 
-        positions = batch.reserve(T)                  # [B, T]: each sequence grows by T positions
-        out = batch.attend(layer, q, k, v, attention)  # write k, v [B, Hkv, T, D]; attention.paged(...)
+        positions = batch.new_positions(T)   # [B, T]: each sequence claims T positions in its blocks
+        stored = batch.store(layer, k, v)    # write k, v [B, Hkv, T, D]; a paged_attention.PagedKeys
 
-    `attention.paged(q, k_pool, v_pool, block_tables, context_lens)` reads the
-    pool directly (the model's attention provides it: the NumPy reference
-    `paged_decode_attention`, or the CUDA decode kernel).
+    The model's attention then reads the pool through the tables (`attention.paged`:
+    the NumPy reference `paged_decode_attention`, or the CUDA decode kernel).
     """
 
     def __init__(self, cache: PagedKVCache, seq_ids):
@@ -306,8 +327,8 @@ class PagedBatch:
     def batch(self) -> int:
         return len(self.seq_ids)
 
-    def reserve(self, n_new: int, limit: int | None = None) -> np.ndarray:
-        """Grow every sequence by n_new positions (all or none); returns their positions [B, n_new].
+    def new_positions(self, n_new: int, limit: int | None = None) -> np.ndarray:
+        """Claim n_new positions in every sequence's blocks (all or none); returns them [B, n_new].
 
         limit: positions must stay below it (the model's context length).
         """
@@ -316,36 +337,33 @@ class PagedBatch:
         longest = max(blocks.length(s) for s in self.seq_ids)
         if limit is not None and longest + n_new > limit:
             raise ValueError(f"ids: positions up to {longest + n_new - 1} exceed max_seq_len={limit}")
-        flat, self._tables, self._lengths, self._blocks, self._slots = _grow(blocks, self.seq_ids,
-                                                                             [n_new] * self.batch)
+        flat, self._tables, self._lengths, self._blocks, self._slots = _claim(blocks, self.seq_ids,
+                                                                              [n_new] * self.batch)
         self._positions = flat.reshape(self.batch, n_new)  # [B, n_new]
         return self._positions
 
-    def attend(self, layer: int, q, k_new, v_new, attention):
-        """Store k_new, v_new [B, Hkv, T, D] at the reserved positions; attend q [B, Hq, T, D] over the pool."""
+    def store(self, layer: int, k_new, v_new) -> PagedKeys:
+        """Store k_new, v_new [B, Hkv, T, D] at the claimed positions; returns where the layer's keys lie."""
         if self._positions is None or self._positions.shape[1] != np.shape(k_new)[2]:
             raise ValueError(f"k_new: expected the {0 if self._positions is None else self._positions.shape[1]} "
-                             f"positions reserved for this step, got shape {np.shape(k_new)}; call reserve first")
+                             f"positions claimed for this step, got shape {np.shape(k_new)}; call new_positions first")
         (B, T), Hkv, D = self._positions.shape, self.cache.n_kv_heads, self.cache.head_dim
         for name, x in (("k_new", k_new), ("v_new", v_new)):
             if np.shape(x) != (B, Hkv, T, D):
                 raise ValueError(f"{name}: expected shape [B, Hkv, T, D] = {[B, Hkv, T, D]}, got {np.shape(x)}")
         layer = self.cache._layer(layer)
         _write_rows(self.cache, layer, self._blocks, self._slots, k_new, v_new)
-        return attention.paged(q, self.cache.k_pool[layer], self.cache.v_pool[layer], self._tables, self._lengths)
+        return PagedKeys(self.cache.k_pool[layer], self.cache.v_pool[layer], self._tables, self._lengths)
 
 
-def _grow(blocks: BlockManager, seq_ids, counts):
-    """Grow sequence seq_ids[i] by counts[i] positions, all or none (CacheFullError).
-
-    Returns (positions [N], block_tables, context_lens, and where each new position
-    lives, (block, slot) [N] each, for every layer's write), N = sum(counts), in
-    sequence order."""
-    need = sum(blocks.blocks_needed(s, n) for s, n in zip(seq_ids, counts))
-    if need > blocks.n_free_blocks:
-        raise CacheFullError(f"paged cache is full: this step needs {need} more blocks for {len(seq_ids)} "
-                             f"sequences but only {blocks.n_free_blocks} of {blocks.n_blocks} are free")
-    positions = np.concatenate([blocks.extend(s, n) for s, n in zip(seq_ids, counts)])  # [N]
+def _claim(blocks: BlockManager, seq_ids, counts):
+    """Claim counts[i] positions in the blocks of sequence seq_ids[i], all or none (ValueError if one
+    has no room: blocks are allocated before the step, never here). Returns (positions [N],
+    block_tables, context_lens, and where each new position lives, (block, slot) [N] each, for
+    every layer's write), N = sum(counts), in sequence order."""
+    for s, n in zip(seq_ids, counts):  # every sequence first: all or none
+        blocks.check_room(s, n)
+    positions = np.concatenate([blocks.claim(s, n) for s, n in zip(seq_ids, counts)])  # [N]
     tables, lengths = blocks.batch(seq_ids)
     rows = np.repeat(np.arange(len(seq_ids)), counts)  # [N]: the sequence of each new position
     where = tables[rows, positions // blocks.block_size].astype(np.int64)
@@ -373,11 +391,12 @@ class PackedBatch:
 
     To the model this is a batch of one sequence of N = sum(n_new) tokens: every
     projection, norm and FFN is per row and does not care whose row it is. Only
-    the positions and attention do: reserve gives each token its own sequence's
-    position, and attend stores each sequence's keys and values in its own blocks,
-    then runs attention.paged once for each group of sequences that bring the same
-    number of tokens (every decoding request in one call), each query end-aligned
-    to its sequence as in PagedBatch.
+    the positions and attention do: new_positions gives each token its own sequence's
+    position, and store puts each sequence's keys and values in its own blocks and
+    returns a PagedKeys with the counts, so that attention
+    (`paged_attention.packed_paged_attention`) runs once for each group of sequences
+    that bring the same number of tokens (every decoding request in one call), each
+    query end-aligned to its sequence as in PagedBatch.
 
     row_ends: the row of each sequence's last new token (where its next token is read).
     """
@@ -397,9 +416,9 @@ class PackedBatch:
         self.row_ends = np.cumsum(self.n_new) - 1  # [B]
         self._positions = None
 
-    def reserve(self, n_new: int, limit: int | None = None) -> np.ndarray:
-        """Grow sequence i by n_new[i] positions (all or none); n_new here is their sum N.
-        Returns the positions of the packed row [1, N]; limit as in PagedBatch.reserve."""
+    def new_positions(self, n_new: int, limit: int | None = None) -> np.ndarray:
+        """Claim n_new[i] positions in sequence i's blocks (all or none); n_new here is their sum N.
+        Returns the positions of the packed row [1, N]; limit as in PagedBatch.new_positions."""
         N = sum(self.n_new)
         if n_new != N:
             raise ValueError(f"ids: expected the {N} tokens packed in this view ({self.n_new}), got {n_new}")
@@ -409,33 +428,19 @@ class PackedBatch:
                 if blocks.length(s) + n > limit:
                     raise ValueError(f"ids: positions up to {blocks.length(s) + n - 1} of sequence {s} exceed "
                                      f"max_seq_len={limit}")
-        self._positions, self._tables, self._lengths, self._blocks, self._slots = _grow(blocks, self.seq_ids,
-                                                                                        self.n_new)
+        self._positions, self._tables, self._lengths, self._blocks, self._slots = _claim(blocks, self.seq_ids,
+                                                                                         self.n_new)
         return self._positions[None]  # [1, N]
 
-    def attend(self, layer: int, q, k_new, v_new, attention):
-        """Store k_new, v_new [1, Hkv, N, D]; attend q [1, Hq, N, D], each sequence over its own blocks."""
+    def store(self, layer: int, k_new, v_new) -> PagedKeys:
+        """Store k_new, v_new [1, Hkv, N, D]; returns where the layer's keys lie, with each sequence's count."""
         if self._positions is None:
-            raise ValueError("k_new: no positions reserved for this step; call reserve first")
+            raise ValueError("k_new: no positions claimed for this step; call new_positions first")
         N, Hkv, D = len(self._positions), self.cache.n_kv_heads, self.cache.head_dim
         for name, x in (("k_new", k_new), ("v_new", v_new)):
             if np.shape(x) != (1, Hkv, N, D):
                 raise ValueError(f"{name}: expected shape [1, Hkv, N, D] = {[1, Hkv, N, D]}, got {np.shape(x)}")
         layer = self.cache._layer(layer)
         _write_rows(self.cache, layer, self._blocks, self._slots, k_new, v_new)
-        k_pool, v_pool = self.cache.k_pool[layer], self.cache.v_pool[layer]
-        Hq, counts = np.shape(q)[1], np.array(self.n_new)
-        if (counts == counts[0]).all():  # one group (a step of decodes only): the rows are already in order
-            B, T = len(counts), int(counts[0])
-            qg = np.swapaxes(np.reshape(q, (Hq, B, T, D)), 0, 1)  # [1, Hq, B T, D] -> [B, Hq, T, D]
-            og = attention.paged(qg, k_pool, v_pool, self._tables, self._lengths)
-            return np.swapaxes(og, 0, 1).reshape(1, Hq, N, D)
-        starts = self.row_ends + 1 - counts  # [B]: each sequence's first row
-        out = np.empty(np.shape(q), dtype=np.result_type(q, k_pool, v_pool))  # [1, Hq, N, D]
-        for T in np.unique(counts):  # the sequences that bring T tokens, as one [b, Hq, T, D] batch
-            group = np.flatnonzero(counts == T)
-            rows = (starts[group, None] + np.arange(T)).reshape(-1)  # [b * T], sequence-major
-            qg = np.swapaxes(q[0][:, rows].reshape(Hq, len(group), T, D), 0, 1)  # [b, Hq, T, D]
-            og = attention.paged(qg, k_pool, v_pool, self._tables[group], self._lengths[group])
-            out[0][:, rows] = np.swapaxes(og, 0, 1).reshape(Hq, len(group) * T, D)
-        return out
+        return PagedKeys(self.cache.k_pool[layer], self.cache.v_pool[layer], self._tables, self._lengths,
+                         counts=tuple(self.n_new))

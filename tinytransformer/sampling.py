@@ -13,7 +13,9 @@ then one draw from the seeded generator. Non-finite logits: -inf means never
 (a filtered-out token); +inf tokens share all the probability equally; a NaN
 logit, or logits that are all -inf, raise ValueError. `generate` runs a model
 step by step with its KV cache: the prompt is processed once (prefill), then
-each step feeds only the newest token (decode).
+each step feeds only the newest token (decode). Every decode loop of the house
+(this one, the serving engine's, speculative decoding's) draws with `sample_next`
+and stops by one rule, `stop_reason`: at the end-of-sequence id, or at the limit.
 
     >>> import numpy as np
     >>> sample_next(np.array([0.1, 2.0, 0.3]))            # temperature 0: greedy
@@ -30,10 +32,12 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
-from tinytransformer._validate import nonnegative_float, positive_int, random_generator
+from tinytransformer._validate import is_integer, is_real, nonnegative_float, nonnegative_int, positive_int, \
+    random_generator
 from tinytransformer.attention import softmax
 
-__all__ = ["greedy", "filter_top_k", "filter_top_p", "probabilities", "sample_next", "generate"]
+__all__ = ["greedy", "filter_top_k", "filter_top_p", "probabilities", "check_options", "sample_next",
+           "stop_reason", "generate"]
 
 
 def greedy(logits) -> int:
@@ -80,9 +84,7 @@ def probabilities(logits, *, temperature: float = 0.0, top_k: int | None = None,
     does not change), so a tiny temperature gives -inf, never NaN, for all but the top ones.
     """
     logits = _logits(logits)
-    temperature = nonnegative_float(temperature, "temperature")
-    top_k = None if top_k is None else positive_int(top_k, "top_k")
-    top_p = None if top_p is None else _top_p(top_p)
+    temperature, top_k, top_p = check_options(temperature, top_k, top_p)
     if temperature == 0:
         probs = np.zeros(logits.size)
         probs[greedy(logits)] = 1.0
@@ -99,6 +101,31 @@ def probabilities(logits, *, temperature: float = 0.0, top_k: int | None = None,
     if top_p is not None:
         z = filter_top_p(z, top_p)
     return softmax(z)
+
+
+def check_options(temperature: float = 0.0, top_k: int | None = None,
+                  top_p: float | None = None) -> tuple[float, int | None, float | None]:
+    """The sampling options, checked: (temperature, top_k, top_p), or ValueError naming the bad one.
+
+    temperature: a finite number >= 0 (not a bool); top_k: None or an integer >= 1;
+    top_p: None or a number in (0, 1].
+    """
+    temperature = nonnegative_float(temperature, "temperature")
+    top_k = None if top_k is None else positive_int(top_k, "top_k")
+    top_p = None if top_p is None else _top_p(top_p)
+    return temperature, top_k, top_p
+
+
+def stop_reason(new_ids, max_new_tokens: int, eos_id: int | None = None) -> str | None:
+    """Why a sequence whose new tokens so far are new_ids stops: "stop" (its last token is
+    eos_id), "length" (it has max_new_tokens of them), or None (it goes on).
+
+    >>> stop_reason([5, 2], 10, eos_id=2), stop_reason([5, 7], 2), stop_reason([5], 2)
+    ('stop', 'length', None)
+    """
+    if new_ids and eos_id is not None and new_ids[-1] == eos_id:
+        return "stop"
+    return "length" if len(new_ids) >= max_new_tokens else None
 
 
 def sample_next(logits, *, temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
@@ -129,27 +156,24 @@ def generate(step: Callable[[list[int]], np.ndarray], prompt_ids, max_new_tokens
     if not callable(step):
         raise ValueError(f"step: expected a function new_ids -> logits [V], got {step!r}")
     prompt_ids = _token_ids(prompt_ids)
-    if isinstance(max_new_tokens, (bool, np.bool_)) or not isinstance(max_new_tokens, (int, np.integer)) \
-            or max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens: expected an integer >= 0, got {max_new_tokens!r}")
-    temperature = nonnegative_float(temperature, "temperature")
-    top_k = None if top_k is None else positive_int(top_k, "top_k")
-    top_p = None if top_p is None else _top_p(top_p)
+    max_new_tokens = nonnegative_int(max_new_tokens, "max_new_tokens")
+    temperature, top_k, top_p = check_options(temperature, top_k, top_p)
     rng = random_generator(seed, "seed")
-    if eos_id is not None and (isinstance(eos_id, (bool, np.bool_)) or not isinstance(eos_id, (int, np.integer))):
+    if eos_id is not None and not is_integer(eos_id):
         raise ValueError(f"eos_id: expected an integer token id or None, got {eos_id!r}")
-    return _decode(step, prompt_ids, int(max_new_tokens), temperature, top_k, top_p, rng, eos_id)
+    return _decode(step, prompt_ids, max_new_tokens, dict(temperature=temperature, top_k=top_k, top_p=top_p),
+                   rng, eos_id)
 
 
-def _decode(step, prompt_ids, max_new_tokens, temperature, top_k, top_p, rng, eos_id) -> Iterator[int]:
-    """The loop of `generate`: prefill with the prompt, then one token at a time."""
-    new = prompt_ids
-    for _ in range(max_new_tokens):
-        token = sample_next(step(new), temperature=temperature, top_k=top_k, top_p=top_p, rng=rng)
+def _decode(step, prompt_ids, max_new_tokens, options, rng, eos_id) -> Iterator[int]:
+    """The loop of `generate`: prefill with the prompt, then one token at a time, until stop_reason."""
+    new_ids: list[int] = []
+    fed = prompt_ids
+    while stop_reason(new_ids, max_new_tokens, eos_id) is None:
+        token = sample_next(step(fed), rng=rng, **options)
+        new_ids.append(token)
         yield token
-        if token == eos_id:
-            return
-        new = [token]
+        fed = [token]
 
 
 # --- validation helpers (the public boundary) ---------------------------------------
@@ -171,8 +195,7 @@ def _logits(logits) -> np.ndarray:
 
 
 def _top_p(p) -> float:
-    if isinstance(p, (bool, np.bool_)) or not isinstance(p, (int, float, np.integer, np.floating)) \
-            or not 0.0 < p <= 1.0:
+    if not is_real(p) or not 0.0 < p <= 1.0:
         raise ValueError(f"top_p: expected a number in (0, 1], got {p!r}")
     return float(p)
 
@@ -184,6 +207,6 @@ def _token_ids(ids) -> list[int]:
     if not ids:
         raise ValueError("prompt_ids: expected at least one token id, got an empty prompt")
     for i, token in enumerate(ids):
-        if isinstance(token, (bool, np.bool_)) or not isinstance(token, (int, np.integer)) or token < 0:
+        if not is_integer(token) or token < 0:
             raise ValueError(f"prompt_ids[{i}]: expected an integer token id >= 0, got {token!r}")
     return [int(token) for token in ids]

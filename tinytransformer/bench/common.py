@@ -30,7 +30,7 @@ import numpy as np
 
 from tinytransformer._files import atomic_writer
 
-__all__ = ["CLOCK", "CPU_CLOCK", "best_time", "timed", "has_tokenizer", "json_number", "write_report", "save_figure"]
+__all__ = ["CLOCK", "CPU_CLOCK", "best_time", "timed", "json_number", "write_report", "save_figure"]
 
 CLOCK = time.perf_counter  # wall time: the primary figure
 CPU_CLOCK = time.process_time  # CPU time of this process, reported beside it
@@ -52,14 +52,6 @@ def timed(fn):
     wall, cpu = CLOCK(), CPU_CLOCK()
     result = fn()
     return result, CLOCK() - wall, CPU_CLOCK() - cpu
-
-
-def has_tokenizer(model) -> bool:
-    """Whether the model came with a tokenizer (a random test model has none: its prompts are ids)."""
-    try:
-        return model.tokenizer is not None
-    except ValueError:  # the model came without one
-        return False
 
 
 def json_number(value):

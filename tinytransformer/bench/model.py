@@ -10,11 +10,11 @@ checks that both produce the same greedy tokens. Measured, in one run, wall time
     prefill   forward over a P-token prompt into an empty KV cache, logits of the last position
     decode    tokens/s generating N tokens greedily with the KV cache (8-token prompt, prefill included)
     no cache  tokens/s generating M tokens recomputing the whole sequence each step
-    batched   ours only: generate_many over 8 ragged prompts (20 to 400 tokens) through the paged
-              cache, decode-phase tokens/s against single-sequence decode-phase tokens/s, with
+    batched   ours only: serving.engine.generate_batch over 8 ragged prompts (20 to 400 tokens) through
+              the paged cache, decode-phase tokens/s against single-sequence decode-phase tokens/s, with
               each of three attention implementations over the paged batch: "sdpa" (the
-              reference: one attention call per sequence), "sdpa-batched" (one call for the
-              padded batch) and "sdpa-fast" (the reference with the attention inlined); and the
+              reference: one attention call per sequence), "sdpa-padded" (one call for the
+              padded batch) and "sdpa-inlined" (the reference with the attention inlined); and the
               paged cache's reserved-but-empty bytes next to a contiguous cache sized for the longest
 
 Each timing is the best of --repeats runs, alternating ours and theirs run by run. transformers needs torch, transformers,
@@ -32,8 +32,10 @@ import time
 import numpy as np
 
 from tinytransformer.bench.common import write_report
+from tinytransformer.generation import generate, stream
 from tinytransformer.llama import default_model_path, load_model
 from tinytransformer.model import TinyTransformer
+from tinytransformer.serving.engine import generate_batch
 from tinytransformer.threads import blas_description, blas_threads
 
 
@@ -52,8 +54,8 @@ def _our_tasks(model, prompt, short, args) -> dict:
         model.logits(model.hidden_states(prompt, cache)[-1:])
 
     return {"prefill": prefill,
-            "decode": lambda: model.generate(short, args.new_tokens, stop_at_eos=False),
-            "no_cache": lambda: model.generate(short, args.no_cache_tokens, stop_at_eos=False, use_cache=False)}
+            "decode": lambda: generate(model, short, args.new_tokens, stop_at_eos=False),
+            "no_cache": lambda: generate(model, short, args.no_cache_tokens, stop_at_eos=False, use_cache=False)}
 
 
 def _hf_tasks(path, prompt, short, args, expected: list[int]) -> tuple[dict, str]:
@@ -110,11 +112,11 @@ def _decode_phase_rate(run) -> tuple[float, float]:
     return n / (end - marks[0]), end - start
 
 
-BATCH_ATTENTION = ("sdpa", "sdpa-batched", "sdpa-fast")
+BATCH_ATTENTION = ("sdpa", "sdpa-padded", "sdpa-inlined")
 
 
 def _batched(model, prompt_source, args) -> dict:
-    """generate_many over 8 ragged prompts against one sequence at a time, decode phases compared."""
+    """generate_batch over 8 ragged prompts against one sequence at a time, decode phases compared."""
     lengths = np.linspace(20, 400, 8).astype(int) if not args.quick else np.array([5, 9, 12, 20])
     prompts = [prompt_source[: int(n)] for n in lengths]
     n_new = args.batch_new_tokens
@@ -136,12 +138,12 @@ def _batched(model, prompt_source, args) -> dict:
                 steps.append(1)
                 watch(cache)
 
-            model.generate_many(prompts, n_new, stop_at_eos=False, on_step=on_step)
+            generate_batch(model, prompts, n_new, stop_at_eos=False, on_step=on_step)
             return len(prompts) * (n_new - 1)  # every token after the first comes from a batched decode step
         return run
 
     def single(mark):
-        for i, _ in enumerate(model.stream(prompts[0], n_new, stop_at_eos=False)):
+        for i, _ in enumerate(stream(model, prompts[0], n_new, stop_at_eos=False)):
             if i == 0:
                 mark()
         return n_new - 1
@@ -149,7 +151,7 @@ def _batched(model, prompt_source, args) -> dict:
     def one_at_a_time(mark):  # the same prompts decoded one after another: the same work, unbatched
         decoding = 0.0
         for prompt in prompts:
-            for i, _ in enumerate(model.stream(prompt, n_new, stop_at_eos=False)):
+            for i, _ in enumerate(stream(model, prompt, n_new, stop_at_eos=False)):
                 if i == 0:
                     start = time.perf_counter()
             decoding += time.perf_counter() - start
@@ -159,7 +161,7 @@ def _batched(model, prompt_source, args) -> dict:
     runs = {"single": single}
     for attention in BATCH_ATTENTION:  # the same weights, another attention over the paged batch
         runs[attention] = many(TinyTransformer(model.config, model.params, attention=attention,
-                                               tokenizer=model.tokenizer))
+                                               fast_linear=model.fast_linear))
     best = dict.fromkeys([*runs, "one_at_a_time"], 0.0)
     for _ in range(args.repeats):
         for name, run in runs.items():
@@ -184,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="BLAS threads for both libraries (default 1)")
     parser.add_argument("--no-hf", action="store_true", help="skip transformers")
-    parser.add_argument("--no-batch", action="store_true", help="skip the batched (generate_many) measurement")
+    parser.add_argument("--no-batch", action="store_true", help="skip the batched (generate_batch) measurement")
     parser.add_argument("--batch-only", action="store_true", help="only the batched measurement")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, to check that it runs")
     parser.add_argument("--json", default=None, help="also write the measurements to this file")
@@ -204,12 +206,13 @@ def _run(args) -> int:
 
     path = Path(path)
     start = time.perf_counter()
-    model = load_model(path)
+    loaded = load_model(path, fast_linear=True)  # the BLAS fast path (column-major matrices, padded rows)
+    model, tokenizer = loaded.model, loaded.tokenizer
     print(f"loaded {path.name} in {time.perf_counter() - start:.1f} s ({model.n_parameters / 1e6:.1f}M parameters)")
-    prompt = _prompt(model.tokenizer, args.prompt_tokens)
+    prompt = _prompt(tokenizer, args.prompt_tokens)
     short = prompt[:8]
-    expected = model.generate(short, 16, stop_at_eos=False)
-    if model.generate(short, 16, stop_at_eos=False, use_cache=False) != expected:
+    expected = generate(model, short, 16, stop_at_eos=False)
+    if generate(model, short, 16, stop_at_eos=False, use_cache=False) != expected:
         raise AssertionError("cached and uncached greedy tokens differ")
     label = f"NumPy {np.__version__}, BLAS {blas_description()}"
     results = {}
@@ -241,7 +244,7 @@ def _run(args) -> int:
     if not args.no_batch:
         if args.batch_only:
             print(f"\nmachine: {platform.machine()} {platform.processor() or ''} {os.cpu_count()} CPUs; {label}")
-        b = _batched(model, _prompt(model.tokenizer, 400), args)
+        b = _batched(model, _prompt(tokenizer, 400), args)
         print(f"\nbatched decode, ours: {len(b['lengths'])} ragged prompts of {b['lengths']} tokens, "
               f"{b['new_tokens']} new tokens each (decode phase, best of {args.repeats})")
         rate = b["tokens_per_s"]
@@ -250,7 +253,7 @@ def _run(args) -> int:
         print(f"| the {len(b['lengths'])} prompts one at a time | {rate['one_at_a_time']:.1f} "
               f"| {rate['one_at_a_time'] / rate['single']:.2f}x |")
         for attention in BATCH_ATTENTION:
-            print(f"| generate_many, batch {len(b['lengths'])}, attention={attention} | {rate[attention]:.1f} "
+            print(f"| generate_batch, batch {len(b['lengths'])}, attention={attention} | {rate[attention]:.1f} "
                   f"| {rate[attention] / rate['single']:.2f}x (goal >= 3); "
                   f"{rate[attention] / rate['one_at_a_time']:.2f}x the prompts one at a time |")
         print(f"\nKV cache memory (float32): contiguous, sized for the longest sequence: "

@@ -128,7 +128,8 @@ def transformer_column(text, chunk=256):
     import tinytransformer
 
     try:
-        return text_bits_per_byte(tinytransformer.load_model(), text, chunk=chunk)
+        loaded = tinytransformer.load_model()
+        return text_bits_per_byte(loaded.model, loaded.tokenizer, text, chunk=chunk)
     except Exception as error:  # the model is optional: say why it is missing, keep the table
         return {"error": f"{type(error).__name__}: {error}"}
 

@@ -46,16 +46,18 @@ LLAMA_CPP_TYPES = ("Q8_0", "Q6_K", "Q4_K", "Q4_0")
 
 _MEMORY_PROBE = """
 import json, sys, time
+from tinytransformer.generation import generate
 from tinytransformer.llama import load_model
 from tinytransformer.threads import blas_threads
 keep, n, repeats = sys.argv[1] == "quantized", int(sys.argv[2]), int(sys.argv[3])
 with blas_threads(1):
-    model = load_model(keep_quantized=keep)
-    ids = model.tokenizer.encode("The capital city of Korea is")
+    loaded = load_model(keep_quantized=keep)
+    model = loaded.model
+    ids = loaded.tokenizer.encode("The capital city of Korea is")
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
-        model.generate(ids, n, stop_at_eos=False)
+        generate(model, ids, n, stop_at_eos=False)
         best = min(best, time.perf_counter() - start)
 # VmHWM: this process's peak resident memory. (ru_maxrss would not do: Linux keeps the parent's
 # high-water mark across fork and exec, so a child started by a large parent reports the parent's peak.)
@@ -99,8 +101,8 @@ def run(args) -> dict:
     if args.memory_only:
         return {"memory": {mode: memory_probe(mode, args.new_tokens, args.repeats) for mode in ("float32", "quantized")}}
     start = time.perf_counter()
-    model = load_model(args.model)
-    tokenizer = model.tokenizer
+    loaded = load_model(args.model)
+    model, tokenizer = loaded.model, loaded.tokenizer
     train, heldout = train_heldout_split(load_corpus())
     held = windows_of(tokenizer.encode(heldout), args.windows, args.window_tokens)
     calib = windows_of(tokenizer.encode(train), args.calibration_windows, args.window_tokens)

@@ -48,31 +48,33 @@ import sys
 
 import numpy as np
 
-from tinytransformer.bench.common import CLOCK, has_tokenizer, timed, write_report
+from tinytransformer.bench.common import CLOCK, timed, write_report
 from tinytransformer.threads import blas_description, blas_threads
 
 
 def _load(args):
+    """A llama.LoadedModel (--quick: a tiny random model, with no file and no tokenizer), on the BLAS fast path."""
+    from tinytransformer.llama import LoadedModel, load_model
+
     if args.quick:
         from tinytransformer.model import TinyTransformer, TransformerConfig, init_params
 
         config = TransformerConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=256,
                                    name="tiny random")
-        return TinyTransformer(config, init_params(config, seed=0))
-    from tinytransformer.llama import load_model
-
-    return load_model(args.model)
+        return LoadedModel(TinyTransformer(config, init_params(config, seed=0), fast_linear=True), None, {})
+    return load_model(args.model, fast_linear=True)
 
 
-def _prompts_from_corpus(model, n: int, lengths, seed: int) -> list[list[int]]:
+def _prompts_from_corpus(loaded, n: int, lengths, seed: int) -> list[list[int]]:
     """n prompts of real text (the built-in corpus), lengths drawn from `lengths` tokens."""
     rng = np.random.default_rng(seed)
-    if not has_tokenizer(model):
-        return [rng.integers(0, model.config.vocab_size, int(rng.integers(*lengths) + 1)).tolist() for _ in range(n)]
+    if not loaded.has_tokenizer:
+        vocab_size = loaded.model.config.vocab_size
+        return [rng.integers(0, vocab_size, int(rng.integers(*lengths) + 1)).tolist() for _ in range(n)]
     from tinytransformer.corpus import load_corpus
 
     text = load_corpus()
-    ids = model.tokenizer.encode(text[:200_000])
+    ids = loaded.tokenizer.encode(text[:200_000])
     out = []
     for _ in range(n):
         length = int(rng.integers(lengths[0], lengths[1] + 1))
@@ -81,14 +83,14 @@ def _prompts_from_corpus(model, n: int, lengths, seed: int) -> list[list[int]]:
     return out
 
 
-def batching_workload(model, args):
+def batching_workload(loaded, args):
     """(prompt ids, output length) pairs: skewed_workload's lengths, prompts of real text."""
     from tinytransformer.serving.simulate import skewed_workload
 
-    lengths = skewed_workload(args.requests, seed=args.seed, vocab_size=model.config.vocab_size,
+    lengths = skewed_workload(args.requests, seed=args.seed, vocab_size=loaded.model.config.vocab_size,
                               prompt_lengths=(args.prompt_min, args.prompt_max), short=(args.short_min, args.short_max),
                               long=(args.long_min, args.long_max), long_fraction=args.long_fraction)
-    prompts = _prompts_from_corpus(model, len(lengths), (args.prompt_min, args.prompt_max), args.seed)
+    prompts = _prompts_from_corpus(loaded, len(lengths), (args.prompt_min, args.prompt_max), args.seed)
     return [(p, n) for p, (_, n) in zip(prompts, lengths)]
 
 
@@ -98,11 +100,12 @@ def block_budget(work, args) -> int:
     return args.max_seqs * -(-longest // args.block_size)
 
 
-def run_batching(model, args) -> dict:
+def run_batching(loaded, args) -> dict:
     from tinytransformer.serving.engine import Engine
     from tinytransformer.serving.simulate import replay, summarize
 
-    work = batching_workload(model, args)
+    model = loaded.model
+    work = batching_workload(loaded, args)
     n_blocks = block_budget(work, args)
     results, outputs = {}, {}
     for _ in range(args.repeats):  # alternate the policies, so that a change of load hits both alike
@@ -141,11 +144,12 @@ def run_batching(model, args) -> dict:
 
 # --- simulation ------------------------------------------------------------------------------------
 
-def run_simulate(model, args, measured: dict | None) -> dict:
+def run_simulate(loaded, args, measured: dict | None) -> dict:
     from tinytransformer.serving.scheduler import Request
     from tinytransformer.serving.simulate import (CostModel, SimulatedEngine, blocks_in_memory, measure_steps,
                                                   poisson_arrivals, replay, skewed_workload, summarize)
 
+    model = loaded.model
     contexts = (16, 64) if args.quick else (32, 128, 256)
     X, y = measure_steps(model, batch_sizes=(1, 2, 4, 8), contexts=contexts,
                          prefill_lengths=(8, 32) if args.quick else (16, 48, 96), repeats=args.repeats, timer=CLOCK)
@@ -154,7 +158,7 @@ def run_simulate(model, args, measured: dict | None) -> dict:
     residual = float(np.max(np.abs(X @ cost.coefficients - y) / y))
     out = {"cost_model": cost.__dict__, "fit_max_relative_error": residual, "checks": {}}
     if measured:
-        work = batching_workload(model, args)
+        work = batching_workload(loaded, args)
         n_blocks = block_budget(work, args)
         for policy in ("static", "continuous"):
             engine = SimulatedEngine(cost, n_blocks=n_blocks, block_size=args.block_size, policy=policy,
@@ -200,8 +204,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", choices=("batching", "speculative", "model-draft", "simulate"), action="append")
     parser.add_argument("--quick", action="store_true", help="a tiny random model and small sizes")
     parser.add_argument("--threads", type=int, default=1, help="BLAS and torch threads (default 1)")
-    parser.add_argument("--attention", default="sdpa-batched",
-                        help="the model's attention (default sdpa-batched: a paged batch in one call)")
+    parser.add_argument("--attention", default="sdpa-padded",
+                        help="the model's attention (default sdpa-padded: a paged batch in one padded call)")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--requests", type=int, default=32)
@@ -238,7 +242,8 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:
         pass
     with blas_threads(args.threads):
-        model = _load(args)
+        loaded = _load(args)
+        model = loaded.model
         model.attention = args.attention
         print(f"{model.config.name or 'model'}: {model.n_parameters / 1e6:.1f}M parameters, attention "
               f"{args.attention!r}; {platform.machine()}, {os.cpu_count()} CPUs; NumPy {np.__version__}, "
@@ -250,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
               flush=True)
         if "batching" in only:
             print("\n1. batching: static vs continuous, same blocks and slots", flush=True)
-            results["batching"] = run_batching(model, args)
+            results["batching"] = run_batching(loaded, args)
         if "speculative" in only or "model-draft" in only:
             from tinytransformer.bench.serve_speculative import run_model_draft, run_speculative  # part 2, apart
         if "speculative" in only:
@@ -260,13 +265,13 @@ def main(argv: list[str] | None = None) -> int:
                                          min_ngram=args.min_ngram).min_ngram  # its default when None
             print(f"\n2. prompt-lookup speculative decoding, greedy, k in {args.k}, n-gram <= {args.ngram} "
                   f"(ours >= {shortest}, transformers' >= 1)", flush=True)
-            results["speculative"] = run_speculative(model, args)
+            results["speculative"] = run_speculative(loaded, args)
         if "model-draft" in only:
             print("\n2b. a model draft made from the target: its first layers and its head", flush=True)
-            results["model_draft"] = run_model_draft(model, args)
+            results["model_draft"] = run_model_draft(loaded, args)
         if "simulate" in only:
             print("\n3. simulation: a cost model calibrated on measured steps", flush=True)
-            results["simulate"] = run_simulate(model, args, results.get("batching"))
+            results["simulate"] = run_simulate(loaded, args, results.get("batching"))
     results["load_average_end"] = os.getloadavg()
     if args.json:
         write_report(results, args.json, default=float)

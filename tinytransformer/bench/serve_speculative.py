@@ -15,10 +15,11 @@ import inspect
 
 import numpy as np
 
-from tinytransformer.bench.common import has_tokenizer, timed
+from tinytransformer.bench.common import timed
+from tinytransformer.generation import generate
 
 
-def copy_prompts(model) -> dict[str, str]:
+def copy_prompts(loaded) -> dict[str, str]:
     """Chat prompts: two whose answers copy a code block from the prompt, one that copies nothing."""
     from tinytransformer.chat import chat_prompt
     from tinytransformer.sampling import filter_top_k
@@ -29,10 +30,10 @@ def copy_prompts(model) -> dict[str, str]:
                                f"Answer with the code only.\n\n```python\n{code}\n```",
             "poem (no copy)": "Write a short poem about the sea."}
     system = None
-    if "tokenizer.chat_template" in model.metadata:
+    if "tokenizer.chat_template" in loaded.metadata:
         from tinytransformer.chat import default_system_prompt
 
-        system = default_system_prompt(model.metadata)
+        system = default_system_prompt(loaded.metadata)
     return {name: chat_prompt([{"role": "user", "content": text}], default_system=system)
             for name, text in asks.items()}
 
@@ -46,15 +47,16 @@ def _hf_model(path):
     return model, f"transformers {transformers.__version__}, torch {torch.__version__}"
 
 
-def run_speculative(model, args) -> dict:
+def run_speculative(loaded, args) -> dict:
     from tinytransformer.serving.speculative import PromptLookupDraft, SpeculationStats, speculative_generate
 
-    if not has_tokenizer(model):  # --quick: random ids that repeat
+    model = loaded.model
+    if not loaded.has_tokenizer:  # --quick: random ids that repeat
         rng = np.random.default_rng(0)
         block = rng.integers(0, model.config.vocab_size, 24).tolist()
         prompts = {"repeat": block * 3, "random": rng.integers(0, model.config.vocab_size, 72).tolist()}
     else:
-        prompts = {name: model.tokenizer.encode(text) for name, text in copy_prompts(model).items()}
+        prompts = {name: loaded.tokenizer.encode(text) for name, text in copy_prompts(loaded).items()}
     hf = None
     if not args.no_hf and not args.quick:
         try:
@@ -75,7 +77,7 @@ def run_speculative(model, args) -> dict:
             draft = PromptLookupDraft(model.config.vocab_size, max_ngram=args.ngram, min_ngram=args.min_ngram)
             return speculative_generate(model, draft, ids, n, k=k, stats=stats[k])
 
-        tasks = {"ours": lambda: model.generate(ids, n)}
+        tasks = {"ours": lambda: generate(model, ids, n)}
         tasks.update({f"ours + lookup k={k}": functools.partial(ours_lookup, k) for k in args.k})
         if hf is not None:
             import torch
@@ -241,18 +243,19 @@ def hf_greedy_loop(hf, ids: list[int], n: int) -> list[int]:
     return out
 
 
-def run_model_draft(model, args) -> dict:
+def run_model_draft(loaded, args) -> dict:
     """A draft made from the model itself: its first n layers with its norm and head (greedy)."""
     from tinytransformer.serving.speculative import ModelDraft, SpeculationStats, layer_draft, speculative_generate
 
-    if not has_tokenizer(model):
+    model = loaded.model
+    if not loaded.has_tokenizer:
         prompts = {"random": np.random.default_rng(0).integers(0, model.config.vocab_size, 40).tolist()}
     else:
-        texts = copy_prompts(model)
-        prompts = {name: model.tokenizer.encode(texts[name]) for name in ("repeat code", "poem (no copy)")}
+        texts = copy_prompts(loaded)
+        prompts = {name: loaded.tokenizer.encode(texts[name]) for name in ("repeat code", "poem (no copy)")}
     n, rows = args.new_tokens, {}
     for name, ids in prompts.items():
-        plain, plain_time, _ = timed(lambda: model.generate(ids, n))
+        plain, plain_time, _ = timed(lambda: generate(model, ids, n))
         for layers in args.draft_layers:
             if layers >= model.config.n_layers:
                 continue

@@ -41,6 +41,7 @@ import numpy as np
 
 from tinytransformer.bench.common import save_figure, write_report
 from tinytransformer.corpus import split_corpus
+from tinytransformer.generation import generate
 from tinytransformer.metrics import heldout_bits_per_byte
 from tinytransformer.model import TinyTransformer, TransformerConfig
 from tinytransformer.ngram.comparison import bits_per_byte_table
@@ -390,8 +391,8 @@ def main(argv: list[str] | None = None) -> int:
             result["crossing"] = meet = crossing(result["curve"], ngram["bpb"])
             report["bpb"] = result
             print("  " + describe_crossing(result["curve"], ngram["bpb"], meet))
-            new = trainer.model.generate(encode(trainer.tokenizer, "The ").tolist(), context - 4, temperature=0.8,
-                                         top_k=40, seed=0)
+            new = generate(trainer.model, encode(trainer.tokenizer, "The ").tolist(), context - 4, temperature=0.8,
+                           top_k=40, seed=0)
             sample = trainer.tokenizer.decode(new)
             print(f"  sample: {'The ' + sample!r}")
         if "nanogpt" in sections:

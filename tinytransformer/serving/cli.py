@@ -41,14 +41,15 @@ def add_serve_command(commands) -> argparse.ArgumentParser:
     serve.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES,
                        help=f"largest request body accepted (default {DEFAULT_MAX_BODY_BYTES})")
     serve.add_argument("--threads", type=int, default=1, metavar="N", help="BLAS threads (default 1)")
-    serve.add_argument("--attention", choices=("sdpa", "sdpa-batched", "flash", "cuda"), default="sdpa-batched",
-                       help="the model's attention (default sdpa-batched: one call per layer for the whole batch)")
+    serve.add_argument("--attention", choices=("sdpa", "sdpa-padded", "flash", "cuda"), default="sdpa-padded",
+                       help="the model's attention (default sdpa-padded: one padded call per layer for the whole "
+                            "batch)")
     return serve
 
 
 def cmd_serve(args, load=None) -> int:
-    """Load the model and serve it until interrupted. load(args) -> the model of args.model
-    (default: llama.load_model(args.model))."""
+    """Load the model and serve it until interrupted. load(args) -> the llama.LoadedModel of
+    args.model (default: llama.load_model(args.model))."""
     try:
         import uvicorn
 
@@ -67,9 +68,10 @@ def cmd_serve(args, load=None) -> int:
         def load(args):
             return load_model(args.model)
 
-    model = load(args)
+    loaded = load(args)
+    model = loaded.model
     model.attention = args.attention
-    app = create_app(model, model_name=args.name, max_body_bytes=args.max_body_bytes, n_blocks=args.blocks,
+    app = create_app(loaded, model_name=args.name, max_body_bytes=args.max_body_bytes, n_blocks=args.blocks,
                      block_size=args.block_size, policy=args.policy, max_seqs=args.max_seqs,
                      max_tokens_per_step=args.max_tokens_per_step, max_wait=args.max_wait)
     if not _is_loopback(args.host):

@@ -2,7 +2,8 @@
 
 Each step is three moves:
 
-    plan = scheduler.schedule(now)        which requests, how many tokens each (see `scheduler`)
+    plan = scheduler.schedule(now)        which requests, how many tokens each (see `scheduler`);
+                                          the scheduler allocates the blocks they need
     run the model on the plan             one forward over all the step's tokens, packed in one
                                           row: a request's whole prompt (prefill), a chunk of it,
                                           or its one latest token (decode); sample where a request
@@ -10,17 +11,19 @@ Each step is three moves:
     scheduler.update(plan, sampled, now)  append the tokens; finished requests free their blocks
 
 The model is `model.TinyTransformer` and nothing else: its forward takes the
-paged cache's ragged batch view (`PagedKVCache.view`) as its cache, exactly as
-`TinyTransformer.generate_many` does. Offline serving is `Engine.generate`:
-give it all the prompts, step until none is left. Online serving
-(`serving.server`) runs the same `step` in a background thread and adds and
-aborts requests between steps (`BackgroundEngine`).
+paged cache's packed view (`PagedKVCache.packed_view`) as its cache, which only
+writes into the blocks the scheduler allocated. Offline serving is `Engine.generate`:
+give it all the prompts, step until none is left; `generate_batch` is that with
+the static policy, every prompt in one batch (ragged prompts decoded together).
+Online serving (`serving.server`) runs the same `step` in a background thread and
+adds and aborts requests between steps (`BackgroundEngine`).
 
+    >>> from tinytransformer.generation import generate
     >>> from tinytransformer.model import TinyTransformer, TransformerConfig
     >>> model = TinyTransformer(TransformerConfig(vocab_size=11, d_model=8, n_layers=1, n_heads=2, max_seq_len=32))
     >>> engine = Engine(model, n_blocks=6, block_size=4, max_seqs=2)
     >>> outputs = engine.generate([[1, 2, 3], [4, 5], [6]], max_tokens=4)
-    >>> outputs == [model.generate(p, 4) for p in ([1, 2, 3], [4, 5], [6])]
+    >>> outputs == [generate(model, p, 4) for p in ([1, 2, 3], [4, 5], [6])]
     True
     >>> engine.cache.n_free_blocks           # every request finished and gave its blocks back
     6
@@ -44,10 +47,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from tinytransformer import sampling
-from tinytransformer._validate import positive_int
+from tinytransformer._validate import nonnegative_int, positive_int
+from tinytransformer.generation import check_new_tokens, check_prompt
 from tinytransformer.serving.scheduler import Plan, Request, Scheduler
 
-__all__ = ["Engine", "StepResult", "StepRecord", "BackgroundEngine", "run_plan"]
+__all__ = ["Engine", "StepResult", "StepRecord", "BackgroundEngine", "run_plan", "generate_batch"]
 
 
 @dataclass
@@ -83,6 +87,7 @@ def run_plan(model, cache, plan: Plan) -> dict[Request, int]:
     All the step's tokens go through one forward, packed into one row (`PackedBatch`):
     a prefill of n tokens and the single tokens of the decoding requests share every
     weight read. Only the rows that end a request's pending tokens go through the head.
+    The blocks must be allocated already (the scheduler does it as it plans the step).
     """
     counts = [n for _, n in plan.items]
     ids = np.array([[t for r, n in plan.items for t in r.tokens[r.n_computed:r.n_computed + n]]])  # [1, N]
@@ -101,7 +106,8 @@ def run_plan(model, cache, plan: Plan) -> dict[Request, int]:
 class Engine:
     """The scheduler and the model, one step at a time.
 
-    model: a TinyTransformer. n_blocks, block_size: the paged cache (by default
+    model: a TinyTransformer (for speed, on the BLAS fast path: load_model's is; build
+    your own with fast_linear=True). n_blocks, block_size: the paged cache (by default
     enough blocks for max_seqs sequences of the full context). policy, max_seqs,
     max_tokens_per_step, max_wait: the scheduler's (see `Scheduler`).
     clock: the time source for arrival and token times (seconds).
@@ -139,8 +145,8 @@ class Engine:
                      top_p: float | None = None, seed=None, stop_at_eos: bool = True, arrival: float | None = None,
                      request_id=None) -> Request:
         """A checked Request for this engine's model (not queued yet)."""
-        prompt = self.model._prompt(prompt_ids)  # the model's own check: ids in [0, V)
-        sampling.probabilities(np.zeros(2), temperature=temperature, top_k=top_k, top_p=top_p)  # checks them
+        prompt = check_prompt(prompt_ids, self.model.config.vocab_size)  # ids in [0, V)
+        sampling.check_options(temperature, top_k, top_p)
         extra = {} if request_id is None else {"request_id": request_id}
         return Request(prompt=prompt, max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                        seed=seed, eos_id=self.model.config.eos_id if stop_at_eos else None,
@@ -180,6 +186,36 @@ class Engine:
             if not result.plan and result.plan.wait_until is not None:  # dynamic batching waits
                 time.sleep(max(0.0, result.plan.wait_until - self.clock()))
         return [r.output for r in requests]
+
+
+def generate_batch(model, prompts, max_new_tokens: int, *, block_size: int = 16,
+                   on_step: Callable | None = None, **options) -> list[list[int]]:
+    """New ids for several prompts of different lengths, decoded together: the Engine with the static policy.
+
+    One step prefills every prompt (packed in one forward); then every step decodes all
+    unfinished sequences as one batch (one matrix product per weight for the whole batch).
+    A sequence stops at its own end-of-sequence id or limit and returns its blocks to the
+    pool at once. Each prompt samples with its own generator seeded by `seed`, so
+    result[i] equals generation.generate(model, prompts[i], ...) with the same options
+    (those of Engine.add_request). The paged cache is just large enough; on_step(cache)
+    is called after every step (to watch the memory).
+    """
+    prompts = [check_prompt(p, model.config.vocab_size, name=f"prompts[{i}]") for i, p in enumerate(prompts)]
+    max_new_tokens = nonnegative_int(max_new_tokens, "max_new_tokens")
+    for i, p in enumerate(prompts):
+        check_new_tokens(max_new_tokens, len(p), model.config.max_seq_len, name=f"prompts[{i}]")
+    if not prompts or max_new_tokens == 0:
+        return [[] for _ in prompts]
+    block_size = positive_int(block_size, "block_size")
+    engine = Engine(model, n_blocks=sum(-(-(len(p) + max_new_tokens) // block_size) for p in prompts),
+                    block_size=block_size, policy="static", max_seqs=len(prompts),
+                    max_tokens_per_step=sum(len(p) for p in prompts))  # every prefill in the first step
+    requests = [engine.add_request(p, max_new_tokens, **options) for p in prompts]
+    while engine.has_work:
+        engine.step()
+        if on_step is not None:
+            on_step(engine.cache)
+    return [r.output for r in requests]
 
 
 class BackgroundEngine:

@@ -43,8 +43,11 @@ later, which it used for requests with several sequences sharing blocks
 (beam search, parallel sampling).
 
 The scheduler touches no tensors and runs no model: it moves requests between
-queues and blocks between owners (a `BlockManager`). So the same code drives
-the real engine (`engine.Engine`) and the cost-model simulation (`simulate`).
+queues and blocks between owners (a `BlockManager`), and it alone allocates: as it
+plans a step it takes the blocks the step's tokens need, so that the model's forward
+only writes into them. So the same code drives the real engine (`engine.Engine`)
+and the cost-model simulation (`simulate`). A request stops by the rule of every
+decode loop (`sampling.stop_reason`): its end-of-sequence id, or max_tokens.
 
     >>> from tinytransformer.paged_cache import BlockManager
     >>> scheduler = Scheduler(BlockManager(n_blocks=8, block_size=4), max_seqs=2, max_tokens_per_step=16)
@@ -63,8 +66,9 @@ import itertools
 from collections import deque
 from dataclasses import dataclass, field
 
-from tinytransformer._validate import positive_int, random_generator
+from tinytransformer._validate import is_real, positive_int, random_generator
 from tinytransformer.paged_cache import BlockManager
+from tinytransformer.sampling import stop_reason
 
 __all__ = ["Request", "Plan", "Scheduler", "POLICIES", "WAITING", "RUNNING", "FINISHED"]
 
@@ -154,8 +158,8 @@ class Plan:
 class Scheduler:
     """Waiting queue, running set, and the admission rule of one batching policy.
 
-    blocks: the BlockManager of the cache (the scheduler adds and frees sequences;
-    the model's forward extends them). block_size positions per block.
+    blocks: the BlockManager of the cache (the scheduler adds sequences, allocates their
+    blocks before each step and frees them; the model's forward only writes into them).
     policy: "static", "dynamic" or "continuous"; max_seqs: slots in the batch;
     max_tokens_per_step: the token budget of one step; max_wait: how long dynamic
     batching lets the oldest request wait for a full batch (seconds);
@@ -168,7 +172,7 @@ class Scheduler:
             raise ValueError(f"policy: expected one of {POLICIES}, got {policy!r}")
         if not isinstance(blocks, BlockManager):
             raise ValueError(f"blocks: expected a BlockManager, got {type(blocks).__name__}")
-        if isinstance(max_wait, bool) or not isinstance(max_wait, (int, float)) or not max_wait >= 0:
+        if not is_real(max_wait) or not max_wait >= 0:
             raise ValueError(f"max_wait: expected a number of seconds >= 0, got {max_wait!r}")
         self.blocks = blocks
         self.policy = policy
@@ -222,10 +226,10 @@ class Scheduler:
 
     def schedule(self, now: float = 0.0) -> Plan:
         """Choose this step's work: the running requests first (decode, or the next chunk of a
-        prefill), preempting the newest when blocks run out, then admissions by the policy."""
+        prefill), preempting the newest when blocks run out, then admissions by the policy.
+        Every planned request gets its blocks now (BlockManager.allocate)."""
         plan = Plan()
         budget = self.max_tokens_per_step
-        reserved = 0  # blocks this plan will take when the model extends the sequences
         for request in list(self.running):
             if request.status != RUNNING:  # preempted earlier in this loop
                 continue
@@ -233,32 +237,31 @@ class Scheduler:
             if n == 0:
                 break
             need = self.blocks.blocks_needed(request.seq_id, n)
-            while need > self.blocks.n_free_blocks - reserved and request.status == RUNNING:
-                victim = self.running[-1]  # the newest admitted: last come, first preempted
+            while need > self.blocks.n_free_blocks and request.status == RUNNING:
+                victim = self.running[-1]  # the newest admitted (never one planned already): preempted
                 self.preempt(victim)
                 plan.preempted.append(victim)
             if request.status != RUNNING:
                 continue
+            self.blocks.allocate(request.seq_id, n)
             plan.items.append((request, n))
             budget -= n
-            reserved += need
         if plan.preempted or not self._may_admit(now, plan):
             return plan
         while self.waiting and len(self.running) < self.max_seqs and budget > 0:
             request = self.waiting[0]
             n = min(request.n_pending, budget)
-            need = -(-n // self.blocks.block_size)
-            if need > self.blocks.n_free_blocks - reserved:
+            if -(-n // self.blocks.block_size) > self.blocks.n_free_blocks:
                 break
             self.waiting.popleft()
             request.seq_id = self.blocks.add_sequence()
+            self.blocks.allocate(request.seq_id, n)
             request.status = RUNNING
             if request.admitted is None:
                 request.admitted = now
             self.running.append(request)
             plan.items.append((request, n))
             budget -= n
-            reserved += need
         return plan
 
     def update(self, plan: Plan, sampled: dict, now: float = 0.0) -> list[Request]:
@@ -277,8 +280,7 @@ class Scheduler:
             request.token_times.append(now)
             if request.first_token_time is None:
                 request.first_token_time = now
-            reason = ("stop" if token == request.eos_id else
-                      "length" if len(request.output) >= request.max_tokens else None)
+            reason = stop_reason(request.output, request.max_tokens, request.eos_id)
             if reason:
                 self._release(request)
                 self.running.remove(request)

@@ -239,9 +239,9 @@ def _messages(body) -> list[dict]:
 class _Handler:
     """What every endpoint shares: the engine, the tokenizer, checking, and generation."""
 
-    def __init__(self, model, engine, name: str, max_body_bytes: int, default_system):
+    def __init__(self, model, tokenizer, engine, name: str, max_body_bytes: int, default_system):
         self.model, self.engine, self.name = model, engine, name
-        self.tokenizer = model.tokenizer
+        self.tokenizer = tokenizer
         self.max_body_bytes = max_body_bytes
         self.default_system = default_system
 
@@ -335,9 +335,9 @@ def _sse(data) -> str:
     return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
 
 
-def create_app(model, *, engine=None, model_name: str | None = None, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+def create_app(loaded, *, engine=None, model_name: str | None = None, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
                **engine_options):
-    """A Starlette application serving model (a TinyTransformer with a tokenizer).
+    """A Starlette application serving loaded.model with loaded.tokenizer (a llama.LoadedModel).
 
     engine: a BackgroundEngine to use (by default one is made with engine_options:
     n_blocks, block_size, policy, max_seqs, max_tokens_per_step, max_wait; see `Engine`).
@@ -351,11 +351,12 @@ def create_app(model, *, engine=None, model_name: str | None = None, max_body_by
     from tinytransformer.chat import chat_prompt, default_system_prompt
     from tinytransformer.serving.engine import BackgroundEngine, Engine
 
-    model.tokenizer  # noqa: B018  (a model without one raises ValueError here, not at the first request)
+    model = loaded.model
+    tokenizer = loaded.tokenizer  # a model without one raises ValueError here, not at the first request
     background = engine if engine is not None else BackgroundEngine(Engine(model, **engine_options))
     name = model_name or model.config.name or "tinytransformer"
-    system = default_system_prompt(model.metadata) if "tokenizer.chat_template" in model.metadata else None
-    handler = _Handler(model, background, name, max_body_bytes, system)
+    system = default_system_prompt(loaded.metadata) if "tokenizer.chat_template" in loaded.metadata else None
+    handler = _Handler(model, tokenizer, background, name, max_body_bytes, system)
 
     class _Stream(StreamingResponse):
         """A streaming response that runs on_close however it ends (done, error, or disconnect)."""

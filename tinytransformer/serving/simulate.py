@@ -107,8 +107,9 @@ class CostModel:
 class SimulatedEngine(Engine):
     """The Engine with the model replaced by a cost model: same scheduler, same step.
 
-    Each step extends the scheduled sequences' blocks (what the model's forward
-    does), produces token 0 for every request that completed its pending tokens,
+    Each step claims the scheduled tokens' positions in the blocks the scheduler
+    allocated (what the model's forward does when it writes its keys and values),
+    produces token 0 for every request that completed its pending tokens,
     and takes cost.step_time(plan) seconds of virtual time. A request runs until
     its max_tokens (its output length in the workload).
     """
@@ -128,7 +129,7 @@ class SimulatedEngine(Engine):
     def _execute(self, plan: Plan) -> tuple[dict[Request, int], float]:
         blocks = self.scheduler.blocks
         for request, n in plan.items:
-            blocks.extend(request.seq_id, n)
+            blocks.claim(request.seq_id, n)
         sampled = {r: 0 for r, n in plan.items if r.n_computed + n == r.n_tokens}
         return sampled, self.cost.step_time(plan)
 
@@ -220,7 +221,8 @@ def measure_steps(model, *, batch_sizes=(1, 2, 4, 8), contexts=(16, 64, 128), pr
     Returns (features [n, 5], best seconds [n]).
 
     The cache is filled by extending the sequences without computing them: a step's time
-    does not depend on the values in the cache."""
+    does not depend on the values in the cache. Each step's blocks are allocated before
+    it is timed, as the scheduler allocates them before a step."""
     limit = model.config.max_seq_len
     contexts = [c for c in contexts if c < limit]
     prefill_lengths = [n for n in prefill_lengths if 1 < n <= limit]
@@ -231,6 +233,8 @@ def measure_steps(model, *, batch_sizes=(1, 2, 4, 8), contexts=(16, 64, 128), pr
     def time_plan(plan):
         best = float("inf")
         for _ in range(repeats):
+            for r, n in plan.items:  # the blocks, as the scheduler would allocate them before the step
+                cache.allocate(r.seq_id, n)
             start = timer()
             run_plan(model, cache, plan)
             best = min(best, timer() - start)

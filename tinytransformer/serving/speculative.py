@@ -15,7 +15,8 @@ once. One round, for a text whose last token the target's cache does not hold ye
     rewind the cache past the rejected tokens (`KVCache.truncate`)
 
 The first round's forward also carries the prompt (all but its last token), so the
-prefill costs no forward of its own, as in a plain decode. A round emits 1 to k + 1
+prefill costs no forward of its own, as in a plain decode. The round's tokens are
+kept up to where the rule of every decode loop stops them (`sampling.stop_reason`). A round emits 1 to k + 1
 tokens, and they are distributed exactly as tokens sampled from the target one at a
 time. For one position,
 
@@ -36,11 +37,12 @@ Drafts have one method, propose(tokens, k, randomness, **sampling) -> (ids [m <=
     ModelDraft          a smaller model with its own KV cache, e.g. `layer_draft(model, n)`:
                         the target's first n layers with its final norm and head
 
+    >>> from tinytransformer.generation import generate
     >>> from tinytransformer.model import TinyTransformer, TransformerConfig
     >>> model = TinyTransformer(TransformerConfig(vocab_size=11, d_model=8, n_layers=2, n_heads=2), seed=1)
     >>> draft = PromptLookupDraft(model.config.vocab_size)
     >>> prompt = [1, 2, 3, 4, 5, 1, 2]
-    >>> speculative_generate(model, draft, prompt, 8, k=3) == model.generate(prompt, 8)
+    >>> speculative_generate(model, draft, prompt, 8, k=3) == generate(model, prompt, 8)
     True
 
 Does not handle: tree drafts (several candidate continuations verified at once,
@@ -56,7 +58,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from tinytransformer import sampling
-from tinytransformer._validate import positive_int, random_generator
+from tinytransformer._validate import integer, positive_int, random_generator
+from tinytransformer.generation import check_new_tokens, check_prompt
 
 __all__ = ["Randomness", "accept_or_resample", "speculative_generate", "speculative_stream", "SpeculationStats",
            "PromptLookupDraft",
@@ -121,8 +124,9 @@ def speculative_generate(target, draft, prompt_ids, max_new_tokens: int, *, k: i
                          stop_at_eos: bool = True, stats: SpeculationStats | None = None) -> list[int]:
     """New ids from target (a TinyTransformer), with tokens proposed by draft, k at most per round.
 
-    The ids are distributed as target.generate(prompt_ids, max_new_tokens, temperature=...,
-    top_k=..., top_p=...) would draw them, and equal them exactly when temperature is 0.
+    The ids are distributed as generation.generate(target, prompt_ids, max_new_tokens,
+    temperature=..., top_k=..., top_p=...) would draw them, and equal them exactly when
+    temperature is 0.
     randomness: a Randomness (default: one seeded with seed). stats: a SpeculationStats to fill.
     """
     out = []
@@ -138,15 +142,11 @@ def speculative_stream(target, draft, prompt_ids, max_new_tokens: int, *, k: int
                        stop_at_eos: bool = True, stats: SpeculationStats | None = None):
     """As speculative_generate, yielding each round's new ids (a list of 1 to k + 1 ids)."""
     c = target.config
-    prompt = target._prompt(prompt_ids)  # the model's own check: ids in [0, V)
+    prompt = check_prompt(prompt_ids, c.vocab_size)  # ids in [0, V)
     k = positive_int(k, "k")
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens: expected an integer >= 0, got {max_new_tokens!r}")
-    if len(prompt) + max_new_tokens > c.max_seq_len:
-        raise ValueError(f"max_new_tokens: {len(prompt)} prompt + {max_new_tokens} new tokens exceed the context "
-                         f"length max_seq_len={c.max_seq_len}")
+    max_new_tokens = check_new_tokens(max_new_tokens, len(prompt), c.max_seq_len)
+    temperature, top_k, top_p = sampling.check_options(temperature, top_k, top_p)  # before any work
     options = dict(temperature=temperature, top_k=top_k, top_p=top_p)
-    sampling.probabilities(np.zeros(2), **options)  # checks the options before any work
     randomness = randomness if randomness is not None else Randomness(seed)
     stats = stats if stats is not None else SpeculationStats()
     eos = c.eos_id if stop_at_eos else None
@@ -155,9 +155,9 @@ def speculative_stream(target, draft, prompt_ids, max_new_tokens: int, *, k: int
     cache = target.new_cache(1, len(prompt) + max_new_tokens)
     tokens = list(prompt)
     uncached = tokens[:-1]  # the first round also prefills the prompt: one forward, as a plain decode's first
-    n_new = 0
-    while n_new < max_new_tokens:
-        m = min(k, max_new_tokens - n_new - 1)  # the round emits at most m + 1 tokens
+    new_ids: list[int] = []  # every token emitted so far
+    while sampling.stop_reason(new_ids, max_new_tokens, eos) is None:
+        m = min(k, max_new_tokens - len(new_ids) - 1)  # the round emits at most m + 1 tokens
         draft_ids, q = draft.propose(tokens, m, randomness, **options) if m > 0 else ([], None)
         draft_ids = [int(t) for t in draft_ids][:m]
         ids = np.array([uncached + [tokens[-1]] + draft_ids])  # [1, n + 1 + m']
@@ -172,18 +172,18 @@ def speculative_stream(target, draft, prompt_ids, max_new_tokens: int, *, k: int
             p = np.stack([sampling.probabilities(row, **options) for row in logits])  # [1 + m', V]
             n_accepted, next_token = accept_or_resample(draft_ids, p, q, randomness)
         cache.truncate(len(tokens) + n_accepted)  # keep the last token and the accepted drafts
-        emitted = draft_ids[:n_accepted] + [next_token]
-        if eos is not None and eos in emitted:
-            emitted = emitted[:emitted.index(eos) + 1]
+        emitted = []
+        for token in draft_ids[:n_accepted] + [next_token]:  # up to the end-of-sequence id, if it came
+            emitted.append(token)
+            new_ids.append(token)
+            if sampling.stop_reason(new_ids, max_new_tokens, eos) is not None:
+                break
         stats.rounds += 1
         stats.drafted += len(draft_ids)
         stats.accepted += n_accepted
         stats.emitted += len(emitted)
         tokens += emitted
-        n_new += len(emitted)
         yield emitted
-        if emitted[-1] == eos:
-            return
 
 
 class PromptLookupDraft:
@@ -267,12 +267,11 @@ def layer_draft(model, n_layers: int):
     from tinytransformer.model import TinyTransformer
 
     c = model.config
-    if isinstance(n_layers, bool) or not isinstance(n_layers, int) or not 1 <= n_layers <= c.n_layers:
-        raise ValueError(f"n_layers: expected an integer in [1, {c.n_layers}], got {n_layers!r}")
+    n_layers = integer(n_layers, "n_layers", low=1, high=c.n_layers)
     dropped = tuple(f"blk.{i}." for i in range(n_layers, c.n_layers))
     params = {name: w for name, w in model.params.items() if not name.startswith(dropped)}
     config = dataclasses.replace(c, n_layers=n_layers, name=f"{c.name or 'model'}, first {n_layers} layers")
-    return TinyTransformer(config, params, attention=model.attention)
+    return TinyTransformer(config, params, attention=model.attention, fast_linear=model.fast_linear)
 
 
 # --- the law, exactly: enumerate every branch ------------------------------------------------

@@ -42,7 +42,7 @@ import numpy as np
 
 from tinytransformer._validate import attention_scale, attention_shapes, float_array, leading_index_array, positive_int
 from tinytransformer.attention import _as_float, attention_weights
-from tinytransformer.layers import _erf, gelu, linear, silu
+from tinytransformer.layers import erf, gelu, linear, silu
 from tinytransformer.positional import apply_rope
 
 __all__ = [
@@ -146,7 +146,7 @@ def gelu_backward(dy, x, approximate: str = "none"):
     """
     x = float_array(x, "x")
     if approximate == "none":
-        cdf = 0.5 * (1.0 + _erf(x / math.sqrt(2.0)))  # Phi(x)
+        cdf = 0.5 * (1.0 + erf(x / math.sqrt(2.0)))  # Phi(x)
         pdf = np.exp(-0.5 * x * x) / math.sqrt(2.0 * math.pi)  # phi(x)
         return (dy * (cdf + x * pdf)).astype(x.dtype, copy=False)
     if approximate == "tanh":

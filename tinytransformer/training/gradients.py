@@ -40,7 +40,7 @@ import numpy as np
 
 from tinytransformer.attention import merge_heads, split_heads
 from tinytransformer.flash import flash_attention_with_lse
-from tinytransformer.model import _gelu_tanh
+from tinytransformer.layers import gelu_tanh
 from tinytransformer.positional import alibi_slopes
 from tinytransformer.training.backward import (
     embedding_backward,
@@ -182,7 +182,7 @@ def _feed_forward_vjp(model, i, x, grads, d):
         return dx
     dx, grads[b + "ffn_up.weight"], grads[b + "ffn_up.bias"], grads[b + "ffn_down.weight"], \
         grads[b + "ffn_down.bias"] = ffn_backward(d, x, p[b + "ffn_up.weight"], p[b + "ffn_up.bias"],
-                                                  p[b + "ffn_down.weight"], _gelu_tanh, _gelu_tanh_backward)
+                                                  p[b + "ffn_down.weight"], gelu_tanh, _gelu_tanh_backward)
     return dx
 
 

@@ -49,7 +49,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tinytransformer._validate import positive_float, positive_int, seed_value
+from tinytransformer._validate import nonnegative_int, positive_float, positive_int, seed_value
 from tinytransformer.metrics import heldout_loss, target_loss
 from tinytransformer.training.data import random_batches, tokenizer_metadata
 from tinytransformer.training.gradients import ATTENTION_BACKWARDS, loss_and_gradients
@@ -95,8 +95,7 @@ class TrainingConfig:
         positive_float(self.max_lr, "max_lr")
         if not 0.0 <= self.min_lr <= self.max_lr:
             raise ValueError(f"min_lr: expected a number in [0, max_lr={self.max_lr}], got {self.min_lr!r}")
-        if isinstance(self.warmup_steps, bool) or not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
-            raise ValueError(f"warmup_steps: expected an integer >= 0, got {self.warmup_steps!r}")
+        nonnegative_int(self.warmup_steps, "warmup_steps")
         if self.grad_clip is not None:
             positive_float(self.grad_clip, "grad_clip")
 
