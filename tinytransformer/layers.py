@@ -39,7 +39,7 @@ from tinytransformer._validate import float_array, nonnegative_float
 
 __all__ = ["layer_norm", "rms_norm", "gelu", "silu", "linear", "linear_in_row_blocks", "column_major", "embedding", "ffn", "swiglu", "pre_ln_block", "post_ln_block"]
 
-_erf = np.vectorize(math.erf, otypes=[np.float64])
+erf = np.vectorize(math.erf, otypes=[np.float64])  # the error function, elementwise (GELU's and its gradient's)
 
 
 def layer_norm(x, weight, bias, eps: float = 1e-5):
@@ -75,7 +75,7 @@ def gelu(x, approximate: str = "none"):
         raise ValueError(f"approximate: expected 'none' or 'tanh', got {approximate!r}")
     with np.errstate(over="ignore", invalid="ignore"):  # x^3 may overflow to inf; -inf gives NaN, fixed below
         if approximate == "none":
-            y = (0.5 * x * (1.0 + _erf(x / math.sqrt(2.0)))).astype(x.dtype)  # x/2 (1 + erf(x/sqrt 2))
+            y = (0.5 * x * (1.0 + erf(x / math.sqrt(2.0)))).astype(x.dtype)  # x/2 (1 + erf(x/sqrt 2))
         else:
             inner = math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3)
             y = 0.5 * x * (1.0 + np.tanh(inner))
