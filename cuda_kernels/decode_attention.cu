@@ -1,6 +1,6 @@
 // Cached decode attention over a paged KV cache.
 //
-// The NumPy reference is tinytransformer.paged_cache.paged_decode_attention;
+// The NumPy reference is tinytransformer.paged_attention.paged_decode_attention;
 // tinytransformer/cuda/decode.py launches these kernels, and each version is
 // checked against that reference (tests/test_cuda.py) before anything is timed
 // (tinytransformer/bench/attention.py).
