@@ -1,7 +1,7 @@
 # %% [markdown]
 # # Chapter 1: attention
-# Softmax done safely, scaled dot-product attention, its masks, and how
-# multi-head attention shares keys and values in GQA and MQA.
+# The softmax (the textbook one, then one hardened for masks), scaled dot-product
+# attention, its masks, and how multi-head attention shares keys and values in GQA and MQA.
 # Module: `tinytransformer/attention.py`. Run: `python chapters/01_attention.py [--quick]`
 
 # %%
@@ -11,6 +11,7 @@ from _lecture import QUICK, heading, plt, save
 from tinytransformer.attention import (
     attention_weights,
     causal_mask,
+    masked_softmax,
     padding_mask,
     repeat_kv,
     scaled_dot_product_attention,
@@ -22,22 +23,28 @@ CHAPTER = "01_attention"
 rng = np.random.default_rng(0)
 
 # %% [markdown]
-# ## 1. A softmax that does not overflow
-# exp(1000) is inf in float64, so the textbook formula gives NaN for large logits.
-# Subtracting the row maximum first changes nothing mathematically and keeps every exp() <= 1.
+# ## 1. The softmax, then one that survives masks
+# exp(1000) is inf in float64, so exp(x) / sum exp(x) gives NaN for large logits.
+# Subtracting the row maximum first changes nothing mathematically and keeps every exp() <= 1:
+# that is `softmax`, three lines. Attention also meets rows whose every key is masked (-inf):
+# there max x is -inf too, and -inf - (-inf) is NaN. `masked_softmax` gives such a row zeros,
+# takes a boolean mask, and equals `softmax` wherever the input is finite.
 
 # %%
-heading("softmax: naive vs max-subtracted")
+heading("softmax: naive vs max-subtracted, and a fully masked row")
 logits = np.array([1000.0, 999.0, 990.0])
 with np.errstate(over="ignore", invalid="ignore"):
     naive = np.exp(logits) / np.exp(logits).sum()
 print("logits          ", logits)
 print("naive exp/sum   ", naive)
-print("stable softmax  ", softmax(logits).round(6))
-fully_masked = softmax(np.array([1.0, 2.0]), mask=np.array([False, False]))
-print("fully masked row", fully_masked, "(zeros, never NaN)")
+print("softmax         ", softmax(logits).round(6))
+with np.errstate(invalid="ignore"):
+    textbook_masked = softmax(np.array([-np.inf, -np.inf]))
+fully_masked = masked_softmax(np.array([1.0, 2.0]), mask=np.array([False, False]))
+print("fully masked row", textbook_masked, "with softmax,", fully_masked, "with masked_softmax (zeros, never NaN)")
 assert np.isnan(naive).all() and np.isfinite(softmax(logits)).all() and np.isclose(softmax(logits).sum(), 1)
-assert (fully_masked == 0).all()
+assert np.isnan(textbook_masked).all() and (fully_masked == 0).all()
+assert (masked_softmax(logits) == softmax(logits)).all()  # the same function on finite input
 
 # %% [markdown]
 # ## 2. Attention weights and the three masks

@@ -1,8 +1,8 @@
 # %% [markdown]
 # # Chapter 9: CUDA kernels and the paged KV cache
-# How the GPU kernels in `tinytransformer/kernels/` compute what chapters 1 and 4 define, what each
+# How the GPU kernels in `cuda_kernels/` compute what chapters 1 and 4 define, what each
 # kernel version spends in shared memory and registers, and why a server pages its KV cache.
-# Modules: `tinytransformer/cuda/`, `tinytransformer/paged_cache.py`, `tinytransformer/kernels/*.cu`.
+# Modules: `tinytransformer/cuda/`, `tinytransformer/paged_cache.py`, `cuda_kernels/*.cu`.
 # Run: `python chapters/09_cuda_kernels.py [--quick]` (no GPU needed; the benchmark plot
 # appears once `benchmarks/gpu_check.sh` has stored GPU results under benchmarks/results/).
 

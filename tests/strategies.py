@@ -55,6 +55,15 @@ def dtypes():
     return st.sampled_from(FLOAT_DTYPES)
 
 
+def finite_logits(max_dims: int = 3, max_side: int = 6, magnitude: float = 1e4):
+    """Finite float16, float32 or float64 arrays of rank 1 to max_dims, entries in [-magnitude, magnitude]."""
+    from hypothesis.extra import numpy as hnp
+
+    return st.sampled_from([np.float16, np.float32, np.float64]).flatmap(lambda dtype: hnp.arrays(
+        dtype, hnp.array_shapes(min_dims=1, max_dims=max_dims, max_side=max_side),
+        elements=st.floats(-magnitude, magnitude, width=np.finfo(dtype).bits)))
+
+
 def random_qkv(shape: AttentionShape, seed: int, dtype=np.float64, scale: float = 1.0):
     """q [B, Hq, T, D], k and v [B, Hkv, S, D] with standard normal entries times scale."""
     rng = np.random.default_rng(seed)

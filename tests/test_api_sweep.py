@@ -28,7 +28,7 @@ from fuzzing import run_bounded  # noqa: E402
 
 from tinytransformer import gguf  # noqa: E402
 from tinytransformer.attention import causal_mask, scaled_dot_product_attention, sliding_window_mask  # noqa: E402
-from tinytransformer.attention import softmax  # noqa: E402
+from tinytransformer.attention import masked_softmax  # noqa: E402
 from tinytransformer.flash import flash_attention  # noqa: E402
 from tinytransformer.gguf import GGUFFile, dequantize, quantize, write_gguf  # noqa: E402
 from tinytransformer.layers import embedding, ffn, gelu, layer_norm, linear, rms_norm, silu, swiglu  # noqa: E402
@@ -86,7 +86,7 @@ def namespace(folder: str) -> dict:
                 big=np.full((1, 1, 2, 4), 1e20, np.float32), inf=np.inf, nan=np.nan, z=np.array([1.0, 2.0, 3.0]),
                 **{f.__name__: f for f in (GGUFFile, dequantize, quantize, write_gguf, rms_norm, layer_norm, gelu, linear, embedding,
                                            silu, ffn, swiglu, greedy, filter_top_k, filter_top_p, sample_next,
-                                           generate, assert_close, tolerance, softmax, causal_mask,
+                                           generate, assert_close, tolerance, masked_softmax, causal_mask,
                                            sliding_window_mask, scaled_dot_product_attention, flash_attention)},
                 step=lambda ids: np.array([0.0, 1.0, 0.5]), q8=quantize(np.ones((1, 32), np.float32), gguf.Q8_0),
                 **_seeded(rng), **_attention_names(rng))
@@ -317,18 +317,18 @@ CASES = {  # module -> [(call text, a regex the ValueError must match | a result
         ("tolerance(np.complex64)", is_value((1e-5, 1e-6))),
     ],
     "attention": [
-        ("softmax([inf, 0.0, 0.0])", is_array(equal=[1.0, 0.0, 0.0])),
-        ("softmax([inf, inf, 0.0])", is_array(equal=[0.5, 0.5, 0.0])),
-        ("softmax([-inf, -inf])", is_array(equal=[0.0, 0.0])),
-        ("softmax([nan, 0.0])", is_array(finite=False)),
-        ("softmax([1e308, -1e308])", is_array(equal=[1.0, 0.0])),
-        ("softmax([1 + 1j, 0.0])", "x: expected a real-valued array"),
-        ("softmax([True, False])", "x: expected a real-valued array"),
-        ("softmax('abc')", "x: expected a real-valued array"),
-        ("softmax(None)", "x: expected a real-valued array"),
-        ("softmax([])", is_array(shape=(0,))),
-        ("softmax(np.zeros((2, 0)))", is_array(shape=(2, 0))),
-        ("softmax(z, mask=np.ones(3))", "mask: expected a boolean array"),
+        ("masked_softmax([inf, 0.0, 0.0])", is_array(equal=[1.0, 0.0, 0.0])),
+        ("masked_softmax([inf, inf, 0.0])", is_array(equal=[0.5, 0.5, 0.0])),
+        ("masked_softmax([-inf, -inf])", is_array(equal=[0.0, 0.0])),
+        ("masked_softmax([nan, 0.0])", is_array(finite=False)),
+        ("masked_softmax([1e308, -1e308])", is_array(equal=[1.0, 0.0])),
+        ("masked_softmax([1 + 1j, 0.0])", "x: expected a real-valued array"),
+        ("masked_softmax([True, False])", "x: expected a real-valued array"),
+        ("masked_softmax('abc')", "x: expected a real-valued array"),
+        ("masked_softmax(None)", "x: expected a real-valued array"),
+        ("masked_softmax([])", is_array(shape=(0,))),
+        ("masked_softmax(np.zeros((2, 0)))", is_array(shape=(2, 0))),
+        ("masked_softmax(z, mask=np.ones(3))", "mask: expected a boolean array"),
         ("causal_mask(2**63, 5)", "T, S: a \\[T, S\\] mask"),
         ("causal_mask(5, 2**63)", "T, S: a \\[T, S\\] mask"),
         ("causal_mask(0, 5)", "T: expected an integer >= 1"),

@@ -8,11 +8,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from strategies import AttentionShape, attention_shapes, dtypes, random_qkv, seeds
+from strategies import AttentionShape, attention_shapes, dtypes, finite_logits, random_qkv, seeds
 from tinytransformer.attention import (
     causal_attention_in_query_blocks,
     attention_weights,
     causal_mask,
+    masked_softmax,
     merge_heads,
     multi_head_attention,
     padding_mask,
@@ -47,20 +48,28 @@ def naive_attention(q, k, v, allowed=None, bias=None):
     return out
 
 
-@given(st.integers(1, 40), seeds(), st.floats(1.0, 1e4))
-def test_softmax_is_stable_and_sums_to_one_for_large_logits(n, seed, magnitude):
+@pytest.mark.parametrize("softmax_of", [softmax, masked_softmax], ids=["softmax", "masked_softmax"])
+@given(n=st.integers(1, 40), seed=seeds(), magnitude=st.floats(1.0, 1e4))
+def test_softmax_is_stable_and_sums_to_one_for_large_logits(softmax_of, n, seed, magnitude):
     x = np.random.default_rng(seed).standard_normal(n) * magnitude
-    p = softmax(x)
+    p = softmax_of(x)
     assert np.all(np.isfinite(p)) and np.all(p >= 0)
     assert_close(p.sum(), 1.0, dtype=np.float64)
-    assert_close(softmax(x + 1e6), p, dtype=np.float32)  # shift invariance
+    assert_close(softmax_of(x + 1e6), p, dtype=np.float32)  # shift invariance
+
+
+@given(x=finite_logits(), axis=st.integers(-1, 0))
+def test_the_textbook_softmax_equals_the_hardened_one_on_finite_input(x, axis):
+    """softmax and masked_softmax are the same function where the textbook one is defined: bit for bit."""
+    np.testing.assert_array_equal(softmax(x, axis=axis), masked_softmax(x, axis=axis))
+    assert softmax(x, axis=axis).dtype == masked_softmax(x, axis=axis).dtype == x.dtype
 
 
 def test_softmax_of_fully_masked_row_is_zero_without_warning():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        p = softmax(np.array([[1.0, 2.0], [-np.inf, -np.inf]]))
-        q = softmax(np.array([1.0, 2.0]), mask=np.array([False, False]))
+        p = masked_softmax(np.array([[1.0, 2.0], [-np.inf, -np.inf]]))
+        q = masked_softmax(np.array([1.0, 2.0]), mask=np.array([False, False]))
     assert p[1].tolist() == [0.0, 0.0] and q.tolist() == [0.0, 0.0]
 
 
@@ -283,14 +292,14 @@ def test_softmax_puts_all_the_mass_on_infinite_entries_equally(values, data):
     x = np.array(values)
     top = np.array(data.draw(st.lists(st.booleans(), min_size=x.size, max_size=x.size)))
     x[top] = np.inf
-    expected = top / top.sum() if top.any() else softmax(x)  # the limit of softmax as those entries grow
-    assert_close(softmax(x), expected)
-    assert_close(softmax(np.where(top, 1e300, x)), expected)  # and what a huge finite logit gives
+    expected = top / top.sum() if top.any() else masked_softmax(x)  # the limit of softmax as those entries grow
+    assert_close(masked_softmax(x), expected)
+    assert_close(masked_softmax(np.where(top, 1e300, x)), expected)  # and what a huge finite logit gives
 
 
 def test_softmax_rows_keep_nan_and_ignore_masked_nan():
-    p = softmax(np.array([[np.inf, 0.0, 0.0], [np.nan, 0.0, 1.0], [np.nan, 0.0, 0.0]]),
-                mask=np.array([[True] * 3, [True] * 3, [False, True, True]]))
+    p = masked_softmax(np.array([[np.inf, 0.0, 0.0], [np.nan, 0.0, 1.0], [np.nan, 0.0, 0.0]]),
+                       mask=np.array([[True] * 3, [True] * 3, [False, True, True]]))
     assert p[0].tolist() == [1.0, 0.0, 0.0] and np.isnan(p[1]).all() and p[2].tolist() == [0.0, 0.5, 0.5]
 
 
@@ -323,9 +332,9 @@ def test_masked_keys_may_hold_anything():
 
 
 @pytest.mark.parametrize("call, message", [
-    (lambda: softmax(np.array([1 + 1j, 2])), "x: expected a real-valued array, got dtype complex128"),
-    (lambda: softmax(np.array([True, False])), "x: expected a real-valued array, got dtype bool"),
-    (lambda: softmax(np.ones(2), mask=np.ones(2)), "mask: expected a boolean array"),
+    (lambda: masked_softmax(np.array([1 + 1j, 2])), "x: expected a real-valued array, got dtype complex128"),
+    (lambda: masked_softmax(np.array([True, False])), "x: expected a real-valued array, got dtype bool"),
+    (lambda: masked_softmax(np.ones(2), mask=np.ones(2)), "mask: expected a boolean array"),
     (lambda: causal_mask(2**63, 5), "T, S: a \\[T, S\\] mask of 9223372036854775808 x 5 entries"),
     (lambda: sliding_window_mask(5, 2**62, 2), "T, S: a \\[T, S\\] mask"),
     (lambda: scaled_dot_product_attention(np.ones((1, 1, 2, 2)), np.ones((1, 1, 2, 2)), np.ones((1, 1, 2, 2)),
@@ -337,4 +346,4 @@ def test_complex_bool_and_oversized_inputs_raise_a_clear_value_error(call, messa
 
 
 def test_softmax_of_an_empty_array_is_empty():
-    assert softmax(np.zeros((3, 0))).shape == (3, 0) and softmax([]).shape == (0,)
+    assert masked_softmax(np.zeros((3, 0))).shape == (3, 0) and masked_softmax([]).shape == (0,)

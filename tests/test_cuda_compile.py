@@ -150,19 +150,21 @@ def test_sources_include_only_headers_that_nvrtc_provides(name):
         assert f"#ifdef {planted}" in text or f"#ifndef {planted}" in text
 
 
-def test_kernel_sources_are_package_data_next_to_the_package():
-    """The sources sit inside the package, and setup.cfg ships every file kernel_source reads."""
+def test_kernel_sources_sit_in_cuda_kernels_and_setup_cfg_ships_them_in_the_package():
+    """The sources sit in the top-level cuda_kernels/, which setup.cfg installs as the package
+    cuda.KERNEL_PACKAGE, shipping every file kernel_source reads (tests/test_package.py builds the wheel)."""
     import configparser
     from pathlib import Path
 
     import tinytransformer
 
-    package = Path(tinytransformer.__file__).resolve().parent
-    assert cuda.KERNEL_DIR == package / "kernels"
+    root = Path(tinytransformer.__file__).resolve().parent.parent
+    assert cuda.KERNEL_DIR == root / "cuda_kernels"
     config = configparser.ConfigParser()
-    config.read(package.parent / "setup.cfg")
-    patterns = [p.strip() for p in config["options.package_data"]["tinytransformer"].split(",")]
-    shipped = {path for pattern in patterns for path in package.glob(pattern)}
+    config.read(root / "setup.cfg")
+    assert f"{cuda.KERNEL_PACKAGE} = cuda_kernels" in config["options"]["package_dir"]
+    patterns = [p.strip() for p in config["options.package_data"][cuda.KERNEL_PACKAGE].split(",")]
+    shipped = {path for pattern in patterns for path in cuda.KERNEL_DIR.glob(pattern)}
     needed = {cuda.KERNEL_DIR / f"{name}.cu" for name in SOURCES}
     needed |= {cuda.KERNEL_DIR / h for name in SOURCES
                for h in re.findall(r'^#include "([^"]+)"', (cuda.KERNEL_DIR / f"{name}.cu").read_text(), flags=re.M)}

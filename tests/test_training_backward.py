@@ -23,10 +23,10 @@ from conftest import require
 from strategies import activation_shapes, attention_shapes, coordinates, random_qkv, seeds
 from tinytransformer.attention import (
     causal_mask,
+    masked_softmax,
     merge_heads,
     scaled_dot_product_attention,
     sliding_window_mask,
-    softmax,
     split_heads,
 )
 from tinytransformer.layers import ffn, gelu, layer_norm, linear, post_ln_block, pre_ln_block, rms_norm, silu, swiglu
@@ -183,8 +183,8 @@ def case_softmax(draw, rng):
     B, T, C = draw(activation_shapes())
     allowed = rng.random((B, T, C)) < 0.7
     allowed[..., 0] = True  # every row sees at least one entry (torch gives NaN otherwise)
-    return Case([rng.standard_normal((B, T, C)) * 3], lambda x: softmax(x, mask=allowed),
-                lambda dy, x: (softmax_backward(dy, softmax(x, mask=allowed)),),
+    return Case([rng.standard_normal((B, T, C)) * 3], lambda x: masked_softmax(x, mask=allowed),
+                lambda dy, x: (softmax_backward(dy, masked_softmax(x, mask=allowed)),),
                 lambda torch, x: torch.softmax(x.masked_fill(~torch.from_numpy(allowed), -np.inf), dim=-1))
 
 

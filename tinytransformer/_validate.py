@@ -153,6 +153,30 @@ def attention_scale(scale, head_dim: int) -> float:
     return float(scale)
 
 
+def float32_or_wider(x, name: str) -> np.ndarray:
+    """x as a floating-point ndarray, float16 as float32 (half precision is computed in float32, as the GPU
+    kernels accumulate), or ValueError naming the dtype it had."""
+    x = float_array(x, name)
+    if x.dtype == np.float16:
+        x = x.astype(np.float32)
+    return x
+
+
+def check_finite_scores(scores, q, k, allowed=None) -> None:
+    """ValueError unless every allowed attention score q k^T * scale is finite: it names q or k if one holds
+    a NaN or inf, else says the product overflowed. allowed: a bool mask broadcastable to scores, or None."""
+    bad = ~np.isfinite(scores)
+    if allowed is not None:
+        bad &= allowed
+    if not bad.any():
+        return
+    for x, name in ((q, "q"), (k, "k")):
+        if not np.isfinite(x).all():
+            raise ValueError(f"{name}: expected finite values, got NaN or inf; attention needs finite scores")
+    raise ValueError(f"q, k: the scores q k^T * scale overflow {scores.dtype} (largest |q| {np.abs(q).max():.3g}, "
+                     f"largest |k| {np.abs(k).max():.3g}); scale the inputs down or compute in float64")
+
+
 def finite_array(x, name: str, dtype=np.float32) -> np.ndarray:
     """x as a float array of `dtype`, or ValueError naming the first NaN or infinity (and its index).
 

@@ -26,6 +26,11 @@ A query whose every key is masked gets an output of zeros, never NaN.
     >>> out[0, 0, 0].tolist()   # the first query can only see the first key
     [1.0, 0.0]
 
+`softmax` opens the module: the textbook three lines, exp(x - max x) / sum.
+`masked_softmax` follows it, the same on finite input and hardened for what
+attention meets (masked keys, rows with every key masked, +inf, NaN); the
+attention functions use it.
+
 `scaled_dot_product_attention` is the reference: general masks and biases, every
 input checked. `scaled_dot_product_attention_fast` follows it, for what a model
 asks (causal or not, ALiBi): the same equation with the scores changed in place
@@ -38,12 +43,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from tinytransformer._validate import attention_scale, attention_shapes, float_array
+from tinytransformer._validate import (attention_scale, attention_shapes, check_finite_scores, float32_or_wider,
+                                       float_array)
 from tinytransformer._validate import positive_int as _positive_int
 from tinytransformer.layers import linear
 
 __all__ = [
     "softmax",
+    "masked_softmax",
     "causal_mask",
     "sliding_window_mask",
     "padding_mask",
@@ -59,14 +66,31 @@ __all__ = [
 ]
 
 
-def softmax(x, axis: int = -1, mask=None):
-    """softmax(x)_i = exp(x_i - max x) / sum_j exp(x_j - max x), over allowed entries.
+def softmax(x, axis: int = -1):
+    """softmax(x)_i = exp(x_i - max x) / sum_j exp(x_j - max x), the textbook one.
 
-    Entries equal to -inf, or where `mask` is False, get probability 0. A row
-    with nothing allowed is all zeros (not NaN). Subtracting the row maximum
-    keeps exp() from overflowing for large logits. Entries equal to +inf take
-    all of their row's mass, shared equally (the limit as they grow: softmax
-    of [inf, 0, 0] is [1, 0, 0]). A NaN makes its whole row NaN.
+    Subtracting the row maximum changes nothing mathematically (it cancels in
+    the ratio) but keeps exp() from overflowing: every exponent is <= 0. For
+    finite, non-empty input; `masked_softmax` below handles the rest.
+    """
+    x = np.asarray(x)
+    e = np.exp(x - np.max(x, axis=axis, keepdims=True))  # exponents <= 0: no overflow
+    return e / np.sum(e, axis=axis, keepdims=True)
+
+
+def masked_softmax(x, axis: int = -1, mask=None):
+    """softmax, hardened for attention: masks, infinities and NaN; its input is checked.
+
+    The same as `softmax` on finite input (a test checks it), and defined where
+    the textbook one gives NaN or fails. Entries equal to -inf, or where `mask`
+    is False, get probability 0; a row with nothing allowed is all zeros, not
+    the NaN of exp(-inf - (-inf)). Entries equal to +inf take all of their row's
+    mass, shared equally (the limit as they grow: [inf, 0, 0] gives [1, 0, 0]).
+    Huge logits of both signs (1e308, -1e308) do not overflow. A NaN makes its
+    whole row NaN. An empty array gives an empty one.
+
+        >>> masked_softmax([[1.0, 1.0], [-np.inf, -np.inf]]).tolist()
+        [[0.5, 0.5], [0.0, 0.0]]
     """
     x = np.asarray(x)
     if x.dtype.kind not in "fiu":
@@ -129,13 +153,13 @@ def attention_weights(q, k, *, mask=None, bias=None, causal=False, window=None, 
     Each row of P is a probability distribution over the S keys (or all zeros
     if every key is masked for that query). Arguments as in scaled_dot_product_attention.
     """
-    q, k = _as_float(q, "q"), _as_float(k, "k")
+    q, k = float32_or_wider(q, "q"), float32_or_wider(k, "k")
     B, Hq, Hkv, T, S, D, _ = attention_shapes(q, k, k, names=("q", "k", "k"))
     G = Hq // Hkv
     scale = attention_scale(scale, D)
     dtype = np.result_type(q, k)
 
-    with np.errstate(over="ignore", invalid="ignore"):  # overflow is reported by _check_scores below
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow is reported by check_finite_scores below
         # the G query heads that share a KV head are one matrix of G * T rows (row g T + t): one product
         # per KV head, not G (in decoding, T = 1, that is G times fewer, and each is G times larger)
         qg = q.reshape(B, Hkv, G * T, D) * dtype.type(scale)  # [B, Hq, T, D] -> [B, Hkv, G T, D]; scale the
@@ -143,7 +167,7 @@ def attention_weights(q, k, *, mask=None, bias=None, causal=False, window=None, 
         scores = qg @ k.swapaxes(-1, -2)  # [B, Hkv, G T, D] @ [B, Hkv, D, S] -> [B, Hkv, G T, S]
     scores = scores.reshape(B, Hq, T, S)  # head h = kv head h // G, member h % G
     allowed = _combined_mask(mask, causal, window, (B, Hq, T, S))
-    _check_scores(scores, q, k, allowed)
+    check_finite_scores(scores, q, k, allowed)
 
     if bias is not None:
         bias = np.asarray(bias)
@@ -157,7 +181,7 @@ def attention_weights(q, k, *, mask=None, bias=None, causal=False, window=None, 
             raise ValueError(f"alibi_slopes: expected shape [Hq] = [{Hq}], got {slopes.shape}")
         distance = np.arange(S)[None, :] - np.arange(S - T, S)[:, None]  # j - p_i, end-aligned, [T, S]
         scores = scores + (slopes[:, None, None] * distance).astype(dtype)  # + slope_h (j - p_i), [Hq, T, S]
-    return softmax(scores, axis=-1, mask=allowed)  # [B, Hq, T, S]
+    return masked_softmax(scores, axis=-1, mask=allowed)  # [B, Hq, T, S]
 
 
 def scaled_dot_product_attention(q, k, v, *, causal=False, scale=None, alibi_slopes=None, mask=None, bias=None,
@@ -185,7 +209,7 @@ def scaled_dot_product_attention(q, k, v, *, causal=False, scale=None, alibi_slo
     - GQA needs no flag (torch's enable_gqa=True); there is no dropout.
     """
     out_dtype = np.result_type(*(np.asarray(a).dtype for a in (q, k, v)))  # float16 in -> float16 out
-    v = _as_float(v, "v")
+    v = float32_or_wider(v, "v")
     attention_shapes(q, k, v)
     p = attention_weights(q, k, mask=mask, bias=bias, causal=causal, window=window, scale=scale,
                           alibi_slopes=alibi_slopes)
@@ -342,29 +366,8 @@ def _mask_size(T, S) -> tuple[int, int]:
     return T, S
 
 
-def _check_scores(scores, q, k, allowed=None):
-    """ValueError unless every allowed score q k^T * scale is finite (see scaled_dot_product_attention)."""
-    bad = ~np.isfinite(scores)
-    if allowed is not None:
-        bad &= allowed
-    if not bad.any():
-        return
-    for x, name in ((q, "q"), (k, "k")):
-        if not np.isfinite(x).all():
-            raise ValueError(f"{name}: expected finite values, got NaN or inf; attention needs finite scores")
-    raise ValueError(f"q, k: the scores q k^T * scale overflow {scores.dtype} (largest |q| {np.abs(q).max():.3g}, "
-                     f"largest |k| {np.abs(k).max():.3g}); scale the inputs down or compute in float64")
-
-
 def _project(x, params, name):
     return linear(x, params[f"w{name}"], params.get(f"b{name}"))
-
-
-def _as_float(x, name):
-    x = float_array(x, name)
-    if x.dtype == np.float16:  # compute half precision in float32, as the GPU kernels accumulate
-        x = x.astype(np.float32)
-    return x
 
 
 def _check_broadcast(x, target, name):

@@ -45,7 +45,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tinytransformer._validate import attention_scale, attention_shapes, float_array, positive_int
-from tinytransformer.attention import _as_float, _check_scores
+from tinytransformer._validate import check_finite_scores, float32_or_wider
 
 __all__ = ["flash_attention", "flash_attention_with_lse", "flash_attention_states", "TileState"]
 
@@ -72,7 +72,7 @@ def flash_attention_states(q, k, v, *, causal=False, scale=None, alibi_slopes=No
     visited. The last state of each query tile holds its final m, l and O.
     Arguments as in flash_attention.
     """
-    q, k, v = _as_float(q, "q"), _as_float(k, "k"), _as_float(v, "v")
+    q, k, v = float32_or_wider(q, "q"), float32_or_wider(k, "k"), float32_or_wider(v, "v")
     B, Hq, Hkv, T, S, D, Dv = attention_shapes(q, k, v)
     Br, Bc = positive_int(block_q, "block_q"), positive_int(block_k, "block_k")
     dtype = np.result_type(q, k, v)
@@ -96,11 +96,11 @@ def flash_attention_states(q, k, v, *, causal=False, scale=None, alibi_slopes=No
             c1 = min(c0 + Bc, S)
             Kj = k[:, :, None, c0:c1]  # [B, Hkv, 1, Bc, D]
             Vj = v[:, :, None, c0:c1]  # [B, Hkv, 1, Bc, Dv]
-            with np.errstate(over="ignore", invalid="ignore"):  # overflow is reported by _check_scores
+            with np.errstate(over="ignore", invalid="ignore"):  # overflow is reported by check_finite_scores
                 Sij = (Qi @ Kj.swapaxes(-1, -2)) * scale  # [B, Hkv, G, Br, D] @ [B, Hkv, 1, D, Bc] -> [.., Br, Bc]
             rows = offset + np.arange(r0, r1)[:, None]  # key position of each query row, [Br, 1]
             cols = np.arange(c0, c1)[None, :]  # [1, Bc]
-            _check_scores(Sij, q, k, (cols <= rows) if causal else None)  # finite, as in attention
+            check_finite_scores(Sij, q, k, (cols <= rows) if causal else None)  # finite, as in attention
             if alibi_slopes is not None:
                 slopes = alibi_slopes.reshape(1, Hkv, G, 1, 1)
                 Sij = Sij + slopes * (cols - rows).astype(dtype)  # + slope_h * (j - p_i)
@@ -132,7 +132,7 @@ def flash_attention_with_lse(q, k, v, *, causal=False, scale=None, alibi_slopes=
                                         block_q=block_q, block_k=block_k):
         final[state.i] = state  # the last state of a query tile is its final one
     B, Hq, T, _ = np.shape(q)  # (the loop above has validated the shapes)
-    dtype = np.result_type(*(_as_float(a, name) for a, name in ((q, "q"), (k, "k"), (v, "v"))))
+    dtype = np.result_type(*(float32_or_wider(a, name) for a, name in ((q, "q"), (k, "k"), (v, "v"))))
     out = np.zeros((B, Hq, T, np.shape(v)[3]), dtype=dtype)  # rows of tiles that saw no key stay 0
     lse = np.full((B, Hq, T), -np.inf, dtype=dtype)
     for state in final.values():

@@ -45,7 +45,7 @@ from tinytransformer._validate import float_array, nonnegative_float
 __all__ = ["layer_norm", "rms_norm", "gelu", "gelu_tanh", "erf", "silu", "linear", "linear_in_row_blocks",
            "column_major", "embedding", "ffn", "swiglu", "pre_ln_block", "post_ln_block"]
 
-erf = np.vectorize(math.erf, otypes=[np.float64])  # the error function, elementwise (float64)
+erf = np.vectorize(math.erf, otypes=[np.float64])  # the error function, elementwise (GELU's and its gradient's)
 
 
 def layer_norm(x, weight, bias, eps: float = 1e-5):

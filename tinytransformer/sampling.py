@@ -34,7 +34,7 @@ import numpy as np
 
 from tinytransformer._validate import is_integer, is_real, nonnegative_float, nonnegative_int, positive_int, \
     random_generator
-from tinytransformer.attention import softmax
+from tinytransformer.attention import masked_softmax
 
 __all__ = ["greedy", "filter_top_k", "filter_top_p", "probabilities", "check_options", "sample_next",
            "stop_reason", "generate"]
@@ -67,7 +67,7 @@ def filter_top_p(logits, p: float) -> np.ndarray:
     if p == 1.0:
         return logits.copy()
     order = np.argsort(-logits, kind="stable")  # most likely first
-    probs = softmax(logits.astype(np.float64))[order]
+    probs = masked_softmax(logits.astype(np.float64))[order]
     mass_before = np.cumsum(probs) - probs  # mass of the tokens ranked above each one
     keep = order[mass_before < p]  # a token is needed while the mass before it is short of p
     out = np.full_like(logits, -np.inf)
@@ -100,7 +100,7 @@ def probabilities(logits, *, temperature: float = 0.0, top_k: int | None = None,
         z = filter_top_k(z, top_k)
     if top_p is not None:
         z = filter_top_p(z, top_p)
-    return softmax(z)
+    return masked_softmax(z)
 
 
 def check_options(temperature: float = 0.0, top_k: int | None = None,

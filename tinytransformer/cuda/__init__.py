@@ -1,16 +1,16 @@
 """CUDA kernels for attention, loaded through CuPy, with the NumPy functions' signatures.
 
 The NumPy modules say what attention computes; the kernels in
-`tinytransformer/kernels/` show how a GPU computes it fast, and the property
+`cuda_kernels/` (top level) show how a GPU computes it fast, and the property
 tests check that the two agree. This package is the bridge: it reads a `.cu`
 file, compiles it once per set of defines with NVRTC (`cupy.RawModule`),
 validates the arguments, picks a kernel version and a launch configuration, and
 launches.
 
-    flash_attention            kernels/flash_attention.cu    v1 naive, v2 tiled fp32,
-    flash_attention_with_lse   (like tinytransformer.flash)  v3 tensor cores fp16/bf16
-    paged_decode_attention     kernels/decode_attention.cu   v1 block per (seq, KV head),
-                               (like paged_cache's)          v2 split context, v3 v2 from registers
+    flash_attention            cuda_kernels/flash_attention.cu    v1 naive, v2 tiled fp32,
+    flash_attention_with_lse   (like tinytransformer.flash)       v3 tensor cores fp16/bf16
+    paged_decode_attention     cuda_kernels/decode_attention.cu   v1 block per (seq, KV head),
+                               (like paged_attention's)           v2 split context, v3 v2 from registers
 
 One module per concern: `build` (CuPy and the GPU, the sources and their shared
 header `common.cuh`, the tile constants passed as -D defines, NVRTC, the module
@@ -50,7 +50,8 @@ from __future__ import annotations
 
 from tinytransformer.bfloat16 import from_bfloat16_bits, to_bfloat16_bits
 from tinytransformer.cuda.build import (DEC3_MIN_BLOCKS, DEC3_ROWS, DEC3_UNROLL, DEC_BC, DEC_ROWS, DECODE_HEAD_DIMS,
-                                        DECODE_VERSIONS, FLASH_HEAD_DIMS, FLASH_VERSIONS, KERNEL_DIR, PLANTED_BUGS,
+                                        DECODE_VERSIONS, FLASH_HEAD_DIMS, FLASH_VERSIONS, KERNEL_DIR, KERNEL_PACKAGE,
+                                        PLANTED_BUGS,
                                         THREADS, V2_BC, V2_BR, V3_BC,
                                         V3_BR, V3_PAD, CudaUnavailable, compile_options, cuda_status,
                                         kernel_budget, kernel_source, load_module, require_cuda, tile_defines,
@@ -63,6 +64,7 @@ from tinytransformer.cuda.flash import check_flash_inputs, flash_attention, flas
 __all__ = [
     "CudaUnavailable",
     "KERNEL_DIR",
+    "KERNEL_PACKAGE",
     "PLANTED_BUGS",
     "FLASH_VERSIONS",
     "DECODE_VERSIONS",

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from tinytransformer._validate import is_integer, is_real
 from tinytransformer.bfloat16 import from_bfloat16_bits, to_bfloat16_bits
 
 BACKENDS = ("numpy", "cuda")
@@ -106,9 +107,9 @@ def kernel_args(*values) -> tuple:
             out.append(x)
         elif isinstance(x, (bool, np.bool_)):
             out.append(np.int32(int(x)))
-        elif isinstance(x, (int, np.integer)):
+        elif is_integer(x):
             out.append(np.int32(x))
-        elif isinstance(x, (float, np.floating)):
+        elif is_real(x):  # a float: integers were taken above
             out.append(np.float32(x))
         else:
             out.append(x)

@@ -1,7 +1,10 @@
 """Building the kernels: CuPy and the GPU, the sources, the tile constants, NVRTC, the module cache.
 
-The `.cu` files live in `tinytransformer/kernels/` (package data, so an installed
-package keeps them). Both include `common.cuh`; NVRTC compiles a string rather
+The `.cu` files live in the top-level folder `cuda_kernels/`, where a student
+finds them. setup.cfg installs that folder as the package `tinytransformer.cuda_kernels`
+(package_dir), with the sources as its package data, so an installed package keeps
+them; `kernel_dir` finds them in a checkout and in an install alike (editable
+or not). Both include `common.cuh`; NVRTC compiles a string rather
 than a file, so `kernel_source` pastes the header in place of its `#include`
 line (which also lets CuPy's compile cache, keyed by the text, see an edit to
 the header). nvcc, which compiles the files themselves, finds the header next to
@@ -20,13 +23,15 @@ the same constants (the compile tests hold it to ptxas's report).
 from __future__ import annotations
 
 import functools
+import importlib.resources
 import os
 import re
 import shutil
 from pathlib import Path
 
 __all__ = [
-    "CudaUnavailable", "KERNEL_DIR", "PLANTED_BUGS", "FLASH_VERSIONS", "DECODE_VERSIONS",
+    "CudaUnavailable", "KERNEL_DIR", "KERNEL_PACKAGE", "kernel_dir", "PLANTED_BUGS", "FLASH_VERSIONS",
+    "DECODE_VERSIONS",
     "THREADS", "V2_BR", "V2_BC", "V3_BR", "V3_BC", "V3_PAD", "DEC_ROWS", "DEC_BC",
     "DEC3_ROWS", "DEC3_UNROLL", "DEC3_MIN_BLOCKS",
     "FLASH_HEAD_DIMS", "DECODE_HEAD_DIMS", "tile_defines", "v2_block_k", "v3_block_k", "pad_head_dim",
@@ -34,7 +39,28 @@ __all__ = [
     "nvcc_path", "nvcc_command", "ptxas_report",
 ]
 
-KERNEL_DIR = Path(__file__).resolve().parent.parent / "kernels"
+KERNEL_PACKAGE = "tinytransformer.cuda_kernels"  # setup.cfg maps it to the folder cuda_kernels/
+
+
+def kernel_dir() -> Path:
+    """The folder of the .cu and .cuh files.
+
+    In a checkout (the package run from its source tree, on PYTHONPATH or installed
+    editable) that is cuda_kernels/ beside the package folder: the sources of the
+    code that runs, even if another install is on the path. Otherwise the installed
+    package KERNEL_PACKAGE, found with importlib.resources.
+    """
+    checkout = Path(__file__).resolve().parents[2] / "cuda_kernels"
+    if (checkout / "common.cuh").is_file():
+        return checkout
+    try:
+        installed = importlib.resources.files(KERNEL_PACKAGE)
+    except ModuleNotFoundError:  # neither: _read_kernel_file says where it looked
+        return checkout
+    return installed if isinstance(installed, Path) else checkout
+
+
+KERNEL_DIR = kernel_dir()
 PLANTED_BUGS = ("PLANTED_BUG_NO_RESCALE", "PLANTED_BUG_CAUSAL_OFF_BY_ONE")
 FLASH_VERSIONS = (1, 2, 3)
 DECODE_VERSIONS = (1, 2, 3)
@@ -129,12 +155,12 @@ def _read_kernel_file(filename: str) -> str:
     path = KERNEL_DIR / filename
     if not path.is_file():
         raise CudaUnavailable(f"kernel source {path} not found: the .cu and .cuh files ship inside the "
-                              "package (tinytransformer/kernels/); reinstall tinytransformer")
+                              f"package ({KERNEL_PACKAGE}, from cuda_kernels/); reinstall tinytransformer")
     return path.read_text()
 
 
 def kernel_source(name: str) -> str:
-    """The text of kernels/NAME.cu with its `#include "..."` headers pasted in: what NVRTC compiles.
+    """The text of cuda_kernels/NAME.cu with its `#include "..."` headers pasted in: what NVRTC compiles.
 
     `#line` directives keep compiler messages pointing at the right file and line.
     """
@@ -174,7 +200,7 @@ def compile_options(defines=(), *, include_dirs=None) -> tuple[str, ...]:
 
 @functools.lru_cache(maxsize=None)
 def load_module(name: str, defines: tuple = ()):
-    """cupy.RawModule for kernels/NAME.cu built with `defines`; compiled once, then cached."""
+    """cupy.RawModule for cuda_kernels/NAME.cu built with `defines`; compiled once, then cached."""
     cupy = require_cuda()
     unknown = [d for d in defines if d not in PLANTED_BUGS]
     if unknown:
@@ -194,7 +220,7 @@ def nvcc_path() -> str | None:
 
 
 def nvcc_command(nvcc: str, name: str, output, *, defines=(), ptx: bool = False) -> list[str]:
-    """nvcc building kernels/NAME.cu with the options CuPy gets.
+    """nvcc building cuda_kernels/NAME.cu with the options CuPy gets.
 
     Default: machine code for every arch in ARCHS from one compute_80 front-end pass,
     with ptxas -v (registers, spills, shared memory per kernel). ptx=True: compute_80 PTX.

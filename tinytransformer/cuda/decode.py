@@ -1,4 +1,4 @@
-"""The paged-decode launcher: kernels/decode_attention.cu with paged_attention.paged_decode_attention's signature.
+"""The paged-decode launcher: cuda_kernels/decode_attention.cu with paged_decode_attention's signature.
 
     paged_decode_attention(q, k_pool, v_pool, block_tables, context_lens, ...)   [B, Hq, T, D]
 
@@ -14,7 +14,7 @@ import functools
 
 import numpy as np
 
-from tinytransformer._validate import attention_scale
+from tinytransformer._validate import attention_scale, is_integer
 from tinytransformer.cuda.arrays import (NULL, STORAGE, SUFFIX, check_backend, check_contiguous, device_small,
                                          device_tensor, element_type, host, host_float, is_cupy, kernel_args,
                                          like_input)
@@ -76,7 +76,7 @@ def paged_decode_attention(q, k_pool, v_pool, block_tables, context_lens, *, cau
     [B, max_blocks] int; context_lens [B] int, counting the T new tokens (query t of
     sequence b sits at context_lens[b] - T + t). Output in the input dtype; an empty
     batch (B = 0) gives an empty [0, Hq, T, D] at once, on any machine.
-    backend: "cuda" runs kernels/decode_attention.cu; "numpy" the reference.
+    backend: "cuda" runs cuda_kernels/decode_attention.cu; "numpy" the reference.
     version: 1 (one block per sequence and KV head), 2 (context split) or 3 (v2 through
     registers, the default).
     split_len: v2's and v3's keys per split (a multiple of 32); chosen from the SM count when None.
@@ -98,8 +98,7 @@ def paged_decode_attention(q, k_pool, v_pool, block_tables, context_lens, *, cau
         q, k_pool, v_pool, block_tables, context_lens, alibi_slopes=alibi_slopes, version=version, dtype=dtype,
         check_tables=check_tables)
     scale = attention_scale(scale, D)
-    if split_len is not None and (isinstance(split_len, bool) or not isinstance(split_len, (int, np.integer))
-                                  or split_len < DEC_BC or split_len % DEC_BC):
+    if split_len is not None and (not is_integer(split_len) or split_len < DEC_BC or split_len % DEC_BC):
         raise ValueError(f"split_len: expected a positive multiple of {DEC_BC}, got {split_len!r}")
     if 0 in (B, T):  # an empty batch: nothing to launch
         xp = require_cuda() if is_cupy(q) else np

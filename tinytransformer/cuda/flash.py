@@ -1,4 +1,4 @@
-"""The flash-attention launcher: kernels/flash_attention.cu with tinytransformer.flash's signature.
+"""The flash-attention launcher: cuda_kernels/flash_attention.cu with tinytransformer.flash's signature.
 
     flash_attention(q, k, v, ...)            out [B, Hq, T, D], in the input dtype
     flash_attention_with_lse(q, k, v, ...)   (out, lse [B, Hq, T] float32)
@@ -60,7 +60,7 @@ def flash_attention(q, k, v, *, causal=False, scale=None, alibi_slopes=None, bac
 
     q [B, Hq, T, D]; k, v [B, Hkv, S, D] (GQA by sharing); causal is end-aligned (query i at
     key position S - T + i); scale defaults to 1/sqrt(D); alibi_slopes: optional [Hq].
-    backend: "cuda" runs kernels/flash_attention.cu; "numpy" runs tinytransformer.flash.
+    backend: "cuda" runs cuda_kernels/flash_attention.cu; "numpy" runs tinytransformer.flash.
     version: 1 (naive) or 2 (tiled) for float32, 3 (tensor cores) for float16/bfloat16;
     defaults to 2 for float32 and 3 otherwise. dtype="bfloat16" reads uint16 arrays as bf16
     bits (and returns bf16 bits). defines: compile-time defines for the build (the

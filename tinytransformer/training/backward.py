@@ -40,8 +40,9 @@ import math
 
 import numpy as np
 
-from tinytransformer._validate import attention_scale, attention_shapes, float_array, leading_index_array, positive_int
-from tinytransformer.attention import _as_float, attention_weights
+from tinytransformer._validate import (attention_scale, attention_shapes, float32_or_wider, float_array,
+                                       leading_index_array, positive_int)
+from tinytransformer.attention import attention_weights
 from tinytransformer.layers import erf, gelu, linear, silu
 from tinytransformer.positional import apply_rope
 
@@ -109,7 +110,7 @@ def layer_norm_backward(dy, x, weight, eps: float = 1e-5):
     mean(g) comes from the mean subtracted in the forward, mean(g * xhat) from the
     variance that depends on every entry. dy, x [..., C]; returns (dx, dweight, dbias).
     """
-    x, dy = _as_float(x, "x"), _as_float(dy, "dy")
+    x, dy = float32_or_wider(x, "x"), float32_or_wider(dy, "dy")
     mean = x.mean(axis=-1, keepdims=True)  # [..., 1]
     xc = x - mean
     rstd = 1.0 / np.sqrt((xc * xc).mean(axis=-1, keepdims=True) + eps)  # [..., 1]
@@ -129,7 +130,7 @@ def rms_norm_backward(dy, x, weight, eps: float = 1e-6):
 
     LayerNorm's formula without the mean terms. dy, x [..., C]; returns (dx, dweight).
     """
-    x, dy = _as_float(x, "x"), _as_float(dy, "dy")
+    x, dy = float32_or_wider(x, "x"), float32_or_wider(dy, "dy")
     r = 1.0 / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps)  # [..., 1]
     xhat = x * r
     g = dy * weight
@@ -239,7 +240,7 @@ def attention_backward(dout, q, k, v, *, causal=False, scale=None, alibi_slopes=
     its gradient: viewing the G heads' rows as one [G * T] block makes that sum a
     single matrix product. dk, dv have k's and v's shapes.
     """
-    q, k, v, dout = (_as_float(a, n) for a, n in ((q, "q"), (k, "k"), (v, "v"), (dout, "dout")))
+    q, k, v, dout = (float32_or_wider(a, n) for a, n in ((q, "q"), (k, "k"), (v, "v"), (dout, "dout")))
     B, Hq, Hkv, T, S, D, Dv = attention_shapes(q, k, v)
     if dout.shape != (B, Hq, T, Dv):
         raise ValueError(f"dout: expected shape [B, Hq, T, Dv] = {[B, Hq, T, Dv]}, got {dout.shape}")

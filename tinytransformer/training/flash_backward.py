@@ -52,7 +52,7 @@ from __future__ import annotations
 import numpy as np
 
 from tinytransformer._validate import attention_scale, attention_shapes, float_array, positive_int
-from tinytransformer.attention import _as_float
+from tinytransformer._validate import float32_or_wider
 
 __all__ = ["flash_attention_backward"]
 
@@ -66,8 +66,8 @@ def flash_attention_backward(q, k, v, out, lse, dout, *, causal=False, scale=Non
     that sees no key). causal, scale, alibi_slopes as in the forward; block_q (Br)
     and block_k (Bc) need not divide T and S. Equals `attention_backward`.
     """
-    q, k, v = _as_float(q, "q"), _as_float(k, "k"), _as_float(v, "v")
-    out, dout, lse = _as_float(out, "out"), _as_float(dout, "dout"), _as_float(lse, "lse")
+    q, k, v = float32_or_wider(q, "q"), float32_or_wider(k, "k"), float32_or_wider(v, "v")
+    out, dout, lse = float32_or_wider(out, "out"), float32_or_wider(dout, "dout"), float32_or_wider(lse, "lse")
     B, Hq, Hkv, T, S, D, Dv = attention_shapes(q, k, v)
     for array, name in ((out, "out"), (dout, "dout")):
         if array.shape != (B, Hq, T, Dv):
