@@ -9,8 +9,9 @@ every model we save.
 
     >>> import os, tempfile
     >>> from tinytransformer.llama import load_model
-    >>> model = load_model(write_random_llama(os.path.join(tempfile.mkdtemp(), "tiny.gguf"), n_layers=1))
-    >>> model.config.vocab_size, model.config.n_layers, model.tokenizer.decode(model.tokenizer.encode("the cat"))
+    >>> loaded = load_model(write_random_llama(os.path.join(tempfile.mkdtemp(), "tiny.gguf"), n_layers=1))
+    >>> config, tokenizer = loaded.model.config, loaded.tokenizer
+    >>> config.vocab_size, config.n_layers, tokenizer.decode(tokenizer.encode("the cat"))
     (265, 1, 'the cat')
 
 It sits above the loader (it imports `llama`, `model` and `tokenizers`), so that
