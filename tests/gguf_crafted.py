@@ -13,7 +13,7 @@ import struct
 from pathlib import Path
 
 import numpy as np
-from strategies import gguf_header, gguf_kv, gguf_string, gguf_tensor_info
+from strategies.gguf import gguf_header, gguf_kv, gguf_string, gguf_tensor_info
 
 from tinytransformer import gguf
 from tinytransformer.gguf import GGUFFile, write_gguf

@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from strategies import AttentionShape, attention_shapes, dtypes, finite_logits, random_qkv, seeds
+from strategies.attention import AttentionShape, attention_shapes, finite_logits, random_qkv
+from strategies.basics import dtypes, seeds
 from tinytransformer.attention import (
     causal_attention_in_query_blocks,
     attention_weights,

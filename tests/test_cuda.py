@@ -15,8 +15,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from strategies import (AttentionShape, PagedCase, build_paged_cache, encode_dtype, kernel_attention_cases,
-                        paged_cases, random_qkv)
+from strategies.attention import AttentionShape, random_qkv
+from strategies.kernels import PagedCase, build_paged_cache, encode_dtype, kernel_attention_cases, paged_cases
 from tinytransformer import cuda
 from tinytransformer.attention import scaled_dot_product_attention
 from tinytransformer.flash import flash_attention_with_lse as numpy_flash_with_lse

@@ -6,7 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from strategies import attention_shapes, dtypes, random_qkv, seeds
+from strategies.attention import attention_shapes, random_qkv
+from strategies.basics import dtypes, seeds
 from tinytransformer.attention import scaled_dot_product_attention
 from tinytransformer.flash import flash_attention, flash_attention_states, flash_attention_with_lse
 from tinytransformer.positional import alibi_bias, alibi_slopes

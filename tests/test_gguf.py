@@ -11,8 +11,9 @@ from conftest import require
 from fuzzing import run_bounded
 from hypothesis import given
 from hypothesis import strategies as st
-from strategies import (gguf_header, gguf_kv, gguf_metadata, gguf_python_value, gguf_same, gguf_tensor_info,
-                        gguf_values, seeds)
+from strategies.basics import seeds
+from strategies.gguf import (gguf_header, gguf_kv, gguf_metadata, gguf_python_value, gguf_same, gguf_tensor_info,
+                             gguf_values)
 
 from tinytransformer import gguf
 from tinytransformer.gguf import GGUFError, GGUFFile, dequantize, quantize, write_gguf

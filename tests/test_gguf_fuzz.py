@@ -45,7 +45,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # run as a scrip
 
 from fuzzing import BAD_KINDS, Outcome, record, run_bounded, tally  # noqa: E402
 from gguf_crafted import crafted_files, crafted_llama_files, crafted_memory_files  # noqa: E402
-from strategies import apply_gguf_mutation, gguf_mutations  # noqa: E402
+from strategies.gguf import apply_gguf_mutation, gguf_mutations  # noqa: E402
 
 from tinytransformer import gguf  # noqa: E402
 from tinytransformer.gguf import GGUFError, GGUFFile, write_gguf  # noqa: E402

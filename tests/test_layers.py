@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from conftest import require
-from strategies import dtypes, seeds
+from strategies.basics import dtypes, seeds
 from tinytransformer.layers import (column_major, embedding, ffn, gelu, layer_norm, linear, linear_in_row_blocks,
                                     post_ln_block,
                                     pre_ln_block, rms_norm, silu, swiglu)

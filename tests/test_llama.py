@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from strategies import seeds, tiny_llama_configs, token_ids
+from strategies.basics import seeds
+from strategies.gguf import tiny_llama_configs, token_ids
 
-from strategies import model_configs
+from strategies.models import model_configs
 from tinytransformer.generation import generate, stream
 from tinytransformer.gguf import GGUFError, GGUFFile, write_gguf
 from tinytransformer.llama import load_model, save_model

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from strategies import seeds
+from strategies.basics import seeds
 import tinytransformer
 from tinytransformer.metrics import (compare, heldout_bits_per_byte, heldout_loss, log_softmax, perplexity,
                                      reference_log_probs, target_loss, text_bits_per_byte)

@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from strategies import model_configs, seeds
+from strategies.basics import seeds
+from strategies.models import model_configs
 from tinytransformer.attention import scaled_dot_product_attention
 from tinytransformer.generation import generate
 from tinytransformer.model import TinyTransformer, TransformerConfig, init_params

@@ -12,9 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import ROOT
-from strategies import (
-    NGRAM_QUERY_WORDS, NGRAM_WORDS, ngram_contexts, ngram_orders, ngram_sentences, ngram_smoothings, seeds,
-)
+from strategies.basics import seeds
+from strategies.ngram import (NGRAM_QUERY_WORDS, NGRAM_WORDS, ngram_contexts, ngram_orders, ngram_sentences,
+                              ngram_smoothings)
 from tinytransformer.ngram import (
     BOS, EOS, UNK, AddKLM, KneserNeyReference, NGramCounts, NGramLM, add_k_probability, bits_per_byte,
     count_ngrams, text_to_sentences, unknown_word_bits, vocabulary,

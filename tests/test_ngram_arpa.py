@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from conftest import require
 from fuzzing import run_bounded
-from strategies import NGRAM_WORDS, ngram_orders, ngram_sentences
+from strategies.ngram import NGRAM_WORDS, ngram_orders, ngram_sentences
 from tinytransformer.ngram import BOS, EOS, BackoffLM, NGramLM, read_arpa, write_arpa
 from tinytransformer.testing import assert_close
 

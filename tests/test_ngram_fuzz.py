@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fuzzing import record, run_bounded
-from strategies import apply_arpa_mutation, arpa_mutations
+from strategies.ngram import apply_arpa_mutation, arpa_mutations
 from test_ngram_arpa import ARPA_BY_HAND, ARPA_KATZ
 from tinytransformer.ngram import NGramLM, read_arpa
 from tinytransformer.ngram.backoff import BACK_OFF_MASS_TOLERANCE

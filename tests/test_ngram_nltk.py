@@ -10,7 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import require
-from strategies import NGRAM_QUERY_WORDS, NGRAM_WORDS, ngram_contexts, ngram_sentences, seeds
+from strategies.basics import seeds
+from strategies.ngram import NGRAM_QUERY_WORDS, NGRAM_WORDS, ngram_contexts, ngram_sentences
 from tinytransformer.ngram import (
     BOS, EOS, MLE, KneserNeyInterpolated, Laplace, Lidstone, NGramLM, Vocabulary, padded_everygram_pipeline,
 )

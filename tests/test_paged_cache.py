@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from strategies import PagedCase, build_paged_cache, paged_cases
+from strategies.kernels import PagedCase, build_paged_cache, paged_cases
 from tinytransformer.attention import scaled_dot_product_attention
 from tinytransformer.paged_attention import (PagedKeys, paged_decode_attention, paged_decode_attention_batched,
                                              paged_decode_attention_fast)

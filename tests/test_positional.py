@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from strategies import dtypes, seeds
+from strategies.basics import dtypes, seeds
 from tinytransformer.positional import (
     alibi_bias,
     alibi_slopes,

@@ -7,7 +7,8 @@ import pytest
 from conftest import require
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from strategies import QUANT_VALUE_KINDS, quant_tensors, quant_values, seeds
+from strategies.basics import seeds
+from strategies.quant import QUANT_VALUE_KINDS, quant_tensors, quant_values
 
 from tinytransformer import gguf
 from tinytransformer.gguf import kquants, legacy_quants

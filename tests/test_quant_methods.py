@@ -6,7 +6,8 @@ import pytest
 from conftest import require
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from strategies import calibration_layers, quant_values, seeds
+from strategies.basics import seeds
+from strategies.quant import calibration_layers, quant_values
 
 from tinytransformer.quant.awq import awq_search, fake_quantize
 from tinytransformer.quant.gptq import gptq_quantize, hessian, output_error

@@ -7,7 +7,8 @@ import pytest
 from conftest import require
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from strategies import quant_values, seeds
+from strategies.basics import seeds
+from strategies.quant import quant_values
 
 from tinytransformer import gguf
 from tinytransformer.generation import generate

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from strategies import seeds
+from strategies.basics import seeds
 from tinytransformer.attention import softmax
 from tinytransformer.sampling import (check_options, filter_top_k, filter_top_p, generate, greedy, sample_next,
                                       stop_reason)

@@ -8,7 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from strategies import seeds, serving_models, serving_prompts
+from strategies.basics import seeds
+from strategies.serving import serving_models, serving_prompts
 from tinytransformer.generation import generate
 from tinytransformer.paged_cache import BlockManager
 from tinytransformer.serving.engine import Engine

@@ -7,7 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from strategies import seeds, serving_models, serving_prompts
+from strategies.basics import seeds
+from strategies.serving import serving_models, serving_prompts
 from tinytransformer import sampling
 from tinytransformer.generation import generate
 from tinytransformer.model import TinyTransformer, TransformerConfig, init_params

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from strategies import bpe_vocab_sizes, tokenizer_text
+from strategies.tokenizers import bpe_vocab_sizes, tokenizer_text
 from tinytransformer.corpus import builtin_corpus, load_corpus, train_heldout_split
 from tinytransformer.tokenizers import GPT2_PATTERN, GPT4_PATTERN, LLAMA3_PATTERN, BPETokenizer
 from tinytransformer.tokenizers import bpe

@@ -23,7 +23,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from conftest import require
-from strategies import tiny_tokenizer_json, tokenizer_text
+from strategies.tokenizers import tiny_tokenizer_json, tokenizer_text
 from tinytransformer.corpus import load_corpus
 from tinytransformer.gguf import GGUFError, write_gguf
 from tinytransformer.tokenizers import LLAMA3_PATTERN, ByteLevelBPETokenizer, TokenizerFileError

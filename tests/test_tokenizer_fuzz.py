@@ -34,8 +34,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fuzzing import BAD_KINDS, record, run_bounded, tally_table
-from strategies import (apply_byte_mutation, apply_json_edit, apply_sentencepiece_edit, byte_mutations, json_edits,
-                        sentencepiece_edits, sentencepiece_model_bytes, tiny_tokenizer_json)
+from strategies.tokenizers import (apply_byte_mutation, apply_json_edit, apply_sentencepiece_edit, byte_mutations,
+                                   json_edits, sentencepiece_edits, sentencepiece_model_bytes, tiny_tokenizer_json)
 from tinytransformer.corpus import load_corpus
 from tinytransformer.tokenizers import (GPT2_PATTERN, LLAMA3_PATTERN, BPETokenizer, ByteLevelBPETokenizer, SentencePieceError,
                                         SentencePieceTokenizer, TokenizerFileError)
@@ -261,7 +261,7 @@ def test_a_crafted_tokenizer_json_loads_or_fails_cleanly(tmp_path, name):
 @functools.lru_cache(maxsize=1)
 def crafted_sentencepiece_cases() -> dict[str, tuple[bytes, str]]:
     """(file bytes, probe text) per case."""
-    from strategies import protobuf_field
+    from strategies.tokenizers import protobuf_field
 
     base = [("<unk>", 0.0, UNKNOWN), ("a", -2.0, NORMAL), ("b", -2.5, NORMAL), ("▁", -1.0, NORMAL)]
     chain = [("<unk>", 0.0, UNKNOWN), ("a", 0.0, NORMAL), ("▁", 0.0, NORMAL)] + \

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from conftest import require
 from fuzzing import run_bounded
-from strategies import sentencepiece_model_bytes, sentencepiece_vocabularies, tiny_tokenizer_json
+from strategies.tokenizers import sentencepiece_model_bytes, sentencepiece_vocabularies, tiny_tokenizer_json
 from tinytransformer.tokenizers import (BPETokenizer, ByteLevelBPETokenizer, SentencePieceError,
                                         SentencePieceTokenizer, TokenizerFileError)
 from tinytransformer.tokenizers.piece_cache import PieceCache

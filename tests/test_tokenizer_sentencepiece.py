@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import require
-from strategies import sentencepiece_model_bytes, sentencepiece_vocabularies, tokenizer_text
+from strategies.tokenizers import sentencepiece_model_bytes, sentencepiece_vocabularies, tokenizer_text
 from tinytransformer.corpus import load_corpus
 from tinytransformer.tokenizers import SentencePieceError, SentencePieceTokenizer
 from tinytransformer.tokenizers.spm_model_file import (BPE, UNIGRAM, model_file_bytes, parse_model_file,

@@ -10,7 +10,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from strategies import sentencepiece_vocabularies
+from strategies.tokenizers import sentencepiece_vocabularies
 from tinytransformer.tokenizers.spm_model_file import NORMAL, UNIGRAM, USER_DEFINED, Vocabulary
 from tinytransformer.tokenizers.spm_unigram import lattice_scores, segment, viterbi
 

@@ -20,7 +20,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from conftest import require
-from strategies import activation_shapes, attention_shapes, coordinates, random_qkv, seeds
+from strategies.attention import attention_shapes, random_qkv
+from strategies.basics import seeds
+from strategies.training import activation_shapes, coordinates
 from tinytransformer.attention import (
     causal_mask,
     masked_softmax,

@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from strategies import attention_shapes, random_qkv, seeds
+from strategies.attention import attention_shapes, random_qkv
+from strategies.basics import seeds
 from tinytransformer.flash import flash_attention_with_lse
 from tinytransformer.positional import alibi_slopes
 from tinytransformer.testing import assert_close

@@ -11,7 +11,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from conftest import require
-from strategies import model_configs, seeds
+from strategies.basics import seeds
+from strategies.models import model_configs
 from tinytransformer.generation import generate
 from tinytransformer.model import TinyTransformer, TransformerConfig, init_params
 from tinytransformer.testing import assert_close

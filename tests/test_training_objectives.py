@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from strategies import activation_shapes, seeds
+from strategies.basics import seeds
+from strategies.training import activation_shapes
 from tinytransformer.testing import assert_close
 from tinytransformer.training.objectives import IGNORE, cross_entropy, mask_tokens, next_token_targets
 

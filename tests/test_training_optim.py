@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from conftest import require
-from strategies import seeds
+from strategies.basics import seeds
 from tinytransformer.testing import assert_close
 from tinytransformer.training.optim import AdamW, clip_grad_norm, global_norm, warmup_cosine
 
