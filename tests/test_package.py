@@ -176,12 +176,14 @@ def test_a_non_editable_install_finds_and_reads_every_kernel_source(wheel, tmp_p
 @pytest.mark.slow
 def test_an_editable_install_finds_the_kernel_sources_in_its_source_tree(source_copy, tmp_path):
     prefix = tmp_path / "prefix"
-    _pip("install", "-q", "--prefix", str(prefix), "-e", str(source_copy), cwd=tmp_path)
+    # --ignore-installed: never touch this environment's own install of the package (pip would uninstall it)
+    _pip("install", "-q", "--ignore-installed", "--prefix", str(prefix), "-e", str(source_copy), cwd=tmp_path)
     (site_dir,) = prefix.glob("lib/python*/site-packages")
     numpy_dir = Path(importlib.util.find_spec("numpy").origin).parent.parent
-    # -S: no site-packages of this environment (its own editable install would answer first); numpy's
-    # folder goes on the path as a plain folder, and the new install's .pth (its import finder) is processed
-    code = f"import site, sys; sys.path.append({str(numpy_dir)!r}); site.addsitedir({str(site_dir)!r})\n" + REPORT
+    # -S: no site-packages of this environment (its own editable install would answer first). The new
+    # install's .pth (its import finder) is processed first, so that its finder module is the one imported
+    # (this environment's has the same name); then numpy's folder goes on the path as a plain folder.
+    code = f"import site, sys; site.addsitedir({str(site_dir)!r}); sys.path.append({str(numpy_dir)!r})\n" + REPORT
     found = run_fresh(code, python_path="", cwd=tmp_path, flags=("-S",))
     assert Path(found["package"]).parent == source_copy / "tinytransformer"
     assert Path(found["dir"]) == source_copy / "cuda_kernels"

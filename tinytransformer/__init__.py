@@ -1,26 +1,37 @@
 """tinytransformer: the ideas inside transformer language models, one NumPy module each.
 
-Chapters (module -> idea):
-    attention   softmax, masks, scaled dot-product attention, multi-head, GQA/MQA
-    positional  sinusoidal, learned, RoPE (both pairings), ALiBi
-    kv_cache    the per-layer key/value cache and its size in bytes
-    flash       flash attention: tiles and the online softmax
+Modules (module -> idea), from the bottom of the house up (tests/test_architecture.py checks
+that every import points down: no cycle, nothing imports the benchmarks):
+    testing     tolerances by dtype, assert_close, numerical gradients (the oracle's tools)
+    bfloat16    bfloat16 as uint16 bit patterns (GGUF's BF16 tensors, the kernels' bf16 inputs)
+    threads     BLAS threads, set and stated (threadpoolctl)
     layers      LayerNorm, RMSNorm, GELU, SiLU, FFN, SwiGLU, pre-/post-LN blocks
-    model       a small decoder-only transformer: its forward pass and caches
+    attention   softmax (the textbook one, then masked_softmax), masks, scaled dot-product attention, GQA/MQA
+    positional  sinusoidal, learned, RoPE (both pairings), ALiBi
+    flash       flash attention: tiles and the online softmax
+    kv_cache    the per-layer key/value cache, its size in bytes, and the cache interface the model uses
+    paged_attention  decode attention over a paged cache
+    paged_cache the paged KV cache (vLLM): blocks, block tables, the model's views
+    cuda        CUDA kernels through CuPy (CuPy itself is imported only when a kernel runs)
     attention_implementations  the model's swappable attention, by name
     describe    a model's structure, printed part by part
+    model       the one decoder: config, parameters, forward pass
     sampling    greedy, temperature, top-k, top-p, the stopping rule, and the decode loop
     generation  generate and stream: one sequence through its KV cache
-    tokenizer   BPE, SentencePiece, byte-level BPE of a real model
-    ngram       count-based language models and Kneser-Ney
-    gguf        the GGUF file format and dequantisation
-    quant       quantisation: absmax, NF4, LLM.int8, GGUF blocks and k-quants, GPTQ, AWQ
-    llama       a real pretrained model (SmolLM2) built from the modules above
-    paged_cache the paged KV cache (vLLM): blocks, block tables, the model's views
-    paged_attention  decode attention over a paged cache
-    cuda        CUDA kernels through CuPy (CuPy itself is imported only when a kernel runs)
-    serving     batching schedulers, speculative decoding, an OpenAI-compatible server
-    bfloat16    bfloat16 as uint16 bit patterns (GGUF's BF16 tensors, the kernels' bf16 inputs)
+    metrics     log-probabilities, loss, perplexity, bits per byte, a model against a reference
+    corpus      the built-in text and its train/held-out split
+    gguf        the GGUF file format: reader, writer, its block quantisations and k-quants
+    tokenizers  BPE, SentencePiece (BPE and unigram), the byte-level BPE of a real model
+    ngram       count-based language models, Kneser-Ney, ARPA files
+    quant       quantisation methods: absmax, NF4/FP4, LLM.int8, GPTQ, AWQ, weights kept quantised
+    llama       a real pretrained model (SmolLM2) read into the one decoder; save_model
+    random_llama  a tiny random Llama as a GGUF file (a model file for tests and lectures)
+    model_quantization  every projection of a model quantised (calibration, AWQ folding)
+    chat        the chat template
+    training    backward passes by hand, AdamW, the training loop, objectives
+    serving     batching schedulers, the engine, speculative decoding, an OpenAI-compatible server
+    cli         the `tinytransformer` command
+    bench       the benchmarks (`python -m tinytransformer.bench NAME`): leaves, imported by nothing
 
 Every public module is reachable from the package and is imported on first use,
 so `import tinytransformer` stays cheap:
