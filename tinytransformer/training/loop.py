@@ -209,18 +209,13 @@ def _windows(tokens, context):
 
 
 def save_checkpoint(model, path, *, tokenizer=None, metadata: dict | None = None) -> Path:
-    """model as a GGUF file (float32 tensors) with the tokenizer's metadata; written to a
-    temporary file in the same folder and renamed into place."""
+    """model as a GGUF file (float32 tensors) with the tokenizer's metadata; written once, to a
+    new temporary file in the same folder (O_EXCL|O_NOFOLLOW), and renamed into place."""
     from tinytransformer.llama import save_model
 
     path = Path(path)
     meta = dict(metadata or {})
     if tokenizer is not None:
         meta.update(tokenizer_metadata(tokenizer))
-    partial = path.with_name(path.name + ".partial")
-    try:
-        save_model(model, partial, metadata=meta)
-        partial.replace(path)
-    finally:
-        partial.unlink(missing_ok=True)
+    save_model(model, path, metadata=meta)  # write_gguf writes through _files.atomic_writer
     return path

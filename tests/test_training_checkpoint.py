@@ -1,0 +1,111 @@
+"""Checkpoints written safely: no planted symlink is written through, no temporary outlives a killed
+writer, and a resumed run equals an uninterrupted one step for step."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from tinytransformer import _files
+from tinytransformer.model import TinyTransformer, TransformerConfig
+from tinytransformer.training.loop import Trainer, TrainingConfig, save_checkpoint
+
+CONFIG = TransformerConfig(vocab_size=11, d_model=8, n_layers=1, n_heads=2, max_seq_len=16)
+
+
+def _model():
+    return TinyTransformer(CONFIG, seed=0)
+
+
+def test_a_symlink_planted_at_the_old_partial_name_is_not_written_through(tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_bytes(b"precious")
+    (tmp_path / "model.gguf.partial").symlink_to(victim)
+    save_checkpoint(_model(), tmp_path / "model.gguf")
+    assert victim.read_bytes() == b"precious"
+    assert not (tmp_path / "model.gguf").is_symlink()
+
+
+def test_a_symlink_planted_at_the_temporary_name_is_not_written_through(tmp_path, monkeypatch):
+    victim = tmp_path / "victim.txt"
+    victim.write_bytes(b"precious")
+    planted = tmp_path / f".model.gguf.tmp-{os.getpid()}-000000000000"
+    planted.symlink_to(victim)
+    names = iter([str(planted)])
+    real = _files._temporary_name
+    monkeypatch.setattr(_files, "_temporary_name", lambda target: next(names, None) or real(target))
+    save_checkpoint(_model(), tmp_path / "model.gguf")
+    assert victim.read_bytes() == b"precious"
+    assert planted.is_symlink()  # ours (this pid, newer than the process): left alone, not followed
+
+
+def _dead_pid():
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_a_stale_temporary_of_a_dead_writer_is_removed_by_the_next_save(tmp_path):
+    stale = tmp_path / f".model.gguf.tmp-{_dead_pid()}-0123456789ab"
+    stale.write_bytes(b"x" * 100)
+    other = tmp_path / f".other.gguf.tmp-{_dead_pid()}-0123456789ab"  # another checkpoint's: not ours to judge
+    other.write_bytes(b"x")
+    old_own = tmp_path / f".model.gguf.tmp-{os.getpid()}-00000000000a"  # this pid's, from before this process
+    old_own.write_bytes(b"x")
+    os.utime(old_own, (_files._STARTED - 60, _files._STARTED - 60))
+    save_checkpoint(_model(), tmp_path / "model.gguf")
+    assert not stale.exists() and not old_own.exists()
+    assert other.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["model.gguf", other.name])
+
+
+KILLED_SAVER = """
+import sys, time
+from tinytransformer import _files
+from tinytransformer.model import TinyTransformer, TransformerConfig
+from tinytransformer.training.loop import save_checkpoint
+real = _files._create_temporary
+def slow(target, where):
+    fd, name = real(target, where)
+    print(name, flush=True)
+    time.sleep(60)  # killed here, mid-save
+    return fd, name
+_files._create_temporary = slow
+save_checkpoint(TinyTransformer(TransformerConfig(vocab_size=11, d_model=8, n_layers=1, n_heads=2,
+                                                  max_seq_len=16), seed=0), sys.argv[1])
+"""
+
+
+def test_a_sigkilled_save_leaves_a_temporary_that_the_next_save_removes(tmp_path):
+    target = tmp_path / "model.gguf"
+    save_checkpoint(_model(), target)
+    before = target.read_bytes()
+    child = subprocess.Popen([sys.executable, "-c", KILLED_SAVER, str(target)], stdout=subprocess.PIPE, text=True,
+                             env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    try:
+        name = child.stdout.readline().strip()  # the child has created its temporary
+        assert name and os.path.exists(name)
+    finally:
+        child.kill()
+        child.wait(timeout=30)
+        child.stdout.close()
+    assert os.path.exists(name) and target.read_bytes() == before  # the old checkpoint is intact
+    save_checkpoint(_model(), target)
+    assert not os.path.exists(name)
+    assert [p.name for p in tmp_path.iterdir()] == ["model.gguf"]
+
+
+def test_a_disk_full_error_names_the_path(tmp_path, monkeypatch):
+    real = os.fsync
+
+    def full(fd):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(OSError, match="model.gguf.*No space left"):
+        save_checkpoint(_model(), tmp_path / "model.gguf")
+    monkeypatch.setattr(os, "fsync", real)
+    assert list(tmp_path.iterdir()) == []
