@@ -109,3 +109,44 @@ def test_a_disk_full_error_names_the_path(tmp_path, monkeypatch):
         save_checkpoint(_model(), tmp_path / "model.gguf")
     monkeypatch.setattr(os, "fsync", real)
     assert list(tmp_path.iterdir()) == []
+
+
+def _trainer(objective="next-token"):
+    if objective == "masked":
+        config = TransformerConfig(vocab_size=12, d_model=8, n_layers=1, n_heads=2, max_seq_len=16, causal=False)
+        training = TrainingConfig(batch_size=4, context=8, total_steps=20, warmup_steps=5, max_lr=3e-2,
+                                  objective="masked", mask_id=11)
+    else:
+        config, training = CONFIG, TrainingConfig(batch_size=4, context=8, total_steps=20, warmup_steps=5,
+                                                  max_lr=3e-2, micro_batches=2)
+    return Trainer(TinyTransformer(config, seed=0), np.arange(300) % 11, training)
+
+
+@pytest.mark.parametrize("objective", ["next-token", "masked"])
+def test_a_resumed_run_equals_an_uninterrupted_one_step_for_step(tmp_path, objective):
+    straight = _trainer(objective)
+    losses = [straight.step()["loss"] for _ in range(20)]
+    first = _trainer(objective)
+    head = [first.step()["loss"] for _ in range(10)]
+    first.save(tmp_path / "ckpt.gguf")
+    for _ in range(3):
+        first.step()  # steps taken after the save are forgotten by the resume
+    second = _trainer(objective).resume(tmp_path / "ckpt.gguf")
+    assert second.step_count == 10 and second.optimizer.t == 10
+    records = [second.step() for _ in range(10)]
+    assert [r["step"] for r in records] == list(range(10, 20))
+    np.testing.assert_allclose(head + [r["loss"] for r in records], losses, rtol=1e-6, atol=0)
+    for name, p in straight.model.params.items():
+        np.testing.assert_allclose(second.model.params[name], p, rtol=1e-5, atol=1e-7, err_msg=name)
+
+
+def test_resume_refuses_another_config_or_a_plain_checkpoint(tmp_path):
+    trainer = _trainer()
+    trainer.step()
+    trainer.save(tmp_path / "ckpt.gguf")
+    other = Trainer(TinyTransformer(CONFIG, seed=0), np.arange(300) % 11, TrainingConfig(batch_size=4, context=8))
+    with pytest.raises(ValueError, match="ckpt.gguf.*saved with TrainingConfig"):
+        other.resume(tmp_path / "ckpt.gguf")
+    save_checkpoint(trainer.model, tmp_path / "plain.gguf")
+    with pytest.raises(ValueError, match="plain.gguf.*expected a resumable checkpoint"):
+        _trainer().resume(tmp_path / "plain.gguf")

@@ -273,7 +273,7 @@ def load_model(path=None, *, progress: Callable[[int, int], None] | None = None,
 
 
 def save_model(model: TinyTransformer, path, *, metadata: dict | None = None, types: dict | None = None,
-               version: int = 3) -> Path:
+               version: int = 3, extra_tensors: dict | None = None) -> Path:
     """Write a model as a GGUF file that load_model reads back to the same logits.
 
     A Llama-shaped model is written as a standard "llama" file (llama.cpp reads
@@ -282,7 +282,8 @@ def save_model(model: TinyTransformer, path, *, metadata: dict | None = None, ty
     GGUF gives the same attention scores. Other configurations are written as
     our own "tinytransformer" architecture. metadata: extra keys (a tokenizer's,
     say); types: tensor name -> ggml type id (F32 by default; a `QuantizedWeight`
-    keeps its own type and bytes unless types names another); version: GGUF 2 or 3.
+    keeps its own type and bytes unless types names another); version: GGUF 2 or 3;
+    extra_tensors: more tensors written as they are (a checkpoint's optimiser state).
     """
     config, params = model.config, dict(model.params)
     if _is_llama(config) and not config.rope_interleaved:
@@ -310,5 +311,6 @@ def save_model(model: TinyTransformer, path, *, metadata: dict | None = None, ty
             from tinytransformer import gguf
 
             tensors[name] = (gguf.quantize(value, kind), kind, value.shape)
+    tensors.update(extra_tensors or {})
     write_gguf(path, {**gguf_metadata(config), **(metadata or {})}, tensors, version=version)
     return Path(path)
