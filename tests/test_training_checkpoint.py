@@ -150,3 +150,18 @@ def test_resume_refuses_another_config_or_a_plain_checkpoint(tmp_path):
     save_checkpoint(trainer.model, tmp_path / "plain.gguf")
     with pytest.raises(ValueError, match="plain.gguf.*expected a resumable checkpoint"):
         _trainer().resume(tmp_path / "plain.gguf")
+
+
+def test_a_flipped_bit_in_tensor_data_is_refused_naming_the_file(tmp_path):
+    from tinytransformer.gguf import GGUFError, GGUFFile
+    from tinytransformer.llama import load_model
+
+    path = _trainer().save(tmp_path / "ckpt.gguf")
+    load_model(path)  # the checksum matches
+    with GGUFFile(path) as f:
+        where = f.data_offset + f.tensors["blk.0.attn_q.weight"].offset + 5
+    data = bytearray(path.read_bytes())
+    data[where] ^= 0x10
+    path.write_bytes(bytes(data))
+    with pytest.raises(GGUFError, match="ckpt.gguf: the tensor data does not match its checksum"):
+        load_model(path)

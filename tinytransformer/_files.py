@@ -23,6 +23,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import re
 import secrets
@@ -30,7 +31,7 @@ import stat
 import time
 from pathlib import Path
 
-__all__ = ["open_regular_file", "atomic_writer", "remove_stale_temporaries"]
+__all__ = ["open_regular_file", "atomic_writer", "remove_stale_temporaries", "data_checksum"]
 
 _STARTED = time.time()  # this process's temporaries older than this were left by an earlier process of its PID
 _OPEN_TEMPORARIES: set[str] = set()  # the temporaries this process is writing now: never stale
@@ -168,3 +169,13 @@ def remove_stale_temporaries(path) -> list[str]:
                 os.unlink(entry.path)
                 removed.append(entry.path)
     return removed
+
+
+def data_checksum(blocks: dict) -> str:
+    """SHA-256 (hex) of named byte blocks (name -> bytes-like), in name order: a file's tensor data."""
+    digest = hashlib.sha256()
+    for name in sorted(blocks):
+        data = memoryview(blocks[name]).cast("B")
+        digest.update(f"{name}:{data.nbytes}:".encode())
+        digest.update(data)
+    return digest.hexdigest()

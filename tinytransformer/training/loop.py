@@ -282,5 +282,5 @@ def save_checkpoint(model, path, *, tokenizer=None, metadata: dict | None = None
     meta = dict(metadata or {})
     if tokenizer is not None:
         meta.update(tokenizer_metadata(tokenizer))
-    save_model(model, path, metadata=meta, extra_tensors=extra_tensors)  # write_gguf writes through _files.atomic_writer
+    save_model(model, path, metadata=meta, extra_tensors=extra_tensors, checksum=True)  # write_gguf writes through _files.atomic_writer
     return path
