@@ -107,7 +107,7 @@ def atomic_writer(path, where: str):
     except BaseException as error:
         with contextlib.suppress(OSError):
             os.unlink(temporary)
-        if isinstance(error, OSError) and error.filename is None:  # disk full and the like: say which file
+        if isinstance(error, OSError) and error.filename is None and error.errno is not None:  # disk full and the like: say which file
             raise OSError(error.errno, f"{where}: writing {str(target)!r} failed: {error.strerror}") from error
         raise
     finally:
