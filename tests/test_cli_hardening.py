@@ -105,3 +105,28 @@ def test_a_reader_that_takes_one_byte_ends_quietly_with_the_sigpipe_status(tiny_
                           executable="/bin/bash", capture_output=True, text=True, timeout=120)
     assert done.stdout == "t" and done.returncode in (0, 141)  # 0 when the output fitted the pipe before head left
     assert "Traceback" not in done.stderr and "Broken pipe" not in done.stderr
+
+
+# --- the paged KV cache's memory, checked at start (issue 26, Low) -----------------------
+
+
+def test_a_paged_cache_larger_than_the_free_memory_is_refused_naming_the_option_and_both_numbers():
+    from tinytransformer.kv_cache import check_paged_cache_memory
+    from tinytransformer.model import TransformerConfig
+
+    config = TransformerConfig(vocab_size=49152, d_model=576, n_layers=30, n_heads=9, n_kv_heads=3, max_seq_len=8192)
+    n_blocks = 64 * 8192 // 16  # serve --max-seqs 64 on SmolLM2-135M: 64 full contexts
+    with pytest.raises(ValueError, match=r"^--max-seqs: the paged KV cache needs 24.16 GB \(32768 blocks of 16 "
+                                         r"positions\), but only 23.00 GB of memory is available"):
+        check_paged_cache_memory(config, n_blocks, 16, available=23 * 10**9, option="--max-seqs")
+    from tinytransformer.paged_cache import PagedKVCache
+
+    pool = PagedKVCache(30, 3, 64, n_blocks=64, block_size=16)
+    assert check_paged_cache_memory(config, 64, 16, available=23 * 10**9) == pool.nbytes  # the pool's real size
+
+
+def test_available_memory_is_a_positive_number_of_bytes_on_this_machine():
+    from tinytransformer.kv_cache import available_memory_bytes
+
+    found = available_memory_bytes()
+    assert found is None or found > 0
