@@ -22,15 +22,19 @@ from tinytransformer.generation import stream
 from tinytransformer.gguf import GGUFError, GGUFFile
 from tinytransformer.llama import ModelNotFoundError, default_model_path, load_model
 from tinytransformer.serving import cli as serving_cli
-from tinytransformer.threads import blas_threads
+from tinytransformer.threads import blas_threads, check_threads
 
 EXAMPLES = """examples:
   tinytransformer generate "The capital city of Korea is" --max-new-tokens 32
   tinytransformer generate "Write a haiku about the sea." --chat --temperature 0.7 --top-p 0.9 --seed 1
+  echo "Once upon a time" | tinytransformer generate - --max-new-tokens 32
   tinytransformer chat
   tinytransformer serve --port 8000
   tinytransformer info
 """
+
+
+MAX_STDIN_PROMPT_BYTES = 1 << 20  # `generate -` reads at most 1 MiB, far more than any model's context holds
 
 
 class UsageError(ValueError):
@@ -95,7 +99,7 @@ def _parser() -> argparse.ArgumentParser:
     generate = commands.add_parser("generate", help="continue a prompt (or answer it with --chat)",
                                    description="Continue a prompt, printing tokens as they come.",
                                    epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    generate.add_argument("prompt", help="the text to continue")
+    generate.add_argument("prompt", help="the text to continue (UTF-8); - reads it from stdin (at most 1 MiB)")
     generate.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
     generate.add_argument("--system", default=None, help="the system message for --chat")
     _sampling_options(generate)
@@ -118,6 +122,10 @@ def _check_options(args) -> None:
         raise UsageError(f"--top-k: expected an integer >= 1, got {args.top_k}")
     if args.top_p is not None and not 0 < args.top_p <= 1:
         raise UsageError(f"--top-p: expected a number in (0, 1], got {args.top_p}")
+    if args.seed is not None and args.seed < 0:
+        raise UsageError(f"--seed: expected an integer >= 0, got {args.seed}")
+    if getattr(args, "system", None) is not None:
+        args.system = _argument_text(args.system, "--system")
     sampling_options = [name for name in ("top_k", "top_p", "seed") if getattr(args, name) is not None]
     if args.temperature is None:
         args.temperature = 1.0 if sampling_options else 0.0
@@ -131,6 +139,45 @@ def _check_options(args) -> None:
         raise UsageError(f"{given}: no effect at --temperature 0 (greedy decoding); give a temperature above 0")
     if args.model is not None:
         _check_file(args.model)
+
+
+def _utf8(data: bytes, name: str) -> str:
+    """data decoded as UTF-8, or a UsageError naming `name` and the first bytes that are not UTF-8."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UsageError(f"{name}: expected UTF-8 text, got the bytes {data[e.start:e.end]!r} at byte {e.start}, "
+                         "which are not UTF-8 (convert the text first, e.g. with iconv -t UTF-8)") from None
+
+
+def _argument_text(text: str, name: str) -> str:
+    """A command-line argument as text. Python gives argv bytes that are not UTF-8 as lone surrogates
+    (surrogateescape); they are refused here, with the bytes named, rather than failing in the tokenizer."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        pass
+    try:
+        data = text.encode("utf-8", "surrogateescape")  # the bytes as they were on the command line
+    except UnicodeEncodeError:
+        raise UsageError(f"{name}: expected UTF-8 text, got a lone surrogate character") from None
+    return _utf8(data, name)
+
+
+def _prompt_text(prompt: str, stdin=None) -> str:
+    """The prompt argument as text; `-` reads it from stdin (UTF-8, at most MAX_STDIN_PROMPT_BYTES bytes)."""
+    if prompt != "-":
+        return _argument_text(prompt, "the prompt")
+    stdin = stdin or sys.stdin
+    if stdin is None:
+        raise UsageError("the prompt: - reads it from stdin, but stdin is closed")
+    data = getattr(stdin, "buffer", stdin).read(MAX_STDIN_PROMPT_BYTES + 1)
+    if isinstance(data, str):  # a text stream without a buffer (a test's StringIO)
+        data = data.encode("utf-8", "surrogateescape")
+    if len(data) > MAX_STDIN_PROMPT_BYTES:
+        raise UsageError(f"the prompt from stdin (-): expected at most {MAX_STDIN_PROMPT_BYTES} bytes, got more")
+    return _utf8(data, "the prompt from stdin (-)")
 
 
 def _check_file(path, argument: str = "--model") -> None:
@@ -209,10 +256,11 @@ def _context_check(model, n_prompt: int, args, held: int = 0) -> None:
                          f"so at most {max(0, limit - held - n_prompt)} new tokens fit, not {args.max_new_tokens}")
 
 
-def cmd_generate(args) -> int:
+def cmd_generate(args, stdin=None) -> int:
+    _check_options(args)
+    args.prompt = _prompt_text(args.prompt, stdin)
     if not args.prompt.strip():
         raise UsageError("the prompt is empty: give some text for the model to continue")
-    _check_options(args)
     loaded = _load(args)
     text = args.prompt
     if args.chat:
@@ -323,6 +371,10 @@ def cmd_info(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if sys.stdout is None:  # started with stdout closed (`>&-`): nowhere to write; say so, without a traceback
+        if sys.stderr is not None:
+            print("tinytransformer: stdout is closed: nothing can be written", file=sys.stderr)
+        return 1
     parser = _parser()
     args = parser.parse_args(argv)
     if args.command is None:
@@ -332,8 +384,11 @@ def main(argv: list[str] | None = None) -> int:
                "serve": lambda a: serving_cli.cmd_serve(a, load=_load)}[args.command]
     try:
         threads = getattr(args, "threads", None)
-        if threads is not None and threads < 1:
-            raise UsageError(f"--threads: expected an integer >= 1, got {threads}")
+        if threads is not None:
+            try:
+                threads = check_threads(threads, "--threads")
+            except ValueError as error:
+                raise UsageError(str(error)) from None
         with blas_threads(threads):
             return command(args)
     except BrokenPipeError:
@@ -351,7 +406,8 @@ def console_main() -> int:
     """The console-script entry point: main(), quiet when the reader of stdout goes away (`| head`)."""
     try:
         code = main()
-        sys.stdout.flush()
+        if sys.stdout is not None:
+            sys.stdout.flush()
         return code
     except BrokenPipeError:
         # Python flushes stdout again at exit; point it at /dev/null so that flush cannot fail too.

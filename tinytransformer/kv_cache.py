@@ -45,7 +45,7 @@ import numpy as np
 
 from tinytransformer._validate import integer, is_integer, positive_int
 
-__all__ = ["KVCache", "kv_cache_bytes", "ModelCache"]
+__all__ = ["KVCache", "kv_cache_bytes", "ModelCache", "available_memory_bytes", "check_paged_cache_memory"]
 
 
 class ModelCache(Protocol):
@@ -74,6 +74,51 @@ def kv_cache_bytes(n_layers: int, n_kv_heads: int, head_dim: int, seq_len: int, 
     for name, value in args.items():
         n *= positive_int(value, name)
     return n
+
+
+def available_memory_bytes() -> int | None:
+    """Memory this machine can still give without swapping: /proc/meminfo's MemAvailable (Linux), else
+    free pages x page size (os.sysconf), else None (unknown)."""
+    import os
+
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024  # the file counts kB
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_paged_cache_memory(config, n_blocks: int, block_size: int, *, dtype=np.float32,
+                             available: int | None = None, option: str = "--blocks") -> int:
+    """The paged KV cache's bytes for config (n_layers, kv_heads, head_dim), n_blocks blocks of block_size
+    positions: 2 * n_layers * n_blocks * Hkv * block_size * D * itemsize. ValueError naming `option` and both
+    numbers if that exceeds `available` (default: available_memory_bytes(); unknown memory is not checked).
+
+    >>> from types import SimpleNamespace
+    >>> config = SimpleNamespace(n_layers=30, kv_heads=3, head_dim=64)  # SmolLM2-135M's cache
+    >>> check_paged_cache_memory(config, 256, 16, available=10**9)
+    188743680
+    >>> check_paged_cache_memory(config, 32768, 16, available=10**9, option="--max-seqs")
+    Traceback (most recent call last):
+    ...
+    ValueError: --max-seqs: the paged KV cache needs 24.16 GB (32768 blocks of 16 positions), but only 1.00 GB of memory is available; give a smaller --max-seqs
+    """
+    n_blocks, block_size = positive_int(n_blocks, "n_blocks"), positive_int(block_size, "block_size")
+    needed = kv_cache_bytes(config.n_layers, config.kv_heads, config.head_dim, seq_len=n_blocks * block_size,
+                            bytes_per_elem=np.dtype(dtype).itemsize)
+    if available is None:
+        available = available_memory_bytes()
+    if available is not None and needed > available:
+        raise ValueError(f"{option}: the paged KV cache needs {needed / 1e9:.2f} GB ({n_blocks} blocks of "
+                         f"{block_size} positions), but only {available / 1e9:.2f} GB of memory is available; "
+                         f"give a smaller {option}")
+    return needed
 
 
 class KVCache:

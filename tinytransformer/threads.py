@@ -21,16 +21,40 @@ import os
 
 from tinytransformer._validate import positive_int
 
-__all__ = ["blas_threads", "blas_description", "default_threads"]
+__all__ = ["blas_threads", "blas_description", "default_threads", "max_threads", "check_threads"]
+
+THREADS_PER_CORE = 4  # the most BLAS threads asked for per core: beyond it, a typo rather than a choice
+
+
+def max_threads() -> int:
+    """The most BLAS threads accepted: THREADS_PER_CORE per core of the machine (os.cpu_count())."""
+    return THREADS_PER_CORE * max(1, os.cpu_count() or 1)
+
+
+def check_threads(n, name: str = "threads") -> int:
+    """n as an int, or ValueError unless it is an integer in [1, max_threads()].
+
+    >>> check_threads(100000, "--threads")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: --threads: expected at most ... threads (4 per core of this machine's ... cores), got 100000
+    """
+    n = positive_int(n, name)
+    cores = max(1, os.cpu_count() or 1)
+    if n > max_threads():
+        raise ValueError(f"{name}: expected at most {max_threads()} threads ({THREADS_PER_CORE} per core of "
+                         f"this machine's {cores} cores), got {n}")
+    return n
 
 
 @contextlib.contextmanager
 def blas_threads(n: int | None):
-    """Run the body with at most n BLAS threads (None: leave the library's default)."""
+    """Run the body with at most n BLAS threads (None: leave the library's default; n above max_threads() is
+    refused)."""
     if n is None:
         yield
         return
-    n = positive_int(n, "threads")
+    n = check_threads(n, "threads")
     import numpy  # noqa: F401  (load the BLAS library first, so that threadpoolctl can find it)
     from threadpoolctl import threadpool_limits
 
