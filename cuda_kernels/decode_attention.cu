@@ -39,7 +39,9 @@
 // counting the new tokens. Query t of sequence b sits at p = L_b - T + t; with
 // causal it sees keys j <= p; alibi_slopes (nullable, [Hq]) adds
 // slope_h * (j - p). Element types fp32, fp16, bf16 (q, pools and output alike),
-// arithmetic in fp32; head dims padded to 64 or 128.
+// arithmetic in fp32; head dims padded to 64 or 128. Key positions are int32: the
+// launcher refuses tables of more than 2**30 positions (max_blocks * block_size)
+// and split_len above that, so j0 + a tile and split ends stay below 2**31.
 //
 // Tile constants (TT_THREADS, DEC_ROWS, DEC_BC) are -D defines from
 // tinytransformer/cuda/build.py, their one source.
@@ -145,7 +147,7 @@ __device__ __forceinline__ void decode_body(
     const int valid_rows = min(DEC_ROWS, n_rows - row0);  // the rest of the block's rows are padding
     const int L = context_lens[b];
     const int* table = block_tables + (long long)b * max_blocks;
-    const int split_begin = blockIdx.z * split_len;
+    const int split_begin = blockIdx.z * split_len;  // int32: the launcher keeps positions <= 2**30
     const int split_end = min(L, split_begin + split_len);
 
     for (int idx = tid; idx < DEC_ROWS * D_PAD; idx += TT_THREADS) {  // Q rows of the group, fp32
@@ -318,7 +320,7 @@ __device__ __forceinline__ void decode_v3_body(
     const int valid_rows = min(R, G * T - row0);
     const int L = context_lens[b];
     const int* table = block_tables + (long long)b * max_blocks;
-    const int split_begin = blockIdx.z * split_len;
+    const int split_begin = blockIdx.z * split_len;  // int32: the launcher keeps positions <= 2**30
     const int split_end = min(L, split_begin + split_len);
     const bool vec = D == D_PAD && ((reinterpret_cast<unsigned long long>(k_pool) |
                                      reinterpret_cast<unsigned long long>(v_pool)) & 15) == 0;

@@ -371,3 +371,63 @@ def test_every_kernel_fits_the_48_kilobyte_static_shared_memory_limit(kernel, he
     budget = cuda.kernel_budget(kernel, head_dim)
     assert 0 < budget["smem_bytes"] <= 48 * 1024
     assert budget["state_floats"] < 255  # the register file a thread can address
+
+
+# --- the launchers' range and type checks (issue 26): refused before any launch -------------
+
+
+def _decode_args(max_blocks=4, block_size=4, Hq=2, D=64, lengths=(5,)):
+    pool = np.zeros((2, 1, block_size, D), np.float32)
+    tables = np.zeros((len(lengths), max_blocks), np.int32)
+    q = np.zeros((len(lengths), Hq, 1, D), np.float32)
+    return q, pool, pool.copy(), tables, np.array(lengths, np.int64)
+
+
+@pytest.mark.parametrize("version", cuda.DECODE_VERSIONS)
+@pytest.mark.parametrize("check_tables", [True, False])
+def test_decode_refuses_tables_past_the_kernels_int32_positions(version, check_tables):
+    """2**31 positions passed every check, then v2/v3's int32 split_begin read out of bounds."""
+    message = (r"block_tables: expected max_blocks \* block_size <= 2\*\*30 = 1073741824 positions \(the kernels "
+               r"index keys in int32\), got 131072 \* 16384 = 2147483648")
+    with pytest.raises(ValueError, match=message):
+        cuda.paged_decode_attention(*_decode_args(max_blocks=2**17, block_size=2**14), version=version,
+                                    check_tables=check_tables)
+    with pytest.raises(ValueError, match=r"block_tables: expected .* got 65537 \* 16384 = 1073758208"):
+        cuda.paged_decode_attention(*_decode_args(max_blocks=2**16 + 1, block_size=2**14), version=version)
+    # a context length past 2**30 needs such a table: context_lens <= capacity is checked first
+    with pytest.raises(ValueError, match=r"block_tables: expected max_blocks \* block_size <= 2\*\*30"):
+        cuda.paged_decode_attention(*_decode_args(max_blocks=2**17, block_size=2**14, lengths=(2**31 - 1,)),
+                                    version=version, check_tables=False)
+    # 2**30 positions exactly still fit
+    version_out, _, shape = cuda.check_decode_inputs(*_decode_args(max_blocks=2**16, block_size=2**14),
+                                                     version=version, check_tables=check_tables)
+    assert version_out == version and shape[5:] == (2**14, 2**16)
+
+
+@pytest.mark.parametrize("split_len", [2**40, 2**30 + 32, 0, -32, 48, True, 64.0, "64"])
+def test_decode_refuses_a_split_len_the_kernels_cannot_take(split_len):
+    with pytest.raises(ValueError, match=r"split_len: expected None or a multiple of 32 in \[32, 2\*\*30\], got "):
+        cuda.paged_decode_attention(*_decode_args(), version=2, split_len=split_len)
+
+
+@pytest.mark.parametrize("version", [True, False, 3.0, 1.0, "3", 0])
+def test_launchers_refuse_versions_that_are_not_one_of_the_integers(version):
+    with pytest.raises(ValueError, match=r"version: expected one of \(1, 2, 3\), got "):
+        cuda.paged_decode_attention(*_decode_args(), version=version)
+    with pytest.raises(ValueError, match=r"version: expected one of \(1, 2, 3\), got "):
+        cuda.flash_attention(*_qkv(), version=version)
+    if not isinstance(version, str) and version:
+        with pytest.raises(ValueError, match=rf"got {version!r} \(a (bool|float), not an integer\)"):
+            cuda.check_decode_inputs(*_decode_args(), version=version)
+    assert cuda.check_decode_inputs(*_decode_args(), version=np.int64(2))[0] == 2
+
+
+@pytest.mark.parametrize("slopes", [np.array(["a", "b"]), ["0.5", "0.25"], np.array([1, 2]), [None, None]])
+def test_launchers_refuse_alibi_slopes_that_are_not_a_float_array(slopes):
+    with pytest.raises(ValueError, match=r"alibi_slopes: expected None or a floating-point array \[Hq\] = \[2\]"):
+        cuda.paged_decode_attention(*_decode_args(), alibi_slopes=slopes)
+    with pytest.raises(ValueError, match=r"alibi_slopes: expected None or a floating-point array \[Hq\] = \[2\]"):
+        cuda.flash_attention(*_qkv(Hq=2, Hkv=1), alibi_slopes=slopes)
+    with pytest.raises(ValueError, match=r"alibi_slopes: expected shape \[Hq\] = \[2\], got \(\)"):
+        cuda.flash_attention(*_qkv(Hq=2, Hkv=1), alibi_slopes="abc")
+    assert cuda.check_decode_inputs(*_decode_args(), alibi_slopes=[0.5, 0.25])[0] == 3

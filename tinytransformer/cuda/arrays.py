@@ -60,6 +60,27 @@ def element_type(arrays, names, dtype) -> str:
     return kind
 
 
+def check_version(version, versions: tuple) -> int:
+    """version as an int, or ValueError unless it is one of the integers in versions (not a bool, not 3.0)."""
+    if not is_integer(version) or version not in versions:
+        kind = "" if is_integer(version) else f" (a {type(version).__name__}, not an integer)"
+        raise ValueError(f"version: expected one of {versions}, got {version!r}{kind}")
+    return int(version)
+
+
+def check_slopes(alibi_slopes, n_heads: int):
+    """alibi_slopes must be None or a floating-point array [Hq] (the kernels read it as float32)."""
+    if alibi_slopes is None:
+        return
+    shape = tuple(np.shape(alibi_slopes))
+    if shape != (n_heads,):
+        raise ValueError(f"alibi_slopes: expected shape [Hq] = [{n_heads}], got {shape}")
+    dtype = np.dtype(alibi_slopes.dtype) if hasattr(alibi_slopes, "dtype") else np.asarray(alibi_slopes).dtype
+    if dtype.kind != "f":
+        raise ValueError(f"alibi_slopes: expected None or a floating-point array [Hq] = [{n_heads}], "
+                         f"got dtype {dtype}")
+
+
 def check_contiguous(x, name: str):
     """A CuPy tensor must be C-contiguous (NumPy ones are copied to the GPU in C order anyway)."""
     if is_cupy(x) and not x.flags["C_CONTIGUOUS"]:

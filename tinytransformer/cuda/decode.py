@@ -15,14 +15,18 @@ import functools
 import numpy as np
 
 from tinytransformer._validate import attention_scale, is_integer
-from tinytransformer.cuda.arrays import (NULL, STORAGE, SUFFIX, check_backend, check_contiguous, device_small,
-                                         device_tensor, element_type, host, host_float, is_cupy, kernel_args,
-                                         like_input)
+from tinytransformer.cuda.arrays import (NULL, STORAGE, SUFFIX, check_backend, check_contiguous, check_slopes,
+                                         check_version, device_small, device_tensor, element_type, host,
+                                         host_float, is_cupy, kernel_args, like_input)
 from tinytransformer.cuda.build import (DEC3_MIN_BLOCKS, DEC3_ROWS, DEC_BC, DEC_ROWS, DECODE_HEAD_DIMS,
                                         DECODE_VERSIONS, THREADS, load_module, pad_head_dim, require_cuda)
 
 __all__ = ["paged_decode_attention", "check_decode_inputs", "decode_split_len", "DECODE_BLOCKS_PER_SM",
            "DECODE3_BLOCKS_PER_SM"]
+
+# The kernels index key positions in int32 (a tile past the last key, a split's end): a table's
+# capacity max_blocks * block_size, and so every context length and split_len, stays <= 2**30.
+DECODE_MAX_POSITIONS = 2**30
 
 DECODE_BLOCKS_PER_SM = 4  # decode is memory-bound: keep several blocks (4 warps each) per SM reading
 # v3 is compiled for DEC3_MIN_BLOCKS = 3 blocks of 128 threads per SM (its __launch_bounds__
@@ -41,8 +45,11 @@ def decode_split_len(max_context: int, n_blocks_without_split: int, n_sms: int,
 
 
 def check_decode_inputs(q, k_pool, v_pool, block_tables, context_lens, *, alibi_slopes=None, version=None,
-                        dtype=None, check_tables=True):
+                        dtype=None, check_tables=True, split_len=None):
     """Validate a CUDA paged-decode call; returns (version, element type, (B, Hq, Hkv, T, D, block_size, max_blocks)).
+
+    The table's capacity (max_blocks * block_size, which bounds every context length) and
+    split_len must fit the kernels' int32 positions: at most DECODE_MAX_POSITIONS.
 
     check_tables=False checks the shapes and dtypes of block_tables and context_lens but not
     their values, which would need a copy to the host (and a synchronisation) on every call.
@@ -60,9 +67,17 @@ def check_decode_inputs(q, k_pool, v_pool, block_tables, context_lens, *, alibi_
     B, Hq, T, D, Hkv, block_size = check_paged_decode_inputs(q, k_pool, v_pool, tables, lens, alibi_slopes)
     if B * Hkv > 2**31 - 1:
         raise ValueError(f"q: expected B * Hkv <= 2**31 - 1 (the grid limit), got {B * Hkv}")
-    version = 3 if version is None else version
-    if version not in DECODE_VERSIONS:
-        raise ValueError(f"version: expected one of {DECODE_VERSIONS}, got {version!r}")
+    capacity = tables.shape[1] * block_size
+    if capacity > DECODE_MAX_POSITIONS:
+        raise ValueError(f"block_tables: expected max_blocks * block_size <= 2**30 = {DECODE_MAX_POSITIONS} "
+                         f"positions (the kernels index keys in int32), got {tables.shape[1]} * {block_size} "
+                         f"= {capacity}")
+    check_slopes(alibi_slopes, Hq)
+    version = check_version(3 if version is None else version, DECODE_VERSIONS)
+    if split_len is not None and (not is_integer(split_len) or not DEC_BC <= split_len <= DECODE_MAX_POSITIONS
+                                  or split_len % DEC_BC):
+        raise ValueError(f"split_len: expected None or a multiple of {DEC_BC} in [{DEC_BC}, 2**30], "
+                         f"got {split_len!r}")
     pad_head_dim(D, DECODE_HEAD_DIMS, "q")
     return version, kind, (B, Hq, Hkv, T, D, block_size, tables.shape[1])
 
@@ -96,10 +111,8 @@ def paged_decode_attention(q, k_pool, v_pool, block_tables, context_lens, *, cau
 
     version, kind, (B, Hq, Hkv, T, D, block_size, max_blocks) = check_decode_inputs(
         q, k_pool, v_pool, block_tables, context_lens, alibi_slopes=alibi_slopes, version=version, dtype=dtype,
-        check_tables=check_tables)
+        check_tables=check_tables, split_len=split_len)
     scale = attention_scale(scale, D)
-    if split_len is not None and (not is_integer(split_len) or split_len < DEC_BC or split_len % DEC_BC):
-        raise ValueError(f"split_len: expected a positive multiple of {DEC_BC}, got {split_len!r}")
     if 0 in (B, T):  # an empty batch: nothing to launch
         xp = require_cuda() if is_cupy(q) else np
         return xp.zeros((B, Hq, T, D), dtype=STORAGE[kind])

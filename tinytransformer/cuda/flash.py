@@ -13,9 +13,9 @@ from __future__ import annotations
 import numpy as np
 
 from tinytransformer._validate import attention_scale, attention_shapes
-from tinytransformer.cuda.arrays import (NULL, STORAGE, SUFFIX, check_backend, check_contiguous, device_small,
-                                         device_tensor, element_type, host, host_float, is_cupy, kernel_args,
-                                         like_input)
+from tinytransformer.cuda.arrays import (NULL, STORAGE, SUFFIX, check_backend, check_contiguous, check_slopes,
+                                         check_version, device_small, device_tensor, element_type, host,
+                                         host_float, is_cupy, kernel_args, like_input)
 from tinytransformer.cuda.build import (FLASH_HEAD_DIMS, FLASH_VERSIONS, THREADS, V2_BR, V3_BR, load_module,
                                         pad_head_dim, require_cuda)
 
@@ -39,18 +39,14 @@ def check_flash_inputs(q, k, v, *, alibi_slopes=None, version=None, dtype=None):
         check_contiguous(x, name)
     if B > GRID_LIMIT or Hq > GRID_LIMIT:
         raise ValueError(f"q: expected B and Hq <= {GRID_LIMIT} (grid limits), got B={B}, Hq={Hq}")
-    if version is None:
-        version = 2 if kind == "float32" else 3
-    if version not in FLASH_VERSIONS:
-        raise ValueError(f"version: expected one of {FLASH_VERSIONS}, got {version!r}")
+    version = check_version((2 if kind == "float32" else 3) if version is None else version, FLASH_VERSIONS)
     wanted = ("float32",) if version in (1, 2) else ("float16", "bfloat16")
     if kind not in wanted:
         raise ValueError(f"q: flash v{version} takes {' or '.join(wanted)}, got {kind}"
                          + ("; use version=3 for half precision" if version != 3 else "; use version=2 for float32"))
     if version != 1:
         pad_head_dim(D, FLASH_HEAD_DIMS[version], "q")
-    if alibi_slopes is not None and tuple(np.shape(alibi_slopes)) != (Hq,):
-        raise ValueError(f"alibi_slopes: expected shape [Hq] = [{Hq}], got {tuple(np.shape(alibi_slopes))}")
+    check_slopes(alibi_slopes, Hq)
     return version, kind, (B, Hq, Hkv, T, S, D)
 
 
