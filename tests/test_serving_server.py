@@ -249,3 +249,16 @@ def test_the_serve_command_is_wired_into_the_cli_and_checks_its_port(capsys):
     assert "--max-seqs" in capsys.readouterr().out
     assert main(["serve", "--port", "70000"]) == 1
     assert "--port: expected a port number in [0, 65535], got 70000" in capsys.readouterr().err
+
+
+def test_serve_refuses_a_kv_cache_larger_than_the_free_memory_before_it_listens(tmp_path, monkeypatch, capsys):
+    from tinytransformer import kv_cache
+    from tinytransformer.cli import main
+
+    path = write_random_llama(tmp_path / "tiny.gguf", context_length=128)
+    monkeypatch.setattr(kv_cache, "available_memory_bytes", lambda: 1000)  # a machine with 1 kB free
+    assert main(["serve", "--model", str(path), "--max-seqs", "4", "--port", "0"]) == 1
+    err = capsys.readouterr().err
+    assert "--max-seqs: the paged KV cache needs" in err and "0.00 GB of memory is available" in err
+    assert main(["serve", "--model", str(path), "--blocks", "64", "--port", "0"]) == 1
+    assert "--blocks: the paged KV cache needs" in capsys.readouterr().err

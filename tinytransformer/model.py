@@ -231,13 +231,13 @@ class TinyTransformer:
     def new_cache(self, batch: int = 1, max_seq_len: int | None = None) -> KVCache:
         """A contiguous KV cache for `batch` sequences of up to max_seq_len positions."""
         c = self.config
-        return KVCache(c.n_layers, batch, c.kv_heads, c.head_dim, max_seq_len or c.max_seq_len, dtype=self._dtype)
+        return KVCache(c.n_layers, batch, c.kv_heads, c.head_dim, max_seq_len or c.max_seq_len, dtype=self.dtype)
 
     def new_paged_cache(self, n_blocks: int, block_size: int = 16) -> PagedKVCache:
         """A paged KV cache of n_blocks blocks of block_size positions, shared by many sequences."""
         c = self.config
         return PagedKVCache(c.n_layers, c.kv_heads, c.head_dim, n_blocks=n_blocks, block_size=block_size,
-                            dtype=self._dtype)
+                            dtype=self.dtype)
 
     # --- forward -----------------------------------------------------------------------
 
@@ -345,13 +345,14 @@ class TinyTransformer:
     def _sinusoidal_table(self):
         if self._sinusoidal is None:
             c = self.config
-            self._sinusoidal = sinusoidal_encoding(c.max_seq_len, c.d_model, dtype=self._dtype)  # [max_seq_len, C]
+            self._sinusoidal = sinusoidal_encoding(c.max_seq_len, c.d_model, dtype=self.dtype)  # [max_seq_len, C]
         return self._sinusoidal
 
     # --- checks and description --------------------------------------------------------
 
     @property
-    def _dtype(self):
+    def dtype(self) -> np.dtype:
+        """The activations' float dtype: the embeddings' (float32 when they are kept quantised)."""
         embed = self.params["token_embd.weight"]
         return embed.dtype if isinstance(embed, np.ndarray) else np.dtype(np.float32)
 

@@ -53,6 +53,7 @@ def cmd_serve(args, load=None) -> int:
     try:
         import uvicorn
 
+        from tinytransformer.kv_cache import check_paged_cache_memory
         from tinytransformer.serving.server import create_app
     except ImportError as e:
         print(f"tinytransformer serve: needs the serve extra ({e}): pip install \"tinytransformer[serve]\"",
@@ -71,6 +72,9 @@ def cmd_serve(args, load=None) -> int:
     loaded = load(args)
     model = loaded.model
     model.attention = args.attention
+    n_blocks = args.blocks or args.max_seqs * -(-model.config.max_seq_len // args.block_size)
+    check_paged_cache_memory(model.config, n_blocks, args.block_size, dtype=model.dtype,
+                             option="--blocks" if args.blocks else "--max-seqs")  # before the pool is allocated
     app = create_app(loaded, model_name=args.name, max_body_bytes=args.max_body_bytes, n_blocks=args.blocks,
                      block_size=args.block_size, policy=args.policy, max_seqs=args.max_seqs,
                      max_tokens_per_step=args.max_tokens_per_step, max_wait=args.max_wait)
