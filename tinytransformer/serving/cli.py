@@ -63,6 +63,12 @@ def cmd_serve(args, load=None) -> int:
         raise ValueError(f"--port: expected a port number in [0, 65535], got {args.port}")
     if args.model is not None and not os.path.isfile(args.model):
         raise ValueError(f"--model: expected a GGUF file, got {args.model!r}, which is not a file")
+    if args.attention == "cuda":  # a step would fail on the first request; refuse before loading
+        from tinytransformer.cuda import build
+
+        ok, why = build.cuda_status()
+        if not ok:
+            raise ValueError(f"--attention cuda: {why}; choose another --attention (sdpa-padded, the default)")
     if load is None:
         from tinytransformer.llama import load_model
 

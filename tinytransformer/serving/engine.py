@@ -38,6 +38,7 @@ Does not handle: CUDA graphs, sampling penalties, logprobs.
 from __future__ import annotations
 
 import collections
+import logging
 import queue
 import threading
 import time
@@ -51,7 +52,16 @@ from tinytransformer._validate import nonnegative_int, positive_int
 from tinytransformer.generation import check_new_tokens, check_prompt
 from tinytransformer.serving.scheduler import Plan, Request, Scheduler
 
-__all__ = ["Engine", "StepResult", "StepRecord", "BackgroundEngine", "run_plan", "generate_batch"]
+__all__ = ["Engine", "StepResult", "StepRecord", "BackgroundEngine", "EngineFailed", "run_plan",
+           "generate_batch"]
+
+
+class EngineFailed(RuntimeError):
+    """The BackgroundEngine's thread failed (an exception in a step); it takes no more requests."""
+
+    def __init__(self, error: BaseException):
+        super().__init__(f"the engine failed ({type(error).__name__}: {error}); restart the server")
+        self.error = error
 
 
 @dataclass
@@ -226,6 +236,10 @@ class BackgroundEngine:
         listener(request, None)    once, when the request has finished (see request.finish_reason)
 
     .finished holds the last 1,000 finished requests (for monitoring and tests).
+
+    If a step raises, the engine has failed for good: .error holds the exception (its traceback
+    is logged once), every request it held or is given later finishes at once with
+    finish_reason "error", and submit() raises EngineFailed, so no client waits on a dead thread.
     """
 
     def __init__(self, engine: Engine):
@@ -243,6 +257,8 @@ class BackgroundEngine:
         """Check and queue a request (ValueError if it is bad); it starts at the next step."""
         # Checked here, in the caller's thread, so that bad input raises there; only the engine
         # thread touches the scheduler's queues.
+        if self.error is not None:
+            raise EngineFailed(self.error)
         request = self.engine.make_request(prompt_ids, max_tokens, **options)
         self.engine.scheduler.check(request)
         self._commands.put(("add", request, listener))
@@ -291,12 +307,21 @@ class BackgroundEngine:
                 for request in result.finished:
                     self.finished.append(request)
                     self._listeners.pop(request)(request, None)
-        except BaseException as e:  # report to every waiting client rather than hang them
+        except Exception as e:  # report to every waiting client rather than hang them
+            logging.getLogger(__name__).exception("the engine failed; every request from now on gets an error")
             self.error = e
-            for request, listener in list(self._listeners.items()):
-                request.finish_reason = "error"
-                listener(request, None)
-            raise
+            self._fail_all()
+            while not self._stopped:  # failed: keep answering commands (new requests end at once)
+                self._wake.wait()
+                self._wake.clear()
+                self._run_commands()
+                self._fail_all()
+
+    def _fail_all(self) -> None:
+        for request, listener in list(self._listeners.items()):
+            request.finish_reason = "error"
+            self._listeners.pop(request)
+            listener(request, None)
 
     def _run_commands(self) -> None:
         while True:
@@ -305,10 +330,11 @@ class BackgroundEngine:
             except queue.Empty:
                 return
             if kind == "add":
-                self.engine.scheduler.add(item)
+                if self.error is None:
+                    self.engine.scheduler.add(item)
                 self._listeners[item] = listener
             elif kind == "abort":
-                if self.engine.abort(item):
+                if self.error is None and self.engine.abort(item):
                     self.finished.append(item)
                     self._listeners.pop(item)(item, None)
             else:

@@ -4,6 +4,7 @@
                                  "seed": null, "stop": null, "stream": false}
     POST /v1/chat/completions   {"messages": [{"role": "user", "content": "..."}], ...the same fields}
     GET  /v1/models
+    GET  /health                {"status": "ok"}, or a 503 once the engine has failed
 
 The request and response bodies follow OpenAI's API, so its official Python
 client (and anything else that speaks it) works unchanged:
@@ -50,6 +51,7 @@ import threading
 import time
 import uuid
 
+from tinytransformer.serving.engine import EngineFailed
 from tinytransformer.serving.request_body import (APIError, chat_messages, check_unsupported, integer_field,
                                                    number_field, prompt_ids, read_json, stop_strings)
 
@@ -172,6 +174,8 @@ async def generate(service: Service, prompt, options, stops, info: dict | None =
     engine = service.engine
     try:
         request = engine.submit(listener, prompt, options.pop("max_tokens"), **options)
+    except EngineFailed:
+        raise _failed(engine) from None
     except ValueError as e:
         raise APIError(str(e)) from None
     if info is not None:
@@ -182,7 +186,7 @@ async def generate(service: Service, prompt, options, stops, info: dict | None =
             token = await tokens.get()
             if token is None:
                 if request.finish_reason == "error":
-                    raise APIError("the engine failed; see the server log", status=500, kind="server_error")
+                    raise _failed(engine)
                 yield text.flush(), "stop" if request.finish_reason in ("stop", "abort") else "length"
                 return
             delta, stopped = text.add(token)
@@ -194,6 +198,16 @@ async def generate(service: Service, prompt, options, stops, info: dict | None =
     finally:
         if not request.finished:  # a stop string ended it, or the client went away: free its blocks now
             engine.abort(request)
+
+
+def _failed(engine) -> APIError:
+    """The 503 every request gets once the engine has failed."""
+    return APIError(f"{EngineFailed(engine.error)}; see the server log", status=503, kind="server_error")
+
+
+def _check_engine(service: Service) -> None:
+    if getattr(service.engine, "error", None) is not None:
+        raise _failed(service.engine)
 
 
 async def collect(service: Service, http_request, prompt, options, stops) -> tuple[str, str, int]:
@@ -261,6 +275,16 @@ class ClosingStream:
             await self.on_close()
 
 
+async def _errors_as_events(events):
+    """An error after the 200 headers went out, sent as OpenAI does: a `data: {"error": ...}` event."""
+    try:
+        async for event in events:
+            yield event
+    except APIError as error:
+        yield _sse(error.body())
+        yield "data: [DONE]\n\n"
+
+
 async def _completion_events(head: dict, pieces):
     async for delta, reason in pieces:
         yield _sse({**head, "choices": [{"index": 0, "text": delta, "logprobs": None, "finish_reason": reason}]})
@@ -291,8 +315,9 @@ async def completions(service: Service, http_request):
     stops = stop_strings(body)
     head = _head("cmpl", "text_completion", service.name)
     if body.get("stream"):
+        _check_engine(service)
         pieces = generate(service, prompt, options, stops)
-        return ClosingStream(_completion_events(head, pieces), pieces.aclose)
+        return ClosingStream(_errors_as_events(_completion_events(head, pieces)), pieces.aclose)
     text, reason, n_out = await collect(service, http_request, prompt, options, stops)
     choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": reason}
     return _json({**head, "choices": [choice], "usage": _usage(prompt, n_out)})
@@ -308,8 +333,9 @@ async def chat_completions(service: Service, http_request):
     stops = stop_strings(body)
     head = _head("chatcmpl", "chat.completion.chunk", service.name)
     if body.get("stream"):
+        _check_engine(service)
         pieces = generate(service, prompt, options, stops)
-        return ClosingStream(_chat_events(head, pieces), pieces.aclose)
+        return ClosingStream(_errors_as_events(_chat_events(head, pieces)), pieces.aclose)
     text, reason, n_out = await collect(service, http_request, prompt, options, stops)
     choice = {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
               "finish_reason": reason}
@@ -317,9 +343,16 @@ async def chat_completions(service: Service, http_request):
 
 
 async def models(service: Service, http_request):
-    """GET /v1/models: the one model served."""
+    """GET /v1/models: the one model served (a 503 once the engine has failed)."""
+    _check_engine(service)
     return _json({"object": "list", "data": [{"id": service.name, "object": "model", "created": 0,
                                               "owned_by": "tinytransformer"}]})
+
+
+async def health(service: Service, http_request):
+    """GET /health: {"status": "ok"}, or a 503 in OpenAI's error format once the engine has failed."""
+    _check_engine(service)
+    return _json({"status": "ok"})
 
 
 async def api_error(http_request, error: APIError):
@@ -371,7 +404,8 @@ def create_app(loaded, *, engine=None, model_name: str | None = None, max_body_b
                       max_body_bytes=max_body_bytes, default_system=system)
     routes = [Route("/v1/completions", functools.partial(completions, service), methods=["POST"]),
               Route("/v1/chat/completions", functools.partial(chat_completions, service), methods=["POST"]),
-              Route("/v1/models", functools.partial(models, service), methods=["GET"])]
+              Route("/v1/models", functools.partial(models, service), methods=["GET"]),
+              Route("/health", functools.partial(health, service), methods=["GET"])]
     app = Starlette(routes=routes, exception_handlers={APIError: api_error, HTTPException: http_error},
                     lifespan=functools.partial(_stop_on_shutdown, background))
     app.state.engine = background
