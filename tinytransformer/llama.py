@@ -175,9 +175,9 @@ def gguf_metadata(config: TransformerConfig) -> dict:
     arch = "llama" if _is_llama(config) else _OWN_ARCH
     u32 = np.uint32
     meta = {"general.architecture": arch, "general.name": config.name or "tinytransformer model"}
-    for key, field in _LLAMA_KEYS.items():
-        value = {"n_kv_heads": config.kv_heads, "d_ff": config.ffn_dim}.get(field, getattr(config, field))
-        meta[f"{arch}.{key}"] = np.float32(value) if field in ("rope_base", "norm_eps") else u32(value)
+    for key, attribute in _LLAMA_KEYS.items():
+        value = {"n_kv_heads": config.kv_heads, "d_ff": config.ffn_dim}.get(attribute, getattr(config, attribute))
+        meta[f"{arch}.{key}"] = np.float32(value) if attribute in ("rope_base", "norm_eps") else u32(value)
     meta[f"{arch}.vocab_size"] = u32(config.vocab_size)
     if arch == "llama":
         meta["llama.rope.dimension_count"] = u32(config.head_dim)
